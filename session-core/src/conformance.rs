@@ -1,0 +1,667 @@
+//! The public conformance suite: one async function per behaviour of the
+//! [`SessionStore`] contract, run by every store.
+//!
+//! A store's tests implement [`Harness`] (how to make a store over a shared
+//! backend, and how to corrupt a record in it) and call
+//! [`conformance_tests!`](crate::conformance_tests), which writes one test
+//! per case, so a failure names the case:
+//!
+//! ```ignore
+//! offstate_core::conformance_tests!(async { MyHarness::start().await });
+//! ```
+//!
+//! Every case uses fresh random session keys and principals, so cases may
+//! share one backend and run in parallel. A harness whose server cannot be
+//! started must panic with a clear message: a case never skips silently.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::counting::CountingStore;
+use crate::error::{LimitError, SessionError, StoreError};
+use crate::expiry::ExpiryPolicy;
+use crate::id::{SessionId, SessionKey};
+use crate::record::{Deadlines, Record, Timestamp, Version};
+use crate::session::{Limits, Sessions};
+use crate::store::{Change, CreateOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome};
+
+/// What the suite needs from a store's test set-up.
+pub trait Harness: Send + Sync + 'static {
+    /// The store under test.
+    type Store: SessionStore;
+
+    /// A new store instance over the harness's backend, checking deadlines
+    /// with `clock`. Two calls must give two instances that see the same
+    /// data, as two app instances would.
+    fn store(&self, clock: Arc<dyn Clock>) -> impl Future<Output = Self::Store> + Send;
+
+    /// Overwrites the stored record under `key` (prefix included, as the
+    /// store writes it) with data that is not a valid record, and returns
+    /// true. A store that holds typed values and no bytes (the memory store)
+    /// returns false; the case then checks the record is intact instead.
+    fn corrupt(&self, key: &SessionKey) -> impl Future<Output = bool> + Send;
+
+    /// How late the backend may remove a record after its deadline, for the
+    /// one real-time check (memcached counts in whole seconds).
+    fn ttl_granularity(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// Runs a future on a fresh multi-threaded runtime: how the generated tests
+/// run each case.
+///
+/// # Panics
+///
+/// If a runtime cannot be built, which fails the test that asked for it.
+pub fn run<F: Future<Output = ()>>(future: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => panic!("could not build a tokio runtime for a conformance case: {error}"),
+    }
+}
+
+/// Writes one `#[test]` per conformance case for a harness.
+///
+/// The argument is an `async` expression that yields the harness; it is
+/// evaluated once per case.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::__conformance_cases!($make;
+            create_then_load_round_trips,
+            create_never_overwrites_an_existing_session,
+            save_applies_only_the_delta_and_raises_the_version,
+            save_with_a_stale_version_conflicts_and_returns_the_current_record,
+            save_never_creates_a_session,
+            touch_moves_the_idle_deadline_without_rewriting_data,
+            touch_never_creates_a_session,
+            deleted_session_is_not_resurrected_by_save_or_touch,
+            in_flight_write_does_not_resurrect_a_deleted_session,
+            idle_expiry_follows_the_injected_clock,
+            absolute_expiry_is_not_extended_by_touches,
+            expired_session_cannot_be_saved_or_touched,
+            real_time_expiry_within_ttl_granularity,
+            touch_threshold_limits_writes_on_reads,
+            principal_sessions_are_listed_and_revoked,
+            clearing_the_principal_removes_it_from_the_index,
+            corrupt_record_is_a_typed_error_for_that_session_only,
+            large_values_round_trip,
+            size_limits_are_checked_before_writing,
+            concurrent_updates_lose_nothing,
+            cycle_id_moves_the_data_and_retires_the_old_id,
+            revoke_from_a_session_logs_out_everywhere,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::run(async {
+                    let harness = $make.await;
+                    $crate::conformance::$case(&harness).await;
+                });
+            }
+        )*
+    };
+}
+
+fn new_key() -> SessionKey {
+    SessionId::generate().key()
+}
+
+fn principal_name(tag: &str) -> String {
+    format!("{tag}-{}", &SessionId::generate().to_string()[..12])
+}
+
+fn record_with(now: Timestamp, ttl: Duration, data: &[(&str, &str)]) -> Record {
+    let mut record = Record::new(now, Deadlines::new(Some(now.saturating_add(ttl)), None));
+    for (k, v) in data {
+        record.data.insert((*k).to_owned(), v.as_bytes().to_vec());
+    }
+    record
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn manual<H: Harness>(h: &H) -> (ManualClock, H::Store) {
+    let clock = ManualClock::new();
+    let store = h.store(Arc::new(clock.clone())).await;
+    (clock, store)
+}
+
+async fn must<T>(result: Result<T, StoreError>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("{what} failed: {error} ({error:?})"),
+    }
+}
+
+/// `create` then `load` returns exactly what was created, at version 1.
+pub async fn create_then_load_round_trips<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let mut record = record_with(clock.now(), HOUR, &[("cart", "[1,2]"), ("lang", "\"en\"")]);
+    record.deadlines.absolute = Some(clock.now().saturating_add(HOUR * 2));
+    assert_eq!(must(store.create(&key, &record).await, "create").await, CreateOutcome::Created);
+    let loaded = must(store.load(&key).await, "load").await.expect("created session loads");
+    assert_eq!(loaded, record);
+    assert_eq!(loaded.version, Version::INITIAL);
+    assert!(must(store.load(&new_key()).await, "load").await.is_none());
+}
+
+/// An ID collision on create never overwrites another session.
+pub async fn create_never_overwrites_an_existing_session<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let first = record_with(clock.now(), HOUR, &[("owner", "\"alice\"")]);
+    let second = record_with(clock.now(), HOUR, &[("owner", "\"mallory\"")]);
+    must(store.create(&key, &first).await, "create").await;
+    assert_eq!(must(store.create(&key, &second).await, "create").await, CreateOutcome::Exists);
+    let loaded = must(store.load(&key).await, "load").await.expect("still there");
+    assert_eq!(loaded.data, first.data);
+}
+
+/// A save changes only the keys in the change, keeps the rest, raises the
+/// version by one and stores the new deadlines and principal.
+pub async fn save_applies_only_the_delta_and_raises_the_version<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), HOUR, &[("a", "1"), ("b", "2"), ("c", "3")]);
+    must(store.create(&key, &record).await, "create").await;
+    let mut change = Change::new(
+        Version::INITIAL,
+        Deadlines::new(Some(clock.now().saturating_add(HOUR * 2)), None),
+    );
+    change.set.insert("a".into(), b"10".to_vec());
+    change.set.insert("d".into(), b"4".to_vec());
+    change.remove.insert("b".into());
+    let principal = principal_name("delta");
+    change.principal = PrincipalChange::Set(principal.clone());
+    let outcome = must(store.save(&key, &change).await, "save").await;
+    assert_eq!(outcome, SaveOutcome::Saved(Version::new(2)));
+    let loaded = must(store.load(&key).await, "load").await.expect("saved session loads");
+    assert_eq!(loaded, change.apply_to(&record));
+    assert_eq!(loaded.principal.as_deref(), Some(principal.as_str()));
+    assert_eq!(loaded.data.get("c").map(Vec::as_slice), Some(&b"3"[..]));
+    assert!(!loaded.data.contains_key("b"));
+}
+
+/// A save against an old version writes nothing and returns the current
+/// record, so the caller can merge without another read.
+pub async fn save_with_a_stale_version_conflicts_and_returns_the_current_record<H: Harness>(
+    h: &H,
+) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), HOUR, &[("n", "0")]);
+    must(store.create(&key, &record).await, "create").await;
+    let mut first = Change::new(Version::INITIAL, record.deadlines);
+    first.set.insert("n".into(), b"1".to_vec());
+    must(store.save(&key, &first).await, "save").await;
+    let mut stale = Change::new(Version::INITIAL, record.deadlines);
+    stale.set.insert("n".into(), b"99".to_vec());
+    stale.set.insert("other".into(), b"1".to_vec());
+    match must(store.save(&key, &stale).await, "save").await {
+        SaveOutcome::Conflict(current) => {
+            assert_eq!(current.version, Version::new(2));
+            assert_eq!(current.data.get("n").map(Vec::as_slice), Some(&b"1"[..]));
+        }
+        other => panic!("a stale save must conflict, got {other:?}"),
+    }
+    let loaded = must(store.load(&key).await, "load").await.expect("still there");
+    assert_eq!(loaded.version, Version::new(2));
+    assert!(!loaded.data.contains_key("other"), "a conflicting save wrote data");
+}
+
+/// A save on a key that was never created is `Gone` and creates nothing.
+pub async fn save_never_creates_a_session<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let mut change = Change::new(
+        Version::INITIAL,
+        Deadlines::new(Some(clock.now().saturating_add(HOUR)), None),
+    );
+    change.set.insert("x".into(), b"1".to_vec());
+    assert_eq!(must(store.save(&key, &change).await, "save").await, SaveOutcome::Gone);
+    assert!(must(store.load(&key).await, "load").await.is_none());
+}
+
+/// A touch moves the idle deadline and leaves data and version alone.
+pub async fn touch_moves_the_idle_deadline_without_rewriting_data<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), Duration::from_secs(60), &[("k", "\"v\"")]);
+    must(store.create(&key, &record).await, "create").await;
+    clock.advance(Duration::from_secs(50));
+    let deadline = clock.now().saturating_add(Duration::from_secs(60));
+    assert_eq!(must(store.touch(&key, deadline).await, "touch").await, TouchOutcome::Touched);
+    clock.advance(Duration::from_secs(30));
+    let loaded = must(store.load(&key).await, "load").await.expect("touched session lives on");
+    assert_eq!(loaded.version, Version::INITIAL);
+    assert_eq!(loaded.data, record.data);
+    assert_eq!(loaded.deadlines.idle, Some(deadline));
+}
+
+/// A touch on a key that was never created is `Gone` and creates nothing.
+pub async fn touch_never_creates_a_session<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let outcome = must(store.touch(&key, clock.now().saturating_add(HOUR)).await, "touch").await;
+    assert_eq!(outcome, TouchOutcome::Gone);
+    assert!(must(store.load(&key).await, "load").await.is_none());
+}
+
+/// After delete, neither a save with the old version nor a touch brings the
+/// session back.
+pub async fn deleted_session_is_not_resurrected_by_save_or_touch<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), HOUR, &[("cart", "[1]")]);
+    must(store.create(&key, &record).await, "create").await;
+    assert!(must(store.delete(&key).await, "delete").await);
+    let mut change = Change::new(Version::INITIAL, record.deadlines);
+    change.set.insert("cart".into(), b"[1,2]".to_vec());
+    assert_eq!(must(store.save(&key, &change).await, "save").await, SaveOutcome::Gone);
+    let touch = must(store.touch(&key, clock.now().saturating_add(HOUR)).await, "touch").await;
+    assert_eq!(touch, TouchOutcome::Gone);
+    assert!(must(store.load(&key).await, "load").await.is_none());
+    assert!(!must(store.delete(&key).await, "delete").await);
+}
+
+/// A request that loaded a session before another request deleted it
+/// (logout in another tab) cannot write it back: its save reports `Gone`.
+pub async fn in_flight_write_does_not_resurrect_a_deleted_session<H: Harness>(h: &H) {
+    let clock = ManualClock::new();
+    let a = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
+    let b = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
+    let session = a.new_session();
+    session.insert("cart", &vec![1]).await.expect("insert");
+    session.save().await.expect("create");
+    let id = session.id().await.expect("created");
+
+    let in_flight = a.load(&id).await.expect("load").expect("live");
+    in_flight.get::<Vec<i32>>("cart").await.expect("read");
+    let logout = b.load(&id).await.expect("load").expect("live");
+    logout.delete().await.expect("delete");
+
+    in_flight.insert("cart", &vec![1, 2]).await.expect("insert");
+    match in_flight.save().await {
+        Err(SessionError::Gone) => {}
+        other => panic!("a write after delete must report Gone, got {other:?}"),
+    }
+    assert!(b.load(&id).await.expect("load").is_none(), "deleted session came back");
+}
+
+/// Past its idle deadline by the injected clock, a session is gone, even
+/// though the backend's own TTL (on real time) has not fired.
+pub async fn idle_expiry_follows_the_injected_clock<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), Duration::from_secs(600), &[("k", "1")]);
+    must(store.create(&key, &record).await, "create").await;
+    clock.advance(Duration::from_secs(599));
+    assert!(must(store.load(&key).await, "load").await.is_some());
+    clock.advance(Duration::from_secs(1));
+    assert!(must(store.load(&key).await, "load").await.is_none(), "served an expired session");
+}
+
+/// The absolute deadline ends a session however often it is touched.
+pub async fn absolute_expiry_is_not_extended_by_touches<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let now = clock.now();
+    let mut record = record_with(now, Duration::from_secs(600), &[("k", "1")]);
+    record.deadlines.absolute = Some(now.saturating_add(Duration::from_secs(1000)));
+    must(store.create(&key, &record).await, "create").await;
+    for _ in 0..4 {
+        clock.advance(Duration::from_secs(300));
+        if clock.now() < now.saturating_add(Duration::from_secs(1000)) {
+            let deadline = clock.now().saturating_add(Duration::from_secs(600));
+            assert_eq!(must(store.touch(&key, deadline).await, "touch").await, TouchOutcome::Touched);
+            assert!(must(store.load(&key).await, "load").await.is_some());
+        }
+    }
+    assert!(
+        must(store.load(&key).await, "load").await.is_none(),
+        "touches extended a session past its absolute deadline"
+    );
+}
+
+/// An expired session is gone for writes too: no save or touch revives it.
+pub async fn expired_session_cannot_be_saved_or_touched<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), Duration::from_secs(60), &[("k", "1")]);
+    must(store.create(&key, &record).await, "create").await;
+    clock.advance(Duration::from_secs(61));
+    let fresh = Deadlines::new(Some(clock.now().saturating_add(HOUR)), None);
+    let mut change = Change::new(Version::INITIAL, fresh);
+    change.set.insert("k".into(), b"2".to_vec());
+    assert_eq!(must(store.save(&key, &change).await, "save").await, SaveOutcome::Gone);
+    let touch = must(store.touch(&key, clock.now().saturating_add(HOUR)).await, "touch").await;
+    assert_eq!(touch, TouchOutcome::Gone);
+    assert!(must(store.load(&key).await, "load").await.is_none());
+    // The key may now be reused by a create, as a fresh session.
+    let again = record_with(clock.now(), HOUR, &[("k", "3")]);
+    assert_eq!(must(store.create(&key, &again).await, "create").await, CreateOutcome::Created);
+}
+
+/// On the real clock, a session with a one-second deadline is gone once the
+/// deadline and the backend's TTL granularity have passed.
+pub async fn real_time_expiry_within_ttl_granularity<H: Harness>(h: &H) {
+    let clock = SystemClock;
+    let store = h.store(Arc::new(clock)).await;
+    let key = new_key();
+    let record = record_with(clock.now(), Duration::from_millis(1000), &[("k", "1")]);
+    must(store.create(&key, &record).await, "create").await;
+    assert!(must(store.load(&key).await, "load").await.is_some());
+    tokio::time::sleep(Duration::from_millis(1000) + h.ttl_granularity()).await;
+    assert!(must(store.load(&key).await, "load").await.is_none());
+}
+
+/// Through the `Session` handle, a read-only request touches the session
+/// only once the touch threshold has passed.
+pub async fn touch_threshold_limits_writes_on_reads<H: Harness>(h: &H) {
+    let clock = ManualClock::new();
+    let store = CountingStore::new(h.store(Arc::new(clock.clone())).await);
+    let sessions = Sessions::new(store.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_expiry(
+            ExpiryPolicy::never()
+                .with_idle(Some(Duration::from_secs(100)))
+                .with_touch_threshold(0.5),
+        );
+    let session = sessions.new_session();
+    session.insert("k", "v").await.expect("insert");
+    session.save().await.expect("create");
+    let id = session.id().await.expect("created");
+
+    clock.advance(Duration::from_secs(40));
+    store.reset();
+    let read = sessions.open(Some(id.clone()));
+    assert_eq!(read.get::<String>("k").await.expect("get").as_deref(), Some("v"));
+    read.save().await.expect("save");
+    assert_eq!(store.counts().touch, 0, "touched before the threshold");
+    assert_eq!(store.counts().total(), 1, "a read costs one load");
+
+    clock.advance(Duration::from_secs(20));
+    let read = sessions.open(Some(id.clone()));
+    read.get::<String>("k").await.expect("get");
+    read.save().await.expect("save");
+    assert_eq!(store.counts().touch, 1, "no touch past the threshold");
+
+    // The touch moved the deadline: 90 s after the first write it still lives.
+    clock.advance(Duration::from_secs(90));
+    let read = sessions.open(Some(id));
+    assert!(read.exists().await.expect("load"), "the touch did not extend the session");
+}
+
+/// All live sessions of a principal are listed, revoked together, and no
+/// other principal's session is touched.
+pub async fn principal_sessions_are_listed_and_revoked<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let alice = principal_name("alice");
+    let bob = principal_name("bob");
+    let mut alice_keys = BTreeSet::new();
+    for _ in 0..3 {
+        let key = new_key();
+        let mut record = record_with(clock.now(), HOUR, &[("k", "1")]);
+        record.principal = Some(alice.clone());
+        must(store.create(&key, &record).await, "create").await;
+        alice_keys.insert(key);
+    }
+    // One more attached by a save rather than at creation.
+    let late = new_key();
+    let record = record_with(clock.now(), HOUR, &[("k", "1")]);
+    must(store.create(&late, &record).await, "create").await;
+    let mut change = Change::new(Version::INITIAL, record.deadlines);
+    change.principal = PrincipalChange::Set(alice.clone());
+    must(store.save(&late, &change).await, "save").await;
+    alice_keys.insert(late);
+
+    let bobs = new_key();
+    let mut record = record_with(clock.now(), HOUR, &[("k", "1")]);
+    record.principal = Some(bob.clone());
+    must(store.create(&bobs, &record).await, "create").await;
+
+    let caps = store.capabilities();
+    if caps.list_principal {
+        let listed = list_eventually(&store, &alice, alice_keys.len(), caps.consistent_principal_index).await;
+        assert_eq!(listed, alice_keys);
+    } else {
+        match store.list_principal(&alice).await {
+            Err(StoreError::Unsupported(_)) => {}
+            other => panic!("a store without listing must say Unsupported, got {other:?}"),
+        }
+    }
+    if !caps.consistent_principal_index {
+        // Give an eventually consistent index the time to see every write.
+        list_eventually(&store, &alice, alice_keys.len(), false).await;
+    }
+    must(store.revoke_principal(&alice).await, "revoke").await;
+    for key in &alice_keys {
+        assert!(must(store.load(key).await, "load").await.is_none(), "revoked session still loads");
+    }
+    assert!(must(store.load(&bobs).await, "load").await.is_some(), "revoke hit another principal");
+    if caps.list_principal {
+        assert!(must(store.list_principal(&alice).await, "list").await.is_empty());
+    }
+}
+
+async fn list_eventually<S: SessionStore>(
+    store: &S,
+    principal: &str,
+    want: usize,
+    consistent: bool,
+) -> BTreeSet<SessionKey> {
+    let tries = if consistent { 1 } else { 50 };
+    let mut listed = BTreeSet::new();
+    for _ in 0..tries {
+        match store.list_principal(principal).await {
+            Ok(keys) => listed = keys.into_iter().collect(),
+            Err(StoreError::Unsupported(_)) => return listed,
+            Err(error) => panic!("list_principal failed: {error}"),
+        }
+        if listed.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    listed
+}
+
+/// A session detached from its principal is not revoked with it.
+pub async fn clearing_the_principal_removes_it_from_the_index<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let carol = principal_name("carol");
+    let key = new_key();
+    let mut record = record_with(clock.now(), HOUR, &[("k", "1")]);
+    record.principal = Some(carol.clone());
+    must(store.create(&key, &record).await, "create").await;
+    let mut change = Change::new(Version::INITIAL, record.deadlines);
+    change.principal = PrincipalChange::Clear;
+    must(store.save(&key, &change).await, "save").await;
+    if !store.capabilities().consistent_principal_index {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    must(store.revoke_principal(&carol).await, "revoke").await;
+    let loaded = must(store.load(&key).await, "load").await.expect("detached session survives");
+    assert_eq!(loaded.principal, None);
+}
+
+/// A record that does not decode gives `StoreError::Corrupt` for that
+/// session, and other sessions are unaffected.
+pub async fn corrupt_record_is_a_typed_error_for_that_session_only<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let bad = new_key();
+    let good = new_key();
+    let record = record_with(clock.now(), HOUR, &[("k", "1")]);
+    must(store.create(&bad, &record).await, "create").await;
+    must(store.create(&good, &record).await, "create").await;
+    if h.corrupt(&bad).await {
+        match store.load(&bad).await {
+            Err(StoreError::Corrupt(_)) => {}
+            other => panic!("a corrupt record must give StoreError::Corrupt, got {other:?}"),
+        }
+    } else {
+        let loaded = must(store.load(&bad).await, "load").await;
+        assert_eq!(loaded.as_ref(), Some(&record), "a store without bytes changed the record");
+    }
+    assert!(must(store.load(&good).await, "load").await.is_some());
+}
+
+/// Values of hundreds of kilobytes, and many keys, round-trip intact.
+pub async fn large_values_round_trip<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let mut record = record_with(clock.now(), HOUR, &[]);
+    let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    record.data.insert("big".into(), big.clone());
+    for i in 0..100 {
+        record.data.insert(format!("key-{i}"), format!("{i}").into_bytes());
+    }
+    must(store.create(&key, &record).await, "create").await;
+    let loaded = must(store.load(&key).await, "load").await.expect("large session loads");
+    assert_eq!(loaded.data.get("big"), Some(&big));
+    assert_eq!(loaded.data.len(), 101);
+}
+
+/// The handle refuses a write over the configured limits with a typed
+/// error, and the stored session stays as it was.
+pub async fn size_limits_are_checked_before_writing<H: Harness>(h: &H) {
+    let clock = ManualClock::new();
+    let store = h.store(Arc::new(clock.clone())).await;
+    let sessions = Sessions::new(store)
+        .with_clock(Arc::new(clock))
+        .with_limits(
+            Limits::default()
+                .with_max_keys(3)
+                .with_max_value_bytes(1000)
+                .with_max_record_bytes(2500),
+        );
+    let session = sessions.new_session();
+    session.insert("a", "small").await.expect("insert");
+    session.save().await.expect("create");
+    let id = session.id().await.expect("created");
+
+    let session = sessions.load(&id).await.expect("load").expect("live");
+    match session.insert("big", &"x".repeat(2000)).await {
+        Err(SessionError::Limit(LimitError::ValueTooLarge { .. })) => {}
+        other => panic!("an oversized value must be refused, got {other:?}"),
+    }
+    for (k, n) in [("b", 900), ("c", 900), ("d", 900)] {
+        session.insert(k, &"y".repeat(n)).await.expect("insert");
+    }
+    match session.save().await {
+        Err(SessionError::Limit(LimitError::TooManyKeys { .. } | LimitError::RecordTooLarge { .. })) => {}
+        other => panic!("an oversized record must be refused, got {other:?}"),
+    }
+    let stored = sessions.load(&id).await.expect("load").expect("live");
+    assert_eq!(stored.keys().await.expect("keys"), vec!["a".to_owned()]);
+}
+
+/// N tasks × M `update` closures on one session, through two store
+/// instances, lose nothing.
+pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
+    const TASKS: usize = 10;
+    const UPDATES: usize = 20;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let a = Sessions::new(h.store(clock.clone()).await).with_max_attempts(1000);
+    let b = Sessions::new(h.store(clock).await).with_max_attempts(1000);
+    let session = a.new_session();
+    session.insert("cart", &Vec::<String>::new()).await.expect("insert");
+    session.save().await.expect("create");
+    let id = session.id().await.expect("created");
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let sessions = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            for u in 0..UPDATES {
+                let session = sessions.open(Some(id.clone()));
+                let item = format!("{t}-{u}");
+                session
+                    .update("cart", move |cart: Option<Vec<String>>| {
+                        let mut cart = cart.unwrap_or_default();
+                        cart.push(item.clone());
+                        Some(cart)
+                    })
+                    .await
+                    .expect("update");
+                session.save().await.expect("save");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task panicked");
+    }
+    let cart: Vec<String> = a
+        .load(&id)
+        .await
+        .expect("load")
+        .expect("live")
+        .get("cart")
+        .await
+        .expect("get")
+        .expect("cart");
+    let unique: BTreeSet<&String> = cart.iter().collect();
+    assert_eq!(cart.len(), TASKS * UPDATES, "lost updates");
+    assert_eq!(unique.len(), TASKS * UPDATES, "duplicated updates");
+}
+
+/// `cycle_id` gives the session a new ID with the same data; the old ID no
+/// longer loads.
+pub async fn cycle_id_moves_the_data_and_retires_the_old_id<H: Harness>(h: &H) {
+    let clock = ManualClock::new();
+    let sessions = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
+    let session = sessions.new_session();
+    session.insert("cart", &vec!["apple"]).await.expect("insert");
+    session.save().await.expect("create");
+    let old = session.id().await.expect("created");
+
+    let login = sessions.load(&old).await.expect("load").expect("live");
+    let principal = principal_name("dave");
+    login.set_principal(principal.clone()).await.expect("principal");
+    login.cycle_id().await.expect("cycle");
+    login.save().await.expect("save");
+    let new = login.id().await.expect("rotated");
+    assert_ne!(new, old);
+    assert!(sessions.load(&old).await.expect("load").is_none(), "old ID still loads");
+    let moved = sessions.load(&new).await.expect("load").expect("new ID loads");
+    assert_eq!(moved.get::<Vec<String>>("cart").await.expect("get"), Some(vec!["apple".to_owned()]));
+    assert_eq!(moved.principal().await.expect("principal"), Some(principal));
+}
+
+/// "Log out everywhere" from one session ends the user's other sessions.
+pub async fn revoke_from_a_session_logs_out_everywhere<H: Harness>(h: &H) {
+    let clock = ManualClock::new();
+    let sessions = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
+    let principal = principal_name("erin");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let session = sessions.new_session();
+        session.insert("k", &1).await.expect("insert");
+        session.set_principal(principal.clone()).await.expect("principal");
+        session.save().await.expect("create");
+        ids.push(session.id().await.expect("created"));
+    }
+    let phone = sessions.load(&ids[0]).await.expect("load").expect("live");
+    phone.revoke_principal().await.expect("revoke");
+    for id in &ids {
+        assert!(sessions.load(id).await.expect("load").is_none(), "session survived revoke");
+    }
+}

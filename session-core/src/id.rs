@@ -1,0 +1,221 @@
+//! Session IDs, and the storage keys derived from them.
+//!
+//! An ID is what the client holds (in a cookie or a header). A [`SessionKey`]
+//! is what a store files the session under: a SHA-256 of the ID. A dump of
+//! the store therefore reveals no ID that could be replayed as a cookie.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+/// Number of random bytes in a session ID (192 bits; the floor is 128).
+const ID_BYTES: usize = 24;
+
+/// Length of an ID's text form: base64url without padding of [`ID_BYTES`].
+pub const SESSION_ID_LEN: usize = 32;
+
+/// A session ID: 192 bits from the operating system's CSPRNG.
+///
+/// Its text form is always [`SESSION_ID_LEN`] URL-safe base64 characters, so
+/// it fits in cookies, headers and URLs without escaping. `Debug` redacts it,
+/// so it does not leak into logs by accident; `Display` writes it in full and
+/// is meant for the cookie and header that carry it.
+///
+/// ```
+/// use offstate_core::SessionId;
+///
+/// let id = SessionId::generate();
+/// let parsed: SessionId = id.to_string().parse().unwrap();
+/// assert_eq!(id, parsed);
+/// assert!("not-an-id".parse::<SessionId>().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; ID_BYTES]);
+
+impl SessionId {
+    /// Draws a new random ID from the operating system's CSPRNG.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: if the OS has no entropy source at all, this aborts
+    /// the process rather than hand out a guessable ID.
+    #[must_use]
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; ID_BYTES];
+        if let Err(error) = getrandom::fill(&mut bytes) {
+            // A predictable session ID is a security hole; refusing to run is
+            // the only safe answer, and there is no error the caller could act on.
+            tracing::error!(%error, "the operating system's random source failed");
+            std::process::abort();
+        }
+        Self(bytes)
+    }
+
+    /// Parses the text form of an ID.
+    ///
+    /// # Errors
+    ///
+    /// [`IdError`] when the text is not exactly [`SESSION_ID_LEN`] URL-safe
+    /// base64 characters. Nothing else is accepted: no padding, no whitespace.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        if text.len() != SESSION_ID_LEN {
+            return Err(IdError::Length(text.len()));
+        }
+        if !text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(IdError::Alphabet);
+        }
+        let mut bytes = [0u8; ID_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
+            Ok(ID_BYTES) => Ok(Self(bytes)),
+            // The length check above makes other outcomes unreachable, but a
+            // parser that sees outside input answers with an error, not a panic.
+            _ => Err(IdError::Alphabet),
+        }
+    }
+
+    /// The key a store files this session under: a hash, never the ID itself.
+    #[must_use]
+    pub fn key(&self) -> SessionKey {
+        let digest = Sha256::digest(self.0);
+        SessionKey(URL_SAFE_NO_PAD.encode(digest))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; SESSION_ID_LEN];
+        match URL_SAFE_NO_PAD.encode_slice(self.0, &mut buf) {
+            Ok(_) => f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?),
+            Err(_) => Err(fmt::Error),
+        }
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(<redacted>)")
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = IdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
+}
+
+/// Why a text is not a session ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The text has the wrong length.
+    #[error("a session ID has {SESSION_ID_LEN} characters, this has {0}")]
+    Length(usize),
+    /// The text has characters outside URL-safe base64.
+    #[error("a session ID uses only URL-safe base64 characters")]
+    Alphabet,
+}
+
+/// The key a session is stored under: the SHA-256 of its [`SessionId`], in
+/// URL-safe base64 (43 characters).
+///
+/// Stores add their own prefix or namespace in front of it. Revocation lists
+/// return keys, not IDs: the store never learns an ID it could leak.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(String);
+
+impl SessionKey {
+    /// The key as text, ready to be prefixed and sent to a store.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Rebuilds a key that a store returned (from a principal index, say).
+    ///
+    /// # Errors
+    ///
+    /// [`IdError`] when the text is not a 43-character URL-safe base64 hash.
+    pub fn from_stored(text: &str) -> Result<Self, IdError> {
+        const KEY_LEN: usize = 43;
+        if text.len() != KEY_LEN {
+            return Err(IdError::Length(text.len()));
+        }
+        if !text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(IdError::Alphabet);
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A key is a hash and cannot be replayed, but a short prefix is enough
+        // to correlate log lines.
+        write!(f, "SessionKey({}…)", &self.0[..self.0.len().min(8)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_round_trip_and_differ() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), SESSION_ID_LEN);
+        assert_eq!(SessionId::parse(&text).unwrap(), a);
+    }
+
+    #[test]
+    fn parse_rejects_anything_but_the_exact_form() {
+        let good = SessionId::generate().to_string();
+        assert_eq!(SessionId::parse(""), Err(IdError::Length(0)));
+        assert!(SessionId::parse(&good[1..]).is_err());
+        assert!(SessionId::parse(&format!("{good}A")).is_err());
+        let mut bad = good.clone().into_bytes();
+        bad[3] = b'+';
+        assert_eq!(
+            SessionId::parse(std::str::from_utf8(&bad).unwrap()),
+            Err(IdError::Alphabet)
+        );
+        // Multi-byte UTF-8 of the right byte length must not panic.
+        let tricky = "é".repeat(SESSION_ID_LEN / 2);
+        assert!(SessionId::parse(&tricky).is_err());
+    }
+
+    #[test]
+    fn key_is_a_hash_not_the_id() {
+        let id = SessionId::generate();
+        let key = id.key();
+        assert_eq!(key.as_str().len(), 43);
+        assert!(!key.as_str().contains(&id.to_string()));
+        assert_eq!(key, id.key());
+        assert_eq!(SessionKey::from_stored(key.as_str()).unwrap(), key);
+    }
+
+    #[test]
+    fn debug_redacts_the_id() {
+        let id = SessionId::generate();
+        assert!(!format!("{id:?}").contains(&id.to_string()));
+    }
+}

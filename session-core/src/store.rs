@@ -1,0 +1,260 @@
+//! The `SessionStore` contract that every backend implements.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use crate::error::StoreError;
+use crate::id::SessionKey;
+use crate::record::{Deadlines, Record, Timestamp, Version};
+
+/// A versioned, conditional write of a session's changes.
+///
+/// Only the keys in `set` and `remove` change; a store that can apply
+/// per-key deltas (Redis hashes, DynamoDB maps) writes only those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Change {
+    /// The version the writer loaded. The write happens only if the stored
+    /// record still has it.
+    pub expected: Version,
+    /// Keys to set, with their new serialized values.
+    pub set: BTreeMap<String, Vec<u8>>,
+    /// Keys to remove.
+    pub remove: BTreeSet<String>,
+    /// The deadlines after the write (writes extend the idle deadline).
+    pub deadlines: Deadlines,
+    /// What happens to the principal.
+    pub principal: PrincipalChange,
+}
+
+impl Change {
+    /// A change that only moves the version and deadlines.
+    #[must_use]
+    pub fn new(expected: Version, deadlines: Deadlines) -> Self {
+        Self {
+            expected,
+            set: BTreeMap::new(),
+            remove: BTreeSet::new(),
+            deadlines,
+            principal: PrincipalChange::Keep,
+        }
+    }
+
+    /// Applies this change to a copy of `record`, as a store must: data
+    /// deltas, deadlines, principal, and the next version.
+    #[must_use]
+    pub fn apply_to(&self, record: &Record) -> Record {
+        let mut next = record.clone();
+        for key in &self.remove {
+            next.data.remove(key);
+        }
+        for (key, value) in &self.set {
+            next.data.insert(key.clone(), value.clone());
+        }
+        next.deadlines = self.deadlines;
+        match &self.principal {
+            PrincipalChange::Keep => {}
+            PrincipalChange::Set(p) => next.principal = Some(p.clone()),
+            PrincipalChange::Clear => next.principal = None,
+        }
+        next.version = self.expected.next();
+        next
+    }
+}
+
+/// What a write does to the session's principal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PrincipalChange {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Attach the session to this principal (index it under it).
+    Set(String),
+    /// Detach the session from its principal.
+    Clear,
+}
+
+/// The answer to [`SessionStore::create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CreateOutcome {
+    /// The record was inserted.
+    Created,
+    /// A record already exists under this key; nothing was written.
+    Exists,
+}
+
+/// The answer to [`SessionStore::save`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SaveOutcome {
+    /// The change was applied; the record now has this version.
+    Saved(Version),
+    /// The stored record has another version. Nothing was written; here is
+    /// the current record, so the caller can merge and retry without a read.
+    Conflict(Box<Record>),
+    /// No live record exists (deleted, revoked or expired). Nothing was
+    /// written: a save never brings a session back.
+    Gone,
+}
+
+/// The answer to [`SessionStore::touch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TouchOutcome {
+    /// The idle deadline was moved.
+    Touched,
+    /// No live record exists; nothing was written.
+    Gone,
+}
+
+/// What a store can do beyond the required contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`SessionStore::list_principal`] works (memcached cannot list keys,
+    /// but still revokes through per-principal epochs).
+    pub list_principal: bool,
+    /// The principal index is read-after-write consistent (a DynamoDB GSI is
+    /// not: a session may show up in a listing a moment late).
+    pub consistent_principal_index: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            list_principal: true,
+            consistent_principal_index: true,
+        }
+    }
+}
+
+impl Capabilities {
+    /// Full capabilities: listing works and is consistent.
+    #[must_use]
+    pub fn full() -> Self {
+        Self::default()
+    }
+
+    /// Sets whether listing a principal's sessions works.
+    #[must_use]
+    pub fn with_list_principal(mut self, yes: bool) -> Self {
+        self.list_principal = yes;
+        self
+    }
+
+    /// Sets whether the principal index is read-after-write consistent.
+    #[must_use]
+    pub fn with_consistent_principal_index(mut self, yes: bool) -> Self {
+        self.consistent_principal_index = yes;
+        self
+    }
+}
+
+/// Where sessions live. Every operation is keyed by a [`SessionKey`] (a hash
+/// of the ID) and every write is conditional, so that concurrent requests on
+/// any instance never lose an update and a deleted session never comes back.
+///
+/// # The contract
+///
+/// - [`load`](Self::load) returns `None` for a missing record and for one
+///   whose deadline has passed by the store's clock, whatever the backend's
+///   own TTL has done so far.
+/// - [`create`](Self::create) inserts only if the key is absent.
+/// - [`save`](Self::save) applies a [`Change`] only if the live record has
+///   the expected version; it never creates a record.
+/// - [`touch`](Self::touch) moves the idle deadline of a live record without
+///   rewriting data or version; it never creates a record.
+/// - [`delete`](Self::delete) removes the record; nothing in flight can bring
+///   it back, because saves and touches require it to exist.
+/// - The principal operations find and end all of a user's sessions.
+///
+/// The public [conformance suite](crate::conformance) checks all of this.
+///
+/// # Generics, not `dyn`
+///
+/// The methods return `impl Future + Send`, so a store composes with
+/// wrappers (a cache, a counter) with no allocation per call. The
+/// [`Session`](crate::Session) handle erases the store type once, behind an
+/// internal object-safe trait, so handlers are not generic over it; that
+/// costs one small box per store call, next to a network round trip.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Loads the live record under `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails or the record cannot be decoded
+    /// ([`StoreError::Corrupt`]).
+    fn load(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// Inserts `record` under `key` only if no record is there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails or the record is too large.
+    fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+    ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
+
+    /// Applies `change` if the live record has `change.expected`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails or the result would be too large.
+    fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+    ) -> impl Future<Output = Result<SaveOutcome, StoreError>> + Send;
+
+    /// Sets the idle deadline of the live record under `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: Timestamp,
+    ) -> impl Future<Output = Result<TouchOutcome, StoreError>> + Send;
+
+    /// Deletes the record under `key`. Returns whether one was there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Lists the keys of the live sessions of `principal`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unsupported`] where [`Capabilities::list_principal`] is
+    /// false; otherwise [`StoreError`] when the store fails.
+    fn list_principal(
+        &self,
+        principal: &str,
+    ) -> impl Future<Output = Result<Vec<SessionKey>, StoreError>> + Send;
+
+    /// Ends every session of `principal`. Returns how many were deleted, when
+    /// the store can tell (an epoch-based store returns 0 and still revokes).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    fn revoke_principal(
+        &self,
+        principal: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// What this store can do beyond the required contract.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+}
