@@ -1,0 +1,1 @@
+//! Memcached and ElastiCache Memcached store for offstate.

@@ -1,0 +1,1 @@
+//! Redis and ElastiCache Redis store for offstate.

@@ -1,0 +1,1 @@
+//! Tower layer and axum extractor for offstate sessions.

@@ -1,0 +1,1 @@
+//! dynamodb fixtures: servers and ready stores (being written).

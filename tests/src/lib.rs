@@ -1,0 +1,21 @@
+//! Test support for offstate: real servers on free loopback ports, and
+//! stores ready to use against them.
+//!
+//! # Layout
+//!
+//! - [`process`]: start a server process, wait for its port, stop it on
+//!   drop (and from a watchdog if the test process dies).
+//!
+//! A server that cannot be started is an error naming what to install or
+//! which variable to set: tests that need it fail loudly, never skip.
+
+pub mod process;
+
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
+#[cfg(feature = "memcached")]
+pub mod memcached;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use process::{ServerError, ServerProcess, free_port, find_program, workspace_root};

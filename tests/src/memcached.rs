@@ -1,0 +1,1 @@
+//! memcached fixtures: servers and ready stores (being written).

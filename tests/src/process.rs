@@ -1,0 +1,297 @@
+//! Local server processes on free loopback ports, stopped on drop, on
+//! panic, and even when the test process dies without unwinding.
+//!
+//! Each server gets a watchdog: a tiny shell loop that polls the test
+//! process's PID and kills the server once the test process is gone. That
+//! covers servers kept in statics (which Rust never drops) and SIGKILLed
+//! test binaries. PIDs are always the real ones we spawned; nothing is ever
+//! killed by name.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The server's program is not installed.
+    #[error(
+        "`{program}` was not found. Install it (scripts/setup.sh does) or set {env} to its path"
+    )]
+    Missing {
+        /// The program looked for.
+        program: String,
+        /// The environment variable that can point at it.
+        env: &'static str,
+    },
+    /// The program could not be spawned.
+    #[error("could not start `{program}`")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not accept connections in time.
+    #[error("`{program}` did not listen on {addr} within {waited:?}; its log: {log}")]
+    NotReady {
+        /// The program.
+        program: String,
+        /// Where it should listen.
+        addr: SocketAddr,
+        /// How long we waited.
+        waited: Duration,
+        /// The end of its log.
+        log: String,
+    },
+    /// A set-up command failed.
+    #[error("set-up step failed: {0}")]
+    Setup(String),
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server).
+///
+/// # Errors
+///
+/// When no port can be bound.
+pub fn free_port() -> Result<u16, ServerError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| ServerError::Setup(format!("cannot bind a loopback port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| ServerError::Setup(format!("cannot read a bound port: {e}")))
+}
+
+/// Finds a program: the path in `env` if set, else `fallbacks` that exist,
+/// else the name on `PATH`.
+///
+/// # Errors
+///
+/// [`ServerError::Missing`] naming `env`.
+pub fn find_program(name: &str, env: &'static str, fallbacks: &[PathBuf]) -> Result<PathBuf, ServerError> {
+    if let Some(path) = std::env::var_os(env) {
+        let path = PathBuf::from(path);
+        if path.exists() {
+            return Ok(path);
+        }
+        return Err(ServerError::Missing {
+            program: path.display().to_string(),
+            env,
+        });
+    }
+    for candidate in fallbacks {
+        if candidate.exists() {
+            return Ok(candidate.clone());
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(ServerError::Missing {
+        program: name.to_owned(),
+        env,
+    })
+}
+
+/// The workspace's root folder (where `scripts/` and `.offstate-run/` live).
+#[must_use]
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+}
+
+/// A running server process. Dropping it kills the server and its watchdog.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    child: Child,
+    watchdog: Option<Child>,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `program` with `args` in a fresh temporary folder (its working
+    /// directory), with stdout and stderr in a log file there.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Spawn`] when it cannot be started.
+    pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Self, ServerError> {
+        let dir = temp_dir(name)?;
+        let log = dir.join("server.log");
+        let out = std::fs::File::create(&log)
+            .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| ServerError::Setup(format!("cannot clone log handle: {e}")))?;
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| ServerError::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?;
+        let watchdog = spawn_watchdog(child.id());
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            watchdog,
+            log,
+            dir,
+        })
+    }
+
+    /// The server's PID.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's private folder (working directory; certificates, data).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last lines of the server's log, for error messages.
+    #[must_use]
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(15).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits until `addr` accepts TCP connections.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::NotReady`] after `timeout`, or if the process exited.
+    pub fn wait_for_port(&mut self, addr: SocketAddr, timeout: Duration) -> Result<(), ServerError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(ServerError::NotReady {
+                    program: self.name.clone(),
+                    addr,
+                    waited: start.elapsed(),
+                    log: format!("exited with {status}: {}", self.log_tail()),
+                });
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(ServerError::NotReady {
+            program: self.name.clone(),
+            addr,
+            waited: timeout,
+            log: self.log_tail(),
+        })
+    }
+
+    /// Kills the server now (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Pauses the server (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        signal(self.child.id(), "CONT");
+        self.kill();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A shell loop that kills `server` once this test process is gone.
+fn spawn_watchdog(server: u32) -> Option<Child> {
+    let me = std::process::id();
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -CONT {server} 2>/dev/null; kill -9 {server} 2>/dev/null"
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn temp_dir(name: &str) -> Result<PathBuf, ServerError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "offstate-{name}-{}-{n}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Runs a command to completion and returns its stdout.
+///
+/// # Errors
+///
+/// [`ServerError::Setup`] when it cannot run or exits non-zero.
+pub fn run_command(program: &Path, args: &[String]) -> Result<String, ServerError> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ServerError::Setup(format!("cannot run {}: {e}", program.display())))?;
+    if !output.status.success() {
+        return Err(ServerError::Setup(format!(
+            "{} {} exited with {}: {}{}",
+            program.display(),
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

@@ -1,0 +1,1 @@
+//! redis fixtures: servers and ready stores (being written).
