@@ -26,7 +26,9 @@ use crate::expiry::ExpiryPolicy;
 use crate::id::{SessionId, SessionKey};
 use crate::record::{Deadlines, Record, Timestamp, Version};
 use crate::session::{Limits, Sessions};
-use crate::store::{Change, CreateOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome};
+use crate::store::{
+    Change, CreateOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
+};
 
 /// What the suite needs from a store's test set-up.
 pub trait Harness: Send + Sync + 'static {
@@ -155,8 +157,13 @@ pub async fn create_then_load_round_trips<H: Harness>(h: &H) {
     let key = new_key();
     let mut record = record_with(clock.now(), HOUR, &[("cart", "[1,2]"), ("lang", "\"en\"")]);
     record.deadlines.absolute = Some(clock.now().saturating_add(HOUR * 2));
-    assert_eq!(must(store.create(&key, &record).await, "create").await, CreateOutcome::Created);
-    let loaded = must(store.load(&key).await, "load").await.expect("created session loads");
+    assert_eq!(
+        must(store.create(&key, &record).await, "create").await,
+        CreateOutcome::Created
+    );
+    let loaded = must(store.load(&key).await, "load")
+        .await
+        .expect("created session loads");
     assert_eq!(loaded, record);
     assert_eq!(loaded.version, Version::INITIAL);
     assert!(must(store.load(&new_key()).await, "load").await.is_none());
@@ -169,8 +176,13 @@ pub async fn create_never_overwrites_an_existing_session<H: Harness>(h: &H) {
     let first = record_with(clock.now(), HOUR, &[("owner", "\"alice\"")]);
     let second = record_with(clock.now(), HOUR, &[("owner", "\"mallory\"")]);
     must(store.create(&key, &first).await, "create").await;
-    assert_eq!(must(store.create(&key, &second).await, "create").await, CreateOutcome::Exists);
-    let loaded = must(store.load(&key).await, "load").await.expect("still there");
+    assert_eq!(
+        must(store.create(&key, &second).await, "create").await,
+        CreateOutcome::Exists
+    );
+    let loaded = must(store.load(&key).await, "load")
+        .await
+        .expect("still there");
     assert_eq!(loaded.data, first.data);
 }
 
@@ -192,7 +204,9 @@ pub async fn save_applies_only_the_delta_and_raises_the_version<H: Harness>(h: &
     change.principal = PrincipalChange::Set(principal.clone());
     let outcome = must(store.save(&key, &change).await, "save").await;
     assert_eq!(outcome, SaveOutcome::Saved(Version::new(2)));
-    let loaded = must(store.load(&key).await, "load").await.expect("saved session loads");
+    let loaded = must(store.load(&key).await, "load")
+        .await
+        .expect("saved session loads");
     assert_eq!(loaded, change.apply_to(&record));
     assert_eq!(loaded.principal.as_deref(), Some(principal.as_str()));
     assert_eq!(loaded.data.get("c").map(Vec::as_slice), Some(&b"3"[..]));
@@ -201,9 +215,7 @@ pub async fn save_applies_only_the_delta_and_raises_the_version<H: Harness>(h: &
 
 /// A save against an old version writes nothing and returns the current
 /// record, so the caller can merge without another read.
-pub async fn save_with_a_stale_version_conflicts_and_returns_the_current_record<H: Harness>(
-    h: &H,
-) {
+pub async fn save_with_a_stale_version_conflicts_and_returns_the_current_record<H: Harness>(h: &H) {
     let (clock, store) = manual(h).await;
     let key = new_key();
     let record = record_with(clock.now(), HOUR, &[("n", "0")]);
@@ -221,9 +233,14 @@ pub async fn save_with_a_stale_version_conflicts_and_returns_the_current_record<
         }
         other => panic!("a stale save must conflict, got {other:?}"),
     }
-    let loaded = must(store.load(&key).await, "load").await.expect("still there");
+    let loaded = must(store.load(&key).await, "load")
+        .await
+        .expect("still there");
     assert_eq!(loaded.version, Version::new(2));
-    assert!(!loaded.data.contains_key("other"), "a conflicting save wrote data");
+    assert!(
+        !loaded.data.contains_key("other"),
+        "a conflicting save wrote data"
+    );
 }
 
 /// A save on a key that was never created is `Gone` and creates nothing.
@@ -235,7 +252,10 @@ pub async fn save_never_creates_a_session<H: Harness>(h: &H) {
         Deadlines::new(Some(clock.now().saturating_add(HOUR)), None),
     );
     change.set.insert("x".into(), b"1".to_vec());
-    assert_eq!(must(store.save(&key, &change).await, "save").await, SaveOutcome::Gone);
+    assert_eq!(
+        must(store.save(&key, &change).await, "save").await,
+        SaveOutcome::Gone
+    );
     assert!(must(store.load(&key).await, "load").await.is_none());
 }
 
@@ -247,9 +267,14 @@ pub async fn touch_moves_the_idle_deadline_without_rewriting_data<H: Harness>(h:
     must(store.create(&key, &record).await, "create").await;
     clock.advance(Duration::from_secs(50));
     let deadline = clock.now().saturating_add(Duration::from_secs(60));
-    assert_eq!(must(store.touch(&key, deadline).await, "touch").await, TouchOutcome::Touched);
+    assert_eq!(
+        must(store.touch(&key, deadline).await, "touch").await,
+        TouchOutcome::Touched
+    );
     clock.advance(Duration::from_secs(30));
-    let loaded = must(store.load(&key).await, "load").await.expect("touched session lives on");
+    let loaded = must(store.load(&key).await, "load")
+        .await
+        .expect("touched session lives on");
     assert_eq!(loaded.version, Version::INITIAL);
     assert_eq!(loaded.data, record.data);
     assert_eq!(loaded.deadlines.idle, Some(deadline));
@@ -259,7 +284,11 @@ pub async fn touch_moves_the_idle_deadline_without_rewriting_data<H: Harness>(h:
 pub async fn touch_never_creates_a_session<H: Harness>(h: &H) {
     let (clock, store) = manual(h).await;
     let key = new_key();
-    let outcome = must(store.touch(&key, clock.now().saturating_add(HOUR)).await, "touch").await;
+    let outcome = must(
+        store.touch(&key, clock.now().saturating_add(HOUR)).await,
+        "touch",
+    )
+    .await;
     assert_eq!(outcome, TouchOutcome::Gone);
     assert!(must(store.load(&key).await, "load").await.is_none());
 }
@@ -274,8 +303,15 @@ pub async fn deleted_session_is_not_resurrected_by_save_or_touch<H: Harness>(h: 
     assert!(must(store.delete(&key).await, "delete").await);
     let mut change = Change::new(Version::INITIAL, record.deadlines);
     change.set.insert("cart".into(), b"[1,2]".to_vec());
-    assert_eq!(must(store.save(&key, &change).await, "save").await, SaveOutcome::Gone);
-    let touch = must(store.touch(&key, clock.now().saturating_add(HOUR)).await, "touch").await;
+    assert_eq!(
+        must(store.save(&key, &change).await, "save").await,
+        SaveOutcome::Gone
+    );
+    let touch = must(
+        store.touch(&key, clock.now().saturating_add(HOUR)).await,
+        "touch",
+    )
+    .await;
     assert_eq!(touch, TouchOutcome::Gone);
     assert!(must(store.load(&key).await, "load").await.is_none());
     assert!(!must(store.delete(&key).await, "delete").await);
@@ -285,8 +321,10 @@ pub async fn deleted_session_is_not_resurrected_by_save_or_touch<H: Harness>(h: 
 /// (logout in another tab) cannot write it back: its save reports `Gone`.
 pub async fn in_flight_write_does_not_resurrect_a_deleted_session<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let a = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
-    let b = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
+    let a =
+        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
+    let b =
+        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
     let session = a.new_session();
     session.insert("cart", &vec![1]).await.expect("insert");
     session.save().await.expect("create");
@@ -302,7 +340,10 @@ pub async fn in_flight_write_does_not_resurrect_a_deleted_session<H: Harness>(h:
         Err(SessionError::Gone) => {}
         other => panic!("a write after delete must report Gone, got {other:?}"),
     }
-    assert!(b.load(&id).await.expect("load").is_none(), "deleted session came back");
+    assert!(
+        b.load(&id).await.expect("load").is_none(),
+        "deleted session came back"
+    );
 }
 
 /// Past its idle deadline by the injected clock, a session is gone, even
@@ -315,7 +356,10 @@ pub async fn idle_expiry_follows_the_injected_clock<H: Harness>(h: &H) {
     clock.advance(Duration::from_secs(599));
     assert!(must(store.load(&key).await, "load").await.is_some());
     clock.advance(Duration::from_secs(1));
-    assert!(must(store.load(&key).await, "load").await.is_none(), "served an expired session");
+    assert!(
+        must(store.load(&key).await, "load").await.is_none(),
+        "served an expired session"
+    );
 }
 
 /// The absolute deadline ends a session however often it is touched.
@@ -330,7 +374,10 @@ pub async fn absolute_expiry_is_not_extended_by_touches<H: Harness>(h: &H) {
         clock.advance(Duration::from_secs(300));
         if clock.now() < now.saturating_add(Duration::from_secs(1000)) {
             let deadline = clock.now().saturating_add(Duration::from_secs(600));
-            assert_eq!(must(store.touch(&key, deadline).await, "touch").await, TouchOutcome::Touched);
+            assert_eq!(
+                must(store.touch(&key, deadline).await, "touch").await,
+                TouchOutcome::Touched
+            );
             assert!(must(store.load(&key).await, "load").await.is_some());
         }
     }
@@ -350,13 +397,23 @@ pub async fn expired_session_cannot_be_saved_or_touched<H: Harness>(h: &H) {
     let fresh = Deadlines::new(Some(clock.now().saturating_add(HOUR)), None);
     let mut change = Change::new(Version::INITIAL, fresh);
     change.set.insert("k".into(), b"2".to_vec());
-    assert_eq!(must(store.save(&key, &change).await, "save").await, SaveOutcome::Gone);
-    let touch = must(store.touch(&key, clock.now().saturating_add(HOUR)).await, "touch").await;
+    assert_eq!(
+        must(store.save(&key, &change).await, "save").await,
+        SaveOutcome::Gone
+    );
+    let touch = must(
+        store.touch(&key, clock.now().saturating_add(HOUR)).await,
+        "touch",
+    )
+    .await;
     assert_eq!(touch, TouchOutcome::Gone);
     assert!(must(store.load(&key).await, "load").await.is_none());
     // The key may now be reused by a create, as a fresh session.
     let again = record_with(clock.now(), HOUR, &[("k", "3")]);
-    assert_eq!(must(store.create(&key, &again).await, "create").await, CreateOutcome::Created);
+    assert_eq!(
+        must(store.create(&key, &again).await, "create").await,
+        CreateOutcome::Created
+    );
 }
 
 /// On the real clock, a session with a one-second deadline is gone once the
@@ -392,7 +449,10 @@ pub async fn touch_threshold_limits_writes_on_reads<H: Harness>(h: &H) {
     clock.advance(Duration::from_secs(40));
     store.reset();
     let read = sessions.open(Some(id.clone()));
-    assert_eq!(read.get::<String>("k").await.expect("get").as_deref(), Some("v"));
+    assert_eq!(
+        read.get::<String>("k").await.expect("get").as_deref(),
+        Some("v")
+    );
     read.save().await.expect("save");
     assert_eq!(store.counts().touch, 0, "touched before the threshold");
     assert_eq!(store.counts().total(), 1, "a read costs one load");
@@ -406,7 +466,10 @@ pub async fn touch_threshold_limits_writes_on_reads<H: Harness>(h: &H) {
     // The touch moved the deadline: 90 s after the first write it still lives.
     clock.advance(Duration::from_secs(90));
     let read = sessions.open(Some(id));
-    assert!(read.exists().await.expect("load"), "the touch did not extend the session");
+    assert!(
+        read.exists().await.expect("load"),
+        "the touch did not extend the session"
+    );
 }
 
 /// All live sessions of a principal are listed, revoked together, and no
@@ -439,7 +502,13 @@ pub async fn principal_sessions_are_listed_and_revoked<H: Harness>(h: &H) {
 
     let caps = store.capabilities();
     if caps.list_principal {
-        let listed = list_eventually(&store, &alice, alice_keys.len(), caps.consistent_principal_index).await;
+        let listed = list_eventually(
+            &store,
+            &alice,
+            alice_keys.len(),
+            caps.consistent_principal_index,
+        )
+        .await;
         assert_eq!(listed, alice_keys);
     } else {
         match store.list_principal(&alice).await {
@@ -453,11 +522,21 @@ pub async fn principal_sessions_are_listed_and_revoked<H: Harness>(h: &H) {
     }
     must(store.revoke_principal(&alice).await, "revoke").await;
     for key in &alice_keys {
-        assert!(must(store.load(key).await, "load").await.is_none(), "revoked session still loads");
+        assert!(
+            must(store.load(key).await, "load").await.is_none(),
+            "revoked session still loads"
+        );
     }
-    assert!(must(store.load(&bobs).await, "load").await.is_some(), "revoke hit another principal");
+    assert!(
+        must(store.load(&bobs).await, "load").await.is_some(),
+        "revoke hit another principal"
+    );
     if caps.list_principal {
-        assert!(must(store.list_principal(&alice).await, "list").await.is_empty());
+        assert!(
+            must(store.list_principal(&alice).await, "list")
+                .await
+                .is_empty()
+        );
     }
 }
 
@@ -498,7 +577,9 @@ pub async fn clearing_the_principal_removes_it_from_the_index<H: Harness>(h: &H)
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     must(store.revoke_principal(&carol).await, "revoke").await;
-    let loaded = must(store.load(&key).await, "load").await.expect("detached session survives");
+    let loaded = must(store.load(&key).await, "load")
+        .await
+        .expect("detached session survives");
     assert_eq!(loaded.principal, None);
 }
 
@@ -518,7 +599,11 @@ pub async fn corrupt_record_is_a_typed_error_for_that_session_only<H: Harness>(h
         }
     } else {
         let loaded = must(store.load(&bad).await, "load").await;
-        assert_eq!(loaded.as_ref(), Some(&record), "a store without bytes changed the record");
+        assert_eq!(
+            loaded.as_ref(),
+            Some(&record),
+            "a store without bytes changed the record"
+        );
     }
     assert!(must(store.load(&good).await, "load").await.is_some());
 }
@@ -531,10 +616,14 @@ pub async fn large_values_round_trip<H: Harness>(h: &H) {
     let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     record.data.insert("big".into(), big.clone());
     for i in 0..100 {
-        record.data.insert(format!("key-{i}"), format!("{i}").into_bytes());
+        record
+            .data
+            .insert(format!("key-{i}"), format!("{i}").into_bytes());
     }
     must(store.create(&key, &record).await, "create").await;
-    let loaded = must(store.load(&key).await, "load").await.expect("large session loads");
+    let loaded = must(store.load(&key).await, "load")
+        .await
+        .expect("large session loads");
     assert_eq!(loaded.data.get("big"), Some(&big));
     assert_eq!(loaded.data.len(), 101);
 }
@@ -566,7 +655,9 @@ pub async fn size_limits_are_checked_before_writing<H: Harness>(h: &H) {
         session.insert(k, &"y".repeat(n)).await.expect("insert");
     }
     match session.save().await {
-        Err(SessionError::Limit(LimitError::TooManyKeys { .. } | LimitError::RecordTooLarge { .. })) => {}
+        Err(SessionError::Limit(
+            LimitError::TooManyKeys { .. } | LimitError::RecordTooLarge { .. },
+        )) => {}
         other => panic!("an oversized record must be refused, got {other:?}"),
     }
     let stored = sessions.load(&id).await.expect("load").expect("live");
@@ -582,7 +673,10 @@ pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
     let a = Sessions::new(h.store(clock.clone()).await).with_max_attempts(1000);
     let b = Sessions::new(h.store(clock).await).with_max_attempts(1000);
     let session = a.new_session();
-    session.insert("cart", &Vec::<String>::new()).await.expect("insert");
+    session
+        .insert("cart", &Vec::<String>::new())
+        .await
+        .expect("insert");
     session.save().await.expect("create");
     let id = session.id().await.expect("created");
 
@@ -627,41 +721,65 @@ pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
 /// longer loads.
 pub async fn cycle_id_moves_the_data_and_retires_the_old_id<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let sessions = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
+    let sessions =
+        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
     let session = sessions.new_session();
-    session.insert("cart", &vec!["apple"]).await.expect("insert");
+    session
+        .insert("cart", &vec!["apple"])
+        .await
+        .expect("insert");
     session.save().await.expect("create");
     let old = session.id().await.expect("created");
 
     let login = sessions.load(&old).await.expect("load").expect("live");
     let principal = principal_name("dave");
-    login.set_principal(principal.clone()).await.expect("principal");
+    login
+        .set_principal(principal.clone())
+        .await
+        .expect("principal");
     login.cycle_id().await.expect("cycle");
     login.save().await.expect("save");
     let new = login.id().await.expect("rotated");
     assert_ne!(new, old);
-    assert!(sessions.load(&old).await.expect("load").is_none(), "old ID still loads");
-    let moved = sessions.load(&new).await.expect("load").expect("new ID loads");
-    assert_eq!(moved.get::<Vec<String>>("cart").await.expect("get"), Some(vec!["apple".to_owned()]));
+    assert!(
+        sessions.load(&old).await.expect("load").is_none(),
+        "old ID still loads"
+    );
+    let moved = sessions
+        .load(&new)
+        .await
+        .expect("load")
+        .expect("new ID loads");
+    assert_eq!(
+        moved.get::<Vec<String>>("cart").await.expect("get"),
+        Some(vec!["apple".to_owned()])
+    );
     assert_eq!(moved.principal().await.expect("principal"), Some(principal));
 }
 
 /// "Log out everywhere" from one session ends the user's other sessions.
 pub async fn revoke_from_a_session_logs_out_everywhere<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let sessions = Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
+    let sessions =
+        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
     let principal = principal_name("erin");
     let mut ids = Vec::new();
     for _ in 0..2 {
         let session = sessions.new_session();
         session.insert("k", &1).await.expect("insert");
-        session.set_principal(principal.clone()).await.expect("principal");
+        session
+            .set_principal(principal.clone())
+            .await
+            .expect("principal");
         session.save().await.expect("create");
         ids.push(session.id().await.expect("created"));
     }
     let phone = sessions.load(&ids[0]).await.expect("load").expect("live");
     phone.revoke_principal().await.expect("revoke");
     for id in &ids {
-        assert!(sessions.load(id).await.expect("load").is_none(), "session survived revoke");
+        assert!(
+            sessions.load(id).await.expect("load").is_none(),
+            "session survived revoke"
+        );
     }
 }

@@ -106,7 +106,14 @@ impl<S> CountingStore<S> {
     /// Sets every count back to zero.
     pub fn reset(&self) {
         let c = &self.counters;
-        for counter in [&c.load, &c.create, &c.save, &c.touch, &c.delete, &c.principal] {
+        for counter in [
+            &c.load,
+            &c.create,
+            &c.save,
+            &c.touch,
+            &c.delete,
+            &c.principal,
+        ] {
             counter.store(0, Ordering::Relaxed);
         }
     }

@@ -35,8 +35,10 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
         idle_deadline: Timestamp,
     ) -> BoxFuture<'a, Result<TouchOutcome, StoreError>>;
     fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<bool, StoreError>>;
-    fn revoke_principal<'a>(&'a self, principal: &'a str)
-    -> BoxFuture<'a, Result<usize, StoreError>>;
+    fn revoke_principal<'a>(
+        &'a self,
+        principal: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>>;
 }
 
 impl<S: SessionStore> ErasedStore for S {

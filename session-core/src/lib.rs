@@ -11,6 +11,7 @@
 //! - [`Sessions`] and [`Session`]: the handle apps use, with typed values,
 //!   `update` closures that survive conflicts, ID rotation and revocation.
 //! - [`MemoryStore`]: the embedded default.
+//! - [`InvalidationChannel`]: how caches on different instances stay coherent.
 //! - [`CountingStore`]: counts store calls, for tests and benchmarks.
 //! - [`conformance`] (feature `conformance`): the suite every store passes.
 //!
@@ -42,6 +43,7 @@ mod erased;
 mod error;
 mod expiry;
 mod id;
+mod invalidation;
 mod memory;
 mod record;
 mod session;
@@ -56,6 +58,9 @@ pub use counting::{CallCounts, CountingStore};
 pub use error::{BoxError, LimitError, SessionError, StoreError};
 pub use expiry::ExpiryPolicy;
 pub use id::{IdError, SESSION_ID_LEN, SessionId, SessionKey};
+pub use invalidation::{
+    ChannelEvent, Invalidation, InvalidationChannel, LocalChannel, MalformedInvalidation,
+};
 pub use memory::MemoryStore;
 pub use record::{Deadlines, Record, Timestamp, Version};
 pub use session::{ClientUpdate, Limits, OutagePolicy, Session, Sessions, WritePolicy};

@@ -388,10 +388,7 @@ impl State {
     }
 
     fn reset_to(&mut self, record: Option<Record>) {
-        self.view = record
-            .as_ref()
-            .map(|r| r.data.clone())
-            .unwrap_or_default();
+        self.view = record.as_ref().map(|r| r.data.clone()).unwrap_or_default();
         self.record = record;
         self.ops.clear();
         self.principal = PrincipalChange::Keep;
@@ -461,7 +458,9 @@ impl Session {
                 state.loaded = true;
                 state.reset_to(record);
             }
-            Err(error) if error.is_outage() && self.sessions.config.outage == OutagePolicy::FailOpen => {
+            Err(error)
+                if error.is_outage() && self.sessions.config.outage == OutagePolicy::FailOpen =>
+            {
                 tracing::warn!(%error, "session store unavailable; serving an empty session (fail open)");
                 state.loaded = true;
                 state.degraded = true;

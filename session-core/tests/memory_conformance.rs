@@ -25,4 +25,3 @@ impl Harness for Memory {
 }
 
 offstate_core::conformance_tests!(async { Memory::default() });
-
