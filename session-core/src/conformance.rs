@@ -14,6 +14,9 @@
 //! share one backend and run in parallel. A harness whose server cannot be
 //! started must panic with a clear message: a case never skips silently.
 
+// This module is a test suite: a panic here is a failing test, which is its job.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;

@@ -51,12 +51,12 @@ impl Shared {
     }
 
     fn unindex(&mut self, key: &SessionKey, principal: Option<&String>) {
-        if let Some(p) = principal {
-            if let Some(keys) = self.principals.get_mut(p) {
-                keys.remove(key);
-                if keys.is_empty() {
-                    self.principals.remove(p);
-                }
+        if let Some(p) = principal
+            && let Some(keys) = self.principals.get_mut(p)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.principals.remove(p);
             }
         }
     }
@@ -69,7 +69,7 @@ impl Shared {
 
     fn wrote(&mut self, now: Timestamp) {
         self.writes += 1;
-        if self.writes % SWEEP_EVERY == 0 {
+        if self.writes.is_multiple_of(SWEEP_EVERY) {
             let expired: Vec<SessionKey> = self
                 .records
                 .iter()

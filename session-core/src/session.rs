@@ -914,12 +914,12 @@ impl Session {
                     tracing::debug!(met = %fresh.version, "session save conflicted; replaying on the fresh record");
                     if config.write_policy == WritePolicy::Reject {
                         for op in &state.ops {
-                            if let Op::Set { key: k, .. } = op {
-                                if base.data.get(k) != fresh.data.get(k) {
-                                    let k = k.clone();
-                                    state.reset_to(Some(*fresh));
-                                    return Err(SessionError::Conflict { key: k });
-                                }
+                            if let Op::Set { key: k, .. } = op
+                                && base.data.get(k) != fresh.data.get(k)
+                            {
+                                let k = k.clone();
+                                state.reset_to(Some(*fresh));
+                                return Err(SessionError::Conflict { key: k });
                             }
                         }
                     }

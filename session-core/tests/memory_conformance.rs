@@ -1,5 +1,8 @@
 //! The conformance suite on `MemoryStore`, the reference implementation.
 
+// Integration tests: a panic is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use offstate_core::conformance::Harness;

@@ -1,0 +1,70 @@
+//! Counters: what the cache did, as a stats snapshot and through `metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of the cache's counters since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Loads answered from memory.
+    pub hits: u64,
+    /// Loads that went to the backend.
+    pub misses: u64,
+    /// Entries dropped for size or because their time was up.
+    pub evictions: u64,
+    /// Invalidation messages received from the channel.
+    pub invalidations_received: u64,
+    /// Saves the backend answered with a conflict.
+    pub conflicts: u64,
+    /// Times the channel dropped and the cache fell back to bounded staleness.
+    pub fallbacks: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    invalidations: AtomicU64,
+    conflicts: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    Hit,
+    Miss,
+    Eviction,
+    Invalidation,
+    Conflict,
+    Fallback,
+}
+
+impl Counters {
+    pub(crate) fn bump(&self, counter: Counter) {
+        let (cell, name) = match counter {
+            Counter::Hit => (&self.hits, "offstate_cache_hits_total"),
+            Counter::Miss => (&self.misses, "offstate_cache_misses_total"),
+            Counter::Eviction => (&self.evictions, "offstate_cache_evictions_total"),
+            Counter::Invalidation => (
+                &self.invalidations,
+                "offstate_cache_invalidations_received_total",
+            ),
+            Counter::Conflict => (&self.conflicts, "offstate_cache_conflicts_total"),
+            Counter::Fallback => (&self.fallbacks, "offstate_cache_fallbacks_total"),
+        };
+        cell.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(name).increment(1);
+    }
+
+    pub(crate) fn snapshot(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            invalidations_received: self.invalidations.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+}

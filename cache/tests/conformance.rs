@@ -1,0 +1,68 @@
+//! The conformance suite on `CachedStore` over `MemoryStore`, in both modes:
+//! a cache must not change the contract of the store it fronts.
+
+// Integration tests: a panic is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use offstate_cache::CachedStore;
+use offstate_core::conformance::Harness;
+use offstate_core::{Clock, LocalChannel, MemoryStore, SessionKey};
+
+/// Every store instance is a separate cache (a separate app instance) over
+/// one shared backend; coherent instances share one channel.
+struct Cached {
+    backend: MemoryStore,
+    channel: Option<LocalChannel>,
+}
+
+impl Harness for Cached {
+    type Store = CachedStore<MemoryStore>;
+
+    async fn store(&self, clock: Arc<dyn Clock>) -> Self::Store {
+        let builder = CachedStore::builder(self.backend.clone().with_clock(clock.clone()))
+            .with_clock(clock)
+            .with_staleness(Duration::from_millis(200));
+        let store = match &self.channel {
+            Some(channel) => builder.with_channel(channel.clone()).build(),
+            None => builder.build(),
+        };
+        if self.channel.is_some() {
+            // Wait for the listener to report the channel live.
+            for _ in 0..100 {
+                if store.is_coherent() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(store.is_coherent(), "the local channel never connected");
+        }
+        store
+    }
+
+    async fn corrupt(&self, _key: &SessionKey) -> bool {
+        false
+    }
+}
+
+mod coherent {
+    use super::*;
+    offstate_core::conformance_tests!(async {
+        Cached {
+            backend: MemoryStore::new(),
+            channel: Some(LocalChannel::new()),
+        }
+    });
+}
+
+mod bounded {
+    use super::*;
+    offstate_core::conformance_tests!(async {
+        Cached {
+            backend: MemoryStore::new(),
+            channel: None,
+        }
+    });
+}
