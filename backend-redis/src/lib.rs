@@ -1,1 +1,101 @@
-//! Redis and ElastiCache Redis store for offstate.
+//! Redis and ElastiCache (Redis OSS / Valkey) store for offstate: sessions
+//! and carts in Redis, standalone or Redis Cluster, so app instances can
+//! come and go.
+//!
+//! # Layout
+//!
+//! - [`RedisConfig`] and [`ClusterMode`]: URLs (`redis://`, `rediss://` for
+//!   TLS), credentials, timeouts, pool size, key prefix, clock.
+//! - [`RedisConnection`]: the bounded connection pool (standalone or
+//!   cluster), reusable by other Redis users such as the cache layer.
+//! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore).
+//! - Inside: `keys` (key names and hash tags), `codec` (record ⇄ hash
+//!   fields), `scripts` (the Lua scripts), `index` (the principal index),
+//!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)).
+//!
+//! # Data model
+//!
+//! One hash per session at `<prefix>s:{<session key>}` (default prefix
+//! `offstate:`): one field `d:<key>` per data key, and metadata fields
+//! `version`, `created`, `idle`, `abs`, `principal`. The `{...}` hash tag
+//! keeps everything of one session in one cluster slot.
+//!
+//! - **Load** is one `HGETALL`; the record's deadlines are checked against
+//!   the store's [`Clock`](offstate_core::Clock) whatever the server TTL
+//!   did. Fields that do not decode give `StoreError::Corrupt`.
+//! - **Every write is one Lua script** (`EVALSHA`, loading the script on
+//!   `NOSCRIPT`) that atomically checks existence, expected version and
+//!   expiry (with "now" passed from the store's clock, never the server's
+//!   `TIME`), applies only the changed fields (`HSET`/`HDEL`), raises the
+//!   version and sets `PEXPIREAT` to the record's end (or `PERSIST`). A
+//!   version mismatch returns the current hash, so a conflict costs no extra
+//!   read. Create writes only if the key is absent or expired by the clock;
+//!   touch only rewrites `idle` and the TTL of a live session.
+//! - **Principal index**: a sorted set per principal at
+//!   `<prefix>principal:{<sha256 of the name>}`; see the `index` module's
+//!   docs for the ordering that keeps revocation complete across slots.
+//!   A write of a session with a principal costs one more command (the
+//!   index update); a write without one is one script call.
+//! - **Timeouts**: every call is bounded by `tokio::time::timeout` (connect
+//!   timeout + command timeout; a write that also updates the index may take
+//!   that bound twice). A slow or dead server gives `StoreError::Timeout` or
+//!   `StoreError::Unavailable`; broken connections are replaced at their
+//!   next use, so the store recovers by itself when the server is back.
+//!
+//! # ElastiCache
+//!
+//! - **Parameter group**: nothing special. Nothing on the request path uses
+//!   `CONFIG`, `KEYS` or `SCAN`, and correctness never depends on keyspace
+//!   notifications. For cluster mode enabled, use a cluster-mode parameter
+//!   group (`cluster-enabled yes`, the default `default.redis7.cluster.on`)
+//!   and give the configuration endpoint as the URL with
+//!   [`ClusterMode::Cluster`] (or leave [`ClusterMode::Auto`], which asks
+//!   `INFO cluster` once at connect time). Redis 6.2 or later is needed
+//!   (`ZADD GT`).
+//! - **TLS** (in-transit encryption): use `rediss://`. ElastiCache's
+//!   certificates chain to public roots, found in the system's store; a
+//!   private CA can be added with [`RedisConfig::with_root_certificate_pem`].
+//! - **AUTH**: an AUTH token is [`RedisConfig::with_password`]; an RBAC user
+//!   is [`RedisConfig::with_user`]. The user needs `+@hash +@sortedset
+//!   +@scripting +@keyspace +ping +info` on `~<prefix>*`.
+//! - Memory policy: sessions carry TTLs, so `volatile-lru` or
+//!   `volatile-ttl` evicts them only under memory pressure; `noeviction`
+//!   makes writes fail instead (`StoreError::Backend`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use offstate_core::Sessions;
+//! use offstate_redis::{ClusterMode, RedisConfig, RedisStore};
+//!
+//! let config = RedisConfig::new("rediss://clustercfg.my-cache.example.com:6379")
+//!     .with_cluster_mode(ClusterMode::Cluster)
+//!     .with_password("auth-token")
+//!     .with_command_timeout(Duration::from_millis(300));
+//! let sessions = Sessions::new(RedisStore::connect(config).await?);
+//!
+//! let session = sessions.new_session();
+//! session.insert("cart", &vec!["apple"]).await?;
+//! session.save().await?;
+//! # Ok(()) }
+//! ```
+
+mod codec;
+mod config;
+mod connection;
+mod error;
+mod index;
+mod keys;
+mod scripts;
+mod store;
+
+pub use config::{ClusterMode, DEFAULT_KEY_PREFIX, RedisConfig};
+pub use connection::{PooledConnection, RedisConnection, SharedConnection};
+pub use error::ConnectError;
+pub use store::RedisStore;
+
+/// The Redis client this crate is built on, for commands of your own on a
+/// [`RedisConnection`].
+pub use redis;

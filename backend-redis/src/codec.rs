@@ -1,0 +1,170 @@
+//! The session hash: one field per data key plus a few metadata fields,
+//! and how a record is written to and read from it.
+//!
+//! | field        | value                                   |
+//! |--------------|-----------------------------------------|
+//! | `version`    | decimal version                         |
+//! | `created`    | creation time, ms since the epoch       |
+//! | `idle`       | idle deadline in ms (absent: none)      |
+//! | `abs`        | absolute deadline in ms (absent: none)  |
+//! | `principal`  | the principal's name (absent: none)     |
+//! | `d:<key>`    | the serialized value of data key `<key>`|
+//!
+//! Data fields are prefixed so no data key can collide with metadata.
+//! Fields this version does not know are ignored, so a later version may
+//! add some; a known field that does not decode makes the record corrupt.
+
+use std::collections::BTreeMap;
+
+use offstate_core::{Deadlines, Record, Timestamp, Version};
+use redis::Value;
+
+pub(crate) const VERSION: &str = "version";
+pub(crate) const CREATED: &str = "created";
+pub(crate) const IDLE: &str = "idle";
+pub(crate) const ABSOLUTE: &str = "abs";
+pub(crate) const PRINCIPAL: &str = "principal";
+pub(crate) const DATA_PREFIX: &str = "d:";
+
+/// Why a stored hash is not a record.
+#[derive(Debug, thiserror::Error)]
+#[error("stored session hash does not decode: {0}")]
+pub(crate) struct CorruptRecord(pub(crate) String);
+
+/// The hash field of a data key.
+pub(crate) fn data_field(key: &str) -> String {
+    format!("{DATA_PREFIX}{key}")
+}
+
+/// All fields of a record, as field/value pairs.
+pub(crate) fn encode(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields = Vec::with_capacity(record.data.len() + 5);
+    fields.push((VERSION.into(), record.version.get().to_string().into_bytes()));
+    fields.push((CREATED.into(), record.created_at.as_millis().to_string().into_bytes()));
+    if let Some(idle) = record.deadlines.idle {
+        fields.push((IDLE.into(), idle.as_millis().to_string().into_bytes()));
+    }
+    if let Some(abs) = record.deadlines.absolute {
+        fields.push((ABSOLUTE.into(), abs.as_millis().to_string().into_bytes()));
+    }
+    if let Some(principal) = &record.principal {
+        fields.push((PRINCIPAL.into(), principal.clone().into_bytes()));
+    }
+    for (key, value) in &record.data {
+        fields.push((data_field(key).into_bytes(), value.clone()));
+    }
+    fields
+}
+
+/// Decodes a hash's field/value pairs. An empty hash is no record.
+pub(crate) fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Record>, CorruptRecord> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut version = None;
+    let mut created = None;
+    let mut deadlines = Deadlines::default();
+    let mut principal = None;
+    let mut data = BTreeMap::new();
+    for (field, value) in pairs {
+        let field = String::from_utf8(field)
+            .map_err(|_| CorruptRecord("a field name is not UTF-8".into()))?;
+        if let Some(key) = field.strip_prefix(DATA_PREFIX) {
+            data.insert(key.to_owned(), value);
+            continue;
+        }
+        match field.as_str() {
+            VERSION => version = Some(Version::new(number(&field, &value)?)),
+            CREATED => created = Some(Timestamp::from_millis(number(&field, &value)?)),
+            IDLE => deadlines.idle = Some(Timestamp::from_millis(number(&field, &value)?)),
+            ABSOLUTE => deadlines.absolute = Some(Timestamp::from_millis(number(&field, &value)?)),
+            PRINCIPAL => {
+                principal = Some(
+                    String::from_utf8(value)
+                        .map_err(|_| CorruptRecord("the principal is not UTF-8".into()))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    let version = version.ok_or_else(|| CorruptRecord("no version field".into()))?;
+    let created = created.ok_or_else(|| CorruptRecord("no created field".into()))?;
+    let mut record = Record::new(created, deadlines);
+    record.version = version;
+    record.principal = principal;
+    record.data = data;
+    Ok(Some(record))
+}
+
+/// Parses a decimal metadata field.
+pub(crate) fn number(field: &str, value: &[u8]) -> Result<u64, CorruptRecord> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number")))
+}
+
+/// The field/value pairs of an `HGETALL` reply (a flat array in RESP2, a
+/// map in RESP3).
+pub(crate) fn hash_pairs(value: Value) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CorruptRecord> {
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(entries) => entries
+            .into_iter()
+            .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
+            .collect(),
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(CorruptRecord("odd number of hash items".into()));
+            }
+            let mut pairs = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                pairs.push((bytes(k)?, bytes(v)?));
+            }
+            Ok(pairs)
+        }
+        other => Err(CorruptRecord(format!("not a hash: {other:?}"))),
+    }
+}
+
+/// The bytes of a string reply.
+pub(crate) fn bytes(value: Value) -> Result<Vec<u8>, CorruptRecord> {
+    match value {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Okay => Ok(b"OK".to_vec()),
+        Value::Int(n) => Ok(n.to_string().into_bytes()),
+        other => Err(CorruptRecord(format!("not a string: {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_fields() {
+        let mut record = Record::new(
+            Timestamp::from_millis(5),
+            Deadlines::new(Some(Timestamp::from_millis(10)), None),
+        );
+        record.version = Version::new(7);
+        record.principal = Some("alice".into());
+        record.data.insert("version".into(), b"not metadata".to_vec());
+        record.data.insert("d:x".into(), vec![0, 255]);
+        let decoded = decode(encode(&record)).unwrap();
+        assert_eq!(decoded, Some(record));
+    }
+
+    #[test]
+    fn bad_metadata_is_corrupt() {
+        let pairs = vec![
+            (b"version".to_vec(), b"notanumber".to_vec()),
+            (b"created".to_vec(), b"1".to_vec()),
+        ];
+        assert!(decode(pairs).is_err());
+        assert!(decode(vec![(b"d:k".to_vec(), b"1".to_vec())]).is_err());
+        assert_eq!(decode(Vec::new()).unwrap(), None);
+    }
+}

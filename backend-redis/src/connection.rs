@@ -1,0 +1,422 @@
+//! `RedisConnection`: pooled, bounded access to standalone Redis or Redis
+//! Cluster from one configuration. Kept apart from the session store so the
+//! cache layer can reuse it.
+//!
+//! Standalone servers use `deadpool-redis`'s pool of multiplexed
+//! connections. Cluster mode uses the same `deadpool` machinery with a small
+//! manager of our own, because `deadpool-redis`'s cluster manager cannot be
+//! given timeouts or a private root certificate. Either way a broken
+//! connection is dropped at its next recycle (a `PING`), so the pool heals by
+//! itself after a server restart.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
+use offstate_core::StoreError;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    Pipeline, RedisError, RedisFuture, TlsCertificates, Value,
+};
+
+use crate::config::{ClusterMode, RedisConfig};
+use crate::error::{ConnectError, from_pool, from_redis};
+
+/// A pool of connections to Redis or Redis Cluster, with every call bounded
+/// in time. Clones share the pool.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use offstate_redis::{RedisConfig, RedisConnection};
+///
+/// let redis = RedisConnection::connect(&RedisConfig::new("redis://127.0.0.1:6379")).await?;
+/// let pong: String = redis.query(&redis::cmd("PING")).await?;
+/// assert_eq!(pong, "PONG");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisConnection {
+    pools: Pools,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Pools {
+    Standalone(deadpool_redis::Pool),
+    Cluster(Pool<ClusterManager>),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("cluster", &self.is_cluster())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+impl RedisConnection {
+    /// Builds the pool. With [`ClusterMode::Auto`] it asks the first server
+    /// whether cluster mode is on, so that server must answer; with an
+    /// explicit mode nothing is sent yet, and a server that is down now is
+    /// simply connected to later.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`] for an unusable configuration, or when detection
+    /// found no server.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+        if config.urls.is_empty() {
+            return Err(ConnectError::Config("no Redis URL given".into()));
+        }
+        if config.uses_tls() {
+            // rustls needs a process-wide crypto provider. If the app (or
+            // another crate enabling a second provider) installed one
+            // already, that one is used; the error only says so.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let infos = config
+            .urls
+            .iter()
+            .map(|url| connection_info(config, url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cluster = match config.mode {
+            ClusterMode::Standalone => false,
+            ClusterMode::Cluster => true,
+            ClusterMode::Auto => detect_cluster(config, &infos).await?,
+        };
+        let pools = if cluster {
+            Pools::Cluster(cluster_pool(config, infos)?)
+        } else {
+            Pools::Standalone(standalone_pool(config, &infos)?)
+        };
+        Ok(Self {
+            pools,
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+        })
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.pools, Pools::Cluster(_))
+    }
+
+    /// The most one bounded call may take: connect timeout plus command
+    /// timeout.
+    #[must_use]
+    pub fn bound(&self) -> Duration {
+        self.connect_timeout.saturating_add(self.command_timeout)
+    }
+
+    /// Takes a connection from the pool, connecting if needed, within the
+    /// connect timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Timeout`] or [`StoreError::Unavailable`] when no
+    /// connection can be had in time.
+    pub async fn get(&self) -> Result<PooledConnection, StoreError> {
+        let bound = self.connect_timeout;
+        let pooled = async {
+            match &self.pools {
+                Pools::Standalone(pool) => pool
+                    .get()
+                    .await
+                    .map(|c| PooledConnection(Held::Standalone(c)))
+                    .map_err(|e| from_pool(e, bound)),
+                Pools::Cluster(pool) => pool
+                    .get()
+                    .await
+                    .map(|c| PooledConnection(Held::Cluster(c)))
+                    .map_err(|e| from_pool(e, bound)),
+            }
+        };
+        match tokio::time::timeout(bound, pooled).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(bound)),
+        }
+    }
+
+    /// Runs `work` within [`bound`](Self::bound): it never hangs, whatever
+    /// the server does.
+    ///
+    /// # Errors
+    ///
+    /// What `work` returns, or [`StoreError::Timeout`].
+    pub async fn bounded<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let bound = self.bound();
+        match tokio::time::timeout(bound, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(bound)),
+        }
+    }
+
+    /// Sends one command on a pooled connection, bounded in time.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] from the pool, the server or the timeout.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.bounded(async {
+            let mut conn = self.get().await?;
+            cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
+        })
+        .await
+    }
+
+    /// Maps a client error from a command on this connection.
+    #[must_use]
+    pub fn error(&self, error: RedisError) -> StoreError {
+        from_redis(error, self.command_timeout)
+    }
+}
+
+/// A connection taken from a [`RedisConnection`] pool; it goes back to the
+/// pool on drop. It is multiplexed: [`shared`](Self::shared) gives a
+/// cheap handle for sending requests concurrently.
+pub struct PooledConnection(Held);
+
+enum Held {
+    Standalone(deadpool_redis::Connection),
+    Cluster(Object<ClusterManager>),
+}
+
+impl std::fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.0 {
+            Held::Standalone(_) => "standalone",
+            Held::Cluster(_) => "cluster",
+        };
+        f.debug_tuple("PooledConnection").field(&kind).finish()
+    }
+}
+
+impl PooledConnection {
+    /// A handle on the same multiplexed connection, for concurrent requests.
+    #[must_use]
+    pub fn shared(&self) -> SharedConnection {
+        match &self.0 {
+            Held::Standalone(c) => SharedConnection::Standalone((**c).clone()),
+            Held::Cluster(c) => SharedConnection::Cluster((**c).clone()),
+        }
+    }
+}
+
+impl ConnectionLike for PooledConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.0 {
+            Held::Standalone(c) => c.req_packed_command(cmd),
+            Held::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.0 {
+            Held::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Held::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.0 {
+            Held::Standalone(c) => c.get_db(),
+            Held::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A clone of a pooled multiplexed connection, for sending several requests
+/// at once (each on its own clone).
+#[derive(Clone)]
+pub enum SharedConnection {
+    /// One server.
+    Standalone(MultiplexedConnection),
+    /// Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for SharedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Standalone(_) => f.write_str("SharedConnection::Standalone"),
+            Self::Cluster(_) => f.write_str("SharedConnection::Cluster"),
+        }
+    }
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Parses one URL and applies the configured credentials and root
+/// certificate.
+fn connection_info(config: &RedisConfig, url: &str) -> Result<ConnectionInfo, ConnectError> {
+    let mut info = url.into_connection_info().map_err(ConnectError::Client)?;
+    if let Some(password) = &config.password {
+        let mut settings = info.redis_settings().clone().set_password(password);
+        if let Some(username) = &config.username {
+            settings = settings.set_username(username);
+        }
+        info = info.set_redis_settings(settings);
+    }
+    if let Some(pem) = &config.root_certificate_pem {
+        if url.starts_with("rediss://") {
+            let certs = TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            };
+            let client = Client::build_with_tls(info, certs).map_err(ConnectError::Client)?;
+            info = client.get_connection_info().clone();
+        }
+    }
+    Ok(info)
+}
+
+fn async_config(config: &RedisConfig) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout))
+}
+
+fn standalone_pool(
+    config: &RedisConfig,
+    infos: &[ConnectionInfo],
+) -> Result<deadpool_redis::Pool, ConnectError> {
+    let info = infos
+        .first()
+        .cloned()
+        .ok_or_else(|| ConnectError::Config("no Redis URL given".into()))?;
+    let manager = deadpool_redis::Manager::new_with_config(info, async_config(config))
+        .map_err(ConnectError::Client)?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.command_timeout))
+        .build()
+        .map_err(|e| ConnectError::Pool(e.to_string()))
+}
+
+fn cluster_pool(
+    config: &RedisConfig,
+    infos: Vec<ConnectionInfo>,
+) -> Result<Pool<ClusterManager>, ConnectError> {
+    let mut builder = ClusterClientBuilder::new(infos)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.command_timeout)
+        // Fail over to the caller's timeout rather than retry for long.
+        .retries(2);
+    if let Some(pem) = &config.root_certificate_pem {
+        builder = builder.certs(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        });
+    }
+    let client = builder.build().map_err(ConnectError::Client)?;
+    let manager = ClusterManager {
+        client,
+        pings: AtomicUsize::new(0),
+    };
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.command_timeout))
+        .build()
+        .map_err(|e| ConnectError::Pool(e.to_string()))
+}
+
+/// Asks the first server that answers whether it runs in cluster mode.
+async fn detect_cluster(config: &RedisConfig, infos: &[ConnectionInfo]) -> Result<bool, ConnectError> {
+    let bound = config.connect_timeout.saturating_add(config.command_timeout);
+    let mut last = StoreError::unavailable("no Redis URL given");
+    for info in infos {
+        let probe = async {
+            let client = Client::open(info.clone()).map_err(|e| from_redis(e, bound))?;
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&async_config(config))
+                .await
+                .map_err(|e| from_redis(e, bound))?;
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| from_redis(e, bound))?;
+            Ok::<_, StoreError>(info.lines().any(|l| l.trim() == "cluster_enabled:1"))
+        };
+        match tokio::time::timeout(bound, probe).await {
+            Ok(Ok(cluster)) => return Ok(cluster),
+            Ok(Err(error)) => last = error,
+            Err(_) => last = StoreError::Timeout(bound),
+        }
+    }
+    Err(ConnectError::Detect(last))
+}
+
+/// Makes cluster connections for the pool; each one talks to every node.
+struct ClusterManager {
+    client: ClusterClient,
+    pings: AtomicUsize,
+}
+
+impl managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(&self, conn: &mut ClusterConnection, _: &Metrics) -> RecycleResult<RedisError> {
+        let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
+        let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
+        if echoed == n {
+            Ok(())
+        } else {
+            Err(RecycleError::message("unexpected PING reply"))
+        }
+    }
+}

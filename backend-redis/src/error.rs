@@ -1,0 +1,84 @@
+//! How Redis client and pool failures become typed [`StoreError`]s, and
+//! what can go wrong while connecting.
+
+use std::time::Duration;
+
+use deadpool::managed::PoolError;
+use offstate_core::StoreError;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// The store could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The configuration is unusable (no URL, a prefix with braces...).
+    #[error("invalid Redis configuration: {0}")]
+    Config(String),
+    /// The Redis client refused the URLs or TLS settings.
+    #[error("invalid Redis connection settings")]
+    Client(#[source] RedisError),
+    /// The connection pool could not be built.
+    #[error("could not build the Redis connection pool: {0}")]
+    Pool(String),
+    /// Cluster mode detection needed a server, and none answered.
+    #[error("could not detect whether Redis runs in cluster mode")]
+    Detect(#[source] StoreError),
+}
+
+/// Maps a client error to the store's error kinds: timeouts and lost or
+/// refused connections are outages; a value of the wrong type at a session
+/// key is a corrupt record; anything else is a backend failure.
+pub(crate) fn from_redis(error: RedisError, bound: Duration) -> StoreError {
+    if error.is_timeout() {
+        return StoreError::Timeout(bound);
+    }
+    if error.code() == Some("WRONGTYPE") {
+        return StoreError::corrupt(error);
+    }
+    let outage = error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        );
+    if outage {
+        StoreError::unavailable(error)
+    } else {
+        StoreError::backend(error)
+    }
+}
+
+/// Maps a pool failure: a wait or connect that ran out of time is a
+/// timeout, a failed connect is whatever the client error says.
+pub(crate) fn from_pool(error: PoolError<RedisError>, bound: Duration) -> StoreError {
+    match error {
+        PoolError::Timeout(_) => StoreError::Timeout(bound),
+        PoolError::Backend(error) => from_redis(error, bound),
+        PoolError::Closed => StoreError::unavailable(PoolClosed),
+        other => StoreError::backend(other.to_string()),
+    }
+}
+
+/// The pool was closed while a request waited for a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("the Redis connection pool is closed")]
+pub(crate) struct PoolClosed;
+
+/// A server reply that is not what the scripts return.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected reply from Redis: {0}")]
+pub(crate) struct UnexpectedReply(pub(crate) String);
+
+impl UnexpectedReply {
+    pub(crate) fn store_error(what: impl Into<String>) -> StoreError {
+        StoreError::backend(Self(what.into()))
+    }
+}

@@ -1,0 +1,165 @@
+//! The server-side Lua scripts: every session write is one script, so its
+//! check (exists, version, not expired) and its effect happen atomically.
+//!
+//! "Now" is always an argument, taken from the store's injected clock, never
+//! the server's `TIME`: deadlines are decided by the same clock everywhere.
+//! Each script touches exactly one key, so it runs in Redis Cluster too
+//! (the principal index lives in another slot and has its own script).
+//! `redis::Script` sends `EVALSHA` and loads the script on `NOSCRIPT`.
+
+use redis::Script;
+
+/// Shared helpers, put in front of every session script.
+///
+/// `state` classifies the session hash at `now`: `absent`, `expired`,
+/// `corrupt` (not a hash, or metadata that does not parse) or `live`, and
+/// returns `version, idle, abs, principal`.
+const PRELUDE: &str = r"
+local function state(key, now)
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then return 'absent', {} end
+  if t ~= 'hash' then return 'corrupt', {} end
+  local m = redis.call('HMGET', key, 'version', 'idle', 'abs', 'principal')
+  if not m[1] or not tonumber(m[1]) then return 'corrupt', m end
+  local expires = nil
+  for i = 2, 3 do
+    if m[i] then
+      local at = tonumber(m[i])
+      if not at then return 'corrupt', m end
+      if not expires or at < expires then expires = at end
+    end
+  end
+  if expires and now >= expires then return 'expired', m end
+  return 'live', m
+end
+
+local function each_chunk(cmd, key, args, first, last)
+  local i = first
+  while i <= last do
+    local j = math.min(i + 199, last)
+    redis.call(cmd, key, unpack(args, i, j))
+    i = j + 1
+  end
+end
+
+local function expire_at(key, at)
+  if at == '' then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, at) end
+end
+
+local function set_or_clear(key, field, value)
+  if value == '' then redis.call('HDEL', key, field) else redis.call('HSET', key, field, value) end
+end
+";
+
+/// KEYS: session. ARGV: now, expire-at ('' = none), field/value pairs.
+/// Returns 1 when created, 0 when a live (or undecodable) hash is there.
+const CREATE: &str = r"
+local st = state(KEYS[1], tonumber(ARGV[1]))
+if st == 'live' or st == 'corrupt' then return 0 end
+if st == 'expired' then redis.call('DEL', KEYS[1]) end
+each_chunk('HSET', KEYS[1], ARGV, 3, #ARGV)
+expire_at(KEYS[1], ARGV[2])
+return 1
+";
+
+/// KEYS: session. ARGV: now, expected version, next version, expire-at,
+/// idle, abs, principal op ('k' keep, 's' set, 'c' clear), principal,
+/// number of set arguments N, N field/value arguments, fields to remove.
+/// Returns {0} gone, {1, hash} conflict, {2, old principal} saved,
+/// {3} corrupt.
+const SAVE: &str = r"
+local st, m = state(KEYS[1], tonumber(ARGV[1]))
+if st == 'absent' or st == 'expired' then return {0} end
+if st == 'corrupt' then return {3} end
+if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
+local nset = tonumber(ARGV[9])
+each_chunk('HDEL', KEYS[1], ARGV, 10 + nset, #ARGV)
+each_chunk('HSET', KEYS[1], ARGV, 10, 9 + nset)
+set_or_clear(KEYS[1], 'idle', ARGV[5])
+set_or_clear(KEYS[1], 'abs', ARGV[6])
+if ARGV[7] == 's' then
+  redis.call('HSET', KEYS[1], 'principal', ARGV[8])
+elseif ARGV[7] == 'c' then
+  redis.call('HDEL', KEYS[1], 'principal')
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[3])
+expire_at(KEYS[1], ARGV[4])
+return {2, m[4] or ''}
+";
+
+/// KEYS: session. ARGV: now, new idle deadline. Rewrites only `idle` and
+/// the TTL. Returns {0} gone, {1, principal, expires-at} touched, {3}
+/// corrupt.
+const TOUCH: &str = r"
+local st, m = state(KEYS[1], tonumber(ARGV[1]))
+if st == 'absent' or st == 'expired' then return {0} end
+if st == 'corrupt' then return {3} end
+redis.call('HSET', KEYS[1], 'idle', ARGV[2])
+local at = ARGV[2]
+if m[3] and tonumber(m[3]) < tonumber(at) then at = m[3] end
+redis.call('PEXPIREAT', KEYS[1], at)
+return {1, m[4] or '', at}
+";
+
+/// KEYS: session. ARGV: now. Returns {1 if something live or undecodable
+/// was deleted else 0, principal}.
+const DELETE: &str = r"
+local st, m = state(KEYS[1], tonumber(ARGV[1]))
+if st == 'absent' then return {0, ''} end
+redis.call('DEL', KEYS[1])
+local was = 0
+if st == 'live' or st == 'corrupt' then was = 1 end
+return {was, m[4] or ''}
+";
+
+/// KEYS: session. ARGV: now, principal. Deletes the session only if it
+/// (still) belongs to the principal. Returns 1 deleted a live session,
+/// 2 deleted an expired one, 0 no session, -1 another principal's or none.
+const REVOKE_ONE: &str = r"
+local st, m = state(KEYS[1], tonumber(ARGV[1]))
+if st == 'absent' then return 0 end
+if m[4] ~= ARGV[2] then return -1 end
+redis.call('DEL', KEYS[1])
+if st == 'live' then return 1 end
+return 2
+";
+
+/// KEYS: principal index. ARGV: score (ms or '+inf'), member, 'xx' to only
+/// raise an existing entry. Scores only grow (GT); the index expires with
+/// its latest session.
+const INDEX_ADD: &str = r"
+if ARGV[3] == 'xx' then
+  redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[1], ARGV[2])
+else
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
+end
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if not top[2] then return 0 end
+if top[2] == 'inf' then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIREAT', KEYS[1], top[2]) end
+return 1
+";
+
+/// The compiled scripts (each knows its SHA-1).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) create: Script,
+    pub(crate) save: Script,
+    pub(crate) touch: Script,
+    pub(crate) delete: Script,
+    pub(crate) revoke_one: Script,
+    pub(crate) index_add: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        let session = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Self {
+            create: session(CREATE),
+            save: session(SAVE),
+            touch: session(TOUCH),
+            delete: session(DELETE),
+            revoke_one: session(REVOKE_ONE),
+            index_add: Script::new(INDEX_ADD),
+        }
+    }
+}

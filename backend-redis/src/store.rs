@@ -1,0 +1,348 @@
+//! `RedisStore`: the `SessionStore` contract on one Redis hash per session,
+//! with every write a single atomic Lua script.
+
+use std::sync::Arc;
+
+use offstate_core::{
+    Capabilities, Change, Clock, CreateOutcome, PrincipalChange, Record, SaveOutcome, SessionKey,
+    SessionStore, StoreError, Timestamp, TouchOutcome,
+};
+use redis::Value;
+
+use crate::codec::{self, data_field};
+use crate::config::RedisConfig;
+use crate::connection::RedisConnection;
+use crate::error::{ConnectError, UnexpectedReply};
+use crate::keys::KeySpace;
+use crate::scripts::Scripts;
+
+/// Sessions in Redis or ElastiCache (standalone or cluster mode). Clones
+/// share the connection pool.
+///
+/// See the [crate documentation](crate) for the data model, the principal
+/// index and what ElastiCache needs.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use offstate_core::Sessions;
+/// use offstate_redis::{RedisConfig, RedisStore};
+///
+/// let store = RedisStore::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
+/// let sessions = Sessions::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: RedisConnection,
+    keys: Arc<KeySpace>,
+    scripts: Arc<Scripts>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("conn", &self.conn)
+            .field("keys", &self.keys)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects with `config` (see [`RedisConnection::connect`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`] for an unusable configuration, or when cluster mode
+    /// detection found no server.
+    pub async fn connect(config: RedisConfig) -> Result<Self, ConnectError> {
+        let conn = RedisConnection::connect(&config).await?;
+        Self::from_connection(conn, &config)
+    }
+
+    /// A store over an existing connection pool, with the key prefix and
+    /// clock of `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::Config`] when the key prefix contains `{` or `}`.
+    pub fn from_connection(conn: RedisConnection, config: &RedisConfig) -> Result<Self, ConnectError> {
+        if config.key_prefix.contains(['{', '}']) {
+            return Err(ConnectError::Config(
+                "the key prefix must not contain '{' or '}' (they delimit the cluster hash tag)".into(),
+            ));
+        }
+        Ok(Self {
+            conn,
+            keys: Arc::new(KeySpace::new(&config.key_prefix)),
+            scripts: Arc::new(Scripts::new()),
+            clock: config.clock.clone(),
+        })
+    }
+
+    /// The same store, checking deadlines with `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The connection pool, to share with other Redis users (the cache layer).
+    #[must_use]
+    pub fn connection(&self) -> &RedisConnection {
+        &self.conn
+    }
+
+    /// The Redis key of a session's hash (for operators and tests).
+    #[must_use]
+    pub fn session_key(&self, key: &SessionKey) -> String {
+        self.keys.session(key)
+    }
+
+    /// The Redis key of a principal's index (for operators and tests).
+    #[must_use]
+    pub fn principal_key(&self, principal: &str) -> String {
+        self.keys.principal(principal)
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub(crate) fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    pub(crate) fn scripts(&self) -> &Scripts {
+        &self.scripts
+    }
+
+    pub(crate) fn conn(&self) -> &RedisConnection {
+        &self.conn
+    }
+}
+
+/// `PEXPIREAT` argument for a deadline; empty for none (`PERSIST`).
+fn expire_arg(at: Option<Timestamp>) -> String {
+    at.map(|t| t.as_millis().to_string()).unwrap_or_default()
+}
+
+/// The index score of a session ending at `at`.
+pub(crate) fn score(at: Option<Timestamp>) -> String {
+    at.map_or_else(|| "+inf".to_owned(), |t| t.as_millis().to_string())
+}
+
+/// A script's reply as an array, or an error naming the script.
+fn array(value: Value, script: &str) -> Result<Vec<Value>, StoreError> {
+    match value {
+        Value::Array(items) => Ok(items),
+        other => Err(UnexpectedReply::store_error(format!("{script}: {other:?}"))),
+    }
+}
+
+pub(crate) fn int(value: Option<&Value>) -> Option<i64> {
+    match value {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+pub(crate) fn text(value: Option<Value>) -> String {
+    value
+        .and_then(|v| codec::bytes(v).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn corrupt_here(key: &SessionKey) -> StoreError {
+    StoreError::corrupt(codec::CorruptRecord(format!(
+        "session {} has metadata that does not decode",
+        key.as_str()
+    )))
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
+        let now = self.now();
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.keys.session(key));
+        let value: Value = self.conn.query(&cmd).await?;
+        let pairs = codec::hash_pairs(value).map_err(StoreError::corrupt)?;
+        let record = codec::decode(pairs).map_err(StoreError::corrupt)?;
+        Ok(record.filter(|r| !r.is_expired(now)))
+    }
+
+    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
+        let now = self.now();
+        let expires = record.deadlines.expires_at();
+        self.conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                // Index first: a session never exists unindexed, so a revoke
+                // never misses it. A create that then finds the key taken
+                // leaves a harmless entry (listings verify each member).
+                if let Some(principal) = &record.principal {
+                    self.index_add(&mut conn, principal, key, expires, false).await?;
+                }
+                let mut call = self.scripts.create.prepare_invoke();
+                call.key(self.keys.session(key))
+                    .arg(now.as_millis())
+                    .arg(expire_arg(expires));
+                for (field, value) in codec::encode(record) {
+                    call.arg(field).arg(value);
+                }
+                let created: i64 = call
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))?;
+                Ok(if created == 1 {
+                    CreateOutcome::Created
+                } else {
+                    CreateOutcome::Exists
+                })
+            })
+            .await
+    }
+
+    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
+        let now = self.now();
+        let expires = change.deadlines.expires_at();
+        let (outcome, old_principal) = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                let (op, principal) = match &change.principal {
+                    PrincipalChange::Set(p) => {
+                        // Index first, as for create.
+                        self.index_add(&mut conn, p, key, expires, false).await?;
+                        ("s", p.as_str())
+                    }
+                    PrincipalChange::Clear => ("c", ""),
+                    _ => ("k", ""),
+                };
+                let mut call = self.scripts.save.prepare_invoke();
+                call.key(self.keys.session(key))
+                    .arg(now.as_millis())
+                    .arg(change.expected.get())
+                    .arg(change.expected.next().get())
+                    .arg(expire_arg(expires))
+                    .arg(expire_arg(change.deadlines.idle))
+                    .arg(expire_arg(change.deadlines.absolute))
+                    .arg(op)
+                    .arg(principal)
+                    .arg(change.set.len() * 2);
+                for (k, value) in &change.set {
+                    call.arg(data_field(k)).arg(value.as_slice());
+                }
+                for k in &change.remove {
+                    call.arg(data_field(k));
+                }
+                let reply: Value = call
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))?;
+                let mut reply = array(reply, "save")?.into_iter();
+                let code = int(reply.next().as_ref());
+                match code {
+                    Some(0) => Ok((SaveOutcome::Gone, String::new())),
+                    Some(1) => {
+                        let hash = reply.next().unwrap_or(Value::Nil);
+                        let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
+                        match codec::decode(pairs).map_err(StoreError::corrupt)? {
+                            Some(current) => Ok((SaveOutcome::Conflict(Box::new(current)), String::new())),
+                            None => Ok((SaveOutcome::Gone, String::new())),
+                        }
+                    }
+                    Some(2) => Ok((
+                        SaveOutcome::Saved(change.expected.next()),
+                        text(reply.next()),
+                    )),
+                    Some(3) => Err(corrupt_here(key)),
+                    other => Err(UnexpectedReply::store_error(format!("save returned {other:?}"))),
+                }
+            })
+            .await?;
+        if matches!(outcome, SaveOutcome::Saved(_)) && !old_principal.is_empty() {
+            match &change.principal {
+                PrincipalChange::Set(p) if *p == old_principal => {}
+                PrincipalChange::Set(_) | PrincipalChange::Clear => {
+                    self.after_write_unindex(&old_principal, key).await;
+                }
+                _ => self.after_write_bump(&old_principal, key, expires).await,
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn touch(&self, key: &SessionKey, idle_deadline: Timestamp) -> Result<TouchOutcome, StoreError> {
+        let now = self.now();
+        let (outcome, principal, expires) = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                let reply: Value = self
+                    .scripts
+                    .touch
+                    .key(self.keys.session(key))
+                    .arg(now.as_millis())
+                    .arg(idle_deadline.as_millis())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))?;
+                let mut reply = array(reply, "touch")?.into_iter();
+                match int(reply.next().as_ref()) {
+                    Some(0) => Ok((TouchOutcome::Gone, String::new(), None)),
+                    Some(1) => {
+                        let principal = text(reply.next());
+                        let expires = text(reply.next()).parse().ok().map(Timestamp::from_millis);
+                        Ok((TouchOutcome::Touched, principal, expires))
+                    }
+                    Some(3) => Err(corrupt_here(key)),
+                    other => Err(UnexpectedReply::store_error(format!("touch returned {other:?}"))),
+                }
+            })
+            .await?;
+        if !principal.is_empty() {
+            self.after_write_bump(&principal, key, expires).await;
+        }
+        Ok(outcome)
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        let now = self.now();
+        let (was, principal) = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                let reply: Value = self
+                    .scripts
+                    .delete
+                    .key(self.keys.session(key))
+                    .arg(now.as_millis())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))?;
+                let mut reply = array(reply, "delete")?.into_iter();
+                let was = int(reply.next().as_ref()) == Some(1);
+                Ok((was, text(reply.next())))
+            })
+            .await?;
+        if !principal.is_empty() {
+            self.after_write_unindex(&principal, key).await;
+        }
+        Ok(was)
+    }
+
+    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
+        self.list_indexed(principal).await
+    }
+
+    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
+        self.revoke_indexed(principal).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full()
+    }
+}
