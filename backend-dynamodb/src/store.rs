@@ -1,0 +1,178 @@
+//! `DynamoStore`: the handle on one sessions table, and how it is built
+//! (from aws-config's chain, a custom loader, or an existing client).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, ConfigLoader};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::Region;
+use offstate_core::{Clock, SessionKey, StoreError, system_clock};
+
+use crate::config::{AttributeNames, DynamoConfig};
+
+/// Sessions in a DynamoDB table. Clones share the client and settings.
+///
+/// See the [crate documentation](crate) for the table layout and the
+/// semantics of each operation.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), offstate_core::StoreError> {
+/// use offstate_dynamodb::{DynamoConfig, DynamoStore};
+///
+/// let store = DynamoStore::connect(DynamoConfig::new("sessions")).await?;
+/// store.ensure_table().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    pub(crate) client: Client,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// What the operations need from the configuration, once resolved.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) table: String,
+    pub(crate) prefix: String,
+    pub(crate) names: AttributeNames,
+    pub(crate) consistent_reads: bool,
+    pub(crate) max_item_bytes: usize,
+    /// The bound reported in [`StoreError::Timeout`].
+    pub(crate) timeout: Duration,
+    pub(crate) table_wait: Duration,
+}
+
+impl DynamoStore {
+    /// Connects through aws-config's default chain (environment, shared
+    /// config and credentials files, container and instance metadata), with
+    /// the region, profile, endpoint, retry and timeout settings of
+    /// `config` on top.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when no region is configured anywhere.
+    pub async fn connect(config: DynamoConfig) -> Result<Self, StoreError> {
+        Self::connect_with(aws_config::defaults(BehaviorVersion::latest()), config).await
+    }
+
+    /// Like [`connect`](Self::connect), from a loader you prepared (static
+    /// credentials, a custom HTTP client, ...). The settings of `config`
+    /// that are set override the loader's.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when no region is configured anywhere.
+    pub async fn connect_with(
+        loader: ConfigLoader,
+        config: DynamoConfig,
+    ) -> Result<Self, StoreError> {
+        let mut loader = loader
+            .retry_config(config.effective_retry())
+            .timeout_config(config.effective_timeouts());
+        if let Some(profile) = &config.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        if sdk.region().is_none() {
+            return Err(StoreError::backend(
+                "no AWS region configured: set AWS_REGION, a profile region, or DynamoConfig::with_region",
+            ));
+        }
+        Ok(Self::build(Client::new(&sdk), config))
+    }
+
+    /// Uses an existing client. The endpoint, region, retry and timeout
+    /// settings of `config` are applied on top of the client's own when
+    /// they were set explicitly; the profile cannot be (the client's
+    /// credentials are already resolved).
+    #[must_use]
+    pub fn from_client(client: Client, config: DynamoConfig) -> Self {
+        let overrides = config.endpoint_url.is_some()
+            || config.region.is_some()
+            || config.retry.is_some()
+            || config.timeouts.is_some();
+        let client = if overrides {
+            let mut builder = client.config().to_builder();
+            if let Some(url) = &config.endpoint_url {
+                builder.set_endpoint_url(Some(url.clone()));
+            }
+            if let Some(region) = &config.region {
+                builder.set_region(Some(Region::new(region.clone())));
+            }
+            if let Some(retry) = &config.retry {
+                builder.set_retry_config(Some(retry.clone()));
+            }
+            if let Some(timeouts) = &config.timeouts {
+                builder.set_timeout_config(Some(timeouts.clone()));
+            }
+            Client::from_conf(builder.build())
+        } else {
+            client
+        };
+        Self::build(client, config)
+    }
+
+    fn build(client: Client, config: DynamoConfig) -> Self {
+        let timeout = client
+            .config()
+            .timeout_config()
+            .and_then(|t| {
+                t.operation_timeout()
+                    .or_else(|| t.operation_attempt_timeout())
+            })
+            .unwrap_or(Duration::ZERO);
+        Self {
+            client,
+            settings: Arc::new(Settings {
+                table: config.table,
+                prefix: config.key_prefix,
+                names: config.attributes,
+                consistent_reads: config.consistent_reads,
+                max_item_bytes: config.max_item_bytes,
+                timeout,
+                table_wait: config.table_wait,
+            }),
+            clock: system_clock(),
+        }
+    }
+
+    /// The same table, with deadlines checked against `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The SDK client, for anything the store does not do itself.
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The table name.
+    #[must_use]
+    pub fn table(&self) -> &str {
+        &self.settings.table
+    }
+
+    /// The attribute names in use.
+    #[must_use]
+    pub fn attributes(&self) -> &AttributeNames {
+        &self.settings.names
+    }
+
+    /// The partition key value a session is stored under: the prefix plus
+    /// the hashed session key.
+    #[must_use]
+    pub fn item_key(&self, key: &SessionKey) -> String {
+        format!("{}{}", self.settings.prefix, key.as_str())
+    }
+}
