@@ -1,0 +1,210 @@
+//! Reading the session ID from a request and telling the client about
+//! changes, for both transports. Everything here treats the request as
+//! hostile: no input makes it panic.
+//!
+//! Decisions, documented in the crate root too:
+//! - missing, garbage, non-UTF-8, wrongly signed: no session (anonymous),
+//!   and the store is never asked;
+//! - the session cookie (or header) several times with the same value: fine;
+//!   with different values: 400, with a removal cookie;
+//! - a value longer than the configured maximum: 431, with a removal cookie.
+
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use offstate_core::{ClientUpdate, SessionId, Timestamp};
+
+use crate::config::{CookieConfig, Transport};
+use crate::signing::SigningKey;
+
+/// Everything the middleware needs to read and write the ID.
+#[derive(Debug, Clone)]
+pub(crate) struct Carrier {
+    pub(crate) transport: Transport,
+    pub(crate) signing: Option<SigningKey>,
+    pub(crate) max_value_len: usize,
+}
+
+/// Why a request's session input was refused outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The session cookie or header came with different values.
+    Conflicting,
+    /// The session cookie or header value is over the maximum length.
+    TooLong,
+}
+
+impl Refusal {
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            Self::Conflicting => StatusCode::BAD_REQUEST,
+            Self::TooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Self::Conflicting => "conflicting session identifiers",
+            Self::TooLong => "session identifier too large",
+        }
+    }
+}
+
+/// The header value could not be built (a misconfigured cookie name,
+/// domain or path).
+#[derive(Debug)]
+pub(crate) struct BadHeader;
+
+/// The one distinct value seen, or why there is not one.
+#[derive(Default)]
+struct Seen<'a> {
+    value: Option<&'a [u8]>,
+    refusal: Option<Refusal>,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, value: &'a [u8], max: usize) {
+        if value.len() > max {
+            self.refusal = Some(Refusal::TooLong);
+            return;
+        }
+        match self.value {
+            None => self.value = Some(value),
+            Some(first) if first == value => {}
+            Some(_) => {
+                if self.refusal.is_none() {
+                    self.refusal = Some(Refusal::Conflicting);
+                }
+            }
+        }
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    bytes.get(start..end.max(start)).unwrap_or_default()
+}
+
+impl Carrier {
+    /// The session ID the request carries: `Ok(None)` for none or an
+    /// unusable one, `Err` for input that is refused outright.
+    pub(crate) fn read(&self, headers: &HeaderMap) -> Result<Option<SessionId>, Refusal> {
+        let mut seen = Seen::default();
+        match &self.transport {
+            Transport::Cookie(cookie) => {
+                let name = cookie.name().as_bytes();
+                // HTTP/2 sends one Cookie header per cookie: read them all.
+                for header in headers.get_all(COOKIE) {
+                    for pair in header.as_bytes().split(|&b| b == b';') {
+                        let pair = trim(pair);
+                        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                            continue;
+                        };
+                        let (key, value) = pair.split_at(eq);
+                        if trim(key) == name {
+                            seen.add(trim(value.get(1..).unwrap_or_default()), self.max_value_len);
+                        }
+                    }
+                }
+            }
+            Transport::Header(header) => {
+                for value in headers.get_all(header) {
+                    seen.add(trim(value.as_bytes()), self.max_value_len);
+                }
+            }
+        }
+        if let Some(refusal) = seen.refusal {
+            return Err(refusal);
+        }
+        Ok(seen.value.and_then(|value| self.decode(value)))
+    }
+
+    fn decode(&self, value: &[u8]) -> Option<SessionId> {
+        let text = std::str::from_utf8(value).ok()?;
+        match &self.signing {
+            Some(key) => key.verify(text),
+            None => SessionId::parse(text).ok(),
+        }
+    }
+
+    fn encode(&self, id: &SessionId) -> String {
+        match &self.signing {
+            Some(key) => key.sign(id),
+            None => id.to_string(),
+        }
+    }
+
+    /// Adds what the client must be told to the response headers.
+    pub(crate) fn write(
+        &self,
+        headers: &mut HeaderMap,
+        update: &ClientUpdate,
+        now: Timestamp,
+    ) -> Result<(), BadHeader> {
+        match (&self.transport, update) {
+            (_, ClientUpdate::Unchanged) => Ok(()),
+            (Transport::Cookie(config), ClientUpdate::Set { id, expires_at }) => {
+                let max_age = expires_at
+                    .filter(|_| config.persistent())
+                    .map(|at| at.saturating_since(now).as_secs().max(1));
+                let value = set_cookie(config, self.encode(id), max_age);
+                headers.append(SET_COOKIE, header_value(value)?);
+                Ok(())
+            }
+            (Transport::Cookie(config), ClientUpdate::Remove) => {
+                headers.append(SET_COOKIE, header_value(removal_cookie(config))?);
+                Ok(())
+            }
+            (Transport::Header(name), ClientUpdate::Set { id, .. }) => {
+                headers.insert(name.clone(), header_value(self.encode(id))?);
+                Ok(())
+            }
+            (Transport::Header(name), ClientUpdate::Remove) => {
+                headers.insert(name.clone(), HeaderValue::from_static(""));
+                Ok(())
+            }
+            // ClientUpdate is non-exhaustive: a future variant changes nothing.
+            (_, _) => Ok(()),
+        }
+    }
+}
+
+fn header_value(text: String) -> Result<HeaderValue, BadHeader> {
+    HeaderValue::try_from(text).map_err(|_| BadHeader)
+}
+
+fn base_cookie(config: &CookieConfig, value: String) -> cookie::Cookie<'static> {
+    let mut cookie = cookie::Cookie::new(config.name().to_owned(), value);
+    cookie.set_path(config.path().to_owned());
+    if let Some(domain) = config.domain() {
+        cookie.set_domain(domain.to_owned());
+    }
+    cookie.set_secure(config.secure());
+    cookie.set_http_only(config.http_only());
+    cookie.set_same_site(config.same_site().to_cookie());
+    cookie
+}
+
+fn set_cookie(config: &CookieConfig, value: String, max_age_secs: Option<u64>) -> String {
+    let mut cookie = base_cookie(config, value);
+    if let Some(secs) = max_age_secs {
+        let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        cookie.set_max_age(cookie::time::Duration::seconds(secs));
+    }
+    cookie.to_string()
+}
+
+/// A cookie that makes the browser forget the session cookie: same name,
+/// path and domain, empty value, `Max-Age=0` and an `Expires` in the past.
+pub(crate) fn removal_cookie(config: &CookieConfig) -> String {
+    let mut cookie = base_cookie(config, String::new());
+    cookie.set_max_age(cookie::time::Duration::ZERO);
+    cookie.set_expires(cookie::time::OffsetDateTime::UNIX_EPOCH);
+    cookie.to_string()
+}

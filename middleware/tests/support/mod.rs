@@ -1,0 +1,293 @@
+//! Shared test fixtures: an app with one route per handler kind, a store
+//! that fails on demand, and request helpers.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::BodyExt as _;
+use offstate_core::{
+    Capabilities, Change, CountingStore, CreateOutcome, ManualClock, MemoryStore, Record,
+    SaveOutcome, SessionKey, SessionStore, Sessions, StoreError, Timestamp, TouchOutcome,
+};
+use offstate_tower::{Session, SessionFailure, SessionLayer};
+use tower::ServiceExt as _;
+
+/// A MemoryStore that fails on demand: reads, writes, or both, with a
+/// timeout or an unavailable error. A test double for failure injection;
+/// real-server fault tests live with the backends.
+#[derive(Debug, Clone)]
+pub struct FlakyStore {
+    inner: MemoryStore,
+    fail_reads: Arc<AtomicBool>,
+    fail_writes: Arc<AtomicBool>,
+    timeout: Arc<AtomicBool>,
+}
+
+impl FlakyStore {
+    pub fn new(inner: MemoryStore) -> Self {
+        Self {
+            inner,
+            fail_reads: Arc::default(),
+            fail_writes: Arc::default(),
+            timeout: Arc::default(),
+        }
+    }
+
+    pub fn fail_reads(&self, yes: bool) {
+        self.fail_reads.store(yes, Ordering::SeqCst);
+    }
+
+    pub fn fail_writes(&self, yes: bool) {
+        self.fail_writes.store(yes, Ordering::SeqCst);
+    }
+
+    /// Fail with `Timeout` instead of `Unavailable`.
+    pub fn with_timeouts(&self, yes: bool) {
+        self.timeout.store(yes, Ordering::SeqCst);
+    }
+
+    fn error(&self) -> StoreError {
+        if self.timeout.load(Ordering::SeqCst) {
+            StoreError::Timeout(Duration::from_millis(250))
+        } else {
+            StoreError::unavailable("connection refused by 10.1.2.3:6379")
+        }
+    }
+
+    fn check(&self, flag: &AtomicBool) -> Result<(), StoreError> {
+        if flag.load(Ordering::SeqCst) {
+            Err(self.error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl SessionStore for FlakyStore {
+    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.load(key).await
+    }
+
+    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.create(key, record).await
+    }
+
+    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.save(key, change).await
+    }
+
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        deadline: Timestamp,
+    ) -> Result<TouchOutcome, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.touch(key, deadline).await
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.delete(key).await
+    }
+
+    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.list_principal(principal).await
+    }
+
+    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.revoke_principal(principal).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
+/// A counted, flaky memory store on a manual clock, and Sessions over it.
+pub struct Fixture {
+    pub clock: ManualClock,
+    pub memory: MemoryStore,
+    pub flaky: FlakyStore,
+    pub store: CountingStore<FlakyStore>,
+    pub sessions: Sessions,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let clock = ManualClock::new();
+        let memory = MemoryStore::new().with_clock(Arc::new(clock.clone()));
+        let flaky = FlakyStore::new(memory.clone());
+        let store = CountingStore::new(flaky.clone());
+        let sessions = Sessions::new(store.clone()).with_clock(Arc::new(clock.clone()));
+        Self {
+            clock,
+            memory,
+            flaky,
+            store,
+            sessions,
+        }
+    }
+
+    /// The default layer over these sessions, on the manual clock.
+    pub fn layer(&self) -> SessionLayer {
+        SessionLayer::new(self.sessions.clone()).with_clock(Arc::new(self.clock.clone()))
+    }
+}
+
+async fn untouched() -> &'static str {
+    "untouched"
+}
+
+async fn read(session: Session) -> Result<String, SessionFailure> {
+    let n: Option<u64> = session.get("n").await?;
+    Ok(format!("n={}", n.unwrap_or(0)))
+}
+
+async fn write(session: Session) -> Result<String, SessionFailure> {
+    let n = session
+        .update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
+        .await?;
+    Ok(format!("n={}", n.unwrap_or(0)))
+}
+
+async fn big(session: Session) -> Result<&'static str, SessionFailure> {
+    session.insert("big", &"x".repeat(2000)).await?;
+    Ok("stored")
+}
+
+async fn login(session: Session) -> Result<&'static str, SessionFailure> {
+    session.set_principal("alice").await?;
+    session.cycle_id().await?;
+    Ok("logged in")
+}
+
+async fn whoami(session: Session) -> Result<String, SessionFailure> {
+    Ok(session
+        .principal()
+        .await?
+        .unwrap_or_else(|| "nobody".into()))
+}
+
+async fn logout(session: Session) -> Result<&'static str, SessionFailure> {
+    session.delete().await?;
+    Ok("logged out")
+}
+
+async fn logout_everywhere(session: Session) -> Result<String, SessionFailure> {
+    let n = session.revoke_principal().await?;
+    Ok(format!("revoked {n}"))
+}
+
+async fn save_myself(session: Session) -> (http::StatusCode, &'static str) {
+    if session
+        .update("k", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
+        .await
+        .is_err()
+    {
+        return (http::StatusCode::OK, "could not write; carrying on");
+    }
+    match session.save().await {
+        Ok(()) => (http::StatusCode::OK, "saved"),
+        Err(_) => (http::StatusCode::ACCEPTED, "saved later, maybe"),
+    }
+}
+
+async fn optional(session: Option<Session>) -> &'static str {
+    if session.is_some() { "with" } else { "without" }
+}
+
+/// Routes, one per handler kind.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/untouched", get(untouched))
+        .route("/read", get(read))
+        .route("/write", post(write))
+        .route("/big", post(big))
+        .route("/login", post(login))
+        .route("/whoami", get(whoami))
+        .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
+        .route("/save-myself", post(save_myself))
+        .route("/optional", get(optional))
+}
+
+/// The routes behind `layer`.
+pub fn app(layer: SessionLayer) -> Router {
+    routes().layer(layer)
+}
+
+/// A request with the given `Cookie` headers.
+pub fn request(method: &str, uri: &str, cookies: &[&str]) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for cookie in cookies {
+        builder = builder.header(header::COOKIE, *cookie);
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+/// A request with raw header values.
+pub fn request_with(method: &str, uri: &str, headers: &[(&str, HeaderValue)]) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, value.clone());
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+pub async fn send(app: &Router, request: Request<Body>) -> Response<Body> {
+    app.clone().oneshot(request).await.unwrap()
+}
+
+pub async fn body(response: Response<Body>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Every Set-Cookie header of a response.
+pub fn set_cookies(response: &Response<Body>) -> Vec<String> {
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The single Set-Cookie header of a response.
+pub fn set_cookie(response: &Response<Body>) -> String {
+    let all = set_cookies(response);
+    assert_eq!(all.len(), 1, "expected one Set-Cookie, got {all:?}");
+    all.into_iter().next().unwrap()
+}
+
+/// `name=value` of a Set-Cookie header, for sending back.
+pub fn pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().trim().to_owned()
+}
+
+/// The attribute `name` of a Set-Cookie header (`Some("")` for a flag).
+pub fn attribute(set_cookie: &str, name: &str) -> Option<String> {
+    set_cookie.split(';').skip(1).find_map(|part| {
+        let part = part.trim();
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        key.eq_ignore_ascii_case(name).then(|| value.to_owned())
+    })
+}
