@@ -249,9 +249,15 @@ impl RedisServer {
             RedisAuth::Password(p) => args.extend(["--requirepass".into(), p.clone()]),
             RedisAuth::User { name, password } => args.extend([
                 "--user".into(),
-                "default off".into(),
+                "default".into(),
+                "off".into(),
                 "--user".into(),
-                format!("{name} on >{password} ~* &* +@all"),
+                name.clone(),
+                "on".into(),
+                format!(">{password}"),
+                "~*".into(),
+                "&*".into(),
+                "+@all".into(),
             ]),
         }
         let process = spawn_ready(&program, &args, port)?;

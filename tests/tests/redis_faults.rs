@@ -1,0 +1,187 @@
+//! Outages and bad data on a single redis-server: a paused or dead server
+//! gives typed errors within the configured bound, the same store instance
+//! recovers once the server is back, and a corrupted hash is a typed error
+//! for that session only.
+
+use std::time::Duration;
+
+use offstate_core::{
+    Change, CreateOutcome, Deadlines, Record, SessionId, SessionStore, StoreError, SystemClock,
+    Clock, TouchOutcome, Version,
+};
+use offstate_redis::{RedisStore, SharedConnection};
+use offstate_testing::redis::RedisServer;
+
+const BOUND: Duration = Duration::from_millis(300);
+/// Far above the store's bound: only a store that hangs trips it.
+const HANG_GUARD: Duration = Duration::from_secs(20);
+
+fn record(data: &[(&str, &str)]) -> Record {
+    let now = SystemClock.now();
+    let mut record = Record::new(now, Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None));
+    for (k, v) in data {
+        record.data.insert((*k).to_owned(), v.as_bytes().to_vec());
+    }
+    record
+}
+
+async fn bounded_store(server: &RedisServer) -> RedisStore {
+    let config = server
+        .config()
+        .with_connect_timeout(BOUND)
+        .with_command_timeout(BOUND);
+    RedisStore::connect(config).await.expect("store")
+}
+
+fn is_outage(result: &Result<Option<Record>, StoreError>) -> bool {
+    matches!(result, Err(StoreError::Timeout(_) | StoreError::Unavailable(_)))
+}
+
+/// Retries `load` until the store answers again; returns how many tries
+/// failed before it did.
+async fn until_recovered(store: &RedisStore) -> usize {
+    let probe = SessionId::generate().key();
+    for failed in 0..200 {
+        if store.load(&probe).await.is_ok() {
+            return failed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the store did not recover after the server came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let store = bounded_store(&server).await;
+    let key = SessionId::generate().key();
+    assert_eq!(store.create(&key, &record(&[("k", "1")])).await.expect("create"), CreateOutcome::Created);
+
+    // A server that answers nothing: every call ends with Timeout.
+    server.pause();
+    let mut in_flight = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        let key = key.clone();
+        in_flight.push(tokio::spawn(async move {
+            tokio::time::timeout(HANG_GUARD, store.load(&key)).await
+        }));
+    }
+    let touch = tokio::time::timeout(HANG_GUARD, store.touch(&key, SystemClock.now())).await;
+    assert!(
+        matches!(touch, Ok(Err(StoreError::Timeout(_)))),
+        "touch on a paused server: {touch:?}"
+    );
+    // While those are waiting, the server dies.
+    server.kill();
+    for call in in_flight {
+        let result = call.await.expect("task").expect("a call hung past the store's bound");
+        assert!(is_outage(&result), "in-flight load: {result:?}");
+    }
+    // A dead server: refused connections are outages too, never a hang.
+    let dead = tokio::time::timeout(HANG_GUARD, store.load(&key)).await.expect("hung on a dead server");
+    assert!(is_outage(&dead), "load on a dead server: {dead:?}");
+
+    // Same port, fresh (empty) server: the same store instance recovers.
+    server.restart().expect("restart");
+    until_recovered(&store).await;
+    assert!(store.load(&key).await.expect("load").is_none(), "data came back from a wiped server");
+    let fresh = SessionId::generate().key();
+    assert_eq!(store.create(&fresh, &record(&[("k", "2")])).await.expect("create"), CreateOutcome::Created);
+    let loaded = store.load(&fresh).await.expect("load").expect("live");
+    assert_eq!(loaded.data.get("k").map(Vec::as_slice), Some(&b"2"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_between_calls_is_survived_by_pooled_connections() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let store = bounded_store(&server).await;
+    // Fill the pool with connections that the restart will break.
+    let mut warm = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        warm.push(tokio::spawn(async move { store.load(&SessionId::generate().key()).await }));
+    }
+    for call in warm {
+        call.await.expect("task").expect("load");
+    }
+    server.restart().expect("restart");
+    until_recovered(&store).await;
+    // Every pooled connection was broken; none may surface as a failure now.
+    for _ in 0..20 {
+        let key = SessionId::generate().key();
+        store.create(&key, &record(&[("k", "1")])).await.expect("create after restart");
+        assert!(store.load(&key).await.expect("load").is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_hash_is_corrupt_for_that_session_only() {
+    let server = RedisServer::start().expect("redis-server");
+    let store = server.store().await.expect("store");
+    let bad = SessionId::generate().key();
+    let good = SessionId::generate().key();
+    let original = record(&[("cart", "[1]")]);
+    store.create(&bad, &original).await.expect("create");
+    store.create(&good, &original).await.expect("create");
+
+    server
+        .cli(&["HSET", &store.session_key(&bad), "version", "notanumber"])
+        .expect("redis-cli HSET");
+    assert!(matches!(store.load(&bad).await, Err(StoreError::Corrupt(_))));
+    let change = Change::new(Version::INITIAL, original.deadlines);
+    assert!(matches!(store.save(&bad, &change).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.touch(&bad, SystemClock.now()).await, Err(StoreError::Corrupt(_))));
+    assert_eq!(store.create(&bad, &original).await.expect("create"), CreateOutcome::Exists, "create overwrote a corrupt record");
+
+    // The other session is untouched and fully usable.
+    assert_eq!(store.load(&good).await.expect("load"), Some(original.clone()));
+    assert!(matches!(store.save(&good, &change).await, Ok(offstate_core::SaveOutcome::Saved(_))));
+    assert_eq!(store.touch(&good, SystemClock.now().saturating_add(Duration::from_secs(60))).await.expect("touch"), TouchOutcome::Touched);
+
+    // A value of another type at the session key is corrupt too, and delete clears it.
+    server.cli(&["DEL", &store.session_key(&bad)]).expect("DEL");
+    server.cli(&["SET", &store.session_key(&bad), "garbage"]).expect("SET");
+    assert!(matches!(store.load(&bad).await, Err(StoreError::Corrupt(_))));
+    assert!(store.delete(&bad).await.expect("delete"));
+    assert!(store.load(&bad).await.expect("load").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_auth_is_required_and_used() {
+    let server = RedisServer::start_with_password("p4ss-word").expect("redis-server");
+    let store = server.store().await.expect("store");
+    let key = SessionId::generate().key();
+    store.create(&key, &record(&[("k", "1")])).await.expect("create with AUTH");
+    assert!(store.load(&key).await.expect("load").is_some());
+
+    // Without the password the server refuses, as a typed error.
+    let anonymous = RedisStore::connect(
+        offstate_redis::RedisConfig::new(server.url())
+            .with_cluster(false)
+            .with_connect_timeout(BOUND)
+            .with_command_timeout(BOUND),
+    )
+    .await
+    .expect("store");
+    let refused = anonymous.load(&key).await;
+    assert!(refused.is_err(), "a store without the password read a session: {refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_is_reusable_for_other_commands() {
+    let server = RedisServer::start().expect("redis-server");
+    let store = server.store().await.expect("store");
+    let conn = store.connection().clone();
+    let pong: String = conn.query(&offstate_redis::redis::cmd("PING")).await.expect("PING");
+    assert_eq!(pong, "PONG");
+    let pooled = conn.get().await.expect("pooled connection");
+    let mut shared: SharedConnection = pooled.shared();
+    let echoed: String = offstate_redis::redis::cmd("ECHO")
+        .arg("hi")
+        .query_async(&mut shared)
+        .await
+        .expect("ECHO");
+    assert_eq!(echoed, "hi");
+    assert!(!conn.is_cluster());
+}
