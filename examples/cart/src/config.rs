@@ -1,0 +1,208 @@
+//! Command-line flags and environment variables. Flags win over the
+//! environment, and everything has a default, so `cargo run -p
+//! offstate-example-cart` just works.
+
+use std::net::SocketAddr;
+
+/// Settings of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Where to listen (`--listen`, `OFFSTATE_LISTEN`; default 127.0.0.1:3000).
+    pub listen: SocketAddr,
+    /// The name shown on every page (`--instance`, `OFFSTATE_INSTANCE`;
+    /// default `hostname:port`).
+    pub instance: String,
+    /// Where sessions live (`--store`, `OFFSTATE_STORE`; default `memory://`).
+    pub store: String,
+    /// Whether the cookie is `Secure` (`--secure-cookies true|false`,
+    /// `OFFSTATE_SECURE_COOKIES`; default: off on a loopback address, where
+    /// the demo runs over plain HTTP, on everywhere else).
+    pub secure_cookies: bool,
+    /// Secret for signed session IDs (`OFFSTATE_SIGNING_KEY`, at least 32
+    /// bytes; every instance needs the same one). Environment only, so it
+    /// does not show in `ps`.
+    pub signing_key: Option<String>,
+}
+
+/// The command line or environment cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A flag nobody knows.
+    #[error("unknown argument {0:?}; try --help")]
+    Unknown(String),
+    /// A flag without its value.
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    /// A value that does not parse.
+    #[error("bad value {value:?} for {name}")]
+    BadValue {
+        /// The flag or variable.
+        name: String,
+        /// What was given.
+        value: String,
+    },
+    /// `--help` was asked for.
+    #[error("{USAGE}")]
+    Help,
+}
+
+/// Usage text for `--help`.
+pub const USAGE: &str = "\
+offstate-example-cart: a shopping cart whose sessions live outside the instance
+
+USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--secure-cookies BOOL]
+
+  --listen ADDR          listen address (env OFFSTATE_LISTEN, default 127.0.0.1:3000)
+  --instance NAME        name shown on every page (env OFFSTATE_INSTANCE, default hostname:port)
+  --store URL            memory:// (default); redis://, dynamodb://, memcached:// once wired
+                         (env OFFSTATE_STORE)
+  --secure-cookies BOOL  Secure cookie attribute (env OFFSTATE_SECURE_COOKIES,
+                         default false on loopback, true elsewhere)
+  env OFFSTATE_SIGNING_KEY  sign session IDs with this secret (>= 32 bytes)";
+
+impl Settings {
+    /// Settings from the process's arguments and environment.
+    ///
+    /// # Errors
+    ///
+    /// [`SettingsError`] for unknown flags and bad values.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::parse(std::env::args().skip(1), |name| std::env::var(name).ok())
+    }
+
+    /// Settings from `args` (without the program name) and a variable lookup.
+    ///
+    /// ```
+    /// use offstate_example_cart::config::Settings;
+    ///
+    /// let settings = Settings::parse(
+    ///     ["--listen", "127.0.0.1:4000", "--instance", "a"].map(String::from),
+    ///     |_| None,
+    /// ).unwrap();
+    /// assert_eq!(settings.listen.port(), 4000);
+    /// assert_eq!(settings.instance, "a");
+    /// assert_eq!(settings.store, "memory://");
+    /// assert!(!settings.secure_cookies);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SettingsError`] for unknown flags and bad values.
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SettingsError> {
+        let mut listen = var("OFFSTATE_LISTEN").map(|v| ("OFFSTATE_LISTEN".to_owned(), v));
+        let mut instance = var("OFFSTATE_INSTANCE");
+        let mut store = var("OFFSTATE_STORE");
+        let mut secure =
+            var("OFFSTATE_SECURE_COOKIES").map(|v| ("OFFSTATE_SECURE_COOKIES".to_owned(), v));
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => {
+                    (flag.to_owned(), Some(value.to_owned()))
+                }
+                _ => (arg.clone(), None),
+            };
+            if flag == "--help" || flag == "-h" {
+                return Err(SettingsError::Help);
+            }
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| SettingsError::MissingValue(flag.clone()))
+            };
+            match flag.as_str() {
+                "--listen" => listen = Some((flag.clone(), value()?)),
+                "--instance" => instance = Some(value()?),
+                "--store" => store = Some(value()?),
+                "--secure-cookies" => secure = Some((flag.clone(), value()?)),
+                _ => return Err(SettingsError::Unknown(arg)),
+            }
+        }
+        let listen = match listen {
+            Some((name, value)) => value
+                .parse::<SocketAddr>()
+                .map_err(|_| SettingsError::BadValue { name, value })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 3000)),
+        };
+        let secure_cookies = match secure {
+            Some((name, value)) => match value.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => return Err(SettingsError::BadValue { name, value }),
+            },
+            None => !listen.ip().is_loopback(),
+        };
+        let instance = instance
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| format!("{}:{}", hostname(), listen.port()));
+        Ok(Self {
+            listen,
+            instance,
+            store: store.unwrap_or_else(|| "memory://".to_owned()),
+            secure_cookies,
+            signing_key: var("OFFSTATE_SIGNING_KEY").filter(|k| !k.is_empty()),
+        })
+    }
+}
+
+/// This machine's name, or `localhost` if it cannot be found.
+fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn flags_beat_the_environment() {
+        let env = |name: &str| match name {
+            "OFFSTATE_LISTEN" => Some("0.0.0.0:8080".to_owned()),
+            "OFFSTATE_INSTANCE" => Some("from-env".to_owned()),
+            _ => None,
+        };
+        let s = Settings::parse(args(&["--instance=from-flag"]), env).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.instance, "from-flag");
+        assert!(s.secure_cookies, "not loopback: Secure by default");
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let s = Settings::parse(args(&[]), |_| None).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:3000".parse().unwrap());
+        assert!(s.instance.ends_with(":3000"));
+        assert!(matches!(
+            Settings::parse(args(&["--listen"]), |_| None),
+            Err(SettingsError::MissingValue(_))
+        ));
+        assert!(matches!(
+            Settings::parse(args(&["--listen", "nope"]), |_| None),
+            Err(SettingsError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Settings::parse(args(&["--frobnicate"]), |_| None),
+            Err(SettingsError::Unknown(_))
+        ));
+        assert!(matches!(
+            Settings::parse(args(&["--secure-cookies", "maybe"]), |_| None),
+            Err(SettingsError::BadValue { .. })
+        ));
+    }
+}

@@ -1,0 +1,37 @@
+//! A shopping-cart web app whose sessions live outside the instance: run
+//! two instances on one shared store behind a load balancer and the cart
+//! follows the user whichever instance answers. Every page says which
+//! instance served it.
+//!
+//! Run it with `cargo run -p offstate-example-cart` and open
+//! <http://127.0.0.1:3000>. It uses the in-memory store unless
+//! `--store URL` names another.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and environment variables.
+//! - [`store`]: the `--store` URL to [`Sessions`](offstate_core::Sessions).
+//! - [`cart`]: the catalog and the pure functions that change a cart.
+//! - [`pages`]: the HTML.
+//! - `routes`: the handlers and [`app`], the router behind the session layer.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use offstate_example_cart::{AppConfig, app, store::sessions_for};
+//!
+//! let sessions = sessions_for("memory://").await.unwrap();
+//! let router = app(sessions, AppConfig::new("instance-a").with_secure_cookies(false));
+//! // axum::serve(listener, router).await
+//! # drop(router);
+//! # }
+//! ```
+
+pub mod cart;
+pub mod config;
+pub mod pages;
+mod routes;
+pub mod store;
+
+pub use routes::{AppConfig, app};

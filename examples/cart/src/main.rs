@@ -1,0 +1,63 @@
+//! `offstate-example-cart`: parse the settings, pick the store, serve.
+
+use std::process::ExitCode;
+
+use offstate_example_cart::config::{Settings, SettingsError};
+use offstate_example_cart::{AppConfig, app, store};
+use offstate_tower::SigningKey;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(SettingsError::Help) => {
+            println!("{}", offstate_example_cart::config::USAGE);
+            return Ok(());
+        }
+        Err(error) => return Err(error.to_string()),
+    };
+    let sessions = store::sessions_for(&settings.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut config =
+        AppConfig::new(settings.instance.clone()).with_secure_cookies(settings.secure_cookies);
+    if let Some(key) = &settings.signing_key {
+        let key =
+            SigningKey::new(key.as_bytes()).map_err(|e| format!("OFFSTATE_SIGNING_KEY: {e}"))?;
+        config = config.with_signing_key(key);
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    tracing::info!(
+        listen = %settings.listen,
+        instance = %settings.instance,
+        store = %scheme(&settings.store),
+        "offstate cart listening on http://{}",
+        settings.listen
+    );
+    axum::serve(listener, app(sessions, config))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+/// The scheme of a store URL only: the rest may hold a password.
+fn scheme(url: &str) -> &str {
+    url.split_once("://").map_or("?", |(scheme, _)| scheme)
+}
