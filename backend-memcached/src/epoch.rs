@@ -64,7 +64,7 @@ mod tests {
     fn initial_values_differ_and_leave_headroom() {
         let (a, b) = (initial().unwrap(), initial().unwrap());
         assert_ne!(a, b);
-        assert!(a < 1 << 62 && a >= 1);
+        assert!((1..1 << 62).contains(&a));
     }
 
     #[test]

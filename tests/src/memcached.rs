@@ -37,6 +37,7 @@ pub const FIXTURE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct MemcachedServer {
     process: ServerProcess,
     addr: SocketAddr,
+    extra: Vec<String>,
 }
 
 impl MemcachedServer {
@@ -57,12 +58,16 @@ impl MemcachedServer {
     ///
     /// As [`MemcachedServer::start`].
     pub fn start_with_args(extra: &[&str]) -> Result<Self, ServerError> {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::spawn(free_port()?, extra)
+    }
+
+    fn spawn(port: u16, extra: Vec<String>) -> Result<Self, ServerError> {
         let program = find_program(
             "memcached",
             MEMCACHED_ENV,
             &[PathBuf::from("/usr/bin/memcached")],
         )?;
-        let port = free_port()?;
         let mut args: Vec<String> = [
             "-l",
             "127.0.0.1",
@@ -79,11 +84,29 @@ impl MemcachedServer {
         if running_as_root() {
             args.extend(["-u".to_owned(), "root".to_owned()]);
         }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.extend(extra.iter().cloned());
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut process = ServerProcess::spawn("memcached", &program, &args)?;
         process.wait_for_port(addr, Duration::from_secs(10))?;
-        Ok(Self { process, addr })
+        Ok(Self {
+            process,
+            addr,
+            extra,
+        })
+    }
+
+    /// Kills the server and starts a new, empty one on the same port with
+    /// the same arguments, as a crashed node coming back (or an ElastiCache
+    /// node replacement keeping its endpoint).
+    ///
+    /// # Errors
+    ///
+    /// As [`MemcachedServer::start`].
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.process.kill();
+        let fresh = Self::spawn(self.addr.port(), self.extra.clone())?;
+        *self = fresh;
+        Ok(())
     }
 
     /// Where it listens.
@@ -260,6 +283,19 @@ impl MemcachedCluster {
         self.servers[i].kill();
     }
 
+    /// Restarts server `i` empty, on the same port.
+    ///
+    /// # Errors
+    ///
+    /// As [`MemcachedServer::start`].
+    ///
+    /// # Panics
+    ///
+    /// If there is no server `i`.
+    pub fn restart(&mut self, i: usize) -> Result<(), ServerError> {
+        self.servers[i].restart()
+    }
+
     /// Freezes server `i` (SIGSTOP).
     ///
     /// # Panics
@@ -300,6 +336,7 @@ impl MemcachedHarness {
     /// When memcached cannot be started, with the reason (missing program
     /// and the variable to set): conformance cases never skip.
     #[must_use]
+    #[allow(clippy::panic)] // The suite requires a harness to fail loudly on set-up failure.
     pub fn start() -> Self {
         match MemcachedCluster::start(2) {
             Ok(cluster) => Self { cluster },
@@ -321,6 +358,7 @@ impl Harness for MemcachedHarness {
         self.cluster.store().with_clock(clock)
     }
 
+    #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.
     async fn corrupt(&self, key: &SessionKey) -> bool {
         let store = self.cluster.store();
         let item = store.item_key(key);
@@ -349,6 +387,7 @@ fn fixture_config(nodes: Vec<String>) -> MemcachedConfig {
         .with_command_timeout(FIXTURE_TIMEOUT)
 }
 
+#[allow(clippy::panic)] // Fixture configurations are valid; a bug here must fail the test.
 fn store_for(config: MemcachedConfig) -> MemcachedStore {
     match MemcachedStore::new(config) {
         Ok(store) => store,

@@ -1,0 +1,83 @@
+//! 1,000 `update` closures from 50 tasks on two store instances over a
+//! 2-node memcached cluster lose nothing: `gets`/`cas` makes every write
+//! conditional.
+
+// Helpers here are test code: a failing expect is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use offstate_core::{Clock, Sessions, SystemClock};
+use offstate_testing::memcached::MemcachedCluster;
+
+const TASKS: usize = 50;
+const UPDATES: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_updates_from_fifty_tasks_on_two_instances_lose_nothing() {
+    let cluster =
+        MemcachedCluster::start(2).unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let a = Sessions::new(cluster.store().with_clock(clock.clone())).with_max_attempts(100_000);
+    let b = Sessions::new(cluster.store().with_clock(clock)).with_max_attempts(100_000);
+    let session = a.new_session();
+    session
+        .insert("cart", &Vec::<String>::new())
+        .await
+        .expect("insert");
+    session.save().await.expect("create");
+    let id = session.id().await.expect("created");
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let sessions = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            for u in 0..UPDATES {
+                let session = sessions.open(Some(id.clone()));
+                let item = format!("{t}-{u}");
+                session
+                    .update("cart", move |cart: Option<Vec<String>>| {
+                        let mut cart = cart.unwrap_or_default();
+                        cart.push(item.clone());
+                        Some(cart)
+                    })
+                    .await
+                    .expect("update");
+                session.save().await.expect("save");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task panicked");
+    }
+
+    let fresh = Sessions::new(cluster.store());
+    let cart: Vec<String> = fresh
+        .load(&id)
+        .await
+        .expect("load")
+        .expect("live")
+        .get("cart")
+        .await
+        .expect("get")
+        .expect("cart");
+    let unique: BTreeSet<&String> = cart.iter().collect();
+    assert_eq!(cart.len(), TASKS * UPDATES, "lost updates");
+    assert_eq!(unique.len(), TASKS * UPDATES, "duplicated updates");
+    // Each task's own updates are in its order.
+    for t in 0..TASKS {
+        let mine: Vec<usize> = cart
+            .iter()
+            .filter_map(|item| item.split_once('-'))
+            .filter(|(task, _)| *task == t.to_string())
+            .filter_map(|(_, u)| u.parse().ok())
+            .collect();
+        assert_eq!(
+            mine,
+            (0..UPDATES).collect::<Vec<_>>(),
+            "task {t} out of order"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Records over the item size limit: refused with `StoreError::TooLarge`
+//! whether the library's configured limit or the server's `-I` catches
+//! them, with nothing written and the stored session intact.
+
+// Helpers here are test code: a failing expect is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use offstate_core::{
+    Change, Clock, CreateOutcome, Deadlines, Record, SaveOutcome, SessionId, SessionKey,
+    SessionStore, StoreError, SystemClock,
+};
+use offstate_memcached::MemcachedStore;
+use offstate_testing::memcached::MemcachedServer;
+
+const MIB: usize = 1024 * 1024;
+
+fn server(args: &[&str]) -> MemcachedServer {
+    MemcachedServer::start_with_args(args).unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
+}
+
+fn record(value_len: usize) -> Record {
+    let now = SystemClock.now();
+    let idle = now.saturating_add(Duration::from_secs(600));
+    let mut record = Record::new(now, Deadlines::new(Some(idle), None));
+    record.data.insert("small".into(), b"1".to_vec());
+    if value_len > 0 {
+        record.data.insert("big".into(), vec![b'x'; value_len]);
+    }
+    record
+}
+
+fn assert_too_large<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) {
+    match result {
+        Err(StoreError::TooLarge { size, limit }) => assert!(size > 0 && limit > 0),
+        other => panic!("{what} of a 1.5 MB record must be TooLarge, got {other:?}"),
+    }
+}
+
+/// Creating and growing a session past the limit both fail; nothing of the
+/// big record is stored and the small session survives unchanged.
+async fn refuses_without_losing_anything(store: &MemcachedStore) {
+    let big = MIB + MIB / 2;
+    let key = SessionId::generate().key();
+    assert_too_large("create", store.create(&key, &record(big)).await);
+    assert!(
+        store.load(&key).await.expect("load").is_none(),
+        "a refused create left a record"
+    );
+
+    let key: SessionKey = SessionId::generate().key();
+    let small = record(0);
+    assert_eq!(
+        store.create(&key, &small).await.expect("create"),
+        CreateOutcome::Created
+    );
+    let mut change = Change::new(small.version, small.deadlines);
+    change.set.insert("big".into(), vec![b'x'; big]);
+    assert_too_large("save", store.save(&key, &change).await);
+    assert_eq!(
+        store.load(&key).await.expect("load"),
+        Some(small.clone()),
+        "the stored session changed"
+    );
+
+    // The session still takes ordinary writes.
+    let mut change = Change::new(small.version, small.deadlines);
+    change.set.insert("small".into(), b"2".to_vec());
+    assert!(matches!(
+        store.save(&key, &change).await.expect("save"),
+        SaveOutcome::Saved(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_limit_refuses_before_sending() {
+    // The server would take 2 MB items; the library is configured for 1 MiB.
+    let server = server(&["-I", "2m"]);
+    let store = server.store();
+    assert_eq!(store.config().max_item_size(), MIB);
+    refuses_without_losing_anything(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_limit_is_a_typed_error_too() {
+    // The library is told 4 MiB, but the server runs with the default -I 1m:
+    // the server's refusal must come back as TooLarge, not a backend error.
+    let server = server(&[]);
+    let store = MemcachedStore::new(server.config().with_max_item_size(4 * MIB)).expect("config");
+    refuses_without_losing_anything(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matching_larger_limit_stores_large_records() {
+    let server = server(&["-I", "2m"]);
+    let store = MemcachedStore::new(server.config().with_max_item_size(2 * MIB)).expect("config");
+    let key = SessionId::generate().key();
+    let big = record(MIB + MIB / 2);
+    assert_eq!(
+        store.create(&key, &big).await.expect("create"),
+        CreateOutcome::Created
+    );
+    assert_eq!(store.load(&key).await.expect("load"), Some(big));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_counts_the_whole_item() {
+    // A record just under 1 MiB of data does not fit once the encoding, the
+    // key and memcached's item header are counted: refused up front.
+    let server = server(&[]);
+    let store = server.store();
+    let key = SessionId::generate().key();
+    assert_too_large("create", store.create(&key, &record(MIB - 40)).await);
+    // Comfortably under the limit it is stored.
+    let fits = record(MIB - 4096);
+    assert_eq!(
+        store.create(&key, &fits).await.expect("create"),
+        CreateOutcome::Created
+    );
+    assert_eq!(store.load(&key).await.expect("load"), Some(fits));
+}
