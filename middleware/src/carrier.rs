@@ -147,6 +147,11 @@ impl Carrier {
         update: &ClientUpdate,
         now: Timestamp,
     ) -> Result<(), BadHeader> {
+        if let Transport::Cookie(config) = &self.transport
+            && !is_token(config.name())
+        {
+            return Err(BadHeader);
+        }
         match (&self.transport, update) {
             (_, ClientUpdate::Unchanged) => Ok(()),
             (Transport::Cookie(config), ClientUpdate::Set { id, expires_at }) => {
@@ -177,6 +182,14 @@ impl Carrier {
 
 fn header_value(text: String) -> Result<HeaderValue, BadHeader> {
     HeaderValue::try_from(text).map_err(|_| BadHeader)
+}
+
+/// Whether `name` is an HTTP token (RFC 9110 `tchar`s), as cookie names must be.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn base_cookie(config: &CookieConfig, value: String) -> cookie::Cookie<'static> {

@@ -386,3 +386,15 @@ async fn oversized_cookie_gets_431() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fx.store.counts().total(), 0);
 }
+
+#[tokio::test]
+async fn a_cookie_name_that_is_no_token_fails_loudly() {
+    let fx = Fixture::new();
+    let app = app(fx
+        .layer()
+        .with_cookie(CookieConfig::default().with_name("my session")));
+    let response = send(&app, request("POST", "/write", &[])).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(set_cookies(&response).is_empty());
+    assert_eq!(body(response).await, "session error");
+}
