@@ -41,6 +41,26 @@ pub enum DecodeError {
     },
 }
 
+/// The escape that starts a map entry name standing for an empty or
+/// `~`-initial session key.
+const ESCAPE: char = '~';
+
+/// The data map entry name for a session key. DynamoDB refuses empty
+/// expression attribute names, so `""` cannot be a map path: it is stored
+/// as `"~"`, and a key starting with `~` gets one more `~` in front.
+pub(crate) fn entry_name(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.is_empty() || key.starts_with(ESCAPE) {
+        format!("{ESCAPE}{key}").into()
+    } else {
+        key.into()
+    }
+}
+
+/// The session key a data map entry name stands for.
+pub(crate) fn key_of_entry(name: &str) -> &str {
+    name.strip_prefix(ESCAPE).unwrap_or(name)
+}
+
 /// Encodes `record` as a full item under partition key `pk`.
 pub(crate) fn encode(names: &AttributeNames, pk: &str, record: &Record) -> Item {
     let mut item = Item::new();
@@ -48,7 +68,12 @@ pub(crate) fn encode(names: &AttributeNames, pk: &str, record: &Record) -> Item 
     let data = record
         .data
         .iter()
-        .map(|(k, v)| (k.clone(), AttributeValue::B(Blob::new(v.clone()))))
+        .map(|(k, v)| {
+            (
+                entry_name(k).into_owned(),
+                AttributeValue::B(Blob::new(v.clone())),
+            )
+        })
         .collect();
     item.insert(names.data.clone(), AttributeValue::M(data));
     item.insert(names.version.clone(), number(record.version.get()));
@@ -80,7 +105,7 @@ pub(crate) fn decode(names: &AttributeNames, item: &Item) -> Result<Record, Deco
             for (k, v) in map {
                 match v {
                     AttributeValue::B(blob) => {
-                        data.insert(k.clone(), blob.as_ref().to_vec());
+                        data.insert(key_of_entry(k).to_owned(), blob.as_ref().to_vec());
                     }
                     _ => {
                         return Err(DecodeError::WrongType {
@@ -200,6 +225,8 @@ mod tests {
         record.principal = Some("alice".into());
         record.data.insert("cart".into(), b"[1,2]".to_vec());
         record.data.insert("".into(), Vec::new());
+        record.data.insert("~".into(), b"t".to_vec());
+        record.data.insert("~~x".into(), b"tt".to_vec());
         let item = encode(&names(), "p:key", &record);
         assert_eq!(
             item.get("ttl"),
@@ -207,6 +234,16 @@ mod tests {
             "ttl is the earlier deadline in seconds, rounded up"
         );
         assert_eq!(decode(&names(), &item).expect("decodes"), record);
+    }
+
+    #[test]
+    fn entry_names_escape_empty_and_tilde_keys_injectively() {
+        for key in ["", "~", "~~", "~a", "a~", "a", "data.x"] {
+            assert_eq!(key_of_entry(&entry_name(key)), key);
+        }
+        assert_eq!(entry_name(""), "~");
+        assert_eq!(entry_name("~"), "~~");
+        assert_eq!(entry_name("a"), "a");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! - `item`: the item form of a record, its decoding ([`DecodeError`]) and
 //!   size estimate; `error`: SDK errors mapped to
 //!   [`StoreError`](offstate_core::StoreError).
-//! - [`aws_sdk_dynamodb`] is re-exported, for raw access to the table.
+//! - [`aws_sdk_dynamodb`] is re-exported, for raw access to the table, and
+//!   [`aws_config`], for [`DynamoStore::connect_with`]'s loader.
 //!
 //! # Example
 //!
@@ -45,7 +46,7 @@
 //! | attribute     | type | holds |
 //! |---------------|------|-------|
 //! | `pk`          | S    | partition key: key prefix + the session's hashed key (never the ID) |
-//! | `data`        | M    | one entry per session key, each a B (the serialized value); always present, possibly empty |
+//! | `data`        | M    | one entry per session key, each a B (the serialized value); always present, possibly empty. Entry names are the session keys, except that `""` is stored as `~` and a key starting with `~` gets one more `~` (DynamoDB refuses empty names in expressions) |
 //! | `version`     | N    | goes up by one on every save |
 //! | `created_ms`  | N    | creation time, epoch milliseconds |
 //! | `idle_ms`     | N    | idle deadline, epoch milliseconds; absent when none |
@@ -151,6 +152,19 @@
 //!   days); both keep serving them to a raw `GetItem`, which is why the
 //!   deadline check on every read matters.
 //! - moto does not enforce throughput, so throttling is not exercised.
+//! - moto's server handles requests on several threads without locking its
+//!   tables, so two concurrent conditional writes on one item can both
+//!   pass their condition (observed: 2 of 20 concurrent saves of the same
+//!   version succeeded). DynamoDB applies each conditional write
+//!   atomically. The test fixture therefore serializes moto's request
+//!   handling behind one lock.
+//! - An `UpdateItem` that would take an item over 400 KB is refused by both
+//!   with the same `ValidationException`, but moto has already applied part
+//!   of the update (the new map entry stays, at the old version); DynamoDB
+//!   leaves the item untouched.
+//! - moto accepts an empty map key and then returns broken JSON for the
+//!   item; DynamoDB refuses empty expression attribute names. Session key
+//!   `""` is escaped (see the table above), so neither case arises.
 
 mod config;
 mod error;
@@ -159,6 +173,7 @@ mod ops;
 mod store;
 mod table;
 
+pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use config::{AttributeNames, DYNAMODB_MAX_ITEM_BYTES, DynamoConfig};
 pub use item::DecodeError;

@@ -198,12 +198,12 @@ impl SessionStore for DynamoStore {
         // Map entries by path, with a placeholder per key: session keys may
         // be any string, reserved words and dots included.
         for (n, (k, v)) in change.set.iter().enumerate() {
-            expr.name(&format!("#s{n}"), k);
+            expr.name(&format!("#s{n}"), &item::entry_name(k));
             expr.value(&format!(":s{n}"), AttributeValue::B(Blob::new(v.clone())));
             set.push(format!("#d.#s{n} = :s{n}"));
         }
         for (n, k) in removals.iter().enumerate() {
-            expr.name(&format!("#r{n}"), k);
+            expr.name(&format!("#r{n}"), &item::entry_name(k));
             remove.push(format!("#d.#r{n}"));
         }
         expr.name("#v", &s.names.version);

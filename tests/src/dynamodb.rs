@@ -197,6 +197,7 @@ pub fn shared_moto() -> Result<&'static Moto, String> {
 ///
 /// When moto cannot be started.
 #[must_use]
+#[allow(clippy::panic)] // Tests that need moto must fail loudly, never skip.
 pub fn moto() -> &'static Moto {
     match shared_moto() {
         Ok(moto) => moto,
@@ -233,6 +234,7 @@ impl DynamoHarness {
     /// # Panics
     ///
     /// When moto cannot be started or the table cannot be created.
+    #[allow(clippy::panic)] // The suite requires a harness to panic loudly on set-up failure.
     pub async fn start() -> Self {
         let moto = moto();
         let config =
@@ -257,6 +259,7 @@ impl Harness for DynamoHarness {
         DynamoStore::from_client(self.moto.client(), self.config.clone()).with_clock(clock)
     }
 
+    #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.
     async fn corrupt(&self, key: &SessionKey) -> bool {
         let store = DynamoStore::from_client(self.moto.client(), self.config.clone());
         let names = store.attributes();

@@ -14,6 +14,7 @@ use offstate_testing::dynamodb::{moto, unique};
 
 const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
+#[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
 async fn two_stores(tag: &str) -> (DynamoStore, DynamoStore) {
     let config = DynamoConfig::new(unique(tag));
     let a = moto().store(config.clone()).await.expect("table");

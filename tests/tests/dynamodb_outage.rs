@@ -1,0 +1,70 @@
+//! A store that cannot answer gives a typed outage error within the
+//! configured bound: a paused moto (accepts connections, answers nothing)
+//! is a `Timeout`, a port with nothing listening is `Unavailable`.
+
+use std::time::Duration;
+
+use offstate_core::{SessionId, SessionStore, StoreError};
+use offstate_dynamodb::aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+use offstate_dynamodb::{DynamoConfig, DynamoStore};
+use offstate_testing::dynamodb::{Moto, unique};
+use offstate_testing::free_port;
+
+fn bounded(table: &str) -> DynamoConfig {
+    DynamoConfig::new(table)
+        .with_max_attempts(2)
+        .with_timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .operation_attempt_timeout(Duration::from_millis(500))
+                .operation_timeout(Duration::from_millis(1500))
+                .build(),
+        )
+}
+
+#[tokio::test]
+async fn a_paused_server_is_a_timeout_and_the_store_recovers() {
+    let moto = match Moto::start() {
+        Ok(moto) => moto,
+        Err(error) => panic!("cannot start moto: {error}"),
+    };
+    let config = bounded(&unique("paused"));
+    let store = moto.store(config).await.expect("table");
+    let key = SessionId::generate().key();
+
+    moto.process().pause();
+    let outcome = store.load(&key).await;
+    moto.process().resume();
+    match outcome {
+        Err(error @ StoreError::Timeout(bound)) => {
+            assert!(error.is_outage());
+            assert_eq!(
+                bound,
+                Duration::from_millis(1500),
+                "reports the operation bound"
+            );
+        }
+        other => panic!("a paused server must time out, got {other:?}"),
+    }
+    assert!(store.load(&key).await.expect("load after resume").is_none());
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unavailable() {
+    let port = free_port().expect("port");
+    let moto = offstate_testing::dynamodb::moto();
+    let store = DynamoStore::from_client(
+        moto.client(),
+        bounded("nowhere").with_endpoint_url(format!("http://127.0.0.1:{port}")),
+    );
+    match store.load(&SessionId::generate().key()).await {
+        Err(error @ StoreError::Unavailable(_)) => {
+            assert!(error.is_outage());
+            assert!(
+                std::error::Error::source(&error).is_some(),
+                "keeps the SDK error"
+            );
+        }
+        other => panic!("a dead endpoint must be Unavailable, got {other:?}"),
+    }
+}
