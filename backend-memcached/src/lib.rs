@@ -18,6 +18,8 @@
 //! - `ring`: ketama-style consistent hashing over the nodes.
 //! - `expiry`: memcached's `exptime` from the record's deadline.
 //! - `epoch`: the per-principal revocation counters.
+//! - [`discover_nodes`] (`discovery`): ElastiCache auto-discovery of the node
+//!   list from a configuration endpoint (`config get cluster`).
 //! - `pool` and `protocol`: a tiny per-node connection pool and the subset
 //!   of the memcached text protocol the store speaks.
 //!
@@ -48,16 +50,17 @@
 //!
 //! # Why its own protocol client
 //!
-//! The crates.io candidates were checked: `async-memcached` 0.9 speaks
-//! `get`/`set`/`add`/`delete`/`incr` in the text protocol but has no
-//! `gets`/`cas` or `touch` there (CAS only through its meta-protocol flags),
-//! and `deadpool-memcached` pools that client; `memcache-async` 0.10 has
-//! `gets`/`cas` but no `touch`, no pooling and no bound on reply sizes; the
-//! `memcache` crate is blocking. The store needs only six commands, a
-//! timeout on every request, and the guarantee that a connection which
-//! failed or was cancelled mid-reply is never reused, so it speaks that
-//! subset of the text protocol itself over tokio `TcpStream`s, with a small
-//! pool per node (`pool`).
+//! The crates.io candidates were checked: `async-memcached` 0.9 (and
+//! `deadpool-memcached`, which pools it) has `get`/`set`/`add`/`delete`/
+//! `incr` but no `gets`/`cas` and no `touch` in either its text or meta
+//! protocol API, so it cannot make a write conditional; `memcache-async`
+//! 0.10 has `gets`/`cas` but no `touch`, no pooling and no timeouts, on
+//! futures-io streams; the `memcache` crate is blocking. The store needs
+//! five commands (`gets`, `add`, `cas`, `delete`, `incr`, plus
+//! `config get cluster` for discovery), a timeout on every request, and the
+//! guarantee that a connection which failed or was cancelled mid-reply is
+//! never reused, so it speaks that subset of the text protocol itself over
+//! tokio `TcpStream`s, with a small pool per node (`pool`).
 //!
 //! # Operations
 //!
@@ -117,6 +120,7 @@
 
 mod cluster;
 mod config;
+mod discovery;
 pub mod encoding;
 mod epoch;
 mod expiry;
@@ -126,4 +130,5 @@ mod ring;
 mod store;
 
 pub use config::{ConfigError, DEFAULT_MAX_ITEM_SIZE, DEFAULT_PREFIX, MemcachedConfig};
+pub use discovery::{DiscoveryError, discover_nodes};
 pub use store::MemcachedStore;

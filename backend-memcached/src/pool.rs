@@ -52,6 +52,17 @@ pub(crate) enum NodeError {
     },
 }
 
+impl NodeError {
+    /// Whether the connection failed or timed out (as opposed to the server
+    /// answering with an error).
+    pub(crate) fn is_connection(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::Connect { .. } => true,
+            Self::Protocol { source, .. } => source.is_connection(),
+        }
+    }
+}
+
 /// Limits of one node's pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PoolLimits {

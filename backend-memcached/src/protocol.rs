@@ -1,6 +1,6 @@
 //! The small subset of the memcached text protocol this store needs, over
 //! one tokio `TcpStream`: `gets` (single and multi), `add`, `cas`,
-//! `delete` and `incr`.
+//! `delete`, `incr`, and ElastiCache's `config get cluster`.
 //!
 //! It is written here rather than taken from a client crate because none of
 //! the async clients on crates.io offered `gets`/`cas` together with
@@ -101,6 +101,8 @@ pub(crate) enum Request<'a> {
     Delete(&'a str),
     /// `incr k n`
     Incr(&'a str, u64),
+    /// `config get cluster` (ElastiCache auto-discovery).
+    ConfigGetCluster,
 }
 
 impl Request<'_> {
@@ -129,6 +131,8 @@ pub(crate) enum Response {
     Deleted(bool),
     /// `incr`: the new value, or `None` if the key was absent.
     Incremented(Option<u64>),
+    /// `config get cluster`: the configuration block.
+    Config(Vec<u8>),
 }
 
 /// One connection to one memcached node.
@@ -212,6 +216,27 @@ impl Connection {
                         Ok(n) => Ok(Response::Incremented(Some(n))),
                         Err(_) => Err(error_line(other)),
                     },
+                }
+            }
+            Request::ConfigGetCluster => {
+                self.send(b"config get cluster\r\n", None).await?;
+                let max = self.max_value;
+                let line = self.read_line().await?;
+                let len = match line.strip_prefix("CONFIG cluster ") {
+                    Some(rest) => rest
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|n| *n <= max)
+                        .ok_or_else(|| error_line(line))?,
+                    None => return Err(error_line(line)),
+                };
+                let mut data = vec![0; len + 2];
+                self.stream.read_exact(&mut data).await?;
+                data.truncate(len);
+                match self.read_line().await? {
+                    "END" => Ok(Response::Config(data)),
+                    other => Err(error_line(other)),
                 }
             }
         }

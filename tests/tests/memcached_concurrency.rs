@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use offstate_core::{Clock, Sessions, SystemClock};
+use offstate_core::{Clock, CountingStore, Sessions, SystemClock};
 use offstate_testing::memcached::MemcachedCluster;
 
 const TASKS: usize = 50;
@@ -19,8 +19,10 @@ async fn a_thousand_updates_from_fifty_tasks_on_two_instances_lose_nothing() {
     let cluster =
         MemcachedCluster::start(2).unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let a = Sessions::new(cluster.store().with_clock(clock.clone())).with_max_attempts(100_000);
-    let b = Sessions::new(cluster.store().with_clock(clock)).with_max_attempts(100_000);
+    let store_a = CountingStore::new(cluster.store().with_clock(clock.clone()));
+    let store_b = CountingStore::new(cluster.store().with_clock(clock));
+    let a = Sessions::new(store_a.clone()).with_max_attempts(100_000);
+    let b = Sessions::new(store_b.clone()).with_max_attempts(100_000);
     let session = a.new_session();
     session
         .insert("cart", &Vec::<String>::new())
@@ -52,6 +54,22 @@ async fn a_thousand_updates_from_fifty_tasks_on_two_instances_lose_nothing() {
     for task in tasks {
         task.await.expect("task panicked");
     }
+
+    let (ca, cb) = (store_a.counts(), store_b.counts());
+    let saves = ca.save + cb.save;
+    // Every update needs at least one save; the rest were conflicts, each
+    // answered with the current record (no extra load).
+    assert!(
+        saves >= (TASKS * UPDATES) as u64,
+        "{saves} saves for {} updates",
+        TASKS * UPDATES
+    );
+    eprintln!(
+        "{} updates: {saves} saves ({} conflicted), {} loads",
+        TASKS * UPDATES,
+        saves - (TASKS * UPDATES) as u64,
+        ca.load + cb.load
+    );
 
     let fresh = Sessions::new(cluster.store());
     let cart: Vec<String> = fresh
