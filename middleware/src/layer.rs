@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::HeaderName;
-use offstate_core::{Clock, SessionStore, Sessions, system_clock};
+use offstate_core::{SessionStore, Sessions};
 use tower_layer::Layer;
 
 use crate::carrier::Carrier;
@@ -17,7 +17,6 @@ use crate::signing::SigningKey;
 pub(crate) struct Shared {
     pub(crate) sessions: Sessions,
     pub(crate) carrier: Carrier,
-    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// Adds a lazy [`Session`](offstate_core::Session) to every request and,
@@ -50,7 +49,6 @@ impl SessionLayer {
                     signing: None,
                     max_value_len: DEFAULT_MAX_VALUE_LEN,
                 },
-                clock: system_clock(),
             }),
         }
     }
@@ -101,15 +99,6 @@ impl SessionLayer {
     #[must_use]
     pub fn with_max_value_len(mut self, bytes: usize) -> Self {
         self.shared_mut().carrier.max_value_len = bytes;
-        self
-    }
-
-    /// Sets the clock cookie `Max-Age`s are computed with. Give it the
-    /// clock the [`Sessions`] use (tests use a
-    /// [`ManualClock`](offstate_core::ManualClock)).
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.shared_mut().clock = clock;
         self
     }
 

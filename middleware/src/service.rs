@@ -112,12 +112,20 @@ async fn finish<B: From<&'static str>>(
     session: &Session,
     response: &mut Response<B>,
 ) {
+    let dirty = session.is_dirty().await;
     if session.own_save_failed() {
         // The handler saved itself, saw the failure and answered its way.
         tracing::debug!("the handler's own session save failed; leaving its response alone");
     } else if let Err(error) = session.save().await {
         let failure = SessionFailure::from(error);
-        if session.is_degraded().await {
+        if !dirty {
+            // Only a touch (idle extension) failed: the handler's answer is
+            // still true; the next request will touch again.
+            tracing::warn!(
+                error = failure.error() as &(dyn std::error::Error + 'static),
+                "extending the session's idle deadline failed; the response stands"
+            );
+        } else if session.is_degraded().await {
             // Fail open: the handler saw a stand-in; its changes are dropped
             // so the real session is never overwritten, and the page stands.
             tracing::warn!(
@@ -144,7 +152,8 @@ fn tell_client<B: From<&'static str>>(
         _ => "unchanged",
     };
     tracing::Span::current().record("client_update", label);
-    let now = shared.clock.now();
+    // Max-Age is computed on the clock the deadlines were set with.
+    let now = shared.sessions.clock().now();
     if shared
         .carrier
         .write(response.headers_mut(), update, now)

@@ -223,3 +223,25 @@ async fn fail_open_serves_an_empty_session_and_never_overwrites_the_real_one() {
     let response = send(&app, request("GET", "/whoami", &[&sent])).await;
     assert_eq!(body(response).await, "nobody");
 }
+
+#[tokio::test]
+async fn a_failed_touch_on_a_read_only_request_keeps_the_response() {
+    // Why: the page a reader asked for is still right; only the idle
+    // extension failed, and the next request will try again.
+    let fx = Fixture::new();
+    let app = app(fx.layer());
+    let sent = pair(&set_cookie(
+        &send(&app, request("POST", "/write", &[])).await,
+    ));
+    fx.clock.advance(Duration::from_secs(10 * 60));
+    fx.flaky.fail_writes(true);
+    fx.store.reset();
+    let response = send(&app, request("GET", "/read", &[&sent])).await;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert!(
+        set_cookies(&response).is_empty(),
+        "no cookie for a failed touch"
+    );
+    assert_eq!(body(response).await, "n=1");
+    assert_eq!(of(fx.store.counts()), counts(1, 0, 0, 1));
+}

@@ -254,6 +254,12 @@ impl Sessions {
         &self.config.expiry
     }
 
+    /// The clock deadlines are computed with.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.config.clock
+    }
+
     /// The outage policy.
     #[must_use]
     pub fn outage_policy(&self) -> OutagePolicy {
@@ -501,6 +507,22 @@ impl Session {
     /// not load.
     pub async fn is_degraded(&self) -> bool {
         self.state.lock().await.degraded
+    }
+
+    /// Whether the handle holds changes that [`Session::save`] would write
+    /// (data, principal, or an ID rotation). A save without them at most
+    /// touches the session.
+    pub async fn is_dirty(&self) -> bool {
+        let state = self.state.lock().await;
+        !state.ended && state.is_dirty()
+    }
+
+    /// Drops the changes not yet saved; the handle shows the stored session
+    /// again.
+    pub async fn discard(&self) {
+        let mut state = self.state.lock().await;
+        let record = state.record.take();
+        state.reset_to(record);
     }
 
     /// The stored record's version, if the session is live.

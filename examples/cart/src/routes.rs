@@ -77,8 +77,7 @@ struct AppState {
 /// ```
 pub fn app(sessions: Sessions, config: AppConfig) -> Router {
     let mut layer = SessionLayer::new(sessions)
-        .with_cookie(CookieConfig::default().with_secure(config.secure_cookies))
-        .with_clock(Arc::clone(&config.clock));
+        .with_cookie(CookieConfig::default().with_secure(config.secure_cookies));
     if let Some(key) = config.signing_key {
         layer = layer.with_signing_key(key);
     }

@@ -148,7 +148,7 @@ impl Fixture {
 
     /// The default layer over these sessions, on the manual clock.
     pub fn layer(&self) -> SessionLayer {
-        SessionLayer::new(self.sessions.clone()).with_clock(Arc::new(self.clock.clone()))
+        SessionLayer::new(self.sessions.clone())
     }
 }
 
