@@ -19,6 +19,9 @@ pub struct Settings {
     /// `OFFSTATE_SECURE_COOKIES`; default: off on a loopback address, where
     /// the demo runs over plain HTTP, on everywhere else).
     pub secure_cookies: bool,
+    /// Whether a local cache sits in front of the store (`--cache`,
+    /// `OFFSTATE_CACHE=true`; default off).
+    pub cache: bool,
     /// Secret for signed session IDs (`OFFSTATE_SIGNING_KEY`, at least 32
     /// bytes; every instance needs the same one). Environment only, so it
     /// does not show in `ps`.
@@ -52,12 +55,19 @@ pub enum SettingsError {
 pub const USAGE: &str = "\
 offstate-example-cart: a shopping cart whose sessions live outside the instance
 
-USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--secure-cookies BOOL]
+USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--cache]
+                             [--secure-cookies BOOL]
 
   --listen ADDR          listen address (env OFFSTATE_LISTEN, default 127.0.0.1:3000)
   --instance NAME        name shown on every page (env OFFSTATE_INSTANCE, default hostname:port)
-  --store URL            memory:// (default); redis://, dynamodb://, memcached:// once wired
-                         (env OFFSTATE_STORE)
+  --store URL            where sessions live (env OFFSTATE_STORE):
+                           memory://                        this process only (default)
+                           redis://host:port, rediss://...  Redis / ElastiCache
+                           dynamodb://host:port/table       local DynamoDB (moto); AWS_* from env
+                           dynamodb:///table                AWS DynamoDB
+                           memcached://host:port,host:port  Memcached nodes
+  --cache                a local cache in front of the store, bounded staleness
+                         (env OFFSTATE_CACHE=true)
   --secure-cookies BOOL  Secure cookie attribute (env OFFSTATE_SECURE_COOKIES,
                          default false on loopback, true elsewhere)
   env OFFSTATE_SIGNING_KEY  sign session IDs with this secret (>= 32 bytes)";
@@ -97,6 +107,7 @@ impl Settings {
         let mut listen = var("OFFSTATE_LISTEN").map(|v| ("OFFSTATE_LISTEN".to_owned(), v));
         let mut instance = var("OFFSTATE_INSTANCE");
         let mut store = var("OFFSTATE_STORE");
+        let mut cache = var("OFFSTATE_CACHE").map(|v| ("OFFSTATE_CACHE".to_owned(), v));
         let mut secure =
             var("OFFSTATE_SECURE_COOKIES").map(|v| ("OFFSTATE_SECURE_COOKIES".to_owned(), v));
         let mut args = args.into_iter();
@@ -121,6 +132,8 @@ impl Settings {
                 "--instance" => instance = Some(value()?),
                 "--store" => store = Some(value()?),
                 "--secure-cookies" => secure = Some((flag.clone(), value()?)),
+                // A switch: `--cache` alone, or `--cache=BOOL`.
+                "--cache" => cache = Some((flag.clone(), inline.unwrap_or_else(|| "true".into()))),
                 _ => return Err(SettingsError::Unknown(arg)),
             }
         }
@@ -131,12 +144,12 @@ impl Settings {
             None => SocketAddr::from(([127, 0, 0, 1], 3000)),
         };
         let secure_cookies = match secure {
-            Some((name, value)) => match value.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => return Err(SettingsError::BadValue { name, value }),
-            },
+            Some((name, value)) => boolean(name, value)?,
             None => !listen.ip().is_loopback(),
+        };
+        let cache = match cache {
+            Some((name, value)) => boolean(name, value)?,
+            None => false,
         };
         let instance = instance
             .filter(|name| !name.trim().is_empty())
@@ -146,8 +159,18 @@ impl Settings {
             instance,
             store: store.unwrap_or_else(|| "memory://".to_owned()),
             secure_cookies,
+            cache,
             signing_key: var("OFFSTATE_SIGNING_KEY").filter(|k| !k.is_empty()),
         })
+    }
+}
+
+/// A yes/no value.
+fn boolean(name: String, value: String) -> Result<bool, SettingsError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(SettingsError::BadValue { name, value }),
     }
 }
 
@@ -181,6 +204,18 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(s.instance, "from-flag");
         assert!(s.secure_cookies, "not loopback: Secure by default");
+        assert!(!s.cache);
+    }
+
+    #[test]
+    fn cache_is_a_switch() {
+        let s = Settings::parse(args(&["--cache", "--store", "redis://h:1"]), |_| None).unwrap();
+        assert!(s.cache);
+        assert_eq!(s.store, "redis://h:1");
+        let s = Settings::parse(args(&["--cache=false"]), |_| None).unwrap();
+        assert!(!s.cache);
+        let env = |name: &str| (name == "OFFSTATE_CACHE").then(|| "yes".to_owned());
+        assert!(Settings::parse(args(&[]), env).unwrap().cache);
     }
 
     #[test]

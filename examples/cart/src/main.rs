@@ -29,9 +29,10 @@ async fn run() -> Result<(), String> {
         }
         Err(error) => return Err(error.to_string()),
     };
-    let sessions = store::sessions_for(&settings.store)
+    let options = store::StoreOptions::default().with_cache(settings.cache);
+    let sessions = store::sessions_with(&settings.store, &options)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     let mut config =
         AppConfig::new(settings.instance.clone()).with_secure_cookies(settings.secure_cookies);
     if let Some(key) = &settings.signing_key {
@@ -46,13 +47,12 @@ async fn run() -> Result<(), String> {
         listen = %settings.listen,
         instance = %settings.instance,
         store = %scheme(&settings.store),
+        cache = settings.cache,
         "offstate cart listening on http://{}",
         settings.listen
     );
     axum::serve(listener, app(sessions, config))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown())
         .await
         .map_err(|e| format!("server failed: {e}"))
 }
@@ -60,4 +60,32 @@ async fn run() -> Result<(), String> {
 /// The scheme of a store URL only: the rest may hold a password.
 fn scheme(url: &str) -> &str {
     url.split_once("://").map_or("?", |(scheme, _)| scheme)
+}
+
+/// An error and its sources, one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how the demo launcher stops instances).
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
 }

@@ -52,60 +52,96 @@ fn duration(d: Duration) -> String {
 
 const STYLE: &str = "
 *{box-sizing:border-box}
-body{font:16px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f6f3;color:#222}
-header,main,footer{max-width:48rem;margin:0 auto;padding:.75rem 1rem}
-header{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center;justify-content:space-between}
-h1{font-size:1.3rem;margin:0}
-section{background:#fff;border-radius:.6rem;padding:.75rem 1rem;margin:.75rem 0;box-shadow:0 1px 2px #0001}
-h2{font-size:1.05rem;margin:.2rem 0 .6rem}
+body{font:16px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f3f4f1;color:#1d2320}
+.bar{background:#16392a;color:#fff}
+.bar-in,main,footer{max-width:60rem;margin:0 auto;padding:.7rem 1rem}
+.bar-in{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;justify-content:space-between}
+h1{font-size:1.25rem;margin:0;letter-spacing:.01em}
+h1 small{font-weight:400;opacity:.75;font-size:.85rem;margin-left:.4rem}
+.pill{display:inline-flex;align-items:center;gap:.4rem;background:#ffffff1f;border-radius:2rem;padding:.2rem .75rem;font-size:.9rem;white-space:nowrap}
+.dot{width:.7rem;height:.7rem;border-radius:50%;display:inline-block;flex:none;box-shadow:0 0 0 2px #ffffff55}
+.count{background:#f2c14e;color:#1d2320;font-weight:700;border-radius:1rem;padding:0 .5rem;min-width:1.6rem;text-align:center}
+main{display:grid;gap:1rem;grid-template-columns:1fr}
+@media (min-width:48rem){main{grid-template-columns:3fr 2fr}.side{grid-column:2;grid-row:1 / span 2}}
+section{background:#fff;border-radius:.75rem;padding:.9rem 1.1rem;box-shadow:0 1px 3px #0000001a}
+h2{font-size:1.05rem;margin:0 0 .6rem}
 ul{list-style:none;margin:0;padding:0}
-li{display:flex;align-items:center;justify-content:space-between;gap:.5rem;padding:.35rem 0;border-bottom:1px solid #eee}
+li{display:flex;align-items:center;justify-content:space-between;gap:.75rem;padding:.5rem 0;border-bottom:1px solid #eceeea}
 li:last-child{border-bottom:0}
+.name{flex:1}
+.price{color:#59625d;font-variant-numeric:tabular-nums;margin-right:.25rem}
 form{display:inline;margin:0}
-button{font:inherit;padding:.35rem .8rem;border:1px solid #bbb;border-radius:.4rem;background:#fafafa;cursor:pointer}
+button{font:inherit;font-size:.95rem;padding:.45rem .9rem;min-height:2.5rem;border:1px solid #c5cac6;border-radius:.5rem;background:#fafbf9;color:inherit;cursor:pointer}
+button:hover{background:#eef1ed}
 button.primary{background:#1f6f4a;border-color:#1f6f4a;color:#fff}
-input[type=text]{font:inherit;padding:.35rem .5rem;border:1px solid #bbb;border-radius:.4rem;max-width:12rem}
-.muted{color:#666;font-size:.9rem}
-.badge{background:#1f6f4a;color:#fff;border-radius:1rem;padding:.1rem .6rem;font-size:.9rem}
+button.primary:hover{background:#185c3d}
+button.danger{color:#9b2c2c;border-color:#e3b4b4}
+button.small{min-width:2.5rem;padding:.3rem .6rem}
+input[type=text]{font:inherit;padding:.45rem .6rem;min-height:2.5rem;border:1px solid #c5cac6;border-radius:.5rem;flex:1;min-width:8rem}
+.muted{color:#59625d;font-size:.9rem}
 .row{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}
+.total{display:flex;justify-content:space-between;font-weight:700;padding-top:.6rem;margin-top:.2rem;border-top:2px solid #eceeea}
+dl{display:grid;grid-template-columns:auto 1fr;gap:.3rem .9rem;margin:0}
+dt{color:#59625d}
+dd{margin:0;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
+footer{font-size:.85rem;color:#59625d}
 ";
 
+/// A colour for an instance name, so a change of instance is visible at a
+/// glance (the same name always gets the same colour).
+fn instance_colour(name: &str) -> String {
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("hsl({},75%,60%)", hash % 360)
+}
+
 /// The whole page.
+///
+/// Stable hooks for tests and scripts: `#instance` (the serving instance),
+/// `#count` (items in the cart), `#user` (the user's name, only when logged
+/// in), `#login-state` (`logged-in` or `anonymous` in its `data-state`),
+/// `#cart` (the cart's lines), `#remaining` (idle time left).
 #[must_use]
 pub fn render(view: &View<'_>) -> String {
     let items = count(&view.cart);
-    let mut html = String::with_capacity(4096);
+    let instance = escape(view.instance);
+    let mut html = String::with_capacity(8192);
     let _ = write!(
         html,
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content=\"width=device-width,initial-scale=1\">\
+         <link rel=icon href=\"data:,\">\
          <title>offstate cart ({items})</title><style>{STYLE}</style></head><body>\
-         <header><h1>offstate shop</h1><span class=badge>cart: {items} item{s}</span></header><main>",
+         <header class=bar><div class=bar-in>\
+         <h1>offstate shop<small>the cart survives instances</small></h1>\
+         <div class=row>\
+         <span class=pill title=\"The app instance that rendered this page\">\
+         <span class=dot style=\"background:{colour}\"></span>served by <strong id=instance>{instance}</strong></span>\
+         <span class=pill aria-label=\"Items in your cart\">cart <span id=count class=count>{items}</span> \
+         item{s}</span></div></div></header><main>",
+        colour = instance_colour(view.instance),
         s = if items == 1 { "" } else { "s" },
     );
 
-    // Who is logged in.
-    html.push_str("<section><h2>Account</h2>");
-    match &view.user {
-        Some(user) => {
-            let _ = write!(
-                html,
-                "<p>Logged in as <strong id=user>{}</strong>.</p><div class=row>\
-                 <form method=post action=/logout><button>Log out</button></form>\
-                 <form method=post action=/logout-everywhere><button>Log out everywhere</button></form></div>",
-                escape(user)
-            );
-        }
-        None => html.push_str(
-            "<p>Not logged in.</p><form method=post action=/login class=row>\
-             <input type=text name=user placeholder=\"your name\" required maxlength=64 autocomplete=username>\
-             <button class=primary>Log in</button></form>",
-        ),
+    // The shop.
+    html.push_str("<section><h2>Shop</h2><ul id=shop>");
+    for product in CATALOG {
+        let _ = write!(
+            html,
+            "<li><span class=name>{name}</span><span class=price>{price}</span>\
+             <form method=post action=/cart/add><input type=hidden name=item value=\"{id}\">\
+             <button class=primary id=\"add-{id}\" aria-label=\"Add {name}\">Add</button></form></li>",
+            name = escape(product.name),
+            price = money(product.cents),
+            id = escape(product.id),
+        );
     }
-    html.push_str("</section>");
+    html.push_str("</ul></section>");
 
-    // The cart.
-    html.push_str("<section><h2>Your cart</h2>");
+    // The cart and the account, side by side with the shop on a desktop.
+    html.push_str("<div class=side><section><h2>Your cart</h2>");
     if view.cart.is_empty() {
         html.push_str("<p class=muted id=empty>Your cart is empty.</p>");
     } else {
@@ -114,49 +150,60 @@ pub fn render(view: &View<'_>) -> String {
             let name = product(id).map_or(id.as_str(), |p| p.name);
             let _ = write!(
                 html,
-                "<li><span>{quantity} × {name}</span>\
+                "<li data-item=\"{id}\" data-quantity={quantity}><span class=name>{quantity} × {name}</span>\
                  <form method=post action=/cart/remove><input type=hidden name=item value=\"{id}\">\
-                 <button aria-label=\"Remove one {name}\">−</button></form></li>",
+                 <button class=small id=\"remove-{id}\" aria-label=\"Remove one {name}\">−</button></form></li>",
                 name = escape(name),
                 id = escape(id),
             );
         }
         let _ = write!(
             html,
-            "</ul><p><strong>Total: {}</strong></p>",
+            "</ul><p class=total><span>Total</span><span id=total>{}</span></p>",
             money(total_cents(&view.cart))
         );
     }
     html.push_str("</section>");
 
-    // The shop.
-    html.push_str("<section><h2>Shop</h2><ul>");
-    for product in CATALOG {
-        let _ = write!(
-            html,
-            "<li><span>{name} <span class=muted>{price}</span></span>\
-             <form method=post action=/cart/add><input type=hidden name=item value=\"{id}\">\
-             <button class=primary>Add</button></form></li>",
-            name = escape(product.name),
-            price = money(product.cents),
-            id = escape(product.id),
-        );
+    html.push_str("<section><h2>Account</h2>");
+    match &view.user {
+        Some(user) => {
+            let _ = write!(
+                html,
+                "<p id=login-state data-state=logged-in>Logged in as <strong id=user>{}</strong>.</p>\
+                 <div class=row>\
+                 <form method=post action=/logout><button id=logout>Log out</button></form>\
+                 <form method=post action=/logout-everywhere>\
+                 <button class=danger id=logout-everywhere>Log out everywhere</button></form></div>",
+                escape(user)
+            );
+        }
+        None => html.push_str(
+            "<p id=login-state data-state=anonymous>Not logged in. Your cart is kept when you log in.</p>\
+             <form method=post action=/login class=row>\
+             <input type=text id=login-name name=user placeholder=\"your name\" aria-label=\"Your name\" \
+             required maxlength=64 autocomplete=username>\
+             <button class=primary id=login>Log in</button></form>",
+        ),
     }
-    html.push_str("</ul></section></main><footer class=muted>");
+    html.push_str("</section><section><h2>Session</h2><dl>");
     match view.remaining {
         Some(left) => {
             let _ = write!(
                 html,
-                "<p>Session ends after <span id=remaining>{}</span> without activity.</p>",
+                "<dt>Idle time left</dt><dd><span id=remaining>{}</span></dd>",
                 duration(left)
             );
         }
-        None => html.push_str("<p>No session yet: it starts with your first click.</p>"),
+        None => html.push_str(
+            "<dt>Idle time left</dt><dd>no session yet: it starts with your first click</dd>",
+        ),
     }
     let _ = write!(
         html,
-        "<p>Served by instance <strong id=instance>{}</strong>.</p></footer></body></html>",
-        escape(view.instance)
+        "<dt>Page served by</dt><dd>{instance}</dd></dl></section></div></main>\
+         <footer>Sessions live in a shared store, not in the app: any instance can answer \
+         any request, and one can stop without losing your cart.</footer></body></html>",
     );
     html
 }
@@ -182,5 +229,11 @@ mod tests {
     fn durations_read_well() {
         assert_eq!(duration(Duration::from_secs(29 * 60 + 5)), "29m 05s");
         assert_eq!(duration(Duration::from_secs(3 * 3600 + 60)), "3h 01m");
+    }
+
+    #[test]
+    fn instances_get_stable_distinct_colours() {
+        assert_eq!(instance_colour("app-1"), instance_colour("app-1"));
+        assert_ne!(instance_colour("app-1"), instance_colour("app-2"));
     }
 }
