@@ -2,6 +2,10 @@
 //! one for tests that pause or kill it), SDK clients with test credentials,
 //! and [`DynamoStore`]s on their own table or key prefix.
 //!
+//! (Containers, or a server named by the environment, are in
+//! [`crate::fixture::dynamodb`], which uses these processes as its last
+//! resort.)
+//!
 //! moto is found through `OFFSTATE_MOTO_SERVER`, then
 //! `.offstate-run/venv/bin/moto_server` (what `scripts/setup.sh` installs),
 //! then `PATH`; when it is missing the error says so.
@@ -105,17 +109,7 @@ impl Moto {
     /// timeouts before building it.
     #[must_use]
     pub fn client_config(&self) -> aws_sdk_dynamodb::config::Builder {
-        aws_sdk_dynamodb::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "offstate-tests",
-            ))
-            .endpoint_url(&self.endpoint)
+        client_config_for(&self.endpoint)
     }
 
     /// A client for this server.
@@ -138,6 +132,45 @@ impl Moto {
         store.ensure_table().await?;
         Ok(store)
     }
+}
+
+/// A client configuration for the DynamoDB-compatible server at
+/// `endpoint`: static test credentials, `us-east-1`, the latest behavior
+/// version.
+#[must_use]
+pub fn client_config_for(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "offstate-tests",
+        ))
+        .endpoint_url(endpoint)
+}
+
+/// Overwrites the item of `key` in `store`'s table with one that is not a
+/// valid record (for the conformance suite's corruption case).
+///
+/// # Errors
+///
+/// The SDK error, as text.
+pub async fn plant_corrupt_item(store: &DynamoStore, key: &SessionKey) -> Result<(), String> {
+    let names = store.attributes();
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .item(&names.key, AttributeValue::S(store.item_key(key)))
+        .item(&names.data, AttributeValue::S("not a map".into()))
+        .item(&names.version, AttributeValue::S("one".into()))
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// moto's WSGI app behind one lock (see the module docs). Arguments: host,
@@ -262,18 +295,8 @@ impl Harness for DynamoHarness {
     #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.
     async fn corrupt(&self, key: &SessionKey) -> bool {
         let store = DynamoStore::from_client(self.moto.client(), self.config.clone());
-        let names = store.attributes();
-        let result = store
-            .client()
-            .put_item()
-            .table_name(store.table())
-            .item(&names.key, AttributeValue::S(store.item_key(key)))
-            .item(&names.data, AttributeValue::S("not a map".into()))
-            .item(&names.version, AttributeValue::S("one".into()))
-            .send()
-            .await;
-        if let Err(error) = result {
-            panic!("could not corrupt the item: {error:?}");
+        if let Err(error) = plant_corrupt_item(&store, key).await {
+            panic!("could not corrupt the item: {error}");
         }
         true
     }

@@ -9,6 +9,9 @@
 //! A server that cannot be started is an error naming what to install or
 //! which variable to set: tests that need it fail loudly, never skip.
 
+pub mod container;
+pub mod fixture;
+pub mod images;
 pub mod process;
 
 #[cfg(feature = "dynamodb")]
@@ -18,4 +21,4 @@ pub mod memcached;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-pub use process::{ServerError, ServerProcess, free_port, find_program, workspace_root};
+pub use process::{ServerError, ServerProcess, find_program, free_port, workspace_root};

@@ -9,12 +9,12 @@
 //! run as root, which memcached otherwise refuses), and stops when its
 //! fixture is dropped or the test process dies.
 //!
-//! The API (`MemcachedServer::start`, `MemcachedCluster::start(n)`,
-//! `.nodes()`, `.store()`, `.kill(i)`) is what container-based variants
-//! will offer too.
+//! Containers, or servers named by the environment, are in
+//! [`crate::fixture::memcached`], which uses these processes as its last
+//! resort.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,15 +160,7 @@ impl MemcachedServer {
     ///
     /// When the server cannot be reached or does not answer `STORED`.
     pub fn raw_set(&self, key: &str, value: &[u8]) -> std::io::Result<()> {
-        let mut command = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
-        command.extend_from_slice(value);
-        command.extend_from_slice(b"\r\n");
-        let reply = self.raw(&command)?;
-        if reply.starts_with("STORED") {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!("set answered {reply:?}")))
-        }
+        raw_set_at(&self.node(), key, value)
     }
 
     /// Deletes `key` with `delete`, bypassing the store. Returns whether it
@@ -198,19 +190,46 @@ impl MemcachedServer {
 
     /// Sends one command and reads one reply line.
     fn raw(&self, command: &[u8]) -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, FIXTURE_TIMEOUT)?;
-        stream.set_read_timeout(Some(FIXTURE_TIMEOUT))?;
-        stream.write_all(command)?;
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(b"\r\n") {
-            if stream.read(&mut byte)? == 0 {
-                break;
-            }
-            reply.push(byte[0]);
-        }
-        Ok(String::from_utf8_lossy(&reply).into_owned())
+        raw_command(&self.node(), command)
     }
+}
+
+/// Stores raw bytes under `key` with `set` on the memcached at `node`
+/// (`host:port`), bypassing any store (to plant corrupt records).
+///
+/// # Errors
+///
+/// When the server cannot be reached or does not answer `STORED`.
+pub fn raw_set_at(node: &str, key: &str, value: &[u8]) -> std::io::Result<()> {
+    let mut command = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
+    command.extend_from_slice(value);
+    command.extend_from_slice(b"\r\n");
+    let reply = raw_command(node, &command)?;
+    if reply.starts_with("STORED") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("set answered {reply:?}")))
+    }
+}
+
+/// Sends one command to the memcached at `node` and reads one reply line.
+fn raw_command(node: &str, command: &[u8]) -> std::io::Result<String> {
+    let addr = node
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{node} resolves to nothing")))?;
+    let mut stream = TcpStream::connect_timeout(&addr, FIXTURE_TIMEOUT)?;
+    stream.set_read_timeout(Some(FIXTURE_TIMEOUT))?;
+    stream.write_all(command)?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 /// Several memcached servers used as one cluster, as an ElastiCache
@@ -381,7 +400,9 @@ impl Harness for MemcachedHarness {
     }
 }
 
-fn fixture_config(nodes: Vec<String>) -> MemcachedConfig {
+/// A store configuration for `nodes` with the fixture timeouts.
+#[must_use]
+pub fn fixture_config(nodes: Vec<String>) -> MemcachedConfig {
     MemcachedConfig::new(nodes)
         .with_connect_timeout(FIXTURE_TIMEOUT)
         .with_command_timeout(FIXTURE_TIMEOUT)
