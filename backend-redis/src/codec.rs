@@ -26,6 +26,9 @@ pub(crate) const ABSOLUTE: &str = "abs";
 pub(crate) const PRINCIPAL: &str = "principal";
 pub(crate) const DATA_PREFIX: &str = "d:";
 
+/// A hash's field/value pairs.
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Why a stored hash is not a record.
 #[derive(Debug, thiserror::Error)]
 #[error("stored session hash does not decode: {0}")]
@@ -37,10 +40,16 @@ pub(crate) fn data_field(key: &str) -> String {
 }
 
 /// All fields of a record, as field/value pairs.
-pub(crate) fn encode(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn encode(record: &Record) -> Fields {
     let mut fields = Vec::with_capacity(record.data.len() + 5);
-    fields.push((VERSION.into(), record.version.get().to_string().into_bytes()));
-    fields.push((CREATED.into(), record.created_at.as_millis().to_string().into_bytes()));
+    fields.push((
+        VERSION.into(),
+        record.version.get().to_string().into_bytes(),
+    ));
+    fields.push((
+        CREATED.into(),
+        record.created_at.as_millis().to_string().into_bytes(),
+    ));
     if let Some(idle) = record.deadlines.idle {
         fields.push((IDLE.into(), idle.as_millis().to_string().into_bytes()));
     }
@@ -57,7 +66,7 @@ pub(crate) fn encode(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Decodes a hash's field/value pairs. An empty hash is no record.
-pub(crate) fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Record>, CorruptRecord> {
+pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
     if pairs.is_empty() {
         return Ok(None);
     }
@@ -106,7 +115,7 @@ pub(crate) fn number(field: &str, value: &[u8]) -> Result<u64, CorruptRecord> {
 
 /// The field/value pairs of an `HGETALL` reply (a flat array in RESP2, a
 /// map in RESP3).
-pub(crate) fn hash_pairs(value: Value) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CorruptRecord> {
+pub(crate) fn hash_pairs(value: Value) -> Result<Fields, CorruptRecord> {
     match value {
         Value::Nil => Ok(Vec::new()),
         Value::Map(entries) => entries
@@ -151,7 +160,9 @@ mod tests {
         );
         record.version = Version::new(7);
         record.principal = Some("alice".into());
-        record.data.insert("version".into(), b"not metadata".to_vec());
+        record
+            .data
+            .insert("version".into(), b"not metadata".to_vec());
         record.data.insert("d:x".into(), vec![0, 255]);
         let decoded = decode(encode(&record)).unwrap();
         assert_eq!(decoded, Some(record));

@@ -2,15 +2,21 @@
 //! Cluster from one configuration. Kept apart from the session store so the
 //! cache layer can reuse it.
 //!
-//! Standalone servers use `deadpool-redis`'s pool of multiplexed
-//! connections. Cluster mode uses the same `deadpool` machinery with a small
-//! manager of our own, because `deadpool-redis`'s cluster manager cannot be
-//! given timeouts or a private root certificate. Either way a broken
-//! connection is dropped at its next recycle (a `PING`), so the pool heals by
-//! itself after a server restart.
+//! The pool is `deadpool`'s (the pool under `deadpool-redis`), holding
+//! redis-rs multiplexed connections (`MultiplexedConnection` or
+//! `ClusterConnection`). It uses its own manager rather than
+//! `deadpool-redis`'s, for two reasons: `deadpool-redis` sends
+//! `UNWATCH`+`PING` on *every* checkout, doubling the round trips of a
+//! session operation, and its cluster manager takes no timeouts or private
+//! root certificate. Here a connection remembers whether a request on it
+//! failed at the connection level (I/O error, dropped, timed out); such a
+//! connection is discarded at its next checkout, and one idle for longer
+//! than [`IDLE_PING`] is checked with a `PING`. So the pool heals by itself
+//! after a server restart without paying a round trip per request.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool::Runtime;
@@ -27,6 +33,10 @@ use redis::{
 use crate::config::{ClusterMode, RedisConfig};
 use crate::error::{ConnectError, from_pool, from_redis};
 
+/// A pooled connection idle for longer than this is checked with a `PING`
+/// before it is handed out again.
+pub const IDLE_PING: Duration = Duration::from_secs(30);
+
 /// A pool of connections to Redis or Redis Cluster, with every call bounded
 /// in time. Clones share the pool.
 ///
@@ -41,15 +51,10 @@ use crate::error::{ConnectError, from_pool, from_redis};
 /// ```
 #[derive(Clone)]
 pub struct RedisConnection {
-    pools: Pools,
+    pool: Pool<Manager>,
+    cluster: bool,
     connect_timeout: Duration,
     command_timeout: Duration,
-}
-
-#[derive(Clone)]
-enum Pools {
-    Standalone(deadpool_redis::Pool),
-    Cluster(Pool<ClusterManager>),
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -92,13 +97,33 @@ impl RedisConnection {
             ClusterMode::Cluster => true,
             ClusterMode::Auto => detect_cluster(config, &infos).await?,
         };
-        let pools = if cluster {
-            Pools::Cluster(cluster_pool(config, infos)?)
+        let connector = if cluster {
+            Connector::Cluster(cluster_client(config, infos)?)
         } else {
-            Pools::Standalone(standalone_pool(config, &infos)?)
+            let info = infos
+                .into_iter()
+                .next()
+                .ok_or_else(|| ConnectError::Config("no Redis URL given".into()))?;
+            Connector::Standalone {
+                client: Client::open(info).map_err(ConnectError::Client)?,
+                config: async_config(config),
+            }
         };
+        let manager = Manager {
+            connector,
+            pings: AtomicUsize::new(0),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.command_timeout))
+            .build()
+            .map_err(|e| ConnectError::Pool(e.to_string()))?;
         Ok(Self {
-            pools,
+            pool,
+            cluster,
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
         })
@@ -107,7 +132,7 @@ impl RedisConnection {
     /// Whether this is a Redis Cluster connection.
     #[must_use]
     pub fn is_cluster(&self) -> bool {
-        matches!(self.pools, Pools::Cluster(_))
+        self.cluster
     }
 
     /// The most one bounded call may take: connect timeout plus command
@@ -127,18 +152,11 @@ impl RedisConnection {
     pub async fn get(&self) -> Result<PooledConnection, StoreError> {
         let bound = self.connect_timeout;
         let pooled = async {
-            match &self.pools {
-                Pools::Standalone(pool) => pool
-                    .get()
-                    .await
-                    .map(|c| PooledConnection(Held::Standalone(c)))
-                    .map_err(|e| from_pool(e, bound)),
-                Pools::Cluster(pool) => pool
-                    .get()
-                    .await
-                    .map(|c| PooledConnection(Held::Cluster(c)))
-                    .map_err(|e| from_pool(e, bound)),
-            }
+            self.pool
+                .get()
+                .await
+                .map(PooledConnection)
+                .map_err(|e| from_pool(e, bound))
         };
         match tokio::time::timeout(bound, pooled).await {
             Ok(result) => result,
@@ -186,20 +204,11 @@ impl RedisConnection {
 /// A connection taken from a [`RedisConnection`] pool; it goes back to the
 /// pool on drop. It is multiplexed: [`shared`](Self::shared) gives a
 /// cheap handle for sending requests concurrently.
-pub struct PooledConnection(Held);
-
-enum Held {
-    Standalone(deadpool_redis::Connection),
-    Cluster(Object<ClusterManager>),
-}
+pub struct PooledConnection(Object<Manager>);
 
 impl std::fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.0 {
-            Held::Standalone(_) => "standalone",
-            Held::Cluster(_) => "cluster",
-        };
-        f.debug_tuple("PooledConnection").field(&kind).finish()
+        f.debug_tuple("PooledConnection").field(&*self.0).finish()
     }
 }
 
@@ -207,19 +216,13 @@ impl PooledConnection {
     /// A handle on the same multiplexed connection, for concurrent requests.
     #[must_use]
     pub fn shared(&self) -> SharedConnection {
-        match &self.0 {
-            Held::Standalone(c) => SharedConnection::Standalone((**c).clone()),
-            Held::Cluster(c) => SharedConnection::Cluster((**c).clone()),
-        }
+        (*self.0).clone()
     }
 }
 
 impl ConnectionLike for PooledConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match &mut self.0 {
-            Held::Standalone(c) => c.req_packed_command(cmd),
-            Held::Cluster(c) => c.req_packed_command(cmd),
-        }
+        self.0.req_packed_command(cmd)
     }
 
     fn req_packed_commands<'a>(
@@ -228,45 +231,75 @@ impl ConnectionLike for PooledConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match &mut self.0 {
-            Held::Standalone(c) => c.req_packed_commands(cmd, offset, count),
-            Held::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
+        self.0.req_packed_commands(cmd, offset, count)
     }
 
     fn get_db(&self) -> i64 {
-        match &self.0 {
-            Held::Standalone(c) => c.get_db(),
-            Held::Cluster(c) => c.get_db(),
-        }
+        self.0.get_db()
     }
 }
 
 /// A clone of a pooled multiplexed connection, for sending several requests
-/// at once (each on its own clone).
+/// at once (each on its own clone). A connection-level failure on any clone
+/// marks the pooled connection for replacement.
 #[derive(Clone)]
-pub enum SharedConnection {
-    /// One server.
+pub struct SharedConnection {
+    raw: Raw,
+    broken: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+enum Raw {
     Standalone(MultiplexedConnection),
-    /// Redis Cluster.
     Cluster(ClusterConnection),
 }
 
 impl std::fmt::Debug for SharedConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Standalone(_) => f.write_str("SharedConnection::Standalone"),
-            Self::Cluster(_) => f.write_str("SharedConnection::Cluster"),
-        }
+        let kind = match self.raw {
+            Raw::Standalone(_) => "standalone",
+            Raw::Cluster(_) => "cluster",
+        };
+        f.debug_struct("SharedConnection")
+            .field("kind", &kind)
+            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Whether an error means the connection itself is no longer trustworthy.
+fn breaks_connection(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+}
+
+impl SharedConnection {
+    fn watch_with<'a, T: Send + 'a>(
+        broken: Arc<AtomicBool>,
+        request: RedisFuture<'a, T>,
+    ) -> RedisFuture<'a, T> {
+        Box::pin(async move {
+            let result = request.await;
+            if let Err(error) = &result
+                && breaks_connection(error)
+            {
+                broken.store(true, Ordering::Relaxed);
+            }
+            result
+        })
     }
 }
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Standalone(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        let request = match &mut self.raw {
+            Raw::Standalone(c) => c.req_packed_command(cmd),
+            Raw::Cluster(c) => c.req_packed_command(cmd),
+        };
+        let broken = self.broken.clone();
+        Self::watch_with(broken, request)
     }
 
     fn req_packed_commands<'a>(
@@ -275,16 +308,18 @@ impl ConnectionLike for SharedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Standalone(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
+        let request = match &mut self.raw {
+            Raw::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Raw::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        };
+        let broken = self.broken.clone();
+        Self::watch_with(broken, request)
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Standalone(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+        match &self.raw {
+            Raw::Standalone(c) => c.get_db(),
+            Raw::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -300,15 +335,15 @@ fn connection_info(config: &RedisConfig, url: &str) -> Result<ConnectionInfo, Co
         }
         info = info.set_redis_settings(settings);
     }
-    if let Some(pem) = &config.root_certificate_pem {
-        if url.starts_with("rediss://") {
-            let certs = TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            };
-            let client = Client::build_with_tls(info, certs).map_err(ConnectError::Client)?;
-            info = client.get_connection_info().clone();
-        }
+    if let Some(pem) = &config.root_certificate_pem
+        && url.starts_with("rediss://")
+    {
+        let certs = TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
+        let client = Client::build_with_tls(info, certs).map_err(ConnectError::Client)?;
+        info = client.get_connection_info().clone();
     }
     Ok(info)
 }
@@ -319,30 +354,10 @@ fn async_config(config: &RedisConfig) -> AsyncConnectionConfig {
         .set_response_timeout(Some(config.command_timeout))
 }
 
-fn standalone_pool(
-    config: &RedisConfig,
-    infos: &[ConnectionInfo],
-) -> Result<deadpool_redis::Pool, ConnectError> {
-    let info = infos
-        .first()
-        .cloned()
-        .ok_or_else(|| ConnectError::Config("no Redis URL given".into()))?;
-    let manager = deadpool_redis::Manager::new_with_config(info, async_config(config))
-        .map_err(ConnectError::Client)?;
-    deadpool_redis::Pool::builder(manager)
-        .max_size(config.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(config.connect_timeout))
-        .create_timeout(Some(config.connect_timeout))
-        .recycle_timeout(Some(config.command_timeout))
-        .build()
-        .map_err(|e| ConnectError::Pool(e.to_string()))
-}
-
-fn cluster_pool(
+fn cluster_client(
     config: &RedisConfig,
     infos: Vec<ConnectionInfo>,
-) -> Result<Pool<ClusterManager>, ConnectError> {
+) -> Result<ClusterClient, ConnectError> {
     let mut builder = ClusterClientBuilder::new(infos)
         .connection_timeout(config.connect_timeout)
         .response_timeout(config.command_timeout)
@@ -354,24 +369,17 @@ fn cluster_pool(
             root_cert: Some(pem.clone()),
         });
     }
-    let client = builder.build().map_err(ConnectError::Client)?;
-    let manager = ClusterManager {
-        client,
-        pings: AtomicUsize::new(0),
-    };
-    Pool::builder(manager)
-        .max_size(config.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(config.connect_timeout))
-        .create_timeout(Some(config.connect_timeout))
-        .recycle_timeout(Some(config.command_timeout))
-        .build()
-        .map_err(|e| ConnectError::Pool(e.to_string()))
+    builder.build().map_err(ConnectError::Client)
 }
 
 /// Asks the first server that answers whether it runs in cluster mode.
-async fn detect_cluster(config: &RedisConfig, infos: &[ConnectionInfo]) -> Result<bool, ConnectError> {
-    let bound = config.connect_timeout.saturating_add(config.command_timeout);
+async fn detect_cluster(
+    config: &RedisConfig,
+    infos: &[ConnectionInfo],
+) -> Result<bool, ConnectError> {
+    let bound = config
+        .connect_timeout
+        .saturating_add(config.command_timeout);
     let mut last = StoreError::unavailable("no Redis URL given");
     for info in infos {
         let probe = async {
@@ -396,21 +404,51 @@ async fn detect_cluster(config: &RedisConfig, infos: &[ConnectionInfo]) -> Resul
     Err(ConnectError::Detect(last))
 }
 
-/// Makes cluster connections for the pool; each one talks to every node.
-struct ClusterManager {
-    client: ClusterClient,
+/// How the pool makes a connection.
+enum Connector {
+    Standalone {
+        client: Client,
+        config: AsyncConnectionConfig,
+    },
+    Cluster(ClusterClient),
+}
+
+/// Makes and checks the pool's connections (see the module docs).
+struct Manager {
+    connector: Connector,
     pings: AtomicUsize,
 }
 
-impl managed::Manager for ClusterManager {
-    type Type = ClusterConnection;
+impl managed::Manager for Manager {
+    type Type = SharedConnection;
     type Error = RedisError;
 
-    async fn create(&self) -> Result<ClusterConnection, RedisError> {
-        self.client.get_async_connection().await
+    async fn create(&self) -> Result<SharedConnection, RedisError> {
+        let raw = match &self.connector {
+            Connector::Standalone { client, config } => Raw::Standalone(
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?,
+            ),
+            Connector::Cluster(client) => Raw::Cluster(client.get_async_connection().await?),
+        };
+        Ok(SharedConnection {
+            raw,
+            broken: Arc::new(AtomicBool::new(false)),
+        })
     }
 
-    async fn recycle(&self, conn: &mut ClusterConnection, _: &Metrics) -> RecycleResult<RedisError> {
+    async fn recycle(
+        &self,
+        conn: &mut SharedConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        if conn.broken.load(Ordering::Relaxed) {
+            return Err(RecycleError::message("a request on this connection failed"));
+        }
+        if metrics.last_used() < IDLE_PING {
+            return Ok(());
+        }
         let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
         let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
         if echoed == n {

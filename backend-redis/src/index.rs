@@ -69,12 +69,18 @@ impl RedisStore {
 
     /// Raises the score of an existing entry after a write; failures are
     /// logged, not returned, because the write itself succeeded.
-    pub(crate) async fn after_write_bump(&self, principal: &str, key: &SessionKey, expires: Option<Timestamp>) {
+    pub(crate) async fn after_write_bump(
+        &self,
+        principal: &str,
+        key: &SessionKey,
+        expires: Option<Timestamp>,
+    ) {
         let result = self
             .conn()
             .bounded(async {
                 let mut conn = self.conn().get().await?;
-                self.index_add(&mut conn, principal, key, expires, true).await
+                self.index_add(&mut conn, principal, key, expires, true)
+                    .await
             })
             .await;
         if let Err(error) = result {
@@ -92,26 +98,47 @@ impl RedisStore {
         }
     }
 
-    async fn entries(&self, conn: &mut PooledConnection, index: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn entries(
+        &self,
+        conn: &mut PooledConnection,
+        index: &str,
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(index).arg(0).arg(-1).arg("WITHSCORES");
-        let pairs: Vec<(String, f64)> = cmd.query_async(conn).await.map_err(|e| self.conn().error(e))?;
-        Ok(pairs.into_iter().map(|(member, score)| Entry { member, score }).collect())
+        let pairs: Vec<(String, f64)> = cmd
+            .query_async(conn)
+            .await
+            .map_err(|e| self.conn().error(e))?;
+        Ok(pairs
+            .into_iter()
+            .map(|(member, score)| Entry { member, score })
+            .collect())
     }
 
-    async fn trim(&self, conn: &mut PooledConnection, index: &str, members: &[&str]) -> Result<(), StoreError> {
+    async fn trim(
+        &self,
+        conn: &mut PooledConnection,
+        index: &str,
+        members: &[&str],
+    ) -> Result<(), StoreError> {
         if members.is_empty() {
             return Ok(());
         }
         let mut cmd = redis::cmd("ZREM");
         cmd.arg(index).arg(members);
-        let _: Value = cmd.query_async(conn).await.map_err(|e| self.conn().error(e))?;
+        let _: Value = cmd
+            .query_async(conn)
+            .await
+            .map_err(|e| self.conn().error(e))?;
         Ok(())
     }
 
     /// The live sessions of `principal`, each checked against its hash;
     /// entries past their score that no longer check out are trimmed.
-    pub(crate) async fn list_indexed(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
+    pub(crate) async fn list_indexed(
+        &self,
+        principal: &str,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         let now = self.now();
         let index = self.keys().principal(principal);
         self.conn()
@@ -128,7 +155,9 @@ impl RedisStore {
                 for (entry, check) in entries.iter().zip(checks) {
                     match check? {
                         Some(key) => listed.push(key),
-                        None if entry.score <= now.as_millis() as f64 => stale.push(entry.member.as_str()),
+                        None if entry.score <= now.as_millis() as f64 => {
+                            stale.push(entry.member.as_str())
+                        }
                         None => {}
                     }
                 }
@@ -171,7 +200,8 @@ impl RedisStore {
                 .and_then(|v| codec::number("deadline", &v).ok())
                 .map(Timestamp::from_millis)
         };
-        let deadlines = offstate_core::Deadlines::new(deadline(fields.next()), deadline(fields.next()));
+        let deadlines =
+            offstate_core::Deadlines::new(deadline(fields.next()), deadline(fields.next()));
         Ok((!deadlines.is_expired(now)).then_some(key))
     }
 
@@ -218,7 +248,9 @@ impl RedisStore {
                         // No session (yet) or another principal's: keep a
                         // fresh entry (a racing login may be writing it),
                         // trim an old one.
-                        Ok(_) if entry.score <= now.as_millis() as f64 => done.push(entry.member.as_str()),
+                        Ok(_) if entry.score <= now.as_millis() as f64 => {
+                            done.push(entry.member.as_str())
+                        }
                         Ok(_) => {}
                         Err(error) => {
                             first_error.get_or_insert(error);

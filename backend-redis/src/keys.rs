@@ -33,7 +33,11 @@ impl KeySpace {
     /// `<prefix>principal:{<sha256 of the name>}`.
     pub(crate) fn principal(&self, principal: &str) -> String {
         let digest = Sha256::digest(principal.as_bytes());
-        format!("{}principal:{{{}}}", self.prefix, URL_SAFE_NO_PAD.encode(digest))
+        format!(
+            "{}principal:{{{}}}",
+            self.prefix,
+            URL_SAFE_NO_PAD.encode(digest)
+        )
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`RedisConfig`] and [`ClusterMode`]: URLs (`redis://`, `rediss://` for
 //!   TLS), credentials, timeouts, pool size, key prefix, clock.
 //! - [`RedisConnection`]: the bounded connection pool (standalone or
-//!   cluster), reusable by other Redis users such as the cache layer.
+//!   cluster, on `deadpool`), reusable by other Redis users such as the
+//!   cache layer.
 //! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore).
 //! - Inside: `keys` (key names and hash tags), `codec` (record ⇄ hash
 //!   fields), `scripts` (the Lua scripts), `index` (the principal index),
@@ -92,7 +93,7 @@ mod scripts;
 mod store;
 
 pub use config::{ClusterMode, DEFAULT_KEY_PREFIX, RedisConfig};
-pub use connection::{PooledConnection, RedisConnection, SharedConnection};
+pub use connection::{IDLE_PING, PooledConnection, RedisConnection, SharedConnection};
 pub use error::ConnectError;
 pub use store::RedisStore;
 

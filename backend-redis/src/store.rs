@@ -67,10 +67,14 @@ impl RedisStore {
     /// # Errors
     ///
     /// [`ConnectError::Config`] when the key prefix contains `{` or `}`.
-    pub fn from_connection(conn: RedisConnection, config: &RedisConfig) -> Result<Self, ConnectError> {
+    pub fn from_connection(
+        conn: RedisConnection,
+        config: &RedisConfig,
+    ) -> Result<Self, ConnectError> {
         if config.key_prefix.contains(['{', '}']) {
             return Err(ConnectError::Config(
-                "the key prefix must not contain '{' or '}' (they delimit the cluster hash tag)".into(),
+                "the key prefix must not contain '{' or '}' (they delimit the cluster hash tag)"
+                    .into(),
             ));
         }
         Ok(Self {
@@ -183,7 +187,8 @@ impl SessionStore for RedisStore {
                 // never misses it. A create that then finds the key taken
                 // leaves a harmless entry (listings verify each member).
                 if let Some(principal) = &record.principal {
-                    self.index_add(&mut conn, principal, key, expires, false).await?;
+                    self.index_add(&mut conn, principal, key, expires, false)
+                        .await?;
                 }
                 let mut call = self.scripts.create.prepare_invoke();
                 call.key(self.keys.session(key))
@@ -250,7 +255,9 @@ impl SessionStore for RedisStore {
                         let hash = reply.next().unwrap_or(Value::Nil);
                         let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
                         match codec::decode(pairs).map_err(StoreError::corrupt)? {
-                            Some(current) => Ok((SaveOutcome::Conflict(Box::new(current)), String::new())),
+                            Some(current) => {
+                                Ok((SaveOutcome::Conflict(Box::new(current)), String::new()))
+                            }
                             None => Ok((SaveOutcome::Gone, String::new())),
                         }
                     }
@@ -259,7 +266,9 @@ impl SessionStore for RedisStore {
                         text(reply.next()),
                     )),
                     Some(3) => Err(corrupt_here(key)),
-                    other => Err(UnexpectedReply::store_error(format!("save returned {other:?}"))),
+                    other => Err(UnexpectedReply::store_error(format!(
+                        "save returned {other:?}"
+                    ))),
                 }
             })
             .await?;
@@ -275,7 +284,11 @@ impl SessionStore for RedisStore {
         Ok(outcome)
     }
 
-    async fn touch(&self, key: &SessionKey, idle_deadline: Timestamp) -> Result<TouchOutcome, StoreError> {
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: Timestamp,
+    ) -> Result<TouchOutcome, StoreError> {
         let now = self.now();
         let (outcome, principal, expires) = self
             .conn
@@ -299,7 +312,9 @@ impl SessionStore for RedisStore {
                         Ok((TouchOutcome::Touched, principal, expires))
                     }
                     Some(3) => Err(corrupt_here(key)),
-                    other => Err(UnexpectedReply::store_error(format!("touch returned {other:?}"))),
+                    other => Err(UnexpectedReply::store_error(format!(
+                        "touch returned {other:?}"
+                    ))),
                 }
             })
             .await?;

@@ -27,7 +27,11 @@ const CLI_ENV: &str = "OFFSTATE_REDIS_CLI";
 const READY: Duration = Duration::from_secs(15);
 
 fn redis_server() -> Result<PathBuf, ServerError> {
-    find_program("redis-server", SERVER_ENV, &[PathBuf::from("/usr/bin/redis-server")])
+    find_program(
+        "redis-server",
+        SERVER_ENV,
+        &[PathBuf::from("/usr/bin/redis-server")],
+    )
 }
 
 fn redis_cli_program() -> Result<PathBuf, ServerError> {
@@ -72,7 +76,12 @@ impl RedisCli {
 }
 
 fn cli_base(port: u16, auth: &RedisAuth, tls: Option<&TlsFiles>, cluster: bool) -> Vec<String> {
-    let mut base = vec!["-h".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+    let mut base = vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ];
     if cluster {
         base.push("-c".into());
     }
@@ -92,7 +101,11 @@ fn cli_base(port: u16, auth: &RedisAuth, tls: Option<&TlsFiles>, cluster: bool) 
         }
     }
     if let Some(tls) = tls {
-        base.extend(["--tls".into(), "--cacert".into(), tls.ca_cert.display().to_string()]);
+        base.extend([
+            "--tls".into(),
+            "--cacert".into(),
+            tls.ca_cert.display().to_string(),
+        ]);
     }
     base
 }
@@ -111,20 +124,29 @@ struct TlsFiles {
 impl TlsFiles {
     fn generate() -> Result<Self, ServerError> {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let fail = |what: &str, e: &dyn std::fmt::Display| ServerError::Setup(format!("{what}: {e}"));
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| ServerError::Setup(format!("{what}: {e}"));
         let ca_key = KeyPair::generate().map_err(|e| fail("CA key", &e))?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA params", &e))?;
+        let mut ca_params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA params", &e))?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "offstate test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| fail("CA cert", &e))?;
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .map_err(|e| fail("CA cert", &e))?;
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().map_err(|e| fail("server key", &e))?;
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .map_err(|e| fail("server params", &e))?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
-        let cert = params.signed_by(&key, &issuer).map_err(|e| fail("server cert", &e))?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .map_err(|e| fail("server params", &e))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| fail("server cert", &e))?;
 
         let dir = unique_dir("redis-tls")?;
         let files = Self {
@@ -218,7 +240,11 @@ impl RedisServer {
     fn launch(auth: RedisAuth, tls: bool) -> Result<Self, ServerError> {
         let program = redis_server()?;
         let port = free_port()?;
-        let tls = if tls { Some(TlsFiles::generate()?) } else { None };
+        let tls = if tls {
+            Some(TlsFiles::generate()?)
+        } else {
+            None
+        };
         let mut args = vec![
             "--bind".into(),
             "127.0.0.1".into(),
@@ -277,8 +303,14 @@ impl RedisServer {
         loop {
             match self.cli(&["PING"]) {
                 Ok(out) if out.trim() == "PONG" => return Ok(()),
-                Ok(_) | Err(_) if start.elapsed() < READY => std::thread::sleep(Duration::from_millis(50)),
-                Ok(out) => return Err(ServerError::Setup(format!("redis-server answered PING with {out:?}"))),
+                Ok(_) | Err(_) if start.elapsed() < READY => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(out) => {
+                    return Err(ServerError::Setup(format!(
+                        "redis-server answered PING with {out:?}"
+                    )));
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -293,7 +325,11 @@ impl RedisServer {
     /// The server's URL, without credentials (`redis://` or `rediss://`).
     #[must_use]
     pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
@@ -390,7 +426,11 @@ async fn connect(config: RedisConfig) -> Result<RedisStore, ServerError> {
         .map_err(|e| ServerError::Setup(format!("cannot build a RedisStore: {e}")))
 }
 
-fn spawn_ready(program: &std::path::Path, args: &[String], port: u16) -> Result<ServerProcess, ServerError> {
+fn spawn_ready(
+    program: &std::path::Path,
+    args: &[String],
+    port: u16,
+) -> Result<ServerProcess, ServerError> {
     let mut process = ServerProcess::spawn("redis", program, args)?;
     process.wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)), READY)?;
     Ok(process)
@@ -443,7 +483,11 @@ impl RedisCluster {
         }
         let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
         create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        create.extend(["--cluster-replicas".into(), "0".into(), "--cluster-yes".into()]);
+        create.extend([
+            "--cluster-replicas".into(),
+            "0".into(),
+            "--cluster-yes".into(),
+        ]);
         run_command(&cli, &create)?;
         let cluster = Self { nodes, ports };
         cluster.wait_until_ok()?;
@@ -454,7 +498,10 @@ impl RedisCluster {
         let start = Instant::now();
         for port in &self.ports {
             loop {
-                let info = self.node_cli(*port)?.run(&["CLUSTER", "INFO"]).unwrap_or_default();
+                let info = self
+                    .node_cli(*port)?
+                    .run(&["CLUSTER", "INFO"])
+                    .unwrap_or_default();
                 let ok = info.lines().any(|l| l.trim() == "cluster_state:ok")
                     && info.lines().any(|l| l.trim() == "cluster_slots_ok:16384")
                     && info.lines().any(|l| l.trim() == "cluster_known_nodes:3");
@@ -481,7 +528,10 @@ impl RedisCluster {
     /// Seed URLs, one per node.
     #[must_use]
     pub fn urls(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
     }
 
     /// The first node's URL.
@@ -561,10 +611,8 @@ impl RedisCluster {
                     _ => false,
                 }
             });
-            if serves {
-                if let Some(i) = port.and_then(|p| self.ports.iter().position(|q| *q == p)) {
-                    return Ok(i);
-                }
+            if serves && let Some(i) = port.and_then(|p| self.ports.iter().position(|q| *q == p)) {
+                return Ok(i);
             }
         }
         Err(ServerError::Setup(format!("no node serves {key}")))
@@ -598,7 +646,9 @@ fn cluster_port(taken: &[u16]) -> Result<u16, ServerError> {
             return Ok(port);
         }
     }
-    Err(ServerError::Setup("no free port pair for a cluster node".into()))
+    Err(ServerError::Setup(
+        "no free port pair for a cluster node".into(),
+    ))
 }
 
 /// The conformance suite's view of a Redis deployment: stores built from
@@ -637,7 +687,9 @@ impl Harness for RedisHarness {
         let key = self.session_key(key);
         let cli = self.cli.clone();
         // redis-cli blocks; keep it off the async workers.
-        let result = tokio::task::spawn_blocking(move || cli.run(&["HSET", &key, "version", "notanumber"])).await;
+        let result =
+            tokio::task::spawn_blocking(move || cli.run(&["HSET", &key, "version", "notanumber"]))
+                .await;
         matches!(result, Ok(Ok(_)))
     }
 
@@ -650,7 +702,11 @@ impl Harness for RedisHarness {
 
 /// Starts a fixture once per test binary, or panics naming what is missing.
 #[allow(clippy::panic)] // Tests that need the server must fail loudly, never skip.
-fn shared<T>(cell: &'static OnceLock<T>, start: impl FnOnce() -> Result<T, ServerError>, what: &str) -> &'static T {
+fn shared<T>(
+    cell: &'static OnceLock<T>,
+    start: impl FnOnce() -> Result<T, ServerError>,
+    what: &str,
+) -> &'static T {
     cell.get_or_init(|| match start() {
         Ok(fixture) => fixture,
         Err(error) => panic!("cannot start {what}: {error}"),

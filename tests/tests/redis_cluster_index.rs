@@ -6,14 +6,18 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use offstate_core::{
-    Change, Clock, Deadlines, PrincipalChange, Record, SessionId, SessionStore, SystemClock, Version,
+    Change, Clock, Deadlines, PrincipalChange, Record, SessionId, SessionStore, SystemClock,
+    Version,
 };
 use offstate_redis::{ClusterMode, RedisConfig, RedisStore};
 use offstate_testing::redis::{RedisServer, shared_cluster};
 
 fn record(principal: Option<&str>) -> Record {
     let now = SystemClock.now();
-    let mut record = Record::new(now, Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None));
+    let mut record = Record::new(
+        now,
+        Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None),
+    );
     record.principal = principal.map(str::to_owned);
     record.data.insert("k".into(), b"1".to_vec());
     record
@@ -32,11 +36,18 @@ async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
     let mut elsewhere = 0;
     while elsewhere < 2 || keys.len() < 4 {
         let key = SessionId::generate().key();
-        if cluster.node_of(&store.session_key(&key)).expect("session node") != index_node {
+        if cluster
+            .node_of(&store.session_key(&key))
+            .expect("session node")
+            != index_node
+        {
             elsewhere += 1;
         }
         if keys.len() % 2 == 0 {
-            store.create(&key, &record(Some(&principal))).await.expect("create");
+            store
+                .create(&key, &record(Some(&principal)))
+                .await
+                .expect("create");
         } else {
             // Attached by a save rather than at creation.
             store.create(&key, &record(None)).await.expect("create");
@@ -47,16 +58,39 @@ async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
         keys.insert(key);
     }
     let other = SessionId::generate().key();
-    store.create(&other, &record(Some("someone-else"))).await.expect("create");
+    store
+        .create(&other, &record(Some("someone-else")))
+        .await
+        .expect("create");
 
-    let listed: BTreeSet<_> = store.list_principal(&principal).await.expect("list").into_iter().collect();
+    let listed: BTreeSet<_> = store
+        .list_principal(&principal)
+        .await
+        .expect("list")
+        .into_iter()
+        .collect();
     assert_eq!(listed, keys);
-    assert_eq!(store.revoke_principal(&principal).await.expect("revoke"), keys.len());
+    assert_eq!(
+        store.revoke_principal(&principal).await.expect("revoke"),
+        keys.len()
+    );
     for key in &keys {
-        assert!(store.load(key).await.expect("load").is_none(), "revoked session still loads");
+        assert!(
+            store.load(key).await.expect("load").is_none(),
+            "revoked session still loads"
+        );
     }
-    assert!(store.load(&other).await.expect("load").is_some(), "revoke hit another principal");
-    assert!(store.list_principal(&principal).await.expect("list").is_empty());
+    assert!(
+        store.load(&other).await.expect("load").is_some(),
+        "revoke hit another principal"
+    );
+    assert!(
+        store
+            .list_principal(&principal)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     let left = cluster.cli(&["ZCARD", &index_key]).expect("ZCARD");
     assert_eq!(left.trim(), "0", "revoke left index entries");
 }
@@ -64,15 +98,21 @@ async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_mode_detects_cluster_and_standalone() {
     let cluster = shared_cluster();
-    let store = RedisStore::connect(RedisConfig::new(cluster.url()).with_cluster_mode(ClusterMode::Auto))
-        .await
-        .expect("store");
+    let store =
+        RedisStore::connect(RedisConfig::new(cluster.url()).with_cluster_mode(ClusterMode::Auto))
+            .await
+            .expect("store");
     assert!(store.connection().is_cluster());
     let key = SessionId::generate().key();
-    store.create(&key, &record(None)).await.expect("create through a detected cluster");
+    store
+        .create(&key, &record(None))
+        .await
+        .expect("create through a detected cluster");
     assert!(store.load(&key).await.expect("load").is_some());
 
     let server = RedisServer::start().expect("redis-server");
-    let store = RedisStore::connect(RedisConfig::new(server.url())).await.expect("store");
+    let store = RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("store");
     assert!(!store.connection().is_cluster());
 }

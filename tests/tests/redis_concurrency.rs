@@ -15,7 +15,10 @@ async fn a_thousand_updates_from_two_instances_lose_nothing() {
     let a = Sessions::new(server.store().await.expect("store")).with_max_attempts(100_000);
     let b = Sessions::new(server.store().await.expect("store")).with_max_attempts(100_000);
     let session = a.new_session();
-    session.insert("cart", &Vec::<String>::new()).await.expect("insert");
+    session
+        .insert("cart", &Vec::<String>::new())
+        .await
+        .expect("insert");
     session.save().await.expect("create");
     let id = session.id().await.expect("created");
 

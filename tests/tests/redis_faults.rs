@@ -3,11 +3,14 @@
 //! recovers once the server is back, and a corrupted hash is a typed error
 //! for that session only.
 
+// Test helpers: failing loudly is the point.
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use offstate_core::{
-    Change, CreateOutcome, Deadlines, Record, SessionId, SessionStore, StoreError, SystemClock,
-    Clock, TouchOutcome, Version,
+    Change, Clock, CreateOutcome, Deadlines, Record, SessionId, SessionStore, StoreError,
+    SystemClock, TouchOutcome, Version,
 };
 use offstate_redis::{RedisStore, SharedConnection};
 use offstate_testing::redis::RedisServer;
@@ -18,7 +21,10 @@ const HANG_GUARD: Duration = Duration::from_secs(20);
 
 fn record(data: &[(&str, &str)]) -> Record {
     let now = SystemClock.now();
-    let mut record = Record::new(now, Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None));
+    let mut record = Record::new(
+        now,
+        Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None),
+    );
     for (k, v) in data {
         record.data.insert((*k).to_owned(), v.as_bytes().to_vec());
     }
@@ -34,7 +40,10 @@ async fn bounded_store(server: &RedisServer) -> RedisStore {
 }
 
 fn is_outage(result: &Result<Option<Record>, StoreError>) -> bool {
-    matches!(result, Err(StoreError::Timeout(_) | StoreError::Unavailable(_)))
+    matches!(
+        result,
+        Err(StoreError::Timeout(_) | StoreError::Unavailable(_))
+    )
 }
 
 /// Retries `load` until the store answers again; returns how many tries
@@ -55,7 +64,13 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
     let mut server = RedisServer::start().expect("redis-server");
     let store = bounded_store(&server).await;
     let key = SessionId::generate().key();
-    assert_eq!(store.create(&key, &record(&[("k", "1")])).await.expect("create"), CreateOutcome::Created);
+    assert_eq!(
+        store
+            .create(&key, &record(&[("k", "1")]))
+            .await
+            .expect("create"),
+        CreateOutcome::Created
+    );
 
     // A server that answers nothing: every call ends with Timeout.
     server.pause();
@@ -75,19 +90,33 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
     // While those are waiting, the server dies.
     server.kill();
     for call in in_flight {
-        let result = call.await.expect("task").expect("a call hung past the store's bound");
+        let result = call
+            .await
+            .expect("task")
+            .expect("a call hung past the store's bound");
         assert!(is_outage(&result), "in-flight load: {result:?}");
     }
     // A dead server: refused connections are outages too, never a hang.
-    let dead = tokio::time::timeout(HANG_GUARD, store.load(&key)).await.expect("hung on a dead server");
+    let dead = tokio::time::timeout(HANG_GUARD, store.load(&key))
+        .await
+        .expect("hung on a dead server");
     assert!(is_outage(&dead), "load on a dead server: {dead:?}");
 
     // Same port, fresh (empty) server: the same store instance recovers.
     server.restart().expect("restart");
     until_recovered(&store).await;
-    assert!(store.load(&key).await.expect("load").is_none(), "data came back from a wiped server");
+    assert!(
+        store.load(&key).await.expect("load").is_none(),
+        "data came back from a wiped server"
+    );
     let fresh = SessionId::generate().key();
-    assert_eq!(store.create(&fresh, &record(&[("k", "2")])).await.expect("create"), CreateOutcome::Created);
+    assert_eq!(
+        store
+            .create(&fresh, &record(&[("k", "2")]))
+            .await
+            .expect("create"),
+        CreateOutcome::Created
+    );
     let loaded = store.load(&fresh).await.expect("load").expect("live");
     assert_eq!(loaded.data.get("k").map(Vec::as_slice), Some(&b"2"[..]));
 }
@@ -100,7 +129,9 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
     let mut warm = Vec::new();
     for _ in 0..8 {
         let store = store.clone();
-        warm.push(tokio::spawn(async move { store.load(&SessionId::generate().key()).await }));
+        warm.push(tokio::spawn(async move {
+            store.load(&SessionId::generate().key()).await
+        }));
     }
     for call in warm {
         call.await.expect("task").expect("load");
@@ -110,7 +141,10 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
     // Every pooled connection was broken; none may surface as a failure now.
     for _ in 0..20 {
         let key = SessionId::generate().key();
-        store.create(&key, &record(&[("k", "1")])).await.expect("create after restart");
+        store
+            .create(&key, &record(&[("k", "1")]))
+            .await
+            .expect("create after restart");
         assert!(store.load(&key).await.expect("load").is_some());
     }
 }
@@ -128,21 +162,54 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
     server
         .cli(&["HSET", &store.session_key(&bad), "version", "notanumber"])
         .expect("redis-cli HSET");
-    assert!(matches!(store.load(&bad).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        store.load(&bad).await,
+        Err(StoreError::Corrupt(_))
+    ));
     let change = Change::new(Version::INITIAL, original.deadlines);
-    assert!(matches!(store.save(&bad, &change).await, Err(StoreError::Corrupt(_))));
-    assert!(matches!(store.touch(&bad, SystemClock.now()).await, Err(StoreError::Corrupt(_))));
-    assert_eq!(store.create(&bad, &original).await.expect("create"), CreateOutcome::Exists, "create overwrote a corrupt record");
+    assert!(matches!(
+        store.save(&bad, &change).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.touch(&bad, SystemClock.now()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(
+        store.create(&bad, &original).await.expect("create"),
+        CreateOutcome::Exists,
+        "create overwrote a corrupt record"
+    );
 
     // The other session is untouched and fully usable.
-    assert_eq!(store.load(&good).await.expect("load"), Some(original.clone()));
-    assert!(matches!(store.save(&good, &change).await, Ok(offstate_core::SaveOutcome::Saved(_))));
-    assert_eq!(store.touch(&good, SystemClock.now().saturating_add(Duration::from_secs(60))).await.expect("touch"), TouchOutcome::Touched);
+    assert_eq!(
+        store.load(&good).await.expect("load"),
+        Some(original.clone())
+    );
+    assert!(matches!(
+        store.save(&good, &change).await,
+        Ok(offstate_core::SaveOutcome::Saved(_))
+    ));
+    assert_eq!(
+        store
+            .touch(
+                &good,
+                SystemClock.now().saturating_add(Duration::from_secs(60))
+            )
+            .await
+            .expect("touch"),
+        TouchOutcome::Touched
+    );
 
     // A value of another type at the session key is corrupt too, and delete clears it.
     server.cli(&["DEL", &store.session_key(&bad)]).expect("DEL");
-    server.cli(&["SET", &store.session_key(&bad), "garbage"]).expect("SET");
-    assert!(matches!(store.load(&bad).await, Err(StoreError::Corrupt(_))));
+    server
+        .cli(&["SET", &store.session_key(&bad), "garbage"])
+        .expect("SET");
+    assert!(matches!(
+        store.load(&bad).await,
+        Err(StoreError::Corrupt(_))
+    ));
     assert!(store.delete(&bad).await.expect("delete"));
     assert!(store.load(&bad).await.expect("load").is_none());
 }
@@ -152,7 +219,10 @@ async fn password_auth_is_required_and_used() {
     let server = RedisServer::start_with_password("p4ss-word").expect("redis-server");
     let store = server.store().await.expect("store");
     let key = SessionId::generate().key();
-    store.create(&key, &record(&[("k", "1")])).await.expect("create with AUTH");
+    store
+        .create(&key, &record(&[("k", "1")]))
+        .await
+        .expect("create with AUTH");
     assert!(store.load(&key).await.expect("load").is_some());
 
     // Without the password the server refuses, as a typed error.
@@ -165,7 +235,10 @@ async fn password_auth_is_required_and_used() {
     .await
     .expect("store");
     let refused = anonymous.load(&key).await;
-    assert!(refused.is_err(), "a store without the password read a session: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a store without the password read a session: {refused:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +246,10 @@ async fn the_connection_is_reusable_for_other_commands() {
     let server = RedisServer::start().expect("redis-server");
     let store = server.store().await.expect("store");
     let conn = store.connection().clone();
-    let pong: String = conn.query(&offstate_redis::redis::cmd("PING")).await.expect("PING");
+    let pong: String = conn
+        .query(&offstate_redis::redis::cmd("PING"))
+        .await
+        .expect("PING");
     assert_eq!(pong, "PONG");
     let pooled = conn.get().await.expect("pooled connection");
     let mut shared: SharedConnection = pooled.shared();
