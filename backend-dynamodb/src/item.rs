@@ -31,6 +31,10 @@ pub enum DecodeError {
         /// The DynamoDB type it should have.
         expected: &'static str,
     },
+    /// A data map entry name that the store never writes (empty, or a
+    /// single `~` escape before a key that needs none).
+    #[error("data map entry {0:?} is not a name this store writes")]
+    BadEntryName(String),
     /// A number attribute does not hold a whole number of the right range.
     #[error("attribute {name:?} holds {value:?}, not an unsigned whole number")]
     BadNumber {
@@ -104,6 +108,12 @@ pub(crate) fn decode(names: &AttributeNames, item: &Item) -> Result<Record, Deco
             let mut data = BTreeMap::new();
             for (k, v) in map {
                 match v {
+                    // Only the names `entry_name` writes are accepted: `""`
+                    // and `"~x"` would otherwise collapse onto the keys of
+                    // `"~"` and `"x"`, and one value would silently win.
+                    AttributeValue::B(_) if entry_name(key_of_entry(k)) != k.as_str() => {
+                        return Err(DecodeError::BadEntryName(k.clone()));
+                    }
                     AttributeValue::B(blob) => {
                         data.insert(key_of_entry(k).to_owned(), blob.as_ref().to_vec());
                     }
@@ -141,6 +151,31 @@ pub(crate) fn decode(names: &AttributeNames, item: &Item) -> Result<Record, Deco
     record.principal = principal;
     record.data = data;
     Ok(record)
+}
+
+/// [`decode`] for the property tests: what the store does with an item a
+/// read returned. Not part of the API.
+///
+/// # Errors
+///
+/// [`DecodeError`] for an item that is not a valid record.
+#[doc(hidden)]
+pub fn decode_item(
+    names: &AttributeNames,
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Record, DecodeError> {
+    decode(names, item)
+}
+
+/// [`encode`] for the property tests. Not part of the API.
+#[doc(hidden)]
+#[must_use]
+pub fn encode_item(
+    names: &AttributeNames,
+    pk: &str,
+    record: &Record,
+) -> HashMap<String, AttributeValue> {
+    encode(names, pk, record)
 }
 
 /// Decodes only the deadlines (enough to tell whether an item is live).

@@ -177,4 +177,6 @@ pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use config::{AttributeNames, DYNAMODB_MAX_ITEM_BYTES, DynamoConfig};
 pub use item::DecodeError;
+#[doc(hidden)]
+pub use item::{decode_item, encode_item};
 pub use store::DynamoStore;
