@@ -33,8 +33,13 @@ async fn run() -> Result<(), String> {
     let sessions = store::sessions_with(&settings.store, &options)
         .await
         .map_err(|e| error_chain(&e))?;
-    let mut config =
-        AppConfig::new(settings.instance.clone()).with_secure_cookies(settings.secure_cookies);
+    let mut config = AppConfig::new(settings.instance.clone())
+        .with_secure_cookies(settings.secure_cookies)
+        .with_store_label(if settings.cache {
+            format!("{}, with a local cache", scheme(&settings.store))
+        } else {
+            scheme(&settings.store).to_owned()
+        });
     if let Some(key) = &settings.signing_key {
         let key =
             SigningKey::new(key.as_bytes()).map_err(|e| format!("OFFSTATE_SIGNING_KEY: {e}"))?;

@@ -18,6 +18,8 @@ pub struct View<'a> {
     pub remaining: Option<Duration>,
     /// The instance that served the page.
     pub instance: &'a str,
+    /// Where sessions live (`redis`, `memory`, ...), if the page says.
+    pub store: Option<&'a str>,
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -54,15 +56,15 @@ const STYLE: &str = "
 *{box-sizing:border-box}
 body{font:16px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f3f4f1;color:#1d2320}
 .bar{background:#16392a;color:#fff}
-.bar-in,main,footer{max-width:60rem;margin:0 auto;padding:.7rem 1rem}
+.bar-in,main{max-width:60rem;margin:0 auto;padding:.7rem 1rem}
 .bar-in{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;justify-content:space-between}
-h1{font-size:1.25rem;margin:0;letter-spacing:.01em}
-h1 small{font-weight:400;opacity:.75;font-size:.85rem;margin-left:.4rem}
+h1{font-size:1.25rem;margin:0;letter-spacing:.01em;line-height:1.2}
+h1 small{display:block;font-weight:400;opacity:.75;font-size:.8rem;letter-spacing:0}
 .pill{display:inline-flex;align-items:center;gap:.4rem;background:#ffffff1f;border-radius:2rem;padding:.2rem .75rem;font-size:.9rem;white-space:nowrap}
 .dot{width:.7rem;height:.7rem;border-radius:50%;display:inline-block;flex:none;box-shadow:0 0 0 2px #ffffff55}
 .count{background:#f2c14e;color:#1d2320;font-weight:700;border-radius:1rem;padding:0 .5rem;min-width:1.6rem;text-align:center}
-main{display:grid;gap:1rem;grid-template-columns:1fr}
-@media (min-width:48rem){main{grid-template-columns:3fr 2fr}.side{grid-column:2;grid-row:1 / span 2}}
+main{display:grid;gap:1rem;grid-template-columns:1fr;padding-bottom:1.5rem}
+@media (min-width:48rem){main{grid-template-columns:3fr 2fr;align-items:start}}
 section{background:#fff;border-radius:.75rem;padding:.9rem 1.1rem;box-shadow:0 1px 3px #0000001a}
 h2{font-size:1.05rem;margin:0 0 .6rem}
 ul{list-style:none;margin:0;padding:0}
@@ -79,22 +81,40 @@ button.danger{color:#9b2c2c;border-color:#e3b4b4}
 button.small{min-width:2.5rem;padding:.3rem .6rem}
 input[type=text]{font:inherit;padding:.45rem .6rem;min-height:2.5rem;border:1px solid #c5cac6;border-radius:.5rem;flex:1;min-width:8rem}
 .muted{color:#59625d;font-size:.9rem}
+.side,.col{display:grid;gap:1rem;align-content:start}
+.about p{margin:.4rem 0;color:#3d4541}
 .row{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}
 .total{display:flex;justify-content:space-between;font-weight:700;padding-top:.6rem;margin-top:.2rem;border-top:2px solid #eceeea}
 dl{display:grid;grid-template-columns:auto 1fr;gap:.3rem .9rem;margin:0}
 dt{color:#59625d}
 dd{margin:0;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
-footer{font-size:.85rem;color:#59625d}
 ";
 
+/// Distinct colours for instance badges.
+const PALETTE: [&str; 8] = [
+    "#4fc3f7", "#f06292", "#aed581", "#ffb74d", "#ba68c8", "#4db6ac", "#e57373", "#fff176",
+];
+
 /// A colour for an instance name, so a change of instance is visible at a
-/// glance (the same name always gets the same colour).
-fn instance_colour(name: &str) -> String {
-    // FNV-1a: stable across runs and builds, unlike the std hasher.
-    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    format!("hsl({},75%,60%)", hash % 360)
+/// glance. Names ending in a number (`app-1`, `app-2`, ...) get distinct
+/// colours in turn; others a stable colour from a hash of the name.
+fn instance_colour(name: &str) -> &'static str {
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let index = match digits.parse::<usize>() {
+        Ok(n) => n.saturating_sub(1),
+        // FNV-1a: stable across runs and builds, unlike the std hasher.
+        Err(_) => name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        }) as usize,
+    };
+    PALETTE[index % PALETTE.len()]
 }
 
 /// The whole page.
@@ -126,7 +146,7 @@ pub fn render(view: &View<'_>) -> String {
     );
 
     // The shop.
-    html.push_str("<section><h2>Shop</h2><ul id=shop>");
+    html.push_str("<div class=col><section><h2>Shop</h2><ul id=shop>");
     for product in CATALOG {
         let _ = write!(
             html,
@@ -138,7 +158,21 @@ pub fn render(view: &View<'_>) -> String {
             id = escape(product.id),
         );
     }
-    html.push_str("</ul></section>");
+    let _ = write!(
+        html,
+        "</ul></section><section class=about><h2>What is going on</h2>\
+         <p>Each click goes through a load balancer to any of the app's instances; \
+         the badge at the top names the one that drew this page.</p>\
+         <p>Your cart and your login live in the shared session store{store}, not in the \
+         instance: any instance can answer any click, and one can stop without losing a thing.</p>\
+         <p>Logging in gives your session a new ID and keeps the cart. \
+         <em>Log out everywhere</em> ends every session of your user, on every device.</p>\
+         </section></div>",
+        store = view
+            .store
+            .map(|s| format!(" ({})", escape(s)))
+            .unwrap_or_default(),
+    );
 
     // The cart and the account, side by side with the shop on a desktop.
     html.push_str("<div class=side><section><h2>Your cart</h2>");
@@ -199,11 +233,16 @@ pub fn render(view: &View<'_>) -> String {
             "<dt>Idle time left</dt><dd>no session yet: it starts with your first click</dd>",
         ),
     }
+    if let Some(store) = view.store {
+        let _ = write!(
+            html,
+            "<dt>Stored in</dt><dd id=store>{}</dd>",
+            escape(store)
+        );
+    }
     let _ = write!(
         html,
-        "<dt>Page served by</dt><dd>{instance}</dd></dl></section></div></main>\
-         <footer>Sessions live in a shared store, not in the app: any instance can answer \
-         any request, and one can stop without losing your cart.</footer></body></html>",
+        "<dt>Page served by</dt><dd>{instance}</dd></dl></section></div></main></body></html>",
     );
     html
 }
@@ -234,6 +273,9 @@ mod tests {
     #[test]
     fn instances_get_stable_distinct_colours() {
         assert_eq!(instance_colour("app-1"), instance_colour("app-1"));
-        assert_ne!(instance_colour("app-1"), instance_colour("app-2"));
+        let colours: std::collections::BTreeSet<_> =
+            ["app-1", "app-2", "app-3"].map(instance_colour).into();
+        assert_eq!(colours.len(), 3);
+        assert_eq!(instance_colour("x"), instance_colour("x"));
     }
 }

@@ -19,6 +19,7 @@ use crate::pages::{View, render};
 #[derive(Debug, Clone)]
 pub struct AppConfig {
     instance: Arc<str>,
+    store_label: Option<Arc<str>>,
     secure_cookies: bool,
     signing_key: Option<SigningKey>,
     clock: Arc<dyn Clock>,
@@ -31,6 +32,7 @@ impl AppConfig {
     pub fn new(instance: impl Into<String>) -> Self {
         Self {
             instance: Arc::from(instance.into()),
+            store_label: None,
             secure_cookies: true,
             signing_key: None,
             clock: system_clock(),
@@ -41,6 +43,14 @@ impl AppConfig {
     #[must_use]
     pub fn with_secure_cookies(mut self, secure: bool) -> Self {
         self.secure_cookies = secure;
+        self
+    }
+
+    /// Sets what the page says about where sessions live (for example
+    /// `redis`); without it the page does not say.
+    #[must_use]
+    pub fn with_store_label(mut self, label: impl Into<String>) -> Self {
+        self.store_label = Some(Arc::from(label.into()));
         self
     }
 
@@ -63,6 +73,7 @@ impl AppConfig {
 #[derive(Debug, Clone)]
 struct AppState {
     instance: Arc<str>,
+    store_label: Option<Arc<str>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -83,6 +94,7 @@ pub fn app(sessions: Sessions, config: AppConfig) -> Router {
     }
     let state = AppState {
         instance: config.instance,
+        store_label: config.store_label,
         clock: config.clock,
     };
     Router::new()
@@ -114,6 +126,7 @@ async fn index(State(app): State<AppState>, session: Session) -> Result<Response
         user,
         remaining,
         instance: &app.instance,
+        store: app.store_label.as_deref(),
     });
     let mut response = Html(html).into_response();
     // Pages show one user's cart: never cache them.
