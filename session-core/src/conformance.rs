@@ -6,8 +6,28 @@
 //! [`conformance_tests!`](crate::conformance_tests), which writes one test
 //! per case, so a failure names the case:
 //!
-//! ```ignore
-//! offstate_core::conformance_tests!(async { MyHarness::start().await });
+//! ```
+//! use std::sync::Arc;
+//! use offstate_core::conformance::Harness;
+//! use offstate_core::{Clock, MemoryStore, SessionKey};
+//!
+//! // Your harness: how to make store instances over one shared backend.
+//! #[derive(Default)]
+//! struct MyHarness(MemoryStore);
+//!
+//! impl Harness for MyHarness {
+//!     type Store = MemoryStore;
+//!     async fn store(&self, clock: Arc<dyn Clock>) -> MemoryStore {
+//!         self.0.clone().with_clock(clock)
+//!     }
+//!     async fn corrupt(&self, _key: &SessionKey) -> bool {
+//!         false // a store of typed values cannot hold bad bytes
+//!     }
+//! }
+//!
+//! // In a test file this writes one #[test] per case:
+//! offstate_core::conformance_tests!(async { MyHarness::default() });
+//! # fn main() {}
 //! ```
 //!
 //! Every case uses fresh random session keys and principals, so cases may
