@@ -105,6 +105,28 @@ pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
     Ok(Some(record))
 }
 
+/// How the store reads an `HGETALL` reply, for the fuzz targets in fuzz/:
+/// the record, `None` for an empty hash, or why the reply is corrupt. Not
+/// part of the API.
+///
+/// # Errors
+///
+/// The corruption's description, for a reply that is not a session hash.
+#[doc(hidden)]
+pub fn decode_reply(reply: Value) -> Result<Option<Record>, String> {
+    hash_pairs(reply)
+        .and_then(decode)
+        .map_err(|error| error.to_string())
+}
+
+/// The field/value pairs the store writes for `record`, for the fuzz
+/// targets. Not part of the API.
+#[doc(hidden)]
+#[must_use]
+pub fn encode_fields(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
+    encode(record)
+}
+
 /// Parses a decimal metadata field.
 pub(crate) fn number(field: &str, value: &[u8]) -> Result<u64, CorruptRecord> {
     std::str::from_utf8(value)

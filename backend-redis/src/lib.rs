@@ -92,6 +92,8 @@ mod keys;
 mod scripts;
 mod store;
 
+#[doc(hidden)]
+pub use codec::{decode_reply, encode_fields};
 pub use config::{ClusterMode, DEFAULT_KEY_PREFIX, RedisConfig};
 pub use connection::{IDLE_PING, PooledConnection, RedisConnection, SharedConnection};
 pub use error::ConnectError;

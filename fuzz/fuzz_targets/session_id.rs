@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(id) = SessionId::parse(text) {
-        assert_eq!(id.to_string(), text, "an accepted ID has exactly one text form");
+        assert_eq!(
+            id.to_string(),
+            text,
+            "an accepted ID has exactly one text form"
+        );
         assert_eq!(text.parse::<SessionId>().ok(), Some(id.clone()));
         let key = id.key();
         assert_eq!(SessionKey::from_stored(key.as_str()).ok(), Some(key));

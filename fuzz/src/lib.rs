@@ -74,8 +74,8 @@ impl Target {
             .build()
             .expect("current-thread runtime");
         let store = CountingStore::new(MemoryStore::new());
-        let mut layer = SessionLayer::new(Sessions::new(store.clone()))
-            .with_max_value_len(setup.max_value_len);
+        let mut layer =
+            SessionLayer::new(Sessions::new(store.clone())).with_max_value_len(setup.max_value_len);
         if setup.header {
             layer = layer.with_header(HeaderName::from_static(HEADER));
         }
