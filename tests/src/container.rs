@@ -390,16 +390,22 @@ impl Container {
         args.push(spec.image.name().to_owned());
         args.extend(spec.args.iter().cloned());
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Watch by name, before the container exists: a test killed while
+        // `docker run` is under way leaves nothing behind either.
+        let watchdog = spawn_watchdog(&format!(
+            "docker rm -f -v {name} >/dev/null 2>&1; sleep 2; docker rm -f -v {name} >/dev/null 2>&1"
+        ));
         let id = match docker(&arg_refs) {
             Ok(id) => id,
             Err(error) => {
                 // `docker run` may have created the container before failing
                 // to start it (a port taken meanwhile, say).
                 let _ = docker(&["rm", "-f", "-v", &name]);
+                let mut watchdog = watchdog;
+                stop_watchdog(&mut watchdog);
                 return Err(error);
             }
         };
-        let watchdog = spawn_watchdog(&format!("docker rm -f -v {id} >/dev/null 2>&1"));
         // From here on, Drop removes the container whatever happens.
         let mut container = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], host_port.unwrap_or(spec.port))),

@@ -8,8 +8,8 @@
 //! `shared_*` functions: statics are never dropped, and the process
 //! watchdog kills those servers when the test binary exits.
 //!
-//! Container-based variants can be added behind the same methods (`url`,
-//! `config`, `store`, `cli`, `kill`, `restart`).
+//! Containers, or servers named by the environment, are in
+//! [`crate::fixture::redis`], which uses these processes as its last resort.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
