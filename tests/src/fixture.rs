@@ -153,11 +153,13 @@ fn env_value(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 
+#[cfg(any(feature = "redis", feature = "memcached", feature = "dynamodb"))]
 /// The variable's value, or [`FixtureError::MissingUrl`].
 fn required_env(var: &'static str) -> Result<String, FixtureError> {
     env_value(var).ok_or(FixtureError::MissingUrl { var })
 }
 
+#[cfg(any(feature = "redis", feature = "memcached", feature = "dynamodb"))]
 /// Runs blocking set-up (process or container start) off the async
 /// workers.
 async fn blocking<T, F>(work: F) -> Result<T, FixtureError>
