@@ -81,15 +81,27 @@ impl Source {
     ///
     /// [`FixtureError::BadBackend`] for a value that is not a source.
     pub fn forced() -> Result<Option<Self>, FixtureError> {
-        let Ok(value) = std::env::var(BACKEND_ENV) else {
-            return Ok(None);
-        };
+        match std::env::var(BACKEND_ENV) {
+            Ok(value) => Self::parse(&value),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Reads a value of `OFFSTATE_TEST_BACKEND`: `process`, `container`
+    /// (or `docker`), `environment` (or `env`); `auto` or blank is none.
+    ///
+    /// # Errors
+    ///
+    /// [`FixtureError::BadBackend`] for anything else.
+    pub fn parse(value: &str) -> Result<Option<Self>, FixtureError> {
         match value.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(None),
             "process" => Ok(Some(Self::Process)),
             "container" | "docker" => Ok(Some(Self::Container)),
             "environment" | "env" => Ok(Some(Self::Environment)),
-            _ => Err(FixtureError::BadBackend { value }),
+            _ => Err(FixtureError::BadBackend {
+                value: value.to_owned(),
+            }),
         }
     }
 
@@ -173,5 +185,30 @@ where
             target: "fixture set-up".into(),
             detail: format!("the set-up task failed: {error}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FixtureError, Source};
+
+    #[test]
+    fn backend_values_parse() {
+        assert_eq!(Source::parse("").ok(), Some(None));
+        assert_eq!(Source::parse("auto").ok(), Some(None));
+        assert_eq!(Source::parse(" Process ").ok(), Some(Some(Source::Process)));
+        assert_eq!(
+            Source::parse("container").ok(),
+            Some(Some(Source::Container))
+        );
+        assert_eq!(Source::parse("env").ok(), Some(Some(Source::Environment)));
+        match Source::parse("kubernetes") {
+            Err(error @ FixtureError::BadBackend { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("OFFSTATE_TEST_BACKEND"), "{message}");
+                assert!(message.contains("kubernetes"), "{message}");
+            }
+            other => panic!("expected BadBackend, got {other:?}"),
+        }
     }
 }
