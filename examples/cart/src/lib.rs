@@ -5,7 +5,14 @@
 //!
 //! Run it with `cargo run -p offstate-example-cart` and open
 //! <http://127.0.0.1:3000>. It uses the in-memory store unless
-//! `--store URL` names another.
+//! `--store URL` names another (`redis://`, `rediss://`,
+//! `dynamodb://host:port/table`, `memcached://host:port,...`; see
+//! [`store`]), optionally behind a local cache (`--cache`).
+//!
+//! `scripts/demo.sh` runs three instances on one Redis behind a real nginx
+//! load balancer; `tests/browser.rs` drives the same set-up from headless
+//! Chromium (instance killed mid-session, login, concurrent adds, logout
+//! everywhere).
 //!
 //! # Layout
 //!
