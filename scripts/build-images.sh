@@ -57,7 +57,8 @@ build() {
         return
     fi
 
-    local root
+    local previous root
+    previous="$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
     root="$(mktemp -d)"
     trap 'rm -rf "$root"' RETURN
     mkdir -p "$root/etc" "$root/tmp" "$root/usr/bin"
@@ -79,6 +80,10 @@ build() {
         --change "LABEL offstate.fingerprint=$fingerprint" \
         --change "LABEL offstate.built-by=scripts/build-images.sh" \
         - "$tag" >/dev/null
+    # The image this one replaces, now untagged (kept if a container uses it).
+    if [[ -n "$previous" ]]; then
+        docker image rm "$previous" >/dev/null 2>&1 || true
+    fi
     echo "built $tag"
 }
 
