@@ -326,7 +326,10 @@ impl ConnectionLike for SharedConnection {
 
 /// Parses one URL and applies the configured credentials and root
 /// certificate.
-fn connection_info(config: &RedisConfig, url: &str) -> Result<ConnectionInfo, ConnectError> {
+pub(crate) fn connection_info(
+    config: &RedisConfig,
+    url: &str,
+) -> Result<ConnectionInfo, ConnectError> {
     let mut info = url.into_connection_info().map_err(ConnectError::Client)?;
     if let Some(password) = &config.password {
         let mut settings = info.redis_settings().clone().set_password(password);

@@ -10,6 +10,12 @@
 //!   cluster, on `deadpool`), reusable by other Redis users such as the
 //!   cache layer.
 //! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore).
+//! - [`RedisInvalidationChannel`]: the cache layer's
+//!   [`InvalidationChannel`](offstate_core::InvalidationChannel) on Redis
+//!   pub/sub (channel `<prefix>invalidations`), with a heartbeat that
+//!   notices a paused or partitioned server. It works with ANY backend
+//!   whenever a Redis URL is available: e.g. sessions in DynamoDB and
+//!   invalidations through a small ElastiCache Redis.
 //! - Inside: `keys` (key names and hash tags), `codec` (record ⇄ hash
 //!   fields), `scripts` (the Lua scripts), `index` (the principal index),
 //!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)).
@@ -88,6 +94,7 @@ mod config;
 mod connection;
 mod error;
 mod index;
+mod invalidation;
 mod keys;
 mod scripts;
 mod store;
@@ -97,6 +104,7 @@ pub use codec::{decode_reply, encode_fields};
 pub use config::{ClusterMode, DEFAULT_KEY_PREFIX, RedisConfig};
 pub use connection::{IDLE_PING, PooledConnection, RedisConnection, SharedConnection};
 pub use error::ConnectError;
+pub use invalidation::{DEFAULT_CHANNEL_SUFFIX, DEFAULT_HEARTBEAT, RedisInvalidationChannel};
 pub use store::RedisStore;
 
 /// The Redis client this crate is built on, for commands of your own on a

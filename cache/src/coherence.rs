@@ -23,7 +23,7 @@ pub(crate) async fn forget_principal(shared: &Shared, principal: &str) {
         // Only possible if closures were not enabled at build time; they are.
         // Dropping everything is the safe answer.
         tracing::error!(%error, "could not evict a principal's sessions; emptying the cache");
-        shared.cache.invalidate_all();
+        shared.clear();
     }
     shared.cache.run_pending_tasks().await;
 }
@@ -66,11 +66,11 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
                 }
                 Invalidation::Key { key, version: None } => shared.forget(&key).await,
                 Invalidation::Principal(principal) => forget_principal(shared, &principal).await,
-                _ => shared.cache.invalidate_all(),
+                _ => shared.clear(),
             }
         }
         // An event this version does not know: distrust the cache.
-        _ => shared.cache.invalidate_all(),
+        _ => shared.clear(),
     }
 }
 
@@ -81,5 +81,5 @@ fn fall_back(shared: &Shared) {
         shared.counters.bump(Counter::Fallback);
         tracing::warn!("session invalidation channel lost; cache falls back to bounded staleness");
     }
-    shared.cache.invalidate_all();
+    shared.clear();
 }

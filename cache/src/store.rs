@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     /// The same fence for whole principals (revoke-all).
     pub(crate) recent_principals: moka::sync::Cache<String, u64>,
     pub(crate) seq: AtomicU64,
+    /// Sequence number of the last time the whole cache was emptied, so a
+    /// load that started before it does not refill the cache.
+    cleared: AtomicU64,
     /// True while the invalidation channel is live.
     pub(crate) coherent: AtomicBool,
     staleness: Duration,
@@ -106,6 +109,15 @@ impl Shared {
         self.cache.invalidate(key).await;
     }
 
+    /// Empties the cache and fences off every load that started before now
+    /// (`invalidate_all` alone keeps entries inserted after it, such as a
+    /// load in flight finishing with the coherent TTL just after a fall-back).
+    pub(crate) fn clear(&self) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.cleared.fetch_max(seq, Ordering::SeqCst);
+        self.cache.invalidate_all();
+    }
+
     fn ttl_for(&self, record: &Record, now: Timestamp) -> Duration {
         let bound = if self.coherent.load(Ordering::SeqCst) {
             self.coherent_ttl
@@ -118,16 +130,21 @@ impl Shared {
         }
     }
 
+    /// Whether something invalidated `key` (or its principal, or the whole
+    /// cache) after sequence number `started`.
+    fn fenced(&self, key: &SessionKey, principal: Option<&str>, started: u64) -> bool {
+        self.cleared.load(Ordering::SeqCst) > started
+            || self.recent.get(key).is_some_and(|seq| seq > started)
+            || principal.is_some_and(|p| {
+                self.recent_principals
+                    .get(p)
+                    .is_some_and(|seq| seq > started)
+            })
+    }
+
     async fn remember(&self, key: &SessionKey, record: Record, started: u64) {
-        if self.recent.get(key).is_some_and(|seq| seq > started) {
-            return;
-        }
-        if let Some(principal) = &record.principal
-            && self
-                .recent_principals
-                .get(principal)
-                .is_some_and(|seq| seq > started)
-        {
+        let principal = record.principal.clone();
+        if self.fenced(key, principal.as_deref(), started) {
             return;
         }
         let ttl = self.ttl_for(&record, self.clock.now());
@@ -139,16 +156,39 @@ impl Shared {
             ttl,
         };
         self.cache.insert(key.clone(), entry).await;
+        // An invalidation may have landed between the check and the insert,
+        // its eviction running before the insert: check again. (Fences are
+        // set before their eviction runs, so one of the two sees the other.)
+        if self.fenced(key, principal.as_deref(), started) {
+            self.cache.invalidate(key).await;
+        }
     }
 
-    async fn publish(&self, message: Invalidation) {
-        if let Some(publish) = &self.publisher
-            && let Err(error) = publish(message).await
-        {
-            // Peers keep what they cached until the coherent TTL at most;
-            // a channel that is really down also reaches them as a
-            // disconnect, which drops them to bounded staleness.
-            tracing::warn!(%error, "could not publish a session invalidation");
+    /// Tells peers, off the request path: a slow or paused channel server
+    /// must not slow every write down to the channel's timeout. Peers get
+    /// the message as soon as it is published either way; two messages of
+    /// one session that overtake each other are harmless, since a peer
+    /// keeps an entry only when it is at or past the announced version.
+    fn publish(&self, message: Invalidation) {
+        let Some(publish) = &self.publisher else {
+            return;
+        };
+        let sending = publish(message);
+        let report = async move {
+            if let Err(error) = sending.await {
+                // Peers keep what they cached until the coherent TTL at
+                // most; a channel that is really down also reaches them as
+                // a disconnect, which drops them to bounded staleness.
+                tracing::warn!(%error, "could not publish a session invalidation");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(report);
+            }
+            Err(_) => tracing::error!(
+                "CachedStore used outside a tokio runtime: invalidation not published"
+            ),
         }
     }
 }
@@ -297,6 +337,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             recent,
             recent_principals,
             seq: AtomicU64::new(0),
+            cleared: AtomicU64::new(0),
             coherent: AtomicBool::new(false),
             staleness: self.staleness,
             coherent_ttl: self.coherent_ttl,
@@ -440,12 +481,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
                     }
                     None => shared.forget(key).await,
                 }
-                shared
-                    .publish(Invalidation::Key {
-                        key: key.clone(),
-                        version: Some(*version),
-                    })
-                    .await;
+                shared.publish(Invalidation::Key {
+                    key: key.clone(),
+                    version: Some(*version),
+                });
             }
             Ok(SaveOutcome::Conflict(_)) => {
                 shared.counters.bump(Counter::Conflict);
@@ -482,12 +521,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         shared.forget(key).await;
         let outcome = self.inner.delete(key).await;
         shared.forget(key).await;
-        shared
-            .publish(Invalidation::Key {
-                key: key.clone(),
-                version: None,
-            })
-            .await;
+        shared.publish(Invalidation::Key {
+            key: key.clone(),
+            version: None,
+        });
         outcome
     }
 
@@ -499,9 +536,7 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let shared = &self.shared;
         let outcome = self.inner.revoke_principal(principal).await;
         coherence::forget_principal(shared, principal).await;
-        shared
-            .publish(Invalidation::Principal(principal.to_owned()))
-            .await;
+        shared.publish(Invalidation::Principal(principal.to_owned()));
         outcome
     }
 
