@@ -8,8 +8,14 @@ cd "$root"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "install test servers (redis, memcached, moto)"
+step "install test servers (redis, memcached, moto, nginx, chromium)"
 bash scripts/setup.sh
+
+step "local images for the container-backed tests (no registry needed)"
+bash scripts/build-images.sh
+# Machines that can pull may point these at the official images instead.
+export OFFSTATE_REDIS_IMAGE="${OFFSTATE_REDIS_IMAGE:-offstate-local/redis:7}"
+export OFFSTATE_MEMCACHED_IMAGE="${OFFSTATE_MEMCACHED_IMAGE:-offstate-local/memcached:1.6}"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -19,5 +25,17 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (all crates, real servers)"
 cargo test --workspace --no-fail-fast
+
+step "fuzz every parser that sees outside input (short, bounded run)"
+bash scripts/fuzz.sh all 10
+
+step "no test container or network left behind"
+sleep 3  # watchdogs finish within ~2.5 s of a test binary's exit
+if [[ -n "$(docker ps -aq --filter label=offstate-test)$(docker network ls -q --filter label=offstate-test)" ]]; then
+  docker ps -a --filter label=offstate-test
+  docker network ls --filter label=offstate-test
+  echo "test containers or networks were left behind" >&2
+  exit 1
+fi
 
 step "all checks passed"
