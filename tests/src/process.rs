@@ -72,7 +72,11 @@ pub fn free_port() -> Result<u16, ServerError> {
 /// # Errors
 ///
 /// [`ServerError::Missing`] naming `env`.
-pub fn find_program(name: &str, env: &'static str, fallbacks: &[PathBuf]) -> Result<PathBuf, ServerError> {
+pub fn find_program(
+    name: &str,
+    env: &'static str,
+    fallbacks: &[PathBuf],
+) -> Result<PathBuf, ServerError> {
     if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
         if path.exists() {
@@ -106,7 +110,9 @@ pub fn find_program(name: &str, env: &'static str, fallbacks: &[PathBuf]) -> Res
 #[must_use]
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+    manifest
+        .parent()
+        .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
 }
 
 /// A running server process. Dropping it kills the server and its watchdog.
@@ -180,7 +186,11 @@ impl ServerProcess {
     /// # Errors
     ///
     /// [`ServerError::NotReady`] after `timeout`, or if the process exited.
-    pub fn wait_for_port(&mut self, addr: SocketAddr, timeout: Duration) -> Result<(), ServerError> {
+    pub fn wait_for_port(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -263,10 +273,7 @@ fn temp_dir(name: &str) -> Result<PathBuf, ServerError> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "offstate-{name}-{}-{n}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("offstate-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
