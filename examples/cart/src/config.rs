@@ -66,7 +66,8 @@ USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--
                            dynamodb://host:port/table       local DynamoDB (moto); AWS_* from env
                            dynamodb:///table                AWS DynamoDB
                            memcached://host:port,host:port  Memcached nodes
-  --cache                a local cache in front of the store, bounded staleness
+  --cache                a local cache in front of the store: coherent on Redis
+                         (pub/sub invalidations), bounded staleness elsewhere
                          (env OFFSTATE_CACHE=true)
   --secure-cookies BOOL  Secure cookie attribute (env OFFSTATE_SECURE_COOKIES,
                          default false on loopback, true elsewhere)

@@ -9,8 +9,11 @@
 //! | `dynamodb:///table` | [`DynamoStore`] on AWS (region and credentials from the environment) |
 //! | `memcached://host:port,host:port` | [`MemcachedStore`] over those nodes |
 //!
-//! With `--cache` the store is wrapped in a [`CachedStore`] in bounded
-//! staleness mode (no invalidation channel is wired for now).
+//! With `--cache` the store is wrapped in a [`CachedStore`]. On Redis the
+//! cache is coherent: every instance publishes its writes on Redis pub/sub
+//! ([`RedisInvalidationChannel`]) and evicts on its peers' messages. On the
+//! other backends it runs in bounded staleness mode (an entry is trusted for
+//! at most [`offstate_cache::DEFAULT_STALENESS`]).
 
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use offstate_cache::CachedStore;
 use offstate_core::{MemoryStore, SessionStore, Sessions};
 use offstate_dynamodb::{DynamoConfig, DynamoStore};
 use offstate_memcached::{MemcachedConfig, MemcachedStore};
-use offstate_redis::{RedisConfig, RedisStore};
+use offstate_redis::{RedisConfig, RedisInvalidationChannel, RedisStore};
 
 /// The region used with a local DynamoDB endpoint when the environment
 /// names none (moto and DynamoDB Local accept any).
@@ -116,10 +119,21 @@ pub async fn sessions_with(url: &str, options: &StoreOptions) -> Result<Sessions
     match scheme {
         "memory" => Ok(wrap(MemoryStore::new(), options)),
         "redis" | "rediss" => {
-            let store = RedisStore::connect(RedisConfig::new(url))
+            let config = RedisConfig::new(url);
+            let store = RedisStore::connect(config.clone())
                 .await
                 .map_err(|e| connect(Box::new(e)))?;
-            Ok(wrap(store, options))
+            if !options.cache {
+                return Ok(Sessions::new(store));
+            }
+            // Coherent cache: invalidations on pub/sub, published through
+            // the store's own pool.
+            let channel =
+                RedisInvalidationChannel::from_connection(store.connection().clone(), &config)
+                    .map_err(|e| connect(Box::new(e)))?;
+            Ok(Sessions::new(
+                CachedStore::builder(store).with_channel(channel).build(),
+            ))
         }
         "dynamodb" => {
             let target = dynamo_target(rest)?;
@@ -154,7 +168,8 @@ pub async fn sessions_with(url: &str, options: &StoreOptions) -> Result<Sessions
     }
 }
 
-/// `Sessions` over `store`, behind a local cache if asked for.
+/// `Sessions` over `store`, behind a local cache in bounded staleness mode
+/// if asked for.
 fn wrap<S: SessionStore>(store: S, options: &StoreOptions) -> Sessions {
     if options.cache {
         // Bounded staleness: an entry is served for at most
