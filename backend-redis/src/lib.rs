@@ -69,6 +69,20 @@
 //!   `volatile-ttl` evicts them only under memory pressure; `noeviction`
 //!   makes writes fail instead (`StoreError::Backend`).
 //!
+//! # Failover
+//!
+//! Redis replicates asynchronously. When a master dies, a write it had
+//! already acknowledged but not yet sent to its replica is lost when the
+//! replica is promoted: at most about one write per concurrent writer on
+//! that master, and on a local network normally none (the failover test
+//! lost 0 of 300 acknowledged updates). While promotion is in progress
+//! (about `cluster-node-timeout` plus an election: 3 to 4 s with a 1 s
+//! timeout), operations on that master's slots fail with typed
+//! [`StoreError`](offstate_core::StoreError)s (503 through the middleware)
+//! and never hang past the command timeout; other slots are not affected.
+//! `WAIT` would narrow the window at the cost of a round trip per write;
+//! offstate does not use it.
+//!
 //! # Example
 //!
 //! ```no_run
