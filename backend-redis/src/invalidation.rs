@@ -56,7 +56,11 @@ const EVENT_BUFFER: usize = 1024;
 /// it whenever a Redis (or ElastiCache) URL is available, e.g. sessions in
 /// DynamoDB and invalidations through a small ElastiCache Redis.
 ///
-/// Clones share the publishing pool and settings.
+/// Clones share the publishing pool and settings. Each
+/// [`subscribe`](InvalidationChannel::subscribe) opens one dedicated
+/// pub/sub connection. An ACL user (ElastiCache RBAC) needs
+/// `+publish +subscribe` and the channels `&<channel>*` (the heartbeat
+/// channels are `<channel>:hb:<nonce>`).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

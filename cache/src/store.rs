@@ -208,6 +208,9 @@ impl Shared {
 ///    may go unnoticed by B for up to that bound; after it, B asks the
 ///    backend and sees the session gone.
 ///
+/// The crate docs spell out what a logout on one instance means for the
+/// others in each mode.
+///
 /// In both modes writes are never lost: they are conditional on the version,
 /// so a write based on a stale cached record meets a conflict, and the
 /// [`Session`](offstate_core::Session) handle merges and retries.
