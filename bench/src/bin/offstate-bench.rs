@@ -1,0 +1,116 @@
+//! `offstate-bench`: `run` does the whole benchmark and writes the report;
+//! `serve` runs one app variant (the `run` command starts these itself).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use offstate_bench::BenchError;
+use offstate_bench::loadgen::{self, Mix};
+use offstate_bench::run::Settings;
+use offstate_bench::server::{self, Variant};
+
+const USAGE: &str = "\
+usage:
+  offstate-bench run [--seconds S] [--short-seconds S] [--clients N]
+                     [--raw-requests N] [--lost-adds N]
+                     [--out DIR] [--criterion DIR]
+  offstate-bench serve --app plain|tower-sessions|offstate|offstate-cached
+                       --redis URL --listen ADDR
+  offstate-bench load --addr ADDR [--seconds S] [--clients N] [--mix mixed|read|write]
+      (load on a running `serve`, for profiling it)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("offstate-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The value after `--name`, parsed.
+fn option<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, BenchError> {
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    let value = args
+        .get(i + 1)
+        .ok_or_else(|| BenchError::Usage(format!("{name} needs a value\n{USAGE}")))?;
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| BenchError::Usage(format!("bad value for {name}: {value:?}\n{USAGE}")))
+}
+
+async fn dispatch(args: &[String]) -> Result<(), BenchError> {
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            let app: String = option(args, "--app")?
+                .ok_or_else(|| BenchError::Usage(format!("--app is required\n{USAGE}")))?;
+            let redis: String = option(args, "--redis")?
+                .ok_or_else(|| BenchError::Usage(format!("--redis is required\n{USAGE}")))?;
+            let listen: SocketAddr = option(args, "--listen")?
+                .ok_or_else(|| BenchError::Usage(format!("--listen is required\n{USAGE}")))?;
+            server::serve(app.parse::<Variant>()?, &redis, listen).await
+        }
+        Some("load") => {
+            let addr: SocketAddr = option(args, "--addr")?
+                .ok_or_else(|| BenchError::Usage(format!("--addr is required\n{USAGE}")))?;
+            let seconds: f64 = option(args, "--seconds")?.unwrap_or(10.0);
+            let clients: usize = option(args, "--clients")?.unwrap_or(50);
+            let mix = match option::<String>(args, "--mix")?.as_deref() {
+                None | Some("mixed") => Mix::OneWriteIn(10),
+                Some("read") => Mix::ReadOnly,
+                Some("write") => Mix::WriteOnly,
+                Some(other) => {
+                    return Err(BenchError::Usage(format!("unknown mix {other:?}\n{USAGE}")));
+                }
+            };
+            let prepared = loadgen::prepare(addr, clients).await?;
+            let (_, result) =
+                loadgen::run(prepared, mix, std::time::Duration::from_secs_f64(seconds)).await;
+            println!(
+                "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                result.rps(),
+                result.percentile_ms(0.5),
+                result.percentile_ms(0.99),
+                result.errors
+            );
+            Ok(())
+        }
+        Some("run") => {
+            let root = offstate_testing::workspace_root();
+            let settings = Settings {
+                seconds: option(args, "--seconds")?.unwrap_or(10.0),
+                short_seconds: option(args, "--short-seconds")?.unwrap_or(3.0),
+                clients: option(args, "--clients")?.unwrap_or(50),
+                raw_requests: option(args, "--raw-requests")?.unwrap_or(200_000),
+                lost_adds: option(args, "--lost-adds")?.unwrap_or(1000),
+                out_dir: option::<PathBuf>(args, "--out")?
+                    .unwrap_or_else(|| root.join("bench").join("results")),
+                criterion_dir: option::<PathBuf>(args, "--criterion")?
+                    .unwrap_or_else(|| root.join("target").join("criterion")),
+            };
+            let out_dir = settings.out_dir.clone();
+            let results = offstate_bench::run::run(settings).await?;
+            offstate_bench::report::write(&results, &out_dir)?;
+            print!("{}", offstate_bench::report::render(&results));
+            eprintln!("[bench] wrote {}", out_dir.join("REPORT.md").display());
+            Ok(())
+        }
+        _ => Err(BenchError::Usage(USAGE.to_owned())),
+    }
+}

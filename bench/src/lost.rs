@@ -1,0 +1,97 @@
+//! Lost updates: many concurrent add-to-cart requests on ONE session, from
+//! tasks spread over two app processes that share one Redis. An add that
+//! reads the cart, appends, and writes the whole session back unconditioned
+//! overwrites the adds that landed meanwhile; offstate's conditional save
+//! and `update` retry keep every one.
+
+use std::net::SocketAddr;
+
+use crate::BenchError;
+use crate::apps::Cart;
+use crate::loadgen::HttpClient;
+
+/// What survived.
+#[derive(Debug, Clone)]
+pub struct LostResult {
+    /// Adds sent concurrently.
+    pub sent: u64,
+    /// Adds answered with a 2xx status.
+    pub ok: u64,
+    /// Adds answered otherwise (or failed).
+    pub failed: u64,
+    /// Items of those adds found in the cart afterwards, read on each
+    /// process (they must agree).
+    pub survived: [u64; 2],
+}
+
+/// Sends `total` adds on one session from `tasks` tasks, alternating
+/// between the two processes at `addrs`, then waits `settle` (a cache's
+/// staleness bound) and reads the cart on each process.
+///
+/// # Errors
+///
+/// [`BenchError`] when the session cannot be created or read back.
+pub async fn run(
+    addrs: [SocketAddr; 2],
+    total: u64,
+    tasks: u64,
+    settle: std::time::Duration,
+) -> Result<LostResult, BenchError> {
+    // One add creates the session; it is not one of the `total`.
+    let mut first = HttpClient::connect(addrs[0]).await?;
+    let (status, _) = first.add().await?;
+    if !status.is_success() {
+        return Err(BenchError::Usage(format!("the first add got {status}")));
+    }
+    let mut clients = Vec::new();
+    for task in 0..tasks {
+        let addr = addrs[usize::from(task % 2 == 1)];
+        let mut client = HttpClient::connect(addr).await?;
+        client.copy_cookies(&first);
+        let share = total / tasks + u64::from(task < total % tasks);
+        clients.push((client, share));
+    }
+    let handles: Vec<_> = clients
+        .into_iter()
+        .map(|(mut client, share)| {
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0_u64, 0_u64);
+                for _ in 0..share {
+                    match client.add().await {
+                        Ok((status, _)) if status.is_success() => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for handle in handles {
+        match handle.await {
+            Ok((o, f)) => {
+                ok += o;
+                failed += f;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    tokio::time::sleep(settle).await;
+    let mut survived = [0; 2];
+    for (slot, addr) in survived.iter_mut().zip(addrs) {
+        let mut reader = HttpClient::connect(addr).await?;
+        reader.copy_cookies(&first);
+        let (status, body) = reader.cart().await?;
+        if !status.is_success() {
+            return Err(BenchError::Usage(format!("reading the cart got {status}")));
+        }
+        let cart: Cart = serde_json::from_slice(&body)?;
+        *slot = crate::apps::count(&cart).saturating_sub(1);
+    }
+    Ok(LostResult {
+        sent: total,
+        ok,
+        failed,
+        survived,
+    })
+}

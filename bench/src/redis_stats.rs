@@ -1,0 +1,97 @@
+//! Counting what the apps ask of Redis: `CONFIG RESETSTAT` before a run,
+//! `INFO commandstats` after it. It is the bench's own server, so resetting
+//! its statistics disturbs nobody.
+
+use std::collections::BTreeMap;
+
+use offstate_redis::redis;
+
+use crate::BenchError;
+
+/// Commands the bench itself sends to read the statistics; not counted.
+const OWN_COMMANDS: &[&str] = &["info", "config"];
+
+/// A connection used only to read and reset the server's statistics.
+#[derive(Debug)]
+pub struct CommandStats {
+    connection: redis::aio::MultiplexedConnection,
+}
+
+impl CommandStats {
+    /// Connects to the server at `url`.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Redis`] when it cannot connect.
+    pub async fn connect(url: &str) -> Result<Self, BenchError> {
+        let client = redis::Client::open(url)?;
+        let connection = client.get_multiplexed_async_connection().await?;
+        Ok(Self { connection })
+    }
+
+    /// Zeroes the server's command counters.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Redis`] when the command fails.
+    pub async fn reset(&mut self) -> Result<(), BenchError> {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut self.connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Calls per command since the last reset, apart from the bench's own
+    /// `INFO` and `CONFIG`.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Redis`] when the command fails.
+    pub async fn calls(&mut self) -> Result<BTreeMap<String, u64>, BenchError> {
+        let text: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.connection)
+            .await?;
+        Ok(parse_commandstats(&text))
+    }
+}
+
+/// `cmdstat_hgetall:calls=12,usec=...` lines to `{"hgetall": 12}`.
+#[must_use]
+pub fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
+    let mut calls = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, fields)) = rest.split_once(':') else {
+            continue;
+        };
+        if OWN_COMMANDS.contains(&name) {
+            continue;
+        }
+        let count = fields
+            .split(',')
+            .find_map(|field| field.strip_prefix("calls="))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(count) = count {
+            calls.insert(name.to_owned(), count);
+        }
+    }
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_info_output() {
+        let text = "# Commandstats\r\ncmdstat_hgetall:calls=10,usec=5,usec_per_call=0.5\r\ncmdstat_info:calls=3,usec=1\r\ncmdstat_client|setinfo:calls=2,usec=0\r\n";
+        let calls = parse_commandstats(text);
+        assert_eq!(calls.get("hgetall"), Some(&10));
+        assert_eq!(calls.get("client|setinfo"), Some(&2));
+        assert!(!calls.contains_key("info"));
+    }
+}

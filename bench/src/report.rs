@@ -1,0 +1,373 @@
+//! The markdown report: the goals first, met or missed with their numbers,
+//! then each measurement's table and what it means.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::BenchError;
+use crate::run::{Phase, Results, VariantResult};
+use crate::server::Variant;
+
+/// The chart's file name, next to the report.
+pub const CHART_FILE: &str = "http.svg";
+
+/// The report's file name.
+pub const REPORT_FILE: &str = "REPORT.md";
+
+/// One goal, checked.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    /// What it asks.
+    pub text: String,
+    /// What was measured.
+    pub measured: String,
+    /// Whether it is met.
+    pub met: bool,
+}
+
+fn variant(results: &Results, which: Variant) -> Option<&VariantResult> {
+    results.variants.iter().find(|v| v.variant == which)
+}
+
+/// The goals of issue 8, checked against `results`.
+#[must_use]
+pub fn goals(results: &Results) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let plain = variant(results, Variant::Plain);
+    let tower = variant(results, Variant::TowerSessions);
+    let offstate = variant(results, Variant::Offstate);
+    let cached = variant(results, Variant::OffstateCached);
+    for (which, lost) in &results.lost {
+        if *which == Variant::TowerSessions {
+            continue;
+        }
+        let kept = lost.survived[0].min(lost.survived[1]);
+        goals.push(Goal {
+            text: format!(
+                "{} loses 0 of {} concurrent adds",
+                which.short_label(),
+                lost.sent
+            ),
+            measured: format!(
+                "{} of {} kept ({} read on process A, {} on B; {} requests failed)",
+                kept, lost.sent, lost.survived[0], lost.survived[1], lost.failed
+            ),
+            met: kept == lost.sent && lost.survived[0] == lost.survived[1],
+        });
+    }
+    if let (Some(o), Some(t)) = (offstate, tower) {
+        let ratio = o.mixed.rps / t.mixed.rps;
+        goals.push(Goal {
+            text: "offstate + Redis (no cache) at least as fast as tower-sessions + Redis (90/10)"
+                .into(),
+            measured: format!(
+                "{:.0} vs {:.0} req/s = {ratio:.2}×",
+                o.mixed.rps, t.mixed.rps
+            ),
+            met: ratio >= 1.0,
+        });
+    }
+    if let (Some(c), Some(t)) = (cached, tower) {
+        let ratio = c.mixed.rps / t.mixed.rps;
+        goals.push(Goal {
+            text: "offstate + cache at least 2× tower-sessions + Redis (90/10)".into(),
+            measured: format!(
+                "{:.0} vs {:.0} req/s = {ratio:.2}×",
+                c.mixed.rps, t.mixed.rps
+            ),
+            met: ratio >= 2.0,
+        });
+    }
+    if let (Some(c), Some(p)) = (cached, plain) {
+        let ratio = c.mixed.rps / p.mixed.rps;
+        goals.push(Goal {
+            text: "offstate + cache reaches 80 % of the no-session ceiling (90/10)".into(),
+            measured: format!(
+                "{:.0} vs {:.0} req/s = {:.0} %",
+                c.mixed.rps,
+                p.mixed.rps,
+                ratio * 100.0
+            ),
+            met: ratio >= 0.8,
+        });
+    }
+    if let Some(o) = offstate {
+        let per = o.read.commands_per_request();
+        goals.push(Goal {
+            text: "≤ 1.1 Redis commands per read-only request without the cache (touches included)"
+                .into(),
+            measured: format!("{per:.3} ({})", o.read.command_breakdown()),
+            met: per <= 1.1,
+        });
+    }
+    if let Some(c) = cached {
+        let per = c.read.commands_per_request();
+        goals.push(Goal {
+            text: "≤ 0.1 Redis commands per read-only request with the cache".into(),
+            measured: format!("{per:.3} ({})", c.read.command_breakdown()),
+            met: per <= 0.1,
+        });
+    }
+    goals
+}
+
+fn phase_row(out: &mut String, label: &str, p: &Phase) {
+    let _ = writeln!(
+        out,
+        "| {label} | {:.0} | {:.2} | {:.2} | {} | {:.3} | {} |",
+        p.rps,
+        p.p50_ms,
+        p.p99_ms,
+        p.errors,
+        p.commands_per_request(),
+        p.command_breakdown()
+    );
+}
+
+/// Renders the report.
+#[must_use]
+pub fn render(results: &Results) -> String {
+    let s = &results.settings;
+    let mut out = String::new();
+    let _ = writeln!(out, "# offstate benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Produced by `scripts/bench.sh` (release build, everything on loopback). \
+         {} CPUs; load average before the run {}, after {}; redis-server {}; \
+         {} clients; {} s per 90/10 run, {} s per read-only and write-only run.\n",
+        results.cpus,
+        results.load_before,
+        results.load_after,
+        results.redis_version,
+        s.clients,
+        s.seconds,
+        s.short_seconds
+    );
+    let _ = writeln!(
+        out,
+        "**How to read it.** The load generator, the app servers and Redis share \
+         the same CPUs, so absolute numbers say little about production. Every \
+         comparison below is a ratio of figures measured side by side in the \
+         same run, on the same Redis, with the same load generator, and that \
+         ratio is what the goals check. Request counts (Redis commands, backend \
+         requests) do not depend on the machine at all.\n"
+    );
+
+    let _ = writeln!(out, "## Goals\n");
+    let _ = writeln!(out, "| goal | measured | |\n|---|---|---|");
+    for goal in goals(results) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            goal.text,
+            goal.measured,
+            if goal.met { "met" } else { "**missed**" }
+        );
+    }
+    let _ = writeln!(out);
+
+    let _ = writeln!(out, "## 1. Middleware overhead, in process\n");
+    match &results.overhead {
+        Some(o) => {
+            let _ = writeln!(
+                out,
+                "criterion, tower `oneshot` on an axum router, both libraries over \
+                 their own in-memory store; the request carries the cookie of an \
+                 existing session. Mean time per request:\n"
+            );
+            let _ = writeln!(
+                out,
+                "| handler | offstate | tower-sessions | offstate / tower-sessions |\n|---|---|---|---|"
+            );
+            let _ = writeln!(
+                out,
+                "| reads one key | {:.2} µs | {:.2} µs | {:.2} |",
+                o.offstate_read / 1000.0,
+                o.tower_read / 1000.0,
+                o.offstate_read / o.tower_read
+            );
+            let _ = writeln!(
+                out,
+                "| writes one key | {:.2} µs | {:.2} µs | {:.2} |",
+                o.offstate_write / 1000.0,
+                o.tower_write / 1000.0,
+                o.offstate_write / o.tower_write
+            );
+            let _ = writeln!(
+                out,
+                "\nThe same router with no session layer takes {:.2} µs per request. \
+                 Below 1 means offstate costs less.\n",
+                o.plain / 1000.0
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "Not measured in this run (criterion's output was not found).\n"
+            );
+        }
+    }
+
+    let _ = writeln!(out, "## 2. End to end over HTTP\n");
+    let _ = writeln!(
+        out,
+        "{} clients, each with its own keep-alive connection, cookie jar and \
+         session (created before the clock starts). Every app variant runs \
+         in its own process over the same redis-server; `CONFIG RESETSTAT` \
+         before each run, `INFO commandstats` after it.\n",
+        s.clients
+    );
+    let _ = writeln!(out, "![requests per second]({CHART_FILE})\n");
+    for (title, pick) in [
+        (
+            "90 % `GET /cart`, 10 % `POST /cart/add`",
+            (|v: &VariantResult| &v.mixed) as fn(&VariantResult) -> &Phase,
+        ),
+        ("reads only", |v: &VariantResult| &v.read),
+        ("adds only", |v: &VariantResult| &v.write),
+    ] {
+        let _ = writeln!(out, "### {title}\n");
+        let _ = writeln!(
+            out,
+            "| app | req/s | p50 ms | p99 ms | errors | Redis cmd/req | commands per request |\n|---|---|---|---|---|---|---|"
+        );
+        for v in &results.variants {
+            phase_row(&mut out, v.variant.label(), pick(v));
+        }
+        let _ = writeln!(out);
+    }
+
+    let _ = writeln!(out, "## 3. The backend's limit\n");
+    let raw = results.raw;
+    let _ = writeln!(
+        out,
+        "`redis-benchmark -c {} -n {} -r 100000 -t get,set` against the same \
+         server: {:.0} GET/s and {:.0} SET/s. A session read costs one Redis \
+         round trip (HGETALL) and a session write two (HGETALL, then one \
+         EVALSHA), so these are the ceilings the sessions are compared with:\n",
+        s.clients, s.raw_requests, raw.get, raw.set
+    );
+    let _ = writeln!(
+        out,
+        "| app | session reads/s (reads only) | of raw GET/s | session adds/s (adds only) | of raw SET/s |\n|---|---|---|---|---|"
+    );
+    for v in results
+        .variants
+        .iter()
+        .filter(|v| v.variant != Variant::Plain)
+    {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} % | {:.0} | {:.0} % |",
+            v.variant.label(),
+            v.read.rps,
+            100.0 * v.read.rps / raw.get.max(1.0),
+            v.write.rps,
+            100.0 * v.write.rps / raw.set.max(1.0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nredis-benchmark is a C client pipelining nothing but the commands; \
+         the apps also parse HTTP, run the session layer, and share the CPUs \
+         with the load generator. With the cache, most reads never reach Redis, \
+         which is how a row can pass 100 %.\n"
+    );
+
+    let _ = writeln!(out, "## 4. Lost updates\n");
+    let _ = writeln!(
+        out,
+        "One session; {} concurrent `POST /cart/add` from 50 tasks, alternating \
+         between TWO app processes on the same Redis; then the cart is read on \
+         both processes (100 ms later, for the cached variant, so the last \
+         invalidations have arrived).\n",
+        results.lost.first().map_or(0, |(_, l)| l.sent)
+    );
+    let _ = writeln!(
+        out,
+        "| app | adds sent | answered 2xx | failed | items in the cart (A / B) | lost |\n|---|---|---|---|---|---|"
+    );
+    for (which, l) in &results.lost {
+        let kept = l.survived[0].min(l.survived[1]);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} / {} | {} |",
+            which.label(),
+            l.sent,
+            l.ok,
+            l.failed,
+            l.survived[0],
+            l.survived[1],
+            l.sent.saturating_sub(kept)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\ntower-sessions saves the whole session unconditionally (`SET`), so \
+         concurrent read-modify-write requests overwrite each other even though \
+         every one of them answered 200. offstate saves conditionally on the \
+         version and `Session::update` re-runs the closure on the fresh cart \
+         after a conflict.\n"
+    );
+
+    let _ = writeln!(out, "## 5. Backend requests per HTTP request (offstate)\n");
+    let _ = writeln!(
+        out,
+        "The cart app in process over a `CountingStore` around each backend's \
+         store; 100 reads then 100 adds on one existing session. Counted, not \
+         timed.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| backend | counted as | first add (creates) | `GET /cart` | `POST /cart/add` | store calls per read | store calls per add |\n|---|---|---|---|---|---|---|"
+    );
+    for c in &results.counts {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            c.backend, c.unit, c.create, c.read, c.write, c.read_calls, c.write_calls
+        );
+    }
+    for failure in &results.count_failures {
+        let _ = writeln!(out, "\nNot measured: {failure}");
+    }
+    let _ = writeln!(
+        out,
+        "\nA read-only request also touches the session once a quarter of its \
+         idle timeout has passed since the last write or touch (offstate's \
+         default: 30 min idle, so at most one touch per session per 7.5 min); \
+         runs this short never reach it, and one touch per 7.5 minutes adds \
+         far less than 0.1 command per request to any session that makes more \
+         than a request a minute.\n"
+    );
+
+    let _ = writeln!(out, "## Set-up, for fairness\n");
+    let _ = writeln!(
+        out,
+        "- tower-sessions {} with tower-sessions-redis-store {} (fred) from crates.io, \
+         `Expiry::OnInactivity(30 min)` like offstate's default idle timeout, \
+         default `always_save = false`; a fred pool of {} clients. offstate: \
+         `RedisStore` with its default pool of {} connections, default expiry policy.\n\
+         - Both apps answer the same JSON on the same routes; the no-session app \
+         answers constants.\n\
+         - The cached variant: {}.\n",
+        "0.14.0",
+        "0.16.0",
+        crate::server::REDIS_POOL_SIZE,
+        crate::server::REDIS_POOL_SIZE,
+        crate::server::cache_label()
+    );
+    out
+}
+
+/// Writes the report and the chart into `dir`.
+///
+/// # Errors
+///
+/// [`BenchError`] when a file cannot be written.
+pub fn write(results: &Results, dir: &Path) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir)?;
+    crate::chart::draw(&results.variants, &dir.join(CHART_FILE))?;
+    std::fs::write(dir.join(REPORT_FILE), render(results))?;
+    Ok(())
+}
