@@ -517,3 +517,36 @@ async fn a_thousand_concurrent_updates_over_two_coherent_caches_lose_nothing() {
     assert_eq!(unique.len(), 1000, "duplicated updates");
     println!("1000 updates: A {:?}, B {:?}", a.stats(), b.stats());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channel_works_on_a_redis_cluster() {
+    // Why: classic PUBLISH is broadcast to every node, so a subscriber on
+    // one seed node hears a publish routed to any other.
+    use offstate_core::{ChannelEvent, Invalidation, InvalidationChannel};
+    let cluster = offstate_testing::fixture::redis::redis_cluster()
+        .await
+        .expect("a Redis Cluster (install redis-server)");
+    let publisher = channel(cluster.config()).await;
+    let listener = channel(cluster.config()).await;
+    let mut events = listener.subscribe();
+    let first = tokio::time::timeout(SOON, events.recv())
+        .await
+        .expect("event");
+    assert_eq!(first, Some(ChannelEvent::Connected));
+    // Keys of many slots, so publishes land on every node's connection.
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        let message = Invalidation::Key {
+            key: SessionId::generate().key(),
+            version: None,
+        };
+        publisher.publish(&message).await.expect("publish");
+        sent.push(message);
+    }
+    for message in sent {
+        let got = tokio::time::timeout(SOON, events.recv())
+            .await
+            .expect("message");
+        assert_eq!(got, Some(ChannelEvent::Message(message)));
+    }
+}
