@@ -154,8 +154,11 @@ impl ReplicatedCluster {
     fn config(&self) -> RedisConfig {
         RedisConfig::with_urls(self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")))
             .with_cluster_mode(ClusterMode::Cluster)
-            .with_command_timeout(Duration::from_millis(500))
-            .with_connect_timeout(Duration::from_millis(500))
+            // Short enough to see typed timeouts during the promotion, long
+            // enough that a busy 2-core machine (six servers syncing) does
+            // not time out the set-up.
+            .with_command_timeout(Duration::from_millis(2000))
+            .with_connect_timeout(Duration::from_millis(2000))
     }
 
     fn slot(&self, key: &str) -> u16 {
