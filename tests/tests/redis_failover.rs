@@ -71,6 +71,10 @@ impl ReplicatedCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 &NODE_TIMEOUT_MS.to_string(),
+                // A replica on a busy machine may look stale; let it take
+                // over anyway, as the test is about what the client sees.
+                "--cluster-replica-validity-factor",
+                "0",
                 "--save",
                 "",
                 "--appendonly",
@@ -103,7 +107,31 @@ impl ReplicatedCluster {
             let replicas = nodes.iter().filter(|n| !n.master && !n.failed).count();
             masters == 3 && replicas == 3
         });
+        cluster.wait_for_replication();
         cluster
+    }
+
+    /// Waits until every replica has finished its initial sync, so a
+    /// failover has something to promote.
+    fn wait_for_replication(&self) {
+        let start = Instant::now();
+        loop {
+            let synced = self.ports.iter().all(|port| {
+                let Ok(info) = self.cli(*port, &["INFO", "replication"]) else {
+                    return false;
+                };
+                let replica = info.lines().any(|l| l.trim() == "role:slave");
+                !replica || info.lines().any(|l| l.trim() == "master_link_status:up")
+            });
+            if synced {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the replicas did not finish their initial sync"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn cli(&self, port: u16, args: &[&str]) -> Result<String, String> {
