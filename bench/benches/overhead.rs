@@ -6,6 +6,8 @@
 //! the report.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

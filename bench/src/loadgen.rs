@@ -135,7 +135,7 @@ impl Mix {
         match self {
             Self::ReadOnly => false,
             Self::WriteOnly => true,
-            Self::OneWriteIn(n) => i % u64::from(n.max(1)) == 0,
+            Self::OneWriteIn(n) => i.is_multiple_of(u64::from(n.max(1))),
         }
     }
 }

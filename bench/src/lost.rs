@@ -19,6 +19,8 @@ pub struct LostResult {
     pub ok: u64,
     /// Adds answered otherwise (or failed).
     pub failed: u64,
+    /// The first failure's status and body, if any.
+    pub first_failure: Option<String>,
     /// Items of those adds found in the cart afterwards, read on each
     /// process (they must agree).
     pub survived: [u64; 2],
@@ -56,22 +58,35 @@ pub async fn run(
         .map(|(mut client, share)| {
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0_u64, 0_u64);
+                let mut first_failure = None;
                 for _ in 0..share {
                     match client.add().await {
                         Ok((status, _)) if status.is_success() => ok += 1,
-                        _ => failed += 1,
+                        outcome => {
+                            failed += 1;
+                            if first_failure.is_none() {
+                                first_failure = Some(match outcome {
+                                    Ok((status, body)) => {
+                                        format!("{status} {}", String::from_utf8_lossy(&body))
+                                    }
+                                    Err(error) => error.to_string(),
+                                });
+                            }
+                        }
                     }
                 }
-                (ok, failed)
+                (ok, failed, first_failure)
             })
         })
         .collect();
     let (mut ok, mut failed) = (0, 0);
+    let mut first_failure = None;
     for handle in handles {
         match handle.await {
-            Ok((o, f)) => {
+            Ok((o, f, first)) => {
                 ok += o;
                 failed += f;
+                first_failure = first_failure.or(first);
             }
             Err(_) => failed += 1,
         }
@@ -92,6 +107,7 @@ pub async fn run(
         sent: total,
         ok,
         failed,
+        first_failure,
         survived,
     })
 }

@@ -42,6 +42,28 @@ impl CommandStats {
         Ok(())
     }
 
+    /// CPU seconds (user + system) the server has used since it started,
+    /// from `INFO cpu`.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Redis`] when the command fails.
+    pub async fn cpu_seconds(&mut self) -> Result<f64, BenchError> {
+        let text: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut self.connection)
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.trim().split_once(':')?;
+                matches!(name, "used_cpu_user" | "used_cpu_sys")
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum())
+    }
+
     /// Calls per command since the last reset, apart from the bench's own
     /// `INFO` and `CONFIG`.
     ///
@@ -55,6 +77,33 @@ impl CommandStats {
             .await?;
         Ok(parse_commandstats(&text))
     }
+}
+
+/// Commands offstate's Lua scripts run inside Redis. They appear in
+/// `INFO commandstats` but cost no round trip: the client sent one
+/// `EVALSHA`.
+pub const SCRIPT_INTERNAL: &[&str] = &[
+    "type",
+    "hmget",
+    "hset",
+    "hdel",
+    "pexpireat",
+    "persist",
+    "del",
+];
+
+/// Commands clients sent (round trips): all of `calls`, less the commands
+/// run inside scripts when scripts ran (no client of the bench sends those
+/// commands directly).
+#[must_use]
+pub fn client_commands(calls: &BTreeMap<String, u64>) -> u64 {
+    let scripts =
+        calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
+    calls
+        .iter()
+        .filter(|(name, _)| scripts == 0 || !SCRIPT_INTERNAL.contains(&name.as_str()))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// `cmdstat_hgetall:calls=12,usec=...` lines to `{"hgetall": 12}`.

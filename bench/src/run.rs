@@ -12,7 +12,7 @@ use offstate_testing::redis::RedisServer;
 
 use crate::BenchError;
 use crate::counts::{self, BackendCounts};
-use crate::loadgen::{self, LoadResult, Mix};
+use crate::loadgen::{self, Mix};
 use crate::lost::{self, LostResult};
 use crate::redis_stats::CommandStats;
 use crate::server::Variant;
@@ -51,30 +51,29 @@ pub struct Phase {
     pub errors: u64,
     /// Redis calls per command during the run.
     pub commands: BTreeMap<String, u64>,
+    /// CPU time of the app process per request, µs.
+    pub app_cpu_us: f64,
+    /// CPU time of redis-server per request, µs.
+    pub redis_cpu_us: f64,
 }
 
 impl Phase {
-    fn new(load: &LoadResult, commands: BTreeMap<String, u64>) -> Self {
-        Self {
-            rps: load.rps(),
-            p50_ms: load.percentile_ms(0.50),
-            p99_ms: load.percentile_ms(0.99),
-            ok: load.ok,
-            errors: load.errors,
-            commands,
-        }
+    fn requests(&self) -> f64 {
+        (self.ok + self.errors).max(1) as f64
     }
 
-    /// Redis commands per HTTP request.
+    /// Redis round trips (commands sent by clients; a script is one) per
+    /// HTTP request.
     #[must_use]
     pub fn commands_per_request(&self) -> f64 {
-        let total: u64 = self.commands.values().sum();
-        let requests = self.ok + self.errors;
-        if requests == 0 {
-            0.0
-        } else {
-            total as f64 / requests as f64
-        }
+        crate::redis_stats::client_commands(&self.commands) as f64 / self.requests()
+    }
+
+    /// Every command Redis executed, those inside scripts included, per
+    /// HTTP request.
+    #[must_use]
+    pub fn executed_per_request(&self) -> f64 {
+        self.commands.values().sum::<u64>() as f64 / self.requests()
     }
 
     /// `hgetall 0.90, evalsha 0.10`: each command per request.
@@ -155,14 +154,25 @@ pub struct Results {
     pub variants: Vec<VariantResult>,
     /// The backend's own limit.
     pub raw: RawLimit,
-    /// Lost-update test per variant.
-    pub lost: Vec<(Variant, LostResult)>,
+    /// Lost-update runs.
+    pub lost: Vec<LostRun>,
     /// Backend requests per HTTP request.
     pub counts: Vec<BackendCounts>,
     /// Why a per-backend count could not be had.
     pub count_failures: Vec<String>,
     /// Middleware overhead, when criterion's output was found.
     pub overhead: Option<Overhead>,
+}
+
+/// CPU seconds (user + system) process `pid` has used, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s, Linux's USER_HZ).
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 fn loadavg() -> String {
@@ -172,11 +182,15 @@ fn loadavg() -> String {
 }
 
 /// Starts `variant` as a `serve` process of this binary.
-fn spawn_app(variant: Variant, redis_url: &str) -> Result<(ServerProcess, SocketAddr), BenchError> {
+fn spawn_app(
+    variant: Variant,
+    redis_url: &str,
+    max_attempts: Option<u32>,
+) -> Result<(ServerProcess, SocketAddr), BenchError> {
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let exe = std::env::current_exe()?;
-    let args = [
+    let mut args = vec![
         "serve".to_owned(),
         "--app".to_owned(),
         variant.name().to_owned(),
@@ -185,6 +199,9 @@ fn spawn_app(variant: Variant, redis_url: &str) -> Result<(ServerProcess, Socket
         "--listen".to_owned(),
         addr.to_string(),
     ];
+    if let Some(n) = max_attempts {
+        args.extend(["--max-attempts".to_owned(), n.to_string()]);
+    }
     let mut process = ServerProcess::spawn(&format!("app-{variant}"), &exe, &args)?;
     process.wait_for_port(addr, Duration::from_secs(30))?;
     Ok((process, addr))
@@ -193,13 +210,29 @@ fn spawn_app(variant: Variant, redis_url: &str) -> Result<(ServerProcess, Socket
 async fn phase(
     clients: Vec<loadgen::HttpClient>,
     stats: &mut CommandStats,
+    app_pid: u32,
     mix: Mix,
     seconds: f64,
 ) -> Result<(Vec<loadgen::HttpClient>, Phase), BenchError> {
     stats.reset().await?;
+    let redis_cpu = stats.cpu_seconds().await?;
+    let app_cpu = process_cpu_seconds(app_pid).unwrap_or(0.0);
     let (clients, load) = loadgen::run(clients, mix, Duration::from_secs_f64(seconds)).await;
+    let app_cpu = process_cpu_seconds(app_pid).unwrap_or(0.0) - app_cpu;
+    let redis_cpu = stats.cpu_seconds().await? - redis_cpu;
     let commands = stats.calls().await?;
-    Ok((clients, Phase::new(&load, commands)))
+    let requests = (load.ok + load.errors).max(1) as f64;
+    let phase = Phase {
+        rps: load.rps(),
+        p50_ms: load.percentile_ms(0.50),
+        p99_ms: load.percentile_ms(0.99),
+        ok: load.ok,
+        errors: load.errors,
+        commands,
+        app_cpu_us: app_cpu * 1e6 / requests,
+        redis_cpu_us: redis_cpu * 1e6 / requests,
+    };
+    Ok((clients, phase))
 }
 
 async fn http_runs(
@@ -210,21 +243,26 @@ async fn http_runs(
     let mut results = Vec::new();
     for variant in Variant::ALL {
         eprintln!("[bench] HTTP: {}", variant.label());
-        let (process, addr) = spawn_app(variant, redis_url)?;
+        let (process, addr) = spawn_app(variant, redis_url, None)?;
         let clients = loadgen::prepare(addr, settings.clients).await?;
         // A short warm-up: connections, caches, allocator.
         let (clients, _) = loadgen::run(clients, Mix::OneWriteIn(10), Duration::from_secs(1)).await;
-        let (clients, mixed) = phase(clients, stats, Mix::OneWriteIn(10), settings.seconds).await?;
-        let (clients, read) = phase(clients, stats, Mix::ReadOnly, settings.short_seconds).await?;
+        let pid = process.pid();
+        let (clients, mixed) =
+            phase(clients, stats, pid, Mix::OneWriteIn(10), settings.seconds).await?;
+        let (clients, read) =
+            phase(clients, stats, pid, Mix::ReadOnly, settings.short_seconds).await?;
         let (clients, write) =
-            phase(clients, stats, Mix::WriteOnly, settings.short_seconds).await?;
+            phase(clients, stats, pid, Mix::WriteOnly, settings.short_seconds).await?;
         drop(clients);
         drop(process);
         eprintln!(
-            "[bench]   90/10 {:.0} req/s, p99 {:.2} ms, {:.3} cmd/req; read-only {:.3} cmd/req",
+            "[bench]   90/10 {:.0} req/s, p99 {:.2} ms, {:.3} cmd/req, app {:.0} µs + redis {:.0} µs CPU/req; read-only {:.3} cmd/req",
             mixed.rps,
             mixed.p99_ms,
             mixed.commands_per_request(),
+            mixed.app_cpu_us,
+            mixed.redis_cpu_us,
             read.commands_per_request()
         );
         results.push(VariantResult {
@@ -291,19 +329,44 @@ fn raw_limit(settings: &Settings, port: u16) -> Result<RawLimit, BenchError> {
     Ok(raw)
 }
 
-async fn lost_runs(
-    settings: &Settings,
-    redis_url: &str,
-) -> Result<Vec<(Variant, LostResult)>, BenchError> {
+/// `max_attempts` for the lost-update runs that show what the retry
+/// budget does under 50-way contention on one session.
+pub const RAISED_ATTEMPTS: u32 = 200;
+
+/// One lost-update run: which app, and its retry budget if not the default.
+#[derive(Debug, Clone)]
+pub struct LostRun {
+    /// The app.
+    pub variant: Variant,
+    /// `Sessions::with_max_attempts`, if set.
+    pub max_attempts: Option<u32>,
+    /// What survived.
+    pub result: LostResult,
+}
+
+impl LostRun {
+    /// How the report names the run.
+    #[must_use]
+    pub fn label(&self) -> String {
+        match self.max_attempts {
+            Some(n) => format!("{}, max_attempts = {n}", self.variant.label()),
+            None => self.variant.label().to_owned(),
+        }
+    }
+}
+
+async fn lost_runs(settings: &Settings, redis_url: &str) -> Result<Vec<LostRun>, BenchError> {
     let mut results = Vec::new();
-    for variant in [
-        Variant::TowerSessions,
-        Variant::Offstate,
-        Variant::OffstateCached,
+    for (variant, max_attempts) in [
+        (Variant::TowerSessions, None),
+        (Variant::Offstate, None),
+        (Variant::OffstateCached, None),
+        (Variant::Offstate, Some(RAISED_ATTEMPTS)),
+        (Variant::OffstateCached, Some(RAISED_ATTEMPTS)),
     ] {
-        eprintln!("[bench] lost updates: {}", variant.label());
-        let (a, addr_a) = spawn_app(variant, redis_url)?;
-        let (b, addr_b) = spawn_app(variant, redis_url)?;
+        eprintln!("[bench] lost updates: {variant}, max_attempts {max_attempts:?}");
+        let (a, addr_a) = spawn_app(variant, redis_url, max_attempts)?;
+        let (b, addr_b) = spawn_app(variant, redis_url, max_attempts)?;
         // Coherent caches hear of every save within a network hop; a short
         // pause lets the last invalidations arrive before the read-back.
         let settle = if variant == Variant::OffstateCached {
@@ -317,7 +380,11 @@ async fn lost_runs(
             result.survived[0], result.sent, result.failed
         );
         drop((a, b));
-        results.push((variant, result));
+        results.push(LostRun {
+            variant,
+            max_attempts,
+            result,
+        });
     }
     Ok(results)
 }

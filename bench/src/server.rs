@@ -35,15 +35,19 @@ pub enum Variant {
     Offstate,
     /// offstate over a `CachedStore` in front of `RedisStore`.
     OffstateCached,
+    /// Experiment: offstate over `RedisStore` with loads on shared
+    /// connections ([`crate::experiment`]).
+    OffstateSharedLoads,
 }
 
 impl Variant {
     /// All variants, in report order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Plain,
         Self::TowerSessions,
         Self::Offstate,
         Self::OffstateCached,
+        Self::OffstateSharedLoads,
     ];
 
     /// The name on the command line.
@@ -54,6 +58,7 @@ impl Variant {
             Self::TowerSessions => "tower-sessions",
             Self::Offstate => "offstate",
             Self::OffstateCached => "offstate-cached",
+            Self::OffstateSharedLoads => "offstate-shared-loads",
         }
     }
 
@@ -65,6 +70,7 @@ impl Variant {
             Self::TowerSessions => "tower-sessions",
             Self::Offstate => "offstate",
             Self::OffstateCached => "offstate + cache",
+            Self::OffstateSharedLoads => "experiment: shared loads",
         }
     }
 
@@ -76,6 +82,9 @@ impl Variant {
             Self::TowerSessions => "tower-sessions + Redis",
             Self::Offstate => "offstate + Redis",
             Self::OffstateCached => cache_label(),
+            Self::OffstateSharedLoads => {
+                "experiment: offstate + Redis, loads on shared connections"
+            }
         }
     }
 }
@@ -122,17 +131,31 @@ pub fn pool_size() -> usize {
         .unwrap_or(REDIS_POOL_SIZE)
 }
 
-/// The router of `variant`, its sessions in Redis at `redis_url`.
+/// The router of `variant`, its sessions in Redis at `redis_url`; offstate
+/// variants attempt a conflicting save `max_attempts` times (default 16).
 ///
 /// # Errors
 ///
 /// [`BenchError`] when Redis cannot be reached.
-pub async fn router(variant: Variant, redis_url: &str) -> Result<Router, BenchError> {
+pub async fn router(
+    variant: Variant,
+    redis_url: &str,
+    max_attempts: Option<u32>,
+) -> Result<Router, BenchError> {
+    let sessions = |sessions: Sessions| match max_attempts {
+        Some(n) => sessions.with_max_attempts(n),
+        None => sessions,
+    };
     Ok(match variant {
         Variant::Plain => apps::plain_app(),
         Variant::Offstate => {
             let store = RedisStore::connect(redis_config(redis_url)).await?;
-            apps::offstate_app(Sessions::new(store))
+            apps::offstate_app(sessions(Sessions::new(store)))
+        }
+        Variant::OffstateSharedLoads => {
+            let store = RedisStore::connect(redis_config(redis_url)).await?;
+            let store = crate::experiment::SharedLoadStore::new(store);
+            apps::offstate_app(sessions(Sessions::new(store)))
         }
         Variant::OffstateCached => {
             let config = redis_config(redis_url);
@@ -150,7 +173,7 @@ pub async fn router(variant: Variant, redis_url: &str) -> Result<Router, BenchEr
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            apps::offstate_app(Sessions::new(cached))
+            apps::offstate_app(sessions(Sessions::new(cached)))
         }
         Variant::TowerSessions => {
             let config = FredConfig::from_url(redis_url)?;
@@ -163,7 +186,8 @@ pub async fn router(variant: Variant, redis_url: &str) -> Result<Router, BenchEr
     })
 }
 
-/// Serves `variant` on `listen` until the process is killed.
+/// Serves `variant` (as [`router`] builds it) on `listen` until the
+/// process is killed.
 ///
 /// # Errors
 ///
@@ -172,8 +196,9 @@ pub async fn serve(
     variant: Variant,
     redis_url: &str,
     listen: SocketAddr,
+    max_attempts: Option<u32>,
 ) -> Result<(), BenchError> {
-    let app = router(variant, redis_url).await?;
+    let app = router(variant, redis_url, max_attempts).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
     Ok(())

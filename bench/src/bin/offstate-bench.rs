@@ -16,7 +16,7 @@ usage:
                      [--raw-requests N] [--lost-adds N]
                      [--out DIR] [--criterion DIR]
   offstate-bench serve --app plain|tower-sessions|offstate|offstate-cached
-                       --redis URL --listen ADDR
+                       --redis URL --listen ADDR [--max-attempts N]
   offstate-bench load --addr ADDR [--seconds S] [--clients N] [--mix mixed|read|write]
       (load on a running `serve`, for profiling it)";
 
@@ -64,7 +64,8 @@ async fn dispatch(args: &[String]) -> Result<(), BenchError> {
                 .ok_or_else(|| BenchError::Usage(format!("--redis is required\n{USAGE}")))?;
             let listen: SocketAddr = option(args, "--listen")?
                 .ok_or_else(|| BenchError::Usage(format!("--listen is required\n{USAGE}")))?;
-            server::serve(app.parse::<Variant>()?, &redis, listen).await
+            let max_attempts: Option<u32> = option(args, "--max-attempts")?;
+            server::serve(app.parse::<Variant>()?, &redis, listen, max_attempts).await
         }
         Some("load") => {
             let addr: SocketAddr = option(args, "--addr")?
