@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -188,7 +189,7 @@ impl Sessions {
                 limits: Limits::default(),
                 write_policy: WritePolicy::default(),
                 outage: OutagePolicy::default(),
-                max_attempts: 16,
+                max_attempts: 32,
             }),
         }
     }
@@ -241,7 +242,10 @@ impl Sessions {
         self
     }
 
-    /// Sets how many times a conflicting save is attempted (at least 1).
+    /// Sets how many times a conflicting save is attempted (at least 1;
+    /// default 32). After the second attempt, attempts are spaced by a
+    /// random pause that grows with each conflict (at most 50 ms), so many
+    /// writers on one session take turns instead of colliding again.
     #[must_use]
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.config_mut().max_attempts = attempts.max(1);
@@ -435,6 +439,24 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session").finish_non_exhaustive()
     }
+}
+
+/// Longest pause between two save attempts.
+const BACKOFF_CAP: Duration = Duration::from_millis(50);
+
+/// "Full jitter" exponential backoff: a random pause between zero and
+/// 0.5 ms × 2^attempt, capped at [`BACKOFF_CAP`].
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_micros(500)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let mut bytes = [0u8; 8];
+    // Without randomness, fall back to the ceiling: slower, never wrong.
+    let fraction = match getrandom::fill(&mut bytes) {
+        Ok(()) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 1.0,
+    };
+    ceiling.mul_f64(fraction)
 }
 
 fn codec_error(key: &str, source: BoxError) -> SessionError {
@@ -876,7 +898,13 @@ impl Session {
             return Ok(());
         };
         let key = id.key();
-        for _ in 0..config.max_attempts {
+        for attempt in 0..config.max_attempts {
+            if attempt > 1 {
+                // The first replay goes at once (the fresh record came with
+                // the conflict); after that, writers that keep colliding on
+                // one session spread out instead of colliding again.
+                tokio::time::sleep(backoff(attempt)).await;
+            }
             let Some(base) = state.record.clone() else {
                 return Ok(());
             };
