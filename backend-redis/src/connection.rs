@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool::Runtime;
-use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use offstate_core::StoreError;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -151,11 +151,18 @@ impl RedisConnection {
     /// connection can be had in time.
     pub async fn get(&self) -> Result<PooledConnection, StoreError> {
         let bound = self.connect_timeout;
+        // The checkout is momentary: the pool hands out a clone of one of
+        // its multiplexed connections and takes the connection back at once,
+        // so concurrent requests share (and pipeline on) the same sockets,
+        // as redis-rs's multiplexed connections are built for. Holding a
+        // connection for a whole call halved throughput under load (see
+        // bench/results/REPORT.md). Nothing here uses MULTI or WATCH, which
+        // sharing would break.
         let pooled = async {
             self.pool
                 .get()
                 .await
-                .map(PooledConnection)
+                .map(|object| PooledConnection((*object).clone()))
                 .map_err(|e| from_pool(e, bound))
         };
         match tokio::time::timeout(bound, pooled).await {
@@ -201,14 +208,15 @@ impl RedisConnection {
     }
 }
 
-/// A connection taken from a [`RedisConnection`] pool; it goes back to the
-/// pool on drop. It is multiplexed: [`shared`](Self::shared) gives a
-/// cheap handle for sending requests concurrently.
-pub struct PooledConnection(Object<Manager>);
+/// A connection from a [`RedisConnection`] pool: a handle on one of the
+/// pool's multiplexed connections, which other requests use at the same
+/// time. [`shared`](Self::shared) gives another handle for sending
+/// requests concurrently.
+pub struct PooledConnection(SharedConnection);
 
 impl std::fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("PooledConnection").field(&*self.0).finish()
+        f.debug_tuple("PooledConnection").field(&self.0).finish()
     }
 }
 
@@ -216,7 +224,7 @@ impl PooledConnection {
     /// A handle on the same multiplexed connection, for concurrent requests.
     #[must_use]
     pub fn shared(&self) -> SharedConnection {
-        (*self.0).clone()
+        self.0.clone()
     }
 }
 
