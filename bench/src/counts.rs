@@ -3,7 +3,8 @@
 //! over a [`CountingStore`] around the backend's store, with the backend's
 //! own requests counted where the backend is:
 //!
-//! - Redis: `INFO commandstats` deltas on the server;
+//! - Redis: `INFO commandstats` deltas on the server, as round trips (a
+//!   Lua script is one command, whatever it runs inside Redis);
 //! - memcached: the server's `stats` counters (`cmd_get`, `cmd_set`, which
 //!   includes `cas`, `cmd_touch`, deletes, `incr`);
 //! - DynamoDB (moto): an SDK interceptor counting every HTTP request the
@@ -64,7 +65,7 @@ enum Counter {
 impl Counter {
     async fn total(&mut self) -> Result<u64, BenchError> {
         match self {
-            Self::Redis(stats) => Ok(stats.calls().await?.values().sum()),
+            Self::Redis(stats) => Ok(crate::redis_stats::client_commands(&stats.calls().await?)),
             Self::Memcached(nodes) => {
                 let mut total = 0;
                 for node in nodes.iter() {
@@ -256,7 +257,7 @@ pub async fn redis(url: &str) -> Result<BackendCounts, BenchError> {
     let store = RedisStore::connect(crate::server::redis_config(url)).await?;
     let mut stats = CommandStats::connect(url).await?;
     stats.reset().await?;
-    measure("Redis", "commands", store, Counter::Redis(stats)).await
+    measure("Redis", "round trips", store, Counter::Redis(stats)).await
 }
 
 /// Counts on a memcached node started for the purpose.

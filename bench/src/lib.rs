@@ -14,8 +14,6 @@
 //! - `lost`: the lost-update test over two app processes.
 //! - `counts`: backend requests per HTTP request on Redis, memcached and
 //!   DynamoDB.
-//! - `experiment`: `RedisStore` with loads on shared connections, to
-//!   measure what connection sharing would give offstate-redis.
 //! - `run`: the whole run; `report` and `chart`: its output.
 //! - `benches/overhead.rs`: the in-process middleware overhead (criterion).
 //!
@@ -31,7 +29,6 @@
 pub mod apps;
 pub mod chart;
 pub mod counts;
-pub mod experiment;
 pub mod loadgen;
 pub mod lost;
 pub mod redis_stats;

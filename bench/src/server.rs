@@ -35,19 +35,15 @@ pub enum Variant {
     Offstate,
     /// offstate over a `CachedStore` in front of `RedisStore`.
     OffstateCached,
-    /// Experiment: offstate over `RedisStore` with loads on shared
-    /// connections ([`crate::experiment`]).
-    OffstateSharedLoads,
 }
 
 impl Variant {
     /// All variants, in report order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 4] = [
         Self::Plain,
         Self::TowerSessions,
         Self::Offstate,
         Self::OffstateCached,
-        Self::OffstateSharedLoads,
     ];
 
     /// The name on the command line.
@@ -58,7 +54,6 @@ impl Variant {
             Self::TowerSessions => "tower-sessions",
             Self::Offstate => "offstate",
             Self::OffstateCached => "offstate-cached",
-            Self::OffstateSharedLoads => "offstate-shared-loads",
         }
     }
 
@@ -70,7 +65,6 @@ impl Variant {
             Self::TowerSessions => "tower-sessions",
             Self::Offstate => "offstate",
             Self::OffstateCached => "offstate + cache",
-            Self::OffstateSharedLoads => "experiment: shared loads",
         }
     }
 
@@ -82,9 +76,6 @@ impl Variant {
             Self::TowerSessions => "tower-sessions + Redis",
             Self::Offstate => "offstate + Redis",
             Self::OffstateCached => cache_label(),
-            Self::OffstateSharedLoads => {
-                "experiment: offstate + Redis, loads on shared connections"
-            }
         }
     }
 }
@@ -150,11 +141,6 @@ pub async fn router(
         Variant::Plain => apps::plain_app(),
         Variant::Offstate => {
             let store = RedisStore::connect(redis_config(redis_url)).await?;
-            apps::offstate_app(sessions(Sessions::new(store)))
-        }
-        Variant::OffstateSharedLoads => {
-            let store = RedisStore::connect(redis_config(redis_url)).await?;
-            let store = crate::experiment::SharedLoadStore::new(store);
             apps::offstate_app(sessions(Sessions::new(store)))
         }
         Variant::OffstateCached => {
