@@ -16,11 +16,15 @@ use redis::Script;
 /// returns `version, idle, abs, principal`.
 const PRELUDE: &str = r"
 local function state(key, now)
-  local t = redis.call('TYPE', key)['ok']
-  if t == 'none' then return 'absent', {} end
-  if t ~= 'hash' then return 'corrupt', {} end
-  local m = redis.call('HMGET', key, 'version', 'idle', 'abs', 'principal')
-  if not m[1] or not tonumber(m[1]) then return 'corrupt', m end
+  -- One HMGET on the common path; a wrong type comes back as an error
+  -- reply (not raised), and EXISTS runs only when there is no version.
+  local m = redis.pcall('HMGET', key, 'version', 'idle', 'abs', 'principal')
+  if type(m) == 'table' and m.err then return 'corrupt', {} end
+  if not m[1] then
+    if redis.call('EXISTS', key) == 0 then return 'absent', {} end
+    return 'corrupt', m
+  end
+  if not tonumber(m[1]) then return 'corrupt', m end
   local expires = nil
   for i = 2, 3 do
     if m[i] then
@@ -46,9 +50,6 @@ local function expire_at(key, at)
   if at == '' then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, at) end
 end
 
-local function set_or_clear(key, field, value)
-  if value == '' then redis.call('HDEL', key, field) else redis.call('HSET', key, field, value) end
-end
 ";
 
 /// KEYS: session. ARGV: now, expire-at ('' = none), field/value pairs.
@@ -73,16 +74,31 @@ if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
 if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
 local nset = tonumber(ARGV[9])
-each_chunk('HDEL', KEYS[1], ARGV, 10 + nset, #ARGV)
-each_chunk('HSET', KEYS[1], ARGV, 10, 9 + nset)
-set_or_clear(KEYS[1], 'idle', ARGV[5])
-set_or_clear(KEYS[1], 'abs', ARGV[6])
-if ARGV[7] == 's' then
-  redis.call('HSET', KEYS[1], 'principal', ARGV[8])
-elseif ARGV[7] == 'c' then
-  redis.call('HDEL', KEYS[1], 'principal')
+-- Gather every field written or removed, so the write is one HSET (and at
+-- most one HDEL) however many keys, deadlines and principal changed.
+local sets, dels = {}, {}
+for i = 10, 9 + nset do sets[#sets + 1] = ARGV[i] end
+for i = 10 + nset, #ARGV do dels[#dels + 1] = ARGV[i] end
+local function put(field, value)
+  if value == '' then
+    dels[#dels + 1] = field
+  else
+    sets[#sets + 1] = field
+    sets[#sets + 1] = value
+  end
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[3])
+put('idle', ARGV[5])
+put('abs', ARGV[6])
+if ARGV[7] == 's' then
+  sets[#sets + 1] = 'principal'
+  sets[#sets + 1] = ARGV[8]
+elseif ARGV[7] == 'c' then
+  dels[#dels + 1] = 'principal'
+end
+sets[#sets + 1] = 'version'
+sets[#sets + 1] = ARGV[3]
+if #dels > 0 then each_chunk('HDEL', KEYS[1], dels, 1, #dels) end
+each_chunk('HSET', KEYS[1], sets, 1, #sets)
 expire_at(KEYS[1], ARGV[4])
 return {2, m[4] or ''}
 ";

@@ -189,7 +189,7 @@ impl Sessions {
                 limits: Limits::default(),
                 write_policy: WritePolicy::default(),
                 outage: OutagePolicy::default(),
-                max_attempts: 32,
+                max_attempts: 64,
             }),
         }
     }
@@ -243,7 +243,7 @@ impl Sessions {
     }
 
     /// Sets how many times a conflicting save is attempted (at least 1;
-    /// default 32). After the second attempt, attempts are spaced by a
+    /// default 64). After the second attempt, attempts are spaced by a
     /// random pause that grows with each conflict (at most 50 ms), so many
     /// writers on one session take turns instead of colliding again.
     #[must_use]
