@@ -687,14 +687,21 @@ pub async fn size_limits_are_checked_before_writing<H: Harness>(h: &H) {
     assert_eq!(stored.keys().await.expect("keys"), vec!["a".to_owned()]);
 }
 
-/// N tasks × M `update` closures on one session, through two store
-/// instances, lose nothing.
-pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
-    const TASKS: usize = 10;
-    const UPDATES: usize = 20;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let a = Sessions::new(h.store(clock.clone()).await).with_max_attempts(1000);
-    let b = Sessions::new(h.store(clock).await).with_max_attempts(1000);
+/// Creates a session with an empty `cart` through `a`, then runs `tasks`
+/// tasks of `updates` `update` closures each, alternating between `a` and
+/// `b` (two app instances), each adding the unique item `"<task>-<update>"`.
+/// Returns the session's ID for the caller's checks. Every store's
+/// concurrency tests use it, so they hammer the same way.
+///
+/// # Panics
+///
+/// When a session operation fails, which fails the calling test.
+pub async fn fill_one_cart_concurrently(
+    a: &Sessions,
+    b: &Sessions,
+    tasks: usize,
+    updates: usize,
+) -> SessionId {
     let session = a.new_session();
     session
         .insert("cart", &Vec::<String>::new())
@@ -702,13 +709,12 @@ pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
         .expect("insert");
     session.save().await.expect("create");
     let id = session.id().await.expect("created");
-
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
+    let mut running = Vec::new();
+    for t in 0..tasks {
         let sessions = if t % 2 == 0 { a.clone() } else { b.clone() };
         let id = id.clone();
-        tasks.push(tokio::spawn(async move {
-            for u in 0..UPDATES {
+        running.push(tokio::spawn(async move {
+            for u in 0..updates {
                 let session = sessions.open(Some(id.clone()));
                 let item = format!("{t}-{u}");
                 session
@@ -723,14 +729,25 @@ pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
             }
         }));
     }
-    for task in tasks {
+    for task in running {
         task.await.expect("task panicked");
     }
-    // Read back through a fresh instance: a caching store may serve its
-    // instance's copy for up to its staleness bound, which is not a loss.
-    let fresh = Sessions::new(h.store(Arc::new(SystemClock)).await);
-    let cart: Vec<String> = fresh
-        .load(&id)
+    id
+}
+
+/// Reads the `cart` of `id` and checks it holds exactly `count` distinct
+/// items: nothing lost, nothing applied twice.
+///
+/// # Panics
+///
+/// When it does not, which fails the calling test.
+pub async fn assert_cart_complete(
+    sessions: &Sessions,
+    id: &SessionId,
+    count: usize,
+) -> Vec<String> {
+    let cart: Vec<String> = sessions
+        .load(id)
         .await
         .expect("load")
         .expect("live")
@@ -739,8 +756,24 @@ pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
         .expect("get")
         .expect("cart");
     let unique: BTreeSet<&String> = cart.iter().collect();
-    assert_eq!(cart.len(), TASKS * UPDATES, "lost updates");
-    assert_eq!(unique.len(), TASKS * UPDATES, "duplicated updates");
+    assert_eq!(cart.len(), count, "lost updates");
+    assert_eq!(unique.len(), count, "duplicated updates");
+    cart
+}
+
+/// N tasks × M `update` closures on one session, through two store
+/// instances, lose nothing.
+pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
+    const TASKS: usize = 10;
+    const UPDATES: usize = 20;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let a = Sessions::new(h.store(clock.clone()).await).with_max_attempts(1000);
+    let b = Sessions::new(h.store(clock).await).with_max_attempts(1000);
+    let id = fill_one_cart_concurrently(&a, &b, TASKS, UPDATES).await;
+    // Read back through a fresh instance: a caching store may serve its
+    // instance's copy for up to its staleness bound, which is not a loss.
+    let fresh = Sessions::new(h.store(Arc::new(SystemClock)).await);
+    assert_cart_complete(&fresh, &id, TASKS * UPDATES).await;
 }
 
 /// `cycle_id` gives the session a new ID with the same data; the old ID no

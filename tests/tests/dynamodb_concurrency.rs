@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use offstate_core::conformance::fill_one_cart_concurrently;
 use offstate_core::{
     Change, Clock, Deadlines, Record, SaveOutcome, SessionId, SessionStore, Sessions, SystemClock,
     Version,
@@ -73,37 +74,7 @@ async fn a_thousand_updates_through_two_instances_lose_nothing() {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let a = Sessions::new(a.with_clock(clock.clone())).with_max_attempts(10_000);
     let b = Sessions::new(b.with_clock(clock)).with_max_attempts(10_000);
-    let session = a.new_session();
-    session
-        .insert("cart", &Vec::<String>::new())
-        .await
-        .expect("insert");
-    session.save().await.expect("create");
-    let id = session.id().await.expect("created");
-
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let sessions = if t % 2 == 0 { a.clone() } else { b.clone() };
-        let id = id.clone();
-        tasks.push(tokio::spawn(async move {
-            for u in 0..UPDATES {
-                let session = sessions.open(Some(id.clone()));
-                let item = format!("{t}-{u}");
-                session
-                    .update("cart", move |cart: Option<Vec<String>>| {
-                        let mut cart = cart.unwrap_or_default();
-                        cart.push(item.clone());
-                        Some(cart)
-                    })
-                    .await
-                    .expect("update");
-                session.save().await.expect("save");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("task");
-    }
+    let id = fill_one_cart_concurrently(&a, &b, TASKS, UPDATES).await;
     let session = b.load(&id).await.expect("load").expect("live");
     let cart: Vec<String> = session.get("cart").await.expect("get").expect("cart");
     let unique_items: BTreeSet<&String> = cart.iter().collect();

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use offstate_core::conformance::fill_one_cart_concurrently;
 use offstate_core::{Clock, CountingStore, Sessions, SystemClock};
 use offstate_testing::memcached::MemcachedCluster;
 
@@ -23,37 +24,7 @@ async fn a_thousand_updates_from_fifty_tasks_on_two_instances_lose_nothing() {
     let store_b = CountingStore::new(cluster.store().with_clock(clock));
     let a = Sessions::new(store_a.clone()).with_max_attempts(100_000);
     let b = Sessions::new(store_b.clone()).with_max_attempts(100_000);
-    let session = a.new_session();
-    session
-        .insert("cart", &Vec::<String>::new())
-        .await
-        .expect("insert");
-    session.save().await.expect("create");
-    let id = session.id().await.expect("created");
-
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let sessions = if t % 2 == 0 { a.clone() } else { b.clone() };
-        let id = id.clone();
-        tasks.push(tokio::spawn(async move {
-            for u in 0..UPDATES {
-                let session = sessions.open(Some(id.clone()));
-                let item = format!("{t}-{u}");
-                session
-                    .update("cart", move |cart: Option<Vec<String>>| {
-                        let mut cart = cart.unwrap_or_default();
-                        cart.push(item.clone());
-                        Some(cart)
-                    })
-                    .await
-                    .expect("update");
-                session.save().await.expect("save");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("task panicked");
-    }
+    let id = fill_one_cart_concurrently(&a, &b, TASKS, UPDATES).await;
 
     let (ca, cb) = (store_a.counts(), store_b.counts());
     let saves = ca.save + cb.save;
