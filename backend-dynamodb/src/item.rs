@@ -182,7 +182,10 @@ pub fn encode_item(
 pub(crate) fn deadlines(names: &AttributeNames, item: &Item) -> Result<Deadlines, DecodeError> {
     let idle = optional_number(item, &names.idle)?.map(Timestamp::from_millis);
     let absolute = optional_number(item, &names.absolute)?.map(Timestamp::from_millis);
-    Ok(Deadlines::new(idle, absolute))
+    let mut deadlines = Deadlines::none();
+    deadlines.idle = idle;
+    deadlines.absolute = absolute;
+    Ok(deadlines)
 }
 
 /// A number attribute value.
@@ -252,10 +255,8 @@ mod tests {
     fn a_record_round_trips_through_an_item() {
         let mut record = Record::new(
             Timestamp::from_millis(1_700_000_000_123),
-            Deadlines::new(
-                Some(Timestamp::from_millis(1_700_000_060_001)),
-                Some(Timestamp::from_millis(1_700_000_900_000)),
-            ),
+            Deadlines::idle_at(Timestamp::from_millis(1_700_000_060_001))
+                .with_absolute_at(Timestamp::from_millis(1_700_000_900_000)),
         );
         record.principal = Some("alice".into());
         record.data.insert("cart".into(), b"[1,2]".to_vec());

@@ -8,6 +8,7 @@
 //! extra read.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -16,8 +17,8 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use offstate_core::{
-    Capabilities, Change, CreateOutcome, PrincipalChange, Record, SaveOutcome, SessionKey,
-    SessionStore, StoreError, Timestamp, TouchOutcome,
+    Capabilities, Change, CreateOutcome, DeleteOutcome, PrincipalChange, Record, SaveOutcome,
+    SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome, Version,
 };
 
 use crate::config::DYNAMODB_MAX_ITEM_BYTES;
@@ -113,7 +114,11 @@ impl DynamoStore {
 }
 
 impl SessionStore for DynamoStore {
-    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
         let s = &self.settings;
         let output = self
             .client
@@ -130,10 +135,15 @@ impl SessionStore for DynamoStore {
         let record = item::decode(&s.names, &found).map_err(StoreError::corrupt)?;
         // DynamoDB deletes expired items only eventually (within days):
         // the deadline is checked here, on every read.
-        Ok((!record.is_expired(self.clock.now())).then_some(record))
+        Ok((!record.is_expired(now)).then(|| Arc::new(record)))
     }
 
-    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
         let s = &self.settings;
         let encoded = item::encode(&s.names, &self.item_key(key), record);
         let size = item::item_size(&encoded);
@@ -143,7 +153,7 @@ impl SessionStore for DynamoStore {
                 limit: self.limit(),
             });
         }
-        let expr = self.base_expr(self.clock.now());
+        let expr = self.base_expr(now);
         let result = self
             .client
             .put_item()
@@ -174,7 +184,12 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         let s = &self.settings;
         let floor = self.save_size_floor(key, change);
         if floor > self.limit() {
@@ -183,7 +198,6 @@ impl SessionStore for DynamoStore {
                 limit: self.limit(),
             });
         }
-        let now = self.clock.now();
         let mut expr = self.base_expr(now);
         let mut set = Vec::new();
         let mut remove = Vec::new();
@@ -284,9 +298,10 @@ impl SessionStore for DynamoStore {
         &self,
         key: &SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
         let s = &self.settings;
-        let mut expr = self.base_expr(self.clock.now());
+        let mut expr = self.base_expr(now);
         expr.name("#t", &s.names.ttl);
         expr.value(":idle", item::number(idle_deadline.as_millis()));
         // The absolute deadline may be earlier; the TTL then fires late,
@@ -314,7 +329,7 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
         let s = &self.settings;
         let output = self
             .client
@@ -325,13 +340,62 @@ impl SessionStore for DynamoStore {
             .send()
             .await
             .map_err(|e| self.sdk(e))?;
-        let now = self.clock.now();
         Ok(output.attributes.is_some_and(|old| self.is_live(&old, now)))
     }
 
-    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let s = &self.settings;
+        let mut expr = self.base_expr(now);
+        expr.name("#v", &s.names.version);
+        expr.value(":expected", item::number(expected.get()));
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&s.table)
+            .key(&s.names.key, self.key_value(key))
+            .condition_expression(format!(
+                "attribute_exists(#k) AND #v = :expected AND {LIVE}"
+            ))
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values(Some(expr.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(DeleteOutcome::Deleted),
+            Err(SdkError::ServiceError(e)) => match e.into_err() {
+                DeleteItemError::ConditionalCheckFailedException(failed) => {
+                    let Some(current) = failed.item else {
+                        return Ok(DeleteOutcome::Gone);
+                    };
+                    let record = item::decode(&s.names, &current).map_err(StoreError::corrupt)?;
+                    if record.is_expired(now) {
+                        Ok(DeleteOutcome::Gone)
+                    } else if record.version != expected {
+                        Ok(DeleteOutcome::Conflict(Arc::new(record)))
+                    } else {
+                        Err(StoreError::backend(
+                            "DynamoDB refused a delete of a live record of the expected version",
+                        ))
+                    }
+                }
+                other => Err(StoreError::backend(other)),
+            },
+            Err(e) => Err(self.sdk(e)),
+        }
+    }
+
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         let items = self.query_principal(principal).await?;
-        let now = self.clock.now();
         let mut keys: Vec<SessionKey> = items
             .iter()
             .filter(|item| self.is_live(item, now))
@@ -342,7 +406,7 @@ impl SessionStore for DynamoStore {
         Ok(keys)
     }
 
-    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
+    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         let s = &self.settings;
         let items = self.query_principal(principal).await?;
         let mut revoked = 0;
@@ -365,7 +429,6 @@ impl SessionStore for DynamoStore {
                 .await;
             match result {
                 Ok(output) => {
-                    let now = self.clock.now();
                     if output.attributes.is_some_and(|old| self.is_live(&old, now)) {
                         revoked += 1;
                     }
@@ -384,6 +447,10 @@ impl SessionStore for DynamoStore {
         // the same instant).
         Capabilities::full().with_consistent_principal_index(false)
     }
+
+    fn name(&self) -> &'static str {
+        "dynamodb"
+    }
 }
 
 impl DynamoStore {
@@ -401,7 +468,7 @@ impl DynamoStore {
         if record.is_expired(now) {
             Ok(SaveOutcome::Gone)
         } else if record.version != change.expected {
-            Ok(SaveOutcome::Conflict(Box::new(record)))
+            Ok(SaveOutcome::Conflict(Arc::new(record)))
         } else {
             Err(StoreError::backend(
                 "DynamoDB refused a save on a live record of the expected version",

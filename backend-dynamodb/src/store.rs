@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, ConfigLoader};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::Region;
-use offstate_core::{Clock, SessionKey, StoreError, system_clock};
+use offstate_core::{SessionKey, StoreError};
 
 use crate::config::{AttributeNames, DynamoConfig};
 
@@ -28,7 +28,6 @@ use crate::config::{AttributeNames, DynamoConfig};
 pub struct DynamoStore {
     pub(crate) client: Client,
     pub(crate) settings: Arc<Settings>,
-    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// What the operations need from the configuration, once resolved.
@@ -140,15 +139,7 @@ impl DynamoStore {
                 timeout,
                 table_wait: config.table_wait,
             }),
-            clock: system_clock(),
         }
-    }
-
-    /// The same table, with deadlines checked against `clock`.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
     }
 
     /// The SDK client, for anything the store does not do itself.

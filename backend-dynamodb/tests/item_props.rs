@@ -47,7 +47,12 @@ fn record() -> impl Strategy<Value = Record> {
         ),
     )
         .prop_map(|(version, created, idle, absolute, principal, data)| {
-            let mut record = Record::new(created, Deadlines::new(idle, absolute));
+            let mut record = Record::new(created, {
+                let mut d = offstate_core::Deadlines::none();
+                d.idle = idle;
+                d.absolute = absolute;
+                d
+            });
             record.version = Version::new(version);
             record.principal = principal;
             record.data = data;

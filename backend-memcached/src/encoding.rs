@@ -223,7 +223,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     if r.pos != bytes.len() {
         return Err(DecodeError::TrailingBytes(bytes.len() - r.pos));
     }
-    let mut record = Record::new(created_at, Deadlines::new(idle, absolute));
+    let mut deadlines = Deadlines::none();
+    deadlines.idle = idle;
+    deadlines.absolute = absolute;
+    let mut record = Record::new(created_at, deadlines);
     record.version = version;
     record.principal = principal;
     record.data = data;
@@ -328,10 +331,8 @@ mod tests {
     fn sample() -> Record {
         let mut record = Record::new(
             Timestamp::from_millis(1_700_000_000_123),
-            Deadlines::new(
-                Some(Timestamp::from_millis(1_700_000_360_000)),
-                Some(Timestamp::from_millis(1_700_086_400_000)),
-            ),
+            Deadlines::idle_at(Timestamp::from_millis(1_700_000_360_000))
+                .with_absolute_at(Timestamp::from_millis(1_700_086_400_000)),
         );
         record.version = Version::new(300);
         record.principal = Some("alice@example.com".into());

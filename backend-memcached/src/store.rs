@@ -11,8 +11,9 @@
 use std::sync::Arc;
 
 use offstate_core::{
-    Capabilities, Change, Clock, CreateOutcome, PrincipalChange, Record, SaveOutcome, SessionKey,
-    SessionStore, StoreError, SystemClock, Timestamp, TouchOutcome, system_clock,
+    Capabilities, Change, Clock, CreateOutcome, Deadlines, DeleteOutcome, PrincipalChange, Record,
+    SaveOutcome, SessionKey, SessionStore, StoreError, SystemClock, Timestamp, TouchOutcome,
+    Version,
 };
 
 use crate::cluster::{Cluster, WriteError};
@@ -47,7 +48,6 @@ const ITEM_OVERHEAD: usize = 96;
 #[derive(Debug, Clone)]
 pub struct MemcachedStore {
     inner: Arc<Inner>,
-    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug)]
@@ -75,7 +75,7 @@ enum Read {
 }
 
 impl MemcachedStore {
-    /// A store over the configured nodes, on the system clock. Nothing is
+    /// A store over the configured nodes. Nothing is
     /// connected until the first operation.
     ///
     /// # Errors
@@ -94,15 +94,7 @@ impl MemcachedStore {
         let cluster = Cluster::new(config.nodes(), limits);
         Ok(Self {
             inner: Arc::new(Inner { cluster, config }),
-            clock: system_clock(),
         })
-    }
-
-    /// The same store, with deadlines checked against `clock`.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
     }
 
     /// The configuration the store runs with.
@@ -141,6 +133,7 @@ impl MemcachedStore {
         &self,
         item: &str,
         also: Option<&str>,
+        now: Timestamp,
     ) -> Result<(Read, Option<Option<u64>>), StoreError> {
         let (value, also_epoch) = match also {
             Some(principal) => {
@@ -157,7 +150,7 @@ impl MemcachedStore {
         };
         let envelope = encoding::decode(&value.data).map_err(StoreError::corrupt)?;
         let record = envelope.record;
-        if record.is_expired(self.clock.now()) {
+        if record.is_expired(now) {
             return Ok((Read::Dead(value.cas), also_epoch));
         }
         if let Some(principal) = &record.principal {
@@ -259,14 +252,23 @@ fn contention(what: &str) -> StoreError {
 }
 
 impl SessionStore for MemcachedStore {
-    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
-        match self.read(&self.item_key(key), None).await?.0 {
-            Read::Live(current) => Ok(Some(current.record)),
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
+        match self.read(&self.item_key(key), None, now).await?.0 {
+            Read::Live(current) => Ok(Some(Arc::new(current.record))),
             Read::Missing | Read::Dead(_) => Ok(None),
         }
     }
 
-    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
         let item = self.item_key(key);
         let epoch = match &record.principal {
             Some(principal) => Some(self.ensure_epoch(principal).await?),
@@ -288,7 +290,7 @@ impl SessionStore for MemcachedStore {
             // our clock (memcached has not dropped it yet) may be replaced,
             // but only that exact version. One we cannot read is never
             // overwritten: it may come from a newer deployment.
-            match self.read(&item, None).await {
+            match self.read(&item, None, now).await {
                 Ok((Read::Live(_), _)) | Err(StoreError::Corrupt(_)) => {
                     return Ok(CreateOutcome::Exists);
                 }
@@ -308,20 +310,25 @@ impl SessionStore for MemcachedStore {
         Err(contention("session key"))
     }
 
-    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         let item = self.item_key(key);
         let attach = match &change.principal {
             PrincipalChange::Set(principal) => Some(principal.as_str()),
             _ => None,
         };
         for _ in 0..MAX_RACES {
-            let (read, attach_epoch) = self.read(&item, attach).await?;
+            let (read, attach_epoch) = self.read(&item, attach, now).await?;
             let current = match read {
                 Read::Live(current) => current,
                 Read::Missing | Read::Dead(_) => return Ok(SaveOutcome::Gone),
             };
             if current.record.version != change.expected {
-                return Ok(SaveOutcome::Conflict(Box::new(current.record)));
+                return Ok(SaveOutcome::Conflict(Arc::new(current.record)));
             }
             let next = change.apply_to(&current.record);
             let next_epoch = match (&change.principal, attach) {
@@ -347,13 +354,14 @@ impl SessionStore for MemcachedStore {
         &self,
         key: &SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
         // Memcached's own `touch` only moves the item's exptime; the idle
         // deadline lives inside the blob (reads check it), so a touch is a
         // `gets` and a `cas` of the same record with the new deadline.
         let item = self.item_key(key);
         for _ in 0..MAX_RACES {
-            let current = match self.read(&item, None).await?.0 {
+            let current = match self.read(&item, None, now).await?.0 {
                 Read::Live(current) => current,
                 Read::Missing | Read::Dead(_) => return Ok(TouchOutcome::Gone),
             };
@@ -371,17 +379,62 @@ impl SessionStore for MemcachedStore {
         Err(contention("session"))
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &SessionKey, _now: Timestamp) -> Result<bool, StoreError> {
         self.cluster().delete(&self.item_key(key)).await
     }
 
-    async fn list_principal(&self, _principal: &str) -> Result<Vec<SessionKey>, StoreError> {
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        // memcached's `delete` takes no CAS token, so the conditional step
+        // is a `cas` of a tombstone (a record that ended at the epoch) over
+        // exactly the version read; the plain delete after it only frees
+        // the memory early.
+        let item = self.item_key(key);
+        for _ in 0..MAX_RACES {
+            let current = match self.read(&item, None, now).await?.0 {
+                Read::Live(current) => current,
+                Read::Missing | Read::Dead(_) => return Ok(DeleteOutcome::Gone),
+            };
+            if current.record.version != expected {
+                return Ok(DeleteOutcome::Conflict(Arc::new(current.record)));
+            }
+            let tombstone = Record::new(
+                current.record.created_at,
+                Deadlines::idle_at(Timestamp::from_millis(0)),
+            );
+            match self.replace(&item, &tombstone, None, current.cas).await? {
+                StoreReply::Stored => {
+                    if let Err(error) = self.cluster().delete(&item).await {
+                        tracing::debug!(%error, "tombstone written; freeing it early failed");
+                    }
+                    return Ok(DeleteOutcome::Deleted);
+                }
+                StoreReply::Exists => continue,
+                StoreReply::NotFound | StoreReply::NotStored => return Ok(DeleteOutcome::Gone),
+            }
+        }
+        Err(contention("session"))
+    }
+
+    async fn list_principal(
+        &self,
+        _principal: &str,
+        _now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         Err(StoreError::Unsupported(
             "listing a principal's sessions (memcached cannot list keys)",
         ))
     }
 
-    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
+    async fn revoke_principal(
+        &self,
+        principal: &str,
+        _now: Timestamp,
+    ) -> Result<usize, StoreError> {
         // No epoch key means no session of this principal is live (a missing
         // key fails closed), so there is nothing to bump.
         self.cluster().incr(&self.epoch_key(principal), 1).await?;
@@ -390,5 +443,9 @@ impl SessionStore for MemcachedStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::full().with_list_principal(false)
+    }
+
+    fn name(&self) -> &'static str {
+        "memcached"
     }
 }

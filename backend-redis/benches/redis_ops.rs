@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
         .expect("runtime");
     let store = runtime.block_on(server.store()).expect("store");
     let now = SystemClock.now();
-    let deadlines = Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None);
+    let deadlines = Deadlines::idle_at(now.saturating_add(Duration::from_secs(3600)));
     let mut record = Record::new(now, deadlines);
     // A typical small session: a cart, a language, a CSRF token.
     let cart: Vec<String> = (0..10).map(|i| format!("\"sku-{i:04}\"")).collect();
@@ -52,7 +52,7 @@ fn fixture() -> Fixture {
     let value: Vec<u8> = record.data.values().flatten().copied().collect();
     let key = SessionId::generate().key();
     runtime
-        .block_on(store.create(&key, &record))
+        .block_on(store.create(&key, &record, offstate_core::Timestamp::now()))
         .expect("create");
     Fixture {
         server,
@@ -72,7 +72,12 @@ async fn save_once(f: &Fixture, n: u64) {
     change
         .set
         .insert("lang".into(), format!("\"{}\"", n % 7).into_bytes());
-    match f.store.save(&f.key, &change).await.expect("save") {
+    match f
+        .store
+        .save(&f.key, &change, offstate_core::Timestamp::now())
+        .await
+        .expect("save")
+    {
         SaveOutcome::Saved(v) => f.version.store(v.get(), Ordering::Relaxed),
         other => panic!("unexpected {other:?}"),
     }
@@ -152,8 +157,12 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("redis");
     group.bench_function("session_load", |b| {
-        b.to_async(&f.runtime)
-            .iter(|| async { f.store.load(&f.key).await.expect("load") });
+        b.to_async(&f.runtime).iter(|| async {
+            f.store
+                .load(&f.key, offstate_core::Timestamp::now())
+                .await
+                .expect("load")
+        });
     });
     let n = AtomicU64::new(0);
     group.bench_function("session_save", |b| {
@@ -168,7 +177,7 @@ fn bench(c: &mut Criterion) {
     const N: u64 = 2000;
     let load = mean(&f, N, |_| async {
         f.store
-            .load(&f.key)
+            .load(&f.key, offstate_core::Timestamp::now())
             .await
             .expect("load")
             .map(drop)
@@ -185,7 +194,7 @@ fn bench(c: &mut Criterion) {
     );
     count_commands(&f, "session load", 500, |_| async {
         f.store
-            .load(&f.key)
+            .load(&f.key, offstate_core::Timestamp::now())
             .await
             .expect("load")
             .map(drop)

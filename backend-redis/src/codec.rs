@@ -178,7 +178,7 @@ mod tests {
     fn records_round_trip_through_fields() {
         let mut record = Record::new(
             Timestamp::from_millis(5),
-            Deadlines::new(Some(Timestamp::from_millis(10)), None),
+            Deadlines::idle_at(Timestamp::from_millis(10)),
         );
         record.version = Version::new(7);
         record.principal = Some("alice".into());

@@ -2,10 +2,7 @@
 //! value, so standalone and cluster deployments differ only in data.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
-
-use offstate_core::{Clock, system_clock};
 
 /// The key prefix used unless [`RedisConfig::with_key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "offstate:";
@@ -54,7 +51,6 @@ pub struct RedisConfig {
     pub(crate) pool_size: usize,
     pub(crate) key_prefix: String,
     pub(crate) root_certificate_pem: Option<Vec<u8>>,
-    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -70,7 +66,6 @@ impl fmt::Debug for RedisConfig {
             .field("pool_size", &self.pool_size)
             .field("key_prefix", &self.key_prefix)
             .field("root_certificate_pem", &self.root_certificate_pem.is_some())
-            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -95,7 +90,6 @@ impl RedisConfig {
             pool_size: 8,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             root_certificate_pem: None,
-            clock: system_clock(),
         }
     }
 
@@ -170,14 +164,6 @@ impl RedisConfig {
     #[must_use]
     pub fn with_root_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certificate_pem = Some(pem.into());
-        self
-    }
-
-    /// The clock deadlines are checked against (and passed to the server-side
-    /// scripts as "now"). Default: the system clock.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
         self
     }
 

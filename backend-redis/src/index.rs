@@ -138,8 +138,8 @@ impl RedisStore {
     pub(crate) async fn list_indexed(
         &self,
         principal: &str,
+        now: Timestamp,
     ) -> Result<Vec<SessionKey>, StoreError> {
-        let now = self.now();
         let index = self.keys().principal(principal);
         self.conn()
             .bounded(async {
@@ -200,16 +200,20 @@ impl RedisStore {
                 .and_then(|v| codec::number("deadline", &v).ok())
                 .map(Timestamp::from_millis)
         };
-        let deadlines =
-            offstate_core::Deadlines::new(deadline(fields.next()), deadline(fields.next()));
+        let mut deadlines = offstate_core::Deadlines::none();
+        deadlines.idle = deadline(fields.next());
+        deadlines.absolute = deadline(fields.next());
         Ok((!deadlines.is_expired(now)).then_some(key))
     }
 
     /// Deletes every session of `principal` (checking each still belongs to
     /// it), then removes the processed entries. Returns how many live
     /// sessions were deleted.
-    pub(crate) async fn revoke_indexed(&self, principal: &str) -> Result<usize, StoreError> {
-        let now = self.now();
+    pub(crate) async fn revoke_indexed(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
         let index = self.keys().principal(principal);
         self.conn()
             .bounded(async {

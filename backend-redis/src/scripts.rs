@@ -128,6 +128,18 @@ if st == 'live' or st == 'corrupt' then was = 1 end
 return {was, m[4] or ''}
 ";
 
+/// KEYS: session. ARGV: now, expected version. Deletes a live session only
+/// at that version. Returns {0} gone, {1, hash} conflict, {2, principal}
+/// deleted, {3} corrupt.
+const DELETE_IF_VERSION: &str = r"
+local st, m = state(KEYS[1], tonumber(ARGV[1]))
+if st == 'absent' or st == 'expired' then return {0} end
+if st == 'corrupt' then return {3} end
+if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
+redis.call('DEL', KEYS[1])
+return {2, m[4] or ''}
+";
+
 /// KEYS: session. ARGV: now, principal. Deletes the session only if it
 /// (still) belongs to the principal. Returns 1 deleted a live session,
 /// 2 deleted an expired one, 0 no session, -1 another principal's or none.
@@ -162,6 +174,7 @@ pub(crate) struct Scripts {
     pub(crate) save: Script,
     pub(crate) touch: Script,
     pub(crate) delete: Script,
+    pub(crate) delete_if_version: Script,
     pub(crate) revoke_one: Script,
     pub(crate) index_add: Script,
 }
@@ -174,6 +187,7 @@ impl Scripts {
             save: session(SAVE),
             touch: session(TOUCH),
             delete: session(DELETE),
+            delete_if_version: session(DELETE_IF_VERSION),
             revoke_one: session(REVOKE_ONE),
             index_add: Script::new(INDEX_ADD),
         }

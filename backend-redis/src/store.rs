@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use offstate_core::{
-    Capabilities, Change, Clock, CreateOutcome, PrincipalChange, Record, SaveOutcome, SessionKey,
-    SessionStore, StoreError, Timestamp, TouchOutcome,
+    Capabilities, Change, CreateOutcome, DeleteOutcome, PrincipalChange, Record, SaveOutcome,
+    SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome, Version,
 };
 use redis::Value;
 
@@ -36,7 +36,6 @@ pub struct RedisStore {
     conn: RedisConnection,
     keys: Arc<KeySpace>,
     scripts: Arc<Scripts>,
-    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -44,7 +43,6 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("conn", &self.conn)
             .field("keys", &self.keys)
-            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -81,15 +79,7 @@ impl RedisStore {
             conn,
             keys: Arc::new(KeySpace::new(&config.key_prefix)),
             scripts: Arc::new(Scripts::new()),
-            clock: config.clock.clone(),
         })
-    }
-
-    /// The same store, checking deadlines with `clock`.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
     }
 
     /// The connection pool, to share with other Redis users (the cache layer).
@@ -108,10 +98,6 @@ impl RedisStore {
     #[must_use]
     pub fn principal_key(&self, principal: &str) -> String {
         self.keys.principal(principal)
-    }
-
-    pub(crate) fn now(&self) -> Timestamp {
-        self.clock.now()
     }
 
     pub(crate) fn keys(&self) -> &KeySpace {
@@ -167,18 +153,25 @@ fn corrupt_here(key: &SessionKey) -> StoreError {
 }
 
 impl SessionStore for RedisStore {
-    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
-        let now = self.now();
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.keys.session(key));
         let value: Value = self.conn.query(&cmd).await?;
         let pairs = codec::hash_pairs(value).map_err(StoreError::corrupt)?;
         let record = codec::decode(pairs).map_err(StoreError::corrupt)?;
-        Ok(record.filter(|r| !r.is_expired(now)))
+        Ok(record.filter(|r| !r.is_expired(now)).map(Arc::new))
     }
 
-    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
-        let now = self.now();
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
         let expires = record.deadlines.expires_at();
         self.conn
             .bounded(async {
@@ -210,8 +203,12 @@ impl SessionStore for RedisStore {
             .await
     }
 
-    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
-        let now = self.now();
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         let expires = change.deadlines.expires_at();
         let (outcome, old_principal) = self
             .conn
@@ -256,7 +253,7 @@ impl SessionStore for RedisStore {
                         let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
                         match codec::decode(pairs).map_err(StoreError::corrupt)? {
                             Some(current) => {
-                                Ok((SaveOutcome::Conflict(Box::new(current)), String::new()))
+                                Ok((SaveOutcome::Conflict(Arc::new(current)), String::new()))
                             }
                             None => Ok((SaveOutcome::Gone, String::new())),
                         }
@@ -288,8 +285,8 @@ impl SessionStore for RedisStore {
         &self,
         key: &SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
-        let now = self.now();
         let (outcome, principal, expires) = self
             .conn
             .bounded(async {
@@ -324,8 +321,7 @@ impl SessionStore for RedisStore {
         Ok(outcome)
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        let now = self.now();
+    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
         let (was, principal) = self
             .conn
             .bounded(async {
@@ -349,15 +345,69 @@ impl SessionStore for RedisStore {
         Ok(was)
     }
 
-    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
-        self.list_indexed(principal).await
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let (outcome, principal) = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                let reply: Value = self
+                    .scripts
+                    .delete_if_version
+                    .key(self.keys.session(key))
+                    .arg(now.as_millis())
+                    .arg(expected.get())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))?;
+                let mut reply = array(reply, "delete_if_version")?.into_iter();
+                match int(reply.next().as_ref()) {
+                    Some(0) => Ok((DeleteOutcome::Gone, String::new())),
+                    Some(1) => {
+                        let hash = reply.next().unwrap_or(Value::Nil);
+                        let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
+                        match codec::decode(pairs).map_err(StoreError::corrupt)? {
+                            Some(current) => {
+                                Ok((DeleteOutcome::Conflict(Arc::new(current)), String::new()))
+                            }
+                            None => Ok((DeleteOutcome::Gone, String::new())),
+                        }
+                    }
+                    Some(2) => Ok((DeleteOutcome::Deleted, text(reply.next()))),
+                    Some(3) => Err(corrupt_here(key)),
+                    other => Err(UnexpectedReply::store_error(format!(
+                        "delete_if_version returned {other:?}"
+                    ))),
+                }
+            })
+            .await?;
+        if !principal.is_empty() {
+            self.after_write_unindex(&principal, key).await;
+        }
+        Ok(outcome)
     }
 
-    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
-        self.revoke_indexed(principal).await
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
+        self.list_indexed(principal, now).await
+    }
+
+    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
+        self.revoke_indexed(principal, now).await
     }
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
     }
 }

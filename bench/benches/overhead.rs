@@ -18,19 +18,20 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt as _;
 use hyper::Request;
 use hyper::header::{COOKIE, SET_COOKIE};
+use offstate_core::SessionError;
 use offstate_core::{MemoryStore, Sessions};
-use offstate_tower::{CookieConfig, SessionFailure, SessionLayer};
+use offstate_tower::{CookieConfig, SessionLayer};
 use tower::ServiceExt as _;
 
 /// A new value for every write, so no library can skip the save as a no-op.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-async fn offstate_read(session: offstate_tower::Session) -> Result<String, SessionFailure> {
+async fn offstate_read(session: offstate_tower::Session) -> Result<String, SessionError> {
     let n: Option<u64> = session.get("n").await?;
     Ok(n.unwrap_or(0).to_string())
 }
 
-async fn offstate_write(session: offstate_tower::Session) -> Result<&'static str, SessionFailure> {
+async fn offstate_write(session: offstate_tower::Session) -> Result<&'static str, SessionError> {
     session
         .insert("n", &NEXT.fetch_add(1, Ordering::Relaxed))
         .await?;

@@ -15,8 +15,9 @@ use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use offstate_core::SessionError;
 use offstate_core::Sessions;
-use offstate_tower::{CookieConfig, SessionFailure, SessionLayer};
+use offstate_tower::{CookieConfig, SessionLayer};
 
 /// The session key the cart lives under, in both libraries.
 pub const CART_KEY: &str = "cart";
@@ -51,12 +52,12 @@ pub fn offstate_app(sessions: Sessions) -> Router {
         .layer(layer)
 }
 
-async fn offstate_cart(session: offstate_tower::Session) -> Result<Json<Cart>, SessionFailure> {
+async fn offstate_cart(session: offstate_tower::Session) -> Result<Json<Cart>, SessionError> {
     let cart: Cart = session.get(CART_KEY).await?.unwrap_or_default();
     Ok(Json(cart))
 }
 
-async fn offstate_add(session: offstate_tower::Session) -> Result<Json<u64>, SessionFailure> {
+async fn offstate_add(session: offstate_tower::Session) -> Result<Json<u64>, SessionError> {
     let cart = session
         .update(CART_KEY, |cart: Option<Cart>| Some(add_item(cart)))
         .await?;

@@ -31,7 +31,7 @@ use tokio::runtime::Runtime;
 /// A typical small session: a ten-item cart, a language, a CSRF token.
 fn cart_record() -> Record {
     let now = SystemClock.now();
-    let deadlines = Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None);
+    let deadlines = Deadlines::idle_at(now.saturating_add(Duration::from_secs(3600)));
     let mut record = Record::new(now, deadlines);
     let cart: Vec<String> = (0..10).map(|i| format!("\"sku-{i:04}\"")).collect();
     record
@@ -109,7 +109,7 @@ async fn workload(instances: &[Sessions], counters: &[CountingStore<RedisStore>]
         session.insert("cart", &Vec::<u64>::new()).await.unwrap();
         session.insert("lang", "en").await.unwrap();
         session.save().await.unwrap();
-        ids.push(session.id().await.unwrap());
+        ids.push(session.id().unwrap());
     }
     for c in counters {
         c.reset();
@@ -156,14 +156,14 @@ fn figures() {
         let redis = server.store().await.unwrap();
         let cached = coherent(server.store().await.unwrap(), &server).await;
         let key = SessionId::generate().key();
-        cached.create(&key, &cart_record()).await.unwrap();
-        assert!(cached.load(&key).await.unwrap().is_some());
+        cached.create(&key, &cart_record(), offstate_core::Timestamp::now()).await.unwrap();
+        assert!(cached.load(&key, offstate_core::Timestamp::now()).await.unwrap().is_some());
         let hit = mean(20_000, || async {
-            black_box(cached.load(&key).await.unwrap());
+            black_box(cached.load(&key, offstate_core::Timestamp::now()).await.unwrap());
         })
         .await;
         let backend = mean(2_000, || async {
-            black_box(redis.load(&key).await.unwrap());
+            black_box(redis.load(&key, offstate_core::Timestamp::now()).await.unwrap());
         })
         .await;
         println!(
@@ -205,17 +205,17 @@ fn figures() {
         let keys: Vec<SessionKey> = (0..10_000).map(|_| SessionId::generate().key()).collect();
         let record = cart_record();
         for key in &keys {
-            filler.create(key, &record).await.unwrap();
+            filler.create(key, &record, offstate_core::Timestamp::now()).await.unwrap();
         }
         let cache = CachedStore::builder(server.store().await.unwrap())
             .with_staleness(Duration::from_secs(600))
             .build();
         // Warm the client and the cache's structures before measuring.
-        cache.load(&keys[0]).await.unwrap();
+        cache.load(&keys[0], offstate_core::Timestamp::now()).await.unwrap();
         cache.run_pending_tasks().await;
         let before = rss_bytes();
         for key in &keys {
-            cache.load(key).await.unwrap();
+            cache.load(key, offstate_core::Timestamp::now()).await.unwrap();
         }
         cache.run_pending_tasks().await;
         let after = rss_bytes();
@@ -243,19 +243,34 @@ fn hit_vs_backend(c: &mut Criterion) {
         let redis = server.store().await.unwrap();
         let cached = coherent(server.store().await.unwrap(), &server).await;
         let key = SessionId::generate().key();
-        cached.create(&key, &cart_record()).await.unwrap();
+        cached
+            .create(&key, &cart_record(), offstate_core::Timestamp::now())
+            .await
+            .unwrap();
         (redis, cached, key)
     });
     let mut group = c.benchmark_group("load");
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
     group.bench_function("cache_hit", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(cached.load(&key).await.unwrap()) });
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                cached
+                    .load(&key, offstate_core::Timestamp::now())
+                    .await
+                    .unwrap(),
+            )
+        });
     });
     group.bench_function("redis", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(redis.load(&key).await.unwrap()) });
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                redis
+                    .load(&key, offstate_core::Timestamp::now())
+                    .await
+                    .unwrap(),
+            )
+        });
     });
     group.finish();
     assert!(cached.stats().hits > 0);

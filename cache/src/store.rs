@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::notification::RemovalCause;
 use offstate_core::{
-    Capabilities, Change, Clock, CreateOutcome, Invalidation, InvalidationChannel, Record,
-    SaveOutcome, SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome, system_clock,
+    Capabilities, Change, CreateOutcome, DeleteOutcome, Invalidation, InvalidationChannel, Record,
+    SaveOutcome, SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome, Version,
 };
 use tokio::task::AbortHandle;
 
@@ -85,7 +85,6 @@ pub(crate) struct Shared {
     pub(crate) coherent: AtomicBool,
     staleness: Duration,
     coherent_ttl: Duration,
-    clock: Arc<dyn Clock>,
     pub(crate) counters: Arc<Counters>,
     publisher: Option<Publisher>,
     task: std::sync::Mutex<Option<AbortHandle>>,
@@ -142,19 +141,16 @@ impl Shared {
             })
     }
 
-    async fn remember(&self, key: &SessionKey, record: Record, started: u64) {
+    async fn remember(&self, key: &SessionKey, record: Arc<Record>, started: u64, now: Timestamp) {
         let principal = record.principal.clone();
         if self.fenced(key, principal.as_deref(), started) {
             return;
         }
-        let ttl = self.ttl_for(&record, self.clock.now());
+        let ttl = self.ttl_for(&record, now);
         if ttl.is_zero() {
             return;
         }
-        let entry = Entry {
-            record: Arc::new(record),
-            ttl,
-        };
+        let entry = Entry { record, ttl };
         self.cache.insert(key.clone(), entry).await;
         // An invalidation may have landed between the check and the insert,
         // its eviction running before the insert: check again. (Fences are
@@ -245,7 +241,6 @@ pub struct CachedStoreBuilder<S> {
     max_bytes: u64,
     staleness: Duration,
     coherent_ttl: Duration,
-    clock: Arc<dyn Clock>,
     channel: Option<(
         Publisher,
         tokio::sync::mpsc::Receiver<offstate_core::ChannelEvent>,
@@ -279,13 +274,6 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
     /// Sets the cap on an entry's life while the channel is live.
     pub fn with_coherent_ttl(mut self, ttl: Duration) -> Self {
         self.coherent_ttl = ttl;
-        self
-    }
-
-    /// Sets the clock used to check session deadlines. It must be the
-    /// clock the inner store uses.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
         self
     }
 
@@ -344,7 +332,6 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             coherent: AtomicBool::new(false),
             staleness: self.staleness,
             coherent_ttl: self.coherent_ttl,
-            clock: self.clock,
             counters,
             publisher,
             task: std::sync::Mutex::new(None),
@@ -392,7 +379,6 @@ impl<S: SessionStore> CachedStore<S> {
             max_bytes: DEFAULT_MAX_BYTES,
             staleness: DEFAULT_STALENESS,
             coherent_ttl: DEFAULT_COHERENT_TTL,
-            clock: system_clock(),
             channel: None,
         }
     }
@@ -435,20 +421,26 @@ impl<S: SessionStore> CachedStore<S> {
 }
 
 impl<S: SessionStore> SessionStore for CachedStore<S> {
-    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
         let shared = &self.shared;
         if let Some(entry) = shared.cache.get(key).await {
-            if !entry.record.is_expired(shared.clock.now()) {
+            if !entry.record.is_expired(now) {
                 shared.counters.bump(Counter::Hit);
-                return Ok(Some((*entry.record).clone()));
+                return Ok(Some(entry.record));
             }
             shared.cache.invalidate(key).await;
         }
         shared.counters.bump(Counter::Miss);
         let started = shared.seq.load(Ordering::SeqCst);
-        match self.inner.load(key).await {
+        match self.inner.load(key, now).await {
             Ok(Some(record)) => {
-                shared.remember(key, record.clone(), started).await;
+                shared
+                    .remember(key, Arc::clone(&record), started, now)
+                    .await;
                 Ok(Some(record))
             }
             Ok(None) => Ok(None),
@@ -459,28 +451,40 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         }
     }
 
-    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
         let shared = &self.shared;
         let started = shared.seq.load(Ordering::SeqCst);
-        let outcome = self.inner.create(key, record).await;
+        let outcome = self.inner.create(key, record, now).await;
         if let Ok(CreateOutcome::Created) = outcome {
-            shared.remember(key, record.clone(), started).await;
+            shared
+                .remember(key, Arc::new(record.clone()), started, now)
+                .await;
         }
         outcome
     }
 
-    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         let shared = &self.shared;
         let started = shared.seq.load(Ordering::SeqCst);
         let cached = shared.cache.get(key).await;
-        let outcome = self.inner.save(key, change).await;
+        let outcome = self.inner.save(key, change, now).await;
         match &outcome {
             Ok(SaveOutcome::Saved(version)) => {
                 match cached.filter(|e| e.record.version == change.expected) {
                     Some(entry) => {
                         let mut next = change.apply_to(&entry.record);
                         next.version = *version;
-                        shared.remember(key, next, started).await;
+                        shared.remember(key, Arc::new(next), started, now).await;
                     }
                     None => shared.forget(key).await,
                 }
@@ -502,16 +506,17 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         &self,
         key: &SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
         let shared = &self.shared;
         let started = shared.seq.load(Ordering::SeqCst);
         let cached = shared.cache.get(key).await;
-        let outcome = self.inner.touch(key, idle_deadline).await;
+        let outcome = self.inner.touch(key, idle_deadline, now).await;
         match (&outcome, cached) {
             (Ok(TouchOutcome::Touched), Some(entry)) => {
                 let mut record = (*entry.record).clone();
-                record.deadlines.idle = Some(idle_deadline);
-                shared.remember(key, record, started).await;
+                record.deadlines = record.deadlines.extended_to(Some(idle_deadline));
+                shared.remember(key, Arc::new(record), started, now).await;
             }
             (Ok(TouchOutcome::Touched), None) => {}
             _ => shared.forget(key).await,
@@ -519,10 +524,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         outcome
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
         let shared = &self.shared;
         shared.forget(key).await;
-        let outcome = self.inner.delete(key).await;
+        let outcome = self.inner.delete(key, now).await;
         shared.forget(key).await;
         shared.publish(Invalidation::Key {
             key: key.clone(),
@@ -531,13 +536,36 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         outcome
     }
 
-    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
-        self.inner.list_principal(principal).await
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let shared = &self.shared;
+        shared.forget(key).await;
+        let outcome = self.inner.delete_if_version(key, expected, now).await;
+        shared.forget(key).await;
+        if let Ok(DeleteOutcome::Deleted) | Err(_) = outcome {
+            shared.publish(Invalidation::Key {
+                key: key.clone(),
+                version: None,
+            });
+        }
+        outcome
     }
 
-    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
+        self.inner.list_principal(principal, now).await
+    }
+
+    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         let shared = &self.shared;
-        let outcome = self.inner.revoke_principal(principal).await;
+        let outcome = self.inner.revoke_principal(principal, now).await;
         coherence::forget_principal(shared, principal).await;
         shared.publish(Invalidation::Principal(principal.to_owned()));
         outcome
@@ -545,5 +573,9 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
 
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
     }
 }

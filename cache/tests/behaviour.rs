@@ -10,13 +10,13 @@ use std::time::Duration;
 use offstate_cache::CachedStore;
 use offstate_core::{
     ChannelEvent, Clock, CountingStore, Deadlines, Invalidation, InvalidationChannel, LocalChannel,
-    ManualClock, MemoryStore, Record, SessionId, SessionStore, Sessions, StoreError,
+    ManualClock, MemoryStore, Record, SessionId, SessionStore, Sessions, StoreError, Timestamp,
 };
 use tokio::sync::mpsc;
 
 fn record(clock: &dyn Clock, ttl: Duration) -> Record {
     let now = clock.now();
-    let mut record = Record::new(now, Deadlines::new(Some(now.saturating_add(ttl)), None));
+    let mut record = Record::new(now, Deadlines::idle_at(now.saturating_add(ttl)));
     record.data.insert("cart".into(), b"[]".to_vec());
     record
 }
@@ -24,10 +24,8 @@ fn record(clock: &dyn Clock, ttl: Duration) -> Record {
 async fn coherent(
     backend: impl SessionStore,
     channel: &LocalChannel,
-    clock: Arc<dyn Clock>,
 ) -> CachedStore<impl SessionStore> {
     let store = CachedStore::builder(backend)
-        .with_clock(clock)
         .with_channel(channel.clone())
         .build();
     for _ in 0..200 {
@@ -67,12 +65,19 @@ async fn a_hit_makes_zero_backend_calls() {
         .create(
             &key,
             &record(&offstate_core::SystemClock, Duration::from_secs(600)),
+            offstate_core::Timestamp::now(),
         )
         .await
         .unwrap();
     backend.reset();
     for _ in 0..10 {
-        assert!(cached.load(&key).await.unwrap().is_some());
+        assert!(
+            cached
+                .load(&key, offstate_core::Timestamp::now())
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
     assert_eq!(
         backend.counts().total(),
@@ -86,20 +91,19 @@ async fn a_hit_makes_zero_backend_calls() {
 async fn an_expired_session_is_never_served_from_the_cache() {
     // Why: the cache entry may outlive the session; the session's deadline wins.
     let clock = ManualClock::new();
-    let backend = MemoryStore::new().with_clock(Arc::new(clock.clone()));
+    let backend = MemoryStore::new();
     let cached = CachedStore::builder(backend)
-        .with_clock(Arc::new(clock.clone()))
         .with_staleness(Duration::from_secs(3600))
         .build();
     let key = SessionId::generate().key();
     cached
-        .create(&key, &record(&clock, Duration::from_secs(60)))
+        .create(&key, &record(&clock, Duration::from_secs(60)), clock.now())
         .await
         .unwrap();
-    assert!(cached.load(&key).await.unwrap().is_some());
+    assert!(cached.load(&key, clock.now()).await.unwrap().is_some());
     clock.advance(Duration::from_secs(60));
     assert!(
-        cached.load(&key).await.unwrap().is_none(),
+        cached.load(&key, clock.now()).await.unwrap().is_none(),
         "served an expired session"
     );
 }
@@ -109,15 +113,14 @@ async fn a_write_on_one_instance_reaches_the_other_through_the_channel() {
     // Why: without sticky routing, B must not keep serving what A changed.
     let backend = MemoryStore::new();
     let channel = LocalChannel::new();
-    let clock: Arc<dyn Clock> = Arc::new(offstate_core::SystemClock);
-    let a = coherent(backend.clone(), &channel, clock.clone()).await;
-    let b = coherent(backend.clone(), &channel, clock.clone()).await;
+    let a = coherent(backend.clone(), &channel).await;
+    let b = coherent(backend.clone(), &channel).await;
     let sessions_a = Sessions::new(a.clone());
     let sessions_b = Sessions::new(b.clone());
     let session = sessions_a.new_session();
     session.insert("n", &1).await.unwrap();
     session.save().await.unwrap();
-    let id = session.id().await.unwrap();
+    let id = session.id().unwrap();
     // B caches version 1.
     let seen = sessions_b.load(&id).await.unwrap().unwrap();
     assert_eq!(seen.get::<i32>("n").await.unwrap(), Some(1));
@@ -144,28 +147,28 @@ async fn a_delete_on_one_instance_is_never_served_by_the_other() {
     // Why: a logout on one instance must hold on every instance.
     let backend = MemoryStore::new();
     let channel = LocalChannel::new();
-    let clock: Arc<dyn Clock> = Arc::new(offstate_core::SystemClock);
-    let a = coherent(backend.clone(), &channel, clock.clone()).await;
-    let b = coherent(backend.clone(), &channel, clock).await;
+    let a = coherent(backend.clone(), &channel).await;
+    let b = coherent(backend.clone(), &channel).await;
     let key = SessionId::generate().key();
     a.create(
         &key,
         &record(&offstate_core::SystemClock, Duration::from_secs(600)),
+        Timestamp::now(),
     )
     .await
     .unwrap();
-    assert!(b.load(&key).await.unwrap().is_some());
-    a.delete(&key).await.unwrap();
+    assert!(b.load(&key, Timestamp::now()).await.unwrap().is_some());
+    a.delete(&key, Timestamp::now()).await.unwrap();
     eventually(Duration::from_secs(5), || {
         let b = b.clone();
         let key = key.clone();
-        async move { b.load(&key).await.unwrap().is_none() }
+        async move { b.load(&key, Timestamp::now()).await.unwrap().is_none() }
     })
     .await
     .expect("B kept serving a deleted session");
     // And it stays gone.
     for _ in 0..20 {
-        assert!(b.load(&key).await.unwrap().is_none());
+        assert!(b.load(&key, Timestamp::now()).await.unwrap().is_none());
     }
 }
 
@@ -174,19 +177,18 @@ async fn revoking_a_principal_evicts_its_sessions_on_every_instance() {
     // Why: "log out everywhere" has to reach caches too.
     let backend = MemoryStore::new();
     let channel = LocalChannel::new();
-    let clock: Arc<dyn Clock> = Arc::new(offstate_core::SystemClock);
-    let a = coherent(backend.clone(), &channel, clock.clone()).await;
-    let b = coherent(backend.clone(), &channel, clock).await;
+    let a = coherent(backend.clone(), &channel).await;
+    let b = coherent(backend.clone(), &channel).await;
     let key = SessionId::generate().key();
     let mut rec = record(&offstate_core::SystemClock, Duration::from_secs(600));
     rec.principal = Some("alice".into());
-    a.create(&key, &rec).await.unwrap();
-    assert!(b.load(&key).await.unwrap().is_some());
-    a.revoke_principal("alice").await.unwrap();
+    a.create(&key, &rec, Timestamp::now()).await.unwrap();
+    assert!(b.load(&key, Timestamp::now()).await.unwrap().is_some());
+    a.revoke_principal("alice", Timestamp::now()).await.unwrap();
     eventually(Duration::from_secs(5), || {
         let b = b.clone();
         let key = key.clone();
-        async move { b.load(&key).await.unwrap().is_none() }
+        async move { b.load(&key, Timestamp::now()).await.unwrap().is_none() }
     })
     .await
     .expect("B kept serving a revoked session");
@@ -207,15 +209,28 @@ async fn bounded_mode_honours_the_staleness_bound() {
     a.create(
         &key,
         &record(&offstate_core::SystemClock, Duration::from_secs(600)),
+        offstate_core::Timestamp::now(),
     )
     .await
     .unwrap();
-    assert!(b.load(&key).await.unwrap().is_some());
-    a.delete(&key).await.unwrap();
+    assert!(
+        b.load(&key, offstate_core::Timestamp::now())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    a.delete(&key, offstate_core::Timestamp::now())
+        .await
+        .unwrap();
     let took = eventually(Duration::from_secs(5), || {
         let b = b.clone();
         let key = key.clone();
-        async move { b.load(&key).await.unwrap().is_none() }
+        async move {
+            b.load(&key, offstate_core::Timestamp::now())
+                .await
+                .unwrap()
+                .is_none()
+        }
     })
     .await
     .expect("B served the deleted session past the bound");
@@ -271,6 +286,7 @@ async fn a_lost_channel_falls_back_to_bounded_staleness_and_recovers() {
         .create(
             &key,
             &record(&offstate_core::SystemClock, Duration::from_secs(600)),
+            offstate_core::Timestamp::now(),
         )
         .await
         .unwrap();
@@ -300,9 +316,7 @@ async fn a_thousand_concurrent_updates_over_two_cached_instances_lose_nothing() 
     // Why: a stale cached read must turn into a conflict and a retry, never a lost item.
     let backend = MemoryStore::new();
     let channel = LocalChannel::new();
-    let clock: Arc<dyn Clock> = Arc::new(offstate_core::SystemClock);
-    let a = Sessions::new(coherent(backend.clone(), &channel, clock.clone()).await)
-        .with_max_attempts(10_000);
+    let a = Sessions::new(coherent(backend.clone(), &channel).await).with_max_attempts(10_000);
     let b = Sessions::new(
         CachedStore::builder(backend.clone())
             .with_staleness(Duration::from_secs(5))
@@ -312,14 +326,14 @@ async fn a_thousand_concurrent_updates_over_two_cached_instances_lose_nothing() 
     let session = a.new_session();
     session.insert("cart", &Vec::<u32>::new()).await.unwrap();
     session.save().await.unwrap();
-    let id = session.id().await.unwrap();
+    let id = session.id().unwrap();
     let mut tasks = Vec::new();
     for t in 0..50u32 {
         let sessions = if t % 2 == 0 { a.clone() } else { b.clone() };
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
             for u in 0..20u32 {
-                let s = sessions.open(Some(id.clone()));
+                let s = offstate_core::middleware::open(&sessions, Some(id.clone()));
                 let item = t * 100 + u;
                 s.update("cart", move |c: Option<Vec<u32>>| {
                     let mut c = c.unwrap_or_default();
@@ -363,7 +377,10 @@ async fn capacity_is_bounded_in_bytes() {
         let key = SessionId::generate().key();
         let mut rec = record(&offstate_core::SystemClock, Duration::from_secs(600));
         rec.data.insert("blob".into(), vec![b'x'; 2_000]);
-        cached.create(&key, &rec).await.unwrap();
+        cached
+            .create(&key, &rec, offstate_core::Timestamp::now())
+            .await
+            .unwrap();
     }
     cached.run_pending_tasks().await;
     assert!(

@@ -4,12 +4,11 @@
 // Integration tests: a panic is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use offstate_cache::CachedStore;
 use offstate_core::conformance::Harness;
-use offstate_core::{Clock, LocalChannel, MemoryStore, SessionKey};
+use offstate_core::{LocalChannel, MemoryStore, SessionKey};
 
 /// Every store instance is a separate cache (a separate app instance) over
 /// one shared backend; coherent instances share one channel.
@@ -21,10 +20,9 @@ struct Cached {
 impl Harness for Cached {
     type Store = CachedStore<MemoryStore>;
 
-    async fn store(&self, clock: Arc<dyn Clock>) -> Self::Store {
-        let builder = CachedStore::builder(self.backend.clone().with_clock(clock.clone()))
-            .with_clock(clock)
-            .with_staleness(Duration::from_millis(200));
+    async fn store(&self) -> Self::Store {
+        let builder =
+            CachedStore::builder(self.backend.clone()).with_staleness(Duration::from_millis(200));
         let store = match &self.channel {
             Some(channel) => builder.with_channel(channel.clone()).build(),
             None => builder.build(),

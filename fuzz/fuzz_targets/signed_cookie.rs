@@ -26,7 +26,7 @@ static TARGET: LazyLock<Mutex<Target>> = LazyLock::new(|| {
 });
 
 fuzz_target!(|data: &[u8]| {
-    let mut cookie = b"offstate=".to_vec();
+    let mut cookie = b"__Host-offstate=".to_vec();
     cookie.extend_from_slice(data);
     let Ok(value) = HeaderValue::from_bytes(&cookie) else {
         return;

@@ -35,7 +35,11 @@ impl Service<Request<String>> for ReadOnly {
 
     fn call(&mut self, request: Request<String>) -> Self::Future {
         Box::pin(async move {
-            if let Some(session) = offstate_tower::Session::from_extensions(request.extensions()) {
+            if let Some(session) = request
+                .extensions()
+                .get::<offstate_tower::Session>()
+                .cloned()
+            {
                 let _ = session.get::<String>("k").await;
             }
             Ok(Response::new(String::from("ok")))

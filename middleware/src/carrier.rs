@@ -6,12 +6,16 @@
 //! - missing, garbage, non-UTF-8, wrongly signed: no session (anonymous),
 //!   and the store is never asked;
 //! - the session cookie (or header) several times with the same value: fine;
-//!   with different values: 400, with a removal cookie;
+//!   with different values (a cookie tossed in by a sibling domain or an
+//!   old path): every one that parses is a candidate, and the load keeps
+//!   the one live session; several live ones are ambiguous and the request
+//!   gets none. Nobody is locked out by a planted cookie;
 //! - a value longer than the configured maximum: 431, with a removal cookie.
 
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use offstate_core::{ClientUpdate, SessionId, Timestamp};
+use offstate_core::middleware::ClientUpdate;
+use offstate_core::{SessionId, Timestamp};
 
 use crate::config::{CookieConfig, Transport};
 use crate::signing::SigningKey;
@@ -24,11 +28,13 @@ pub(crate) struct Carrier {
     pub(crate) max_value_len: usize,
 }
 
+/// Most different values of the session cookie (or header) considered in
+/// one request; more is abuse, and the rest are ignored.
+const MAX_CANDIDATES: usize = 4;
+
 /// Why a request's session input was refused outright.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The session cookie or header came with different values.
-    Conflicting,
     /// The session cookie or header value is over the maximum length.
     TooLong,
 }
@@ -36,14 +42,12 @@ pub(crate) enum Refusal {
 impl Refusal {
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            Self::Conflicting => StatusCode::BAD_REQUEST,
             Self::TooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
     pub(crate) fn message(self) -> &'static str {
         match self {
-            Self::Conflicting => "conflicting session identifiers",
             Self::TooLong => "session identifier too large",
         }
     }
@@ -54,10 +58,10 @@ impl Refusal {
 #[derive(Debug)]
 pub(crate) struct BadHeader;
 
-/// The one distinct value seen, or why there is not one.
+/// The distinct values seen, or why they are refused.
 #[derive(Default)]
 struct Seen<'a> {
-    value: Option<&'a [u8]>,
+    values: Vec<&'a [u8]>,
     refusal: Option<Refusal>,
 }
 
@@ -67,14 +71,8 @@ impl<'a> Seen<'a> {
             self.refusal = Some(Refusal::TooLong);
             return;
         }
-        match self.value {
-            None => self.value = Some(value),
-            Some(first) if first == value => {}
-            Some(_) => {
-                if self.refusal.is_none() {
-                    self.refusal = Some(Refusal::Conflicting);
-                }
-            }
+        if !self.values.contains(&value) && self.values.len() < MAX_CANDIDATES {
+            self.values.push(value);
         }
     }
 }
@@ -92,13 +90,14 @@ fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 impl Carrier {
-    /// The session ID the request carries: `Ok(None)` for none or an
-    /// unusable one, `Err` for input that is refused outright.
-    pub(crate) fn read(&self, headers: &HeaderMap) -> Result<Option<SessionId>, Refusal> {
+    /// The session IDs the request carries (none, one, or a few different
+    /// ones to choose from), without the unusable ones; `Err` for input
+    /// that is refused outright.
+    pub(crate) fn read(&self, headers: &HeaderMap) -> Result<Vec<SessionId>, Refusal> {
         let mut seen = Seen::default();
         match &self.transport {
             Transport::Cookie(cookie) => {
-                let name = cookie.name().as_bytes();
+                let name = cookie.wire_name().as_bytes();
                 // HTTP/2 sends one Cookie header per cookie: read them all.
                 for header in headers.get_all(COOKIE) {
                     for pair in header.as_bytes().split(|&b| b == b';') {
@@ -122,7 +121,11 @@ impl Carrier {
         if let Some(refusal) = seen.refusal {
             return Err(refusal);
         }
-        Ok(seen.value.and_then(|value| self.decode(value)))
+        Ok(seen
+            .values
+            .into_iter()
+            .filter_map(|value| self.decode(value))
+            .collect())
     }
 
     fn decode(&self, value: &[u8]) -> Option<SessionId> {
@@ -148,7 +151,7 @@ impl Carrier {
         now: Timestamp,
     ) -> Result<(), BadHeader> {
         if let Transport::Cookie(config) = &self.transport
-            && !is_token(config.name())
+            && !is_token(config.wire_name())
         {
             return Err(BadHeader);
         }
@@ -193,7 +196,7 @@ fn is_token(name: &str) -> bool {
 }
 
 fn base_cookie(config: &CookieConfig, value: String) -> cookie::Cookie<'static> {
-    let mut cookie = cookie::Cookie::new(config.name().to_owned(), value);
+    let mut cookie = cookie::Cookie::new(config.wire_name().to_owned(), value);
     cookie.set_path(config.path().to_owned());
     if let Some(domain) = config.domain() {
         cookie.set_domain(domain.to_owned());

@@ -2,9 +2,21 @@
 //! and the cookie's attributes.
 //!
 //! The defaults are the safe ones for a browser app: `Secure`, `HttpOnly`,
-//! `SameSite=Lax`, `Path=/`, and a `Max-Age` that follows the session's
-//! expiry. Change them only with a reason (plain-HTTP development needs
-//! `with_secure(false)`).
+//! `SameSite=Lax`, `Path=/`, no `Domain`, the `__Host-` name prefix, and a
+//! `Max-Age` that follows the session's expiry. Change them only with a
+//! reason (plain-HTTP development needs `with_secure(false)`).
+//!
+//! # The `__Host-` prefix
+//!
+//! A browser accepts a cookie named `__Host-…` only if it is `Secure`, has
+//! `Path=/` and no `Domain`, and only from the host itself. So a sibling
+//! subdomain (`evil.example.com`) cannot plant ("toss") a session cookie
+//! of the same name for `shop.example.com`, neither to fix a session on a
+//! victim nor to lock them out with a second value. The prefix is added
+//! whenever the cookie qualifies; a cookie that does not (plain HTTP in
+//! development, a `Domain` shared with subdomains, a narrower path) keeps
+//! its plain name. [`CookieConfig::with_host_prefix`]`(false)` turns it
+//! off, for an app that must keep reading cookies set under the plain name.
 
 use std::borrow::Cow;
 
@@ -63,6 +75,9 @@ pub struct CookieConfig {
     http_only: bool,
     same_site: SameSite,
     persistent: bool,
+    host_prefix: bool,
+    /// The name the cookie travels under (with `__Host-` when it applies).
+    wire_name: Cow<'static, str>,
 }
 
 impl Default for CookieConfig {
@@ -75,7 +90,10 @@ impl Default for CookieConfig {
             http_only: true,
             same_site: SameSite::Lax,
             persistent: true,
+            host_prefix: true,
+            wire_name: Cow::Borrowed(""),
         }
+        .refreshed()
     }
 }
 
@@ -86,21 +104,21 @@ impl CookieConfig {
     #[must_use]
     pub fn with_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
-        self
+        self.refreshed()
     }
 
     /// Sets the `Domain` attribute (default: none, a host-only cookie).
     #[must_use]
     pub fn with_domain(mut self, domain: impl Into<Cow<'static, str>>) -> Self {
         self.domain = Some(domain.into());
-        self
+        self.refreshed()
     }
 
     /// Sets the `Path` attribute (default `/`).
     #[must_use]
     pub fn with_path(mut self, path: impl Into<Cow<'static, str>>) -> Self {
         self.path = path.into();
-        self
+        self.refreshed()
     }
 
     /// Sets the `Secure` attribute (default on). Turn it off only for
@@ -108,21 +126,21 @@ impl CookieConfig {
     #[must_use]
     pub fn with_secure(mut self, secure: bool) -> Self {
         self.secure = secure;
-        self
+        self.refreshed()
     }
 
     /// Sets the `HttpOnly` attribute (default on: scripts cannot read it).
     #[must_use]
     pub fn with_http_only(mut self, http_only: bool) -> Self {
         self.http_only = http_only;
-        self
+        self.refreshed()
     }
 
     /// Sets the `SameSite` attribute (default [`SameSite::Lax`]).
     #[must_use]
     pub fn with_same_site(mut self, same_site: SameSite) -> Self {
         self.same_site = same_site;
-        self
+        self.refreshed()
     }
 
     /// Whether the cookie carries a `Max-Age` that follows the session's
@@ -132,13 +150,57 @@ impl CookieConfig {
     #[must_use]
     pub fn with_persistent(mut self, persistent: bool) -> Self {
         self.persistent = persistent;
+        self.refreshed()
+    }
+
+    /// Sets whether a cookie that qualifies (`Secure`, `Path=/`, no
+    /// `Domain`) travels as `__Host-<name>` (default on; see the module
+    /// docs for why).
+    ///
+    /// ```
+    /// use offstate_tower::CookieConfig;
+    ///
+    /// assert_eq!(CookieConfig::default().wire_name(), "__Host-offstate");
+    /// assert_eq!(CookieConfig::default().with_host_prefix(false).wire_name(), "offstate");
+    /// assert_eq!(CookieConfig::default().with_secure(false).wire_name(), "offstate");
+    /// ```
+    #[must_use]
+    pub fn with_host_prefix(mut self, on: bool) -> Self {
+        self.host_prefix = on;
+        self.refreshed()
+    }
+
+    fn refreshed(mut self) -> Self {
+        let qualifies = self.host_prefix
+            && self.secure
+            && self.path == "/"
+            && self.domain.is_none()
+            && !self.name.starts_with("__Host-");
+        self.wire_name = if qualifies {
+            Cow::Owned(format!("__Host-{}", self.name))
+        } else {
+            self.name.clone()
+        };
         self
     }
 
-    /// The cookie name.
+    /// The cookie name as configured.
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name the cookie is sent and read under: `__Host-<name>` when the
+    /// prefix applies, else the name.
+    #[must_use]
+    pub fn wire_name(&self) -> &str {
+        &self.wire_name
+    }
+
+    /// Whether the `__Host-` prefix is used when the cookie qualifies.
+    #[must_use]
+    pub fn host_prefix(&self) -> bool {
+        self.host_prefix
     }
 
     /// The `Domain` attribute.

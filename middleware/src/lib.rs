@@ -1,9 +1,10 @@
-//! Tower middleware and an axum extractor that give every request a lazy
-//! offstate [`Session`](offstate_core::Session), carried in a cookie (or a
-//! header, for APIs), and stored in whatever
-//! [`SessionStore`](offstate_core::SessionStore) the
+//! Tower middleware that gives every request a lazy offstate
+//! [`Session`], carried in a cookie (or a header, for APIs), and stored in
+//! whatever [`SessionStore`](offstate_core::SessionStore) the
 //! [`Sessions`](offstate_core::Sessions) were built on. The middleware knows
-//! nothing about backends.
+//! nothing about backends. Handlers take the core
+//! [`Session`](offstate_core::Session) (re-exported here) as an axum
+//! extractor; there is no second session type.
 //!
 //! # Layout
 //!
@@ -12,22 +13,24 @@
 //! - [`CookieConfig`], [`SameSite`], [`Transport`] (config.rs): cookie or
 //!   header, and the cookie's attributes.
 //! - [`SigningKey`] (signing.rs): optional HMAC-signed IDs.
-//! - [`Session`] (handle.rs): the handle handlers get, in the request
-//!   extensions; [`MissingSessionLayer`] (extract.rs, feature `axum`, on by
-//!   default): the extractor's rejection.
-//! - [`SessionFailure`] and [`ConfigError`] (error.rs): session errors as
-//!   short, non-leaking responses.
+//! - [`ConfigError`] (error.rs): a layer configuration that cannot work;
+//!   the short responses the layer answers with.
+//! - carrier.rs: reading the ID from a request and writing it back.
+//!
+//! The per-request protocol (open a handle, save after the handler, decide
+//! what a failure means) lives in [`offstate_core::middleware`], so another
+//! framework's middleware can share it.
 //!
 //! # Example
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use axum::{Router, routing::post};
-//! use offstate_core::{MemoryStore, Sessions};
-//! use offstate_tower::{Session, SessionFailure, SessionLayer};
+//! use offstate_core::{MemoryStore, Session, SessionError, Sessions};
+//! use offstate_tower::SessionLayer;
 //! use tower::ServiceExt as _;
 //!
-//! async fn add(session: Session) -> Result<String, SessionFailure> {
+//! async fn add(session: Session) -> Result<String, SessionError> {
 //!     let cart = session
 //!         .update("cart", |cart: Option<Vec<String>>| {
 //!             let mut cart = cart.unwrap_or_default();
@@ -44,7 +47,7 @@
 //! let request = http::Request::post("/add").body(axum::body::Body::empty()).unwrap();
 //! let response = app.oneshot(request).await.unwrap();
 //! let cookie = response.headers()["set-cookie"].to_str().unwrap();
-//! assert!(cookie.starts_with("offstate="));
+//! assert!(cookie.starts_with("__Host-offstate="));
 //! assert!(cookie.contains("HttpOnly") && cookie.contains("Secure"));
 //! # }
 //! ```
@@ -62,24 +65,23 @@
 //!
 //! # Saving
 //!
-//! After the handler, the middleware calls
-//! [`Session::save`](offstate_core::Session::save). If that fails, the
-//! handler's response is replaced by the error's status (503 store down,
-//! 409 conflict, 413 too large, 401 session ended meanwhile, 500 otherwise)
-//! with a short body, and the error is logged. A handler that wants to
-//! decide what happens calls `session.save().await` itself and handles the
-//! result with [`Session::save`]: whatever that returns, the middleware
-//! does not save again after a failure and leaves the handler's response
-//! alone (after a success, only changes made later are left to save).
+//! After the handler, the middleware saves what the handler left unsaved.
+//! If that fails, the handler's response is replaced by the error's status
+//! (503 store down, 409 conflict, 413 too large, 401 session ended
+//! meanwhile, 500 otherwise) with a short body, and the error is logged. A
+//! handler that wants to decide what happens calls `session.save().await`
+//! itself and handles the result: after a failure, the middleware does not
+//! save again and leaves the handler's response alone (after a success,
+//! only changes made later are left to save).
 //!
 //! # Store outages
 //!
 //! [`OutagePolicy`](offstate_core::OutagePolicy), set on the `Sessions`:
 //!
 //! - `FailClosed` (default): session reads fail with
-//!   [`SessionError`](offstate_core::SessionError); return it through
-//!   [`SessionFailure`] (`?`) and the client gets 503 "session store
-//!   unavailable".
+//!   [`SessionError`](offstate_core::SessionError); return it from the
+//!   handler (`?`; it is an axum response) and the client gets 503 "session
+//!   store unavailable".
 //! - `FailOpen`: the handler sees an empty anonymous session. Its writes are
 //!   not saved and the response is left alone (a warning is logged): the
 //!   real session and the user's cookie are untouched, and are there again
@@ -95,9 +97,12 @@
 //!   not called. If the handler then writes, a new session is created and
 //!   its cookie replaces the bad one.
 //! - the session cookie more than once (several `Cookie` headers, as
-//!   HTTP/2 sends them, are all read): fine if every value is the same;
-//!   different values get 400 "conflicting session identifiers" and a
-//!   removal cookie, so the browser can recover.
+//!   HTTP/2 sends them, are all read): fine if every value is the same.
+//!   Different values (a cookie another subdomain or an old path set) are
+//!   all tried: the one live session wins; if several are live the request
+//!   has no session (one may be an attacker's). Nobody is locked out. The
+//!   default `__Host-` cookie prefix keeps sibling subdomains from setting
+//!   the cookie at all (see [`CookieConfig::with_host_prefix`]).
 //! - a value longer than [`SessionLayer::with_max_value_len`] (default
 //!   4096 bytes): 431 "session identifier too large" and a removal cookie.
 //!
@@ -119,22 +124,20 @@
 //! # Without axum
 //!
 //! The layer works with any `http` 1.x service (tower, hyper): handlers find
-//! the handle in the request extensions with [`Session::from_extensions`].
-//! The core handle, [`offstate_core::Session`], is there too; but a failed
-//! `save` called on it directly is tried again by the middleware.
+//! the [`Session`] in the request extensions.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use std::convert::Infallible;
 //! use http::{Request, Response};
-//! use offstate_core::{MemoryStore, Sessions};
-//! use offstate_tower::{Session, SessionLayer};
+//! use offstate_core::{MemoryStore, Session, Sessions};
+//! use offstate_tower::SessionLayer;
 //! use tower::{ServiceBuilder, ServiceExt as _, service_fn};
 //!
 //! let service = ServiceBuilder::new()
 //!     .layer(SessionLayer::new(Sessions::new(MemoryStore::new())))
 //!     .service(service_fn(|request: Request<String>| async move {
-//!         let session = Session::from_extensions(request.extensions()).expect("SessionLayer is installed");
+//!         let session = request.extensions().get::<Session>().cloned().expect("SessionLayer is installed");
 //!         let _ = session.insert("seen", &true).await;
 //!         Ok::<_, Infallible>(Response::new(String::from("hello")))
 //!     }));
@@ -152,21 +155,17 @@
 mod carrier;
 mod config;
 mod error;
-#[cfg(feature = "axum")]
-mod extract;
 mod future;
-mod handle;
 mod layer;
 mod service;
 mod signing;
 
 pub use config::{CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_MAX_VALUE_LEN, SameSite, Transport};
-pub use error::{ConfigError, SessionFailure};
-#[cfg(feature = "axum")]
-pub use extract::MissingSessionLayer;
+pub use error::ConfigError;
 pub use future::ResponseFuture;
-pub use handle::Session;
 pub use layer::SessionLayer;
+/// The session handle handlers take (the core one: there is no other).
+pub use offstate_core::Session;
 pub use service::SessionService;
 pub use signing::{MIN_KEY_LEN, SigningKey};
 

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
-use offstate_core::{ClientUpdate, Sessions};
+use offstate_core::Sessions;
+use offstate_core::middleware::{self, ClientUpdate, Disposition};
 use tower_service::Service;
 use tracing::Instrument as _;
 
-use crate::error::{SessionFailure, short_response};
+use crate::error::{error_response, log, short_response};
 use crate::future::ResponseFuture;
-use crate::handle::Session;
 use crate::layer::{SessionLayer, Shared};
 
 /// The middleware service made by [`SessionLayer`].
@@ -82,8 +82,8 @@ where
         );
         ResponseFuture::new(
             async move {
-                let id = match shared.carrier.read(request.headers()) {
-                    Ok(id) => id,
+                let ids = match shared.carrier.read(request.headers()) {
+                    Ok(ids) => ids,
                     Err(refusal) => {
                         tracing::warn!(reason = refusal.message(), "refused session input");
                         let mut response = short_response(refusal.status(), refusal.message());
@@ -91,11 +91,8 @@ where
                         return Ok(response);
                     }
                 };
-                let session = Session::new(shared.sessions.open(id));
+                let session = middleware::open(&shared.sessions, ids);
                 request.extensions_mut().insert(session.clone());
-                request
-                    .extensions_mut()
-                    .insert(offstate_core::Session::clone(&session));
                 let mut response = inner.call(request).await?;
                 finish(&shared, &session, &mut response).await;
                 tracing::Span::current().record("status", response.status().as_u16());
@@ -109,36 +106,25 @@ where
 /// Saves what the handler left unsaved and tells the client.
 async fn finish<B: From<&'static str>>(
     shared: &Shared,
-    session: &Session,
+    session: &offstate_core::Session,
     response: &mut Response<B>,
 ) {
-    let dirty = session.is_dirty().await;
-    if session.own_save_failed() {
-        // The handler saved itself, saw the failure and answered its way.
-        tracing::debug!("the handler's own session save failed; leaving its response alone");
-    } else if let Err(error) = session.save().await {
-        let failure = SessionFailure::from(error);
-        if !dirty {
-            // Only a touch (idle extension) failed: the handler's answer is
-            // still true; the next request will touch again.
-            tracing::warn!(
-                error = failure.error() as &(dyn std::error::Error + 'static),
-                "extending the session's idle deadline failed; the response stands"
+    let finished = middleware::finish(session).await;
+    match &finished.disposition {
+        Disposition::Replace(error) => {
+            log(
+                error,
+                "saving the session after the handler failed; replacing the response",
             );
-        } else if session.is_degraded().await {
-            // Fail open: the handler saw a stand-in; its changes are dropped
-            // so the real session is never overwritten, and the page stands.
-            tracing::warn!(
-                error = failure.error() as &(dyn std::error::Error + 'static),
-                "session store was unavailable; this request's session changes were not saved (fail open)"
-            );
-        } else {
-            failure.log("saving the session after the handler failed; replacing the response");
-            *response = failure.to_response();
+            *response = error_response(error);
         }
+        Disposition::Keep { error, reason } => {
+            let error: &(dyn std::error::Error + 'static) = error;
+            tracing::warn!(error, "{reason}");
+        }
+        _ => {}
     }
-    let update = session.take_client_update().await;
-    tell_client(shared, response, &update);
+    tell_client(shared, response, &finished.update);
 }
 
 fn tell_client<B: From<&'static str>>(

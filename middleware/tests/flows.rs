@@ -86,7 +86,7 @@ async fn logout_everywhere_ends_every_session_of_the_user() {
     ));
 
     let response = send(&app, request("POST", "/logout-everywhere", &[&phones[0]])).await;
-    assert_eq!(pair(&set_cookie(&response)), "offstate=");
+    assert_eq!(pair(&set_cookie(&response)), "__Host-offstate=");
     assert_eq!(body(response).await, "revoked 3");
     for phone in &phones {
         let response = send(&app, request("GET", "/whoami", &[phone])).await;
@@ -127,12 +127,8 @@ async fn a_missing_layer_is_a_clear_500_and_option_session_is_none() {
 async fn plain_tower_services_find_the_handle_in_the_extensions() {
     let fx = Fixture::new();
     let handler = service_fn(|request: Request<String>| async move {
-        let session = Session::from_extensions(request.extensions()).unwrap();
-        let core = request
-            .extensions()
-            .get::<offstate_core::Session>()
-            .unwrap();
-        core.insert("plain", &true).await.unwrap();
+        let session = request.extensions().get::<Session>().cloned().unwrap();
+        session.insert("plain", &true).await.unwrap();
         let seen: Option<bool> = session.get("plain").await.unwrap();
         Ok::<_, Infallible>(Response::new(format!("{seen:?}")))
     });

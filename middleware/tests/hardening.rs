@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::routing::{get, post};
 use http::{HeaderName, HeaderValue, StatusCode};
+use offstate_core::SessionError;
 use offstate_core::{CountingStore, MemoryStore, SessionId, Sessions};
-use offstate_tower::{Session, SessionFailure, SessionLayer, SigningKey};
+use offstate_tower::{Session, SessionLayer, SigningKey};
 use support::*;
 
 const FLOOD: usize = 10_000;
@@ -67,7 +68,7 @@ async fn random_cookies_make_no_store_call_when_signed() {
     let store = CountingStore::new(MemoryStore::new());
     let app = app(SessionLayer::new(Sessions::new(store.clone())).with_signing_key(key()));
     for i in 0..FLOOD {
-        let cookie = format!("offstate={}", random_value(i));
+        let cookie = format!("__Host-offstate={}", random_value(i));
         let response = send(&app, request("GET", "/read", &[&cookie])).await;
         assert_eq!(response.status(), StatusCode::OK, "for {cookie}");
     }
@@ -91,7 +92,7 @@ async fn random_cookies_cost_exactly_one_load_each_when_unsigned() {
     let store = CountingStore::new(MemoryStore::new());
     let app = app(SessionLayer::new(Sessions::new(store.clone())));
     for _ in 0..FLOOD {
-        let cookie = format!("offstate={}", SessionId::generate());
+        let cookie = format!("__Host-offstate={}", SessionId::generate());
         let response = send(&app, request("GET", "/read", &[&cookie])).await;
         assert_eq!(body(response).await, "n=0");
     }
@@ -103,7 +104,7 @@ async fn random_cookies_cost_exactly_one_load_each_when_unsigned() {
     store.reset();
     for i in 0..1000 {
         let cookie = format!(
-            "offstate={}",
+            "__Host-offstate={}",
             &SessionId::generate().to_string()[..(i % 31) + 1]
         );
         send(&app, request("GET", "/read", &[&cookie])).await;
@@ -116,10 +117,10 @@ async fn oversized_cookie_or_header_is_431_with_no_store_call() {
     let store = CountingStore::new(MemoryStore::new());
     let layer = SessionLayer::new(Sessions::new(store.clone())).with_max_value_len(64);
     let app = app(layer.clone());
-    let ok = format!("offstate={}", SessionId::generate());
+    let ok = format!("__Host-offstate={}", SessionId::generate());
     let response = send(&app, request("GET", "/read", &[&ok])).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let long = format!("offstate={}", "A".repeat(65));
+    let long = format!("__Host-offstate={}", "A".repeat(65));
     let response = send(&app, request("GET", "/read", &[&long])).await;
     assert_eq!(
         response.status(),
@@ -197,12 +198,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
 const SECRET_VALUE: &str = "card-4929-SECRET-7f3a9c";
 const SECRET_PRINCIPAL: &str = "principal-SECRET-b81e";
 
-async fn store_secret(session: Session) -> Result<&'static str, SessionFailure> {
+async fn store_secret(session: Session) -> Result<&'static str, SessionError> {
     session.insert("card", &SECRET_VALUE).await?;
     Ok("stored")
 }
 
-async fn read_secret(session: Session) -> Result<String, SessionFailure> {
+async fn read_secret(session: Session) -> Result<String, SessionError> {
     let value: Option<String> = session.get("card").await?;
     Ok(if value.as_deref() == Some(SECRET_VALUE) {
         "present".into()
@@ -211,7 +212,7 @@ async fn read_secret(session: Session) -> Result<String, SessionFailure> {
     })
 }
 
-async fn login_secret(session: Session) -> Result<&'static str, SessionFailure> {
+async fn login_secret(session: Session) -> Result<&'static str, SessionError> {
     session.set_principal(SECRET_PRINCIPAL).await?;
     session.cycle_id().await?;
     Ok("logged in")
@@ -269,9 +270,9 @@ async fn no_session_id_cookie_or_value_reaches_the_logs_at_debug() {
         remember(&response);
         let cookie = pair(&set_cookie(&response));
         // Hostile input: conflicting and oversized values.
-        let other = format!("offstate={}", SessionId::generate());
+        let other = format!("__Host-offstate={}", SessionId::generate());
         send(&app, request("GET", "/read", &[&cookie, &other])).await;
-        let huge = format!("offstate={}", "Z".repeat(5000));
+        let huge = format!("__Host-offstate={}", "Z".repeat(5000));
         send(&app, request("GET", "/read", &[&huge])).await;
         // Store failures, reading and writing.
         fx.flaky.fail_writes(true);

@@ -7,9 +7,8 @@
 //! per case, so a failure names the case:
 //!
 //! ```
-//! use std::sync::Arc;
 //! use offstate_core::conformance::Harness;
-//! use offstate_core::{Clock, MemoryStore, SessionKey};
+//! use offstate_core::{MemoryStore, SessionKey};
 //!
 //! // Your harness: how to make store instances over one shared backend.
 //! #[derive(Default)]
@@ -17,8 +16,8 @@
 //!
 //! impl Harness for MyHarness {
 //!     type Store = MemoryStore;
-//!     async fn store(&self, clock: Arc<dyn Clock>) -> MemoryStore {
-//!         self.0.clone().with_clock(clock)
+//!     async fn store(&self) -> MemoryStore {
+//!         self.0.clone()
 //!     }
 //!     async fn corrupt(&self, _key: &SessionKey) -> bool {
 //!         false // a store of typed values cannot hold bad bytes
@@ -50,7 +49,7 @@ use crate::id::{SessionId, SessionKey};
 use crate::record::{Deadlines, Record, Timestamp, Version};
 use crate::session::{Limits, Sessions};
 use crate::store::{
-    Change, CreateOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
+    Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
 };
 
 /// What the suite needs from a store's test set-up.
@@ -58,10 +57,9 @@ pub trait Harness: Send + Sync + 'static {
     /// The store under test.
     type Store: SessionStore;
 
-    /// A new store instance over the harness's backend, checking deadlines
-    /// with `clock`. Two calls must give two instances that see the same
-    /// data, as two app instances would.
-    fn store(&self, clock: Arc<dyn Clock>) -> impl Future<Output = Self::Store> + Send;
+    /// A new store instance over the harness's backend. Two calls must give
+    /// two instances that see the same data, as two app instances would.
+    fn store(&self) -> impl Future<Output = Self::Store> + Send;
 
     /// Overwrites the stored record under `key` (prefix included, as the
     /// store writes it) with data that is not a valid record, and returns
@@ -108,6 +106,9 @@ macro_rules! conformance_tests {
             save_never_creates_a_session,
             touch_moves_the_idle_deadline_without_rewriting_data,
             touch_never_creates_a_session,
+            touch_never_moves_the_idle_deadline_backwards,
+            save_never_moves_deadlines_backwards,
+            delete_if_version_deletes_only_the_version_read,
             deleted_session_is_not_resurrected_by_save_or_touch,
             in_flight_write_does_not_resurrect_a_deleted_session,
             idle_expiry_follows_the_injected_clock,
@@ -152,7 +153,7 @@ fn principal_name(tag: &str) -> String {
 }
 
 fn record_with(now: Timestamp, ttl: Duration, data: &[(&str, &str)]) -> Record {
-    let mut record = Record::new(now, Deadlines::new(Some(now.saturating_add(ttl)), None));
+    let mut record = Record::new(now, Deadlines::idle_at(now.saturating_add(ttl)));
     for (k, v) in data {
         record.data.insert((*k).to_owned(), v.as_bytes().to_vec());
     }
@@ -162,9 +163,7 @@ fn record_with(now: Timestamp, ttl: Duration, data: &[(&str, &str)]) -> Record {
 const HOUR: Duration = Duration::from_secs(3600);
 
 async fn manual<H: Harness>(h: &H) -> (ManualClock, H::Store) {
-    let clock = ManualClock::new();
-    let store = h.store(Arc::new(clock.clone())).await;
-    (clock, store)
+    (ManualClock::new(), h.store().await)
 }
 
 async fn must<T>(result: Result<T, StoreError>, what: &str) -> T {
@@ -181,15 +180,19 @@ pub async fn create_then_load_round_trips<H: Harness>(h: &H) {
     let mut record = record_with(clock.now(), HOUR, &[("cart", "[1,2]"), ("lang", "\"en\"")]);
     record.deadlines.absolute = Some(clock.now().saturating_add(HOUR * 2));
     assert_eq!(
-        must(store.create(&key, &record).await, "create").await,
+        must(store.create(&key, &record, clock.now()).await, "create").await,
         CreateOutcome::Created
     );
-    let loaded = must(store.load(&key).await, "load")
+    let loaded = must(store.load(&key, clock.now()).await, "load")
         .await
         .expect("created session loads");
-    assert_eq!(loaded, record);
+    assert_eq!(*loaded, record);
     assert_eq!(loaded.version, Version::INITIAL);
-    assert!(must(store.load(&new_key()).await, "load").await.is_none());
+    assert!(
+        must(store.load(&new_key(), clock.now()).await, "load")
+            .await
+            .is_none()
+    );
 }
 
 /// An ID collision on create never overwrites another session.
@@ -198,12 +201,12 @@ pub async fn create_never_overwrites_an_existing_session<H: Harness>(h: &H) {
     let key = new_key();
     let first = record_with(clock.now(), HOUR, &[("owner", "\"alice\"")]);
     let second = record_with(clock.now(), HOUR, &[("owner", "\"mallory\"")]);
-    must(store.create(&key, &first).await, "create").await;
+    must(store.create(&key, &first, clock.now()).await, "create").await;
     assert_eq!(
-        must(store.create(&key, &second).await, "create").await,
+        must(store.create(&key, &second, clock.now()).await, "create").await,
         CreateOutcome::Exists
     );
-    let loaded = must(store.load(&key).await, "load")
+    let loaded = must(store.load(&key, clock.now()).await, "load")
         .await
         .expect("still there");
     assert_eq!(loaded.data, first.data);
@@ -215,22 +218,22 @@ pub async fn save_applies_only_the_delta_and_raises_the_version<H: Harness>(h: &
     let (clock, store) = manual(h).await;
     let key = new_key();
     let record = record_with(clock.now(), HOUR, &[("a", "1"), ("b", "2"), ("c", "3")]);
-    must(store.create(&key, &record).await, "create").await;
+    must(store.create(&key, &record, clock.now()).await, "create").await;
     let mut change = Change::new(
         Version::INITIAL,
-        Deadlines::new(Some(clock.now().saturating_add(HOUR * 2)), None),
+        Deadlines::idle_at(clock.now().saturating_add(HOUR * 2)),
     );
     change.set.insert("a".into(), b"10".to_vec());
     change.set.insert("d".into(), b"4".to_vec());
     change.remove.insert("b".into());
     let principal = principal_name("delta");
     change.principal = PrincipalChange::Set(principal.clone());
-    let outcome = must(store.save(&key, &change).await, "save").await;
+    let outcome = must(store.save(&key, &change, clock.now()).await, "save").await;
     assert_eq!(outcome, SaveOutcome::Saved(Version::new(2)));
-    let loaded = must(store.load(&key).await, "load")
+    let loaded = must(store.load(&key, clock.now()).await, "load")
         .await
         .expect("saved session loads");
-    assert_eq!(loaded, change.apply_to(&record));
+    assert_eq!(*loaded, change.apply_to(&record));
     assert_eq!(loaded.principal.as_deref(), Some(principal.as_str()));
     assert_eq!(loaded.data.get("c").map(Vec::as_slice), Some(&b"3"[..]));
     assert!(!loaded.data.contains_key("b"));
@@ -242,21 +245,21 @@ pub async fn save_with_a_stale_version_conflicts_and_returns_the_current_record<
     let (clock, store) = manual(h).await;
     let key = new_key();
     let record = record_with(clock.now(), HOUR, &[("n", "0")]);
-    must(store.create(&key, &record).await, "create").await;
+    must(store.create(&key, &record, clock.now()).await, "create").await;
     let mut first = Change::new(Version::INITIAL, record.deadlines);
     first.set.insert("n".into(), b"1".to_vec());
-    must(store.save(&key, &first).await, "save").await;
+    must(store.save(&key, &first, clock.now()).await, "save").await;
     let mut stale = Change::new(Version::INITIAL, record.deadlines);
     stale.set.insert("n".into(), b"99".to_vec());
     stale.set.insert("other".into(), b"1".to_vec());
-    match must(store.save(&key, &stale).await, "save").await {
+    match must(store.save(&key, &stale, clock.now()).await, "save").await {
         SaveOutcome::Conflict(current) => {
             assert_eq!(current.version, Version::new(2));
             assert_eq!(current.data.get("n").map(Vec::as_slice), Some(&b"1"[..]));
         }
         other => panic!("a stale save must conflict, got {other:?}"),
     }
-    let loaded = must(store.load(&key).await, "load")
+    let loaded = must(store.load(&key, clock.now()).await, "load")
         .await
         .expect("still there");
     assert_eq!(loaded.version, Version::new(2));
@@ -272,14 +275,18 @@ pub async fn save_never_creates_a_session<H: Harness>(h: &H) {
     let key = new_key();
     let mut change = Change::new(
         Version::INITIAL,
-        Deadlines::new(Some(clock.now().saturating_add(HOUR)), None),
+        Deadlines::idle_at(clock.now().saturating_add(HOUR)),
     );
     change.set.insert("x".into(), b"1".to_vec());
     assert_eq!(
-        must(store.save(&key, &change).await, "save").await,
+        must(store.save(&key, &change, clock.now()).await, "save").await,
         SaveOutcome::Gone
     );
-    assert!(must(store.load(&key).await, "load").await.is_none());
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none()
+    );
 }
 
 /// A touch moves the idle deadline and leaves data and version alone.
@@ -287,15 +294,15 @@ pub async fn touch_moves_the_idle_deadline_without_rewriting_data<H: Harness>(h:
     let (clock, store) = manual(h).await;
     let key = new_key();
     let record = record_with(clock.now(), Duration::from_secs(60), &[("k", "\"v\"")]);
-    must(store.create(&key, &record).await, "create").await;
+    must(store.create(&key, &record, clock.now()).await, "create").await;
     clock.advance(Duration::from_secs(50));
     let deadline = clock.now().saturating_add(Duration::from_secs(60));
     assert_eq!(
-        must(store.touch(&key, deadline).await, "touch").await,
+        must(store.touch(&key, deadline, clock.now()).await, "touch").await,
         TouchOutcome::Touched
     );
     clock.advance(Duration::from_secs(30));
-    let loaded = must(store.load(&key).await, "load")
+    let loaded = must(store.load(&key, clock.now()).await, "load")
         .await
         .expect("touched session lives on");
     assert_eq!(loaded.version, Version::INITIAL);
@@ -308,12 +315,137 @@ pub async fn touch_never_creates_a_session<H: Harness>(h: &H) {
     let (clock, store) = manual(h).await;
     let key = new_key();
     let outcome = must(
-        store.touch(&key, clock.now().saturating_add(HOUR)).await,
+        store
+            .touch(&key, clock.now().saturating_add(HOUR), clock.now())
+            .await,
         "touch",
     )
     .await;
     assert_eq!(outcome, TouchOutcome::Gone);
-    assert!(must(store.load(&key).await, "load").await.is_none());
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none()
+    );
+}
+
+/// A touch never moves the idle deadline backwards: a late touch, or one
+/// from an instance whose clock runs behind, keeps the later deadline that
+/// another request already set.
+pub async fn touch_never_moves_the_idle_deadline_backwards<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), HOUR, &[("k", "1")]);
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let earlier = clock.now().saturating_add(Duration::from_secs(600));
+    assert_eq!(
+        must(store.touch(&key, earlier, clock.now()).await, "touch").await,
+        TouchOutcome::Touched
+    );
+    let loaded = must(store.load(&key, clock.now()).await, "load")
+        .await
+        .expect("live");
+    assert_eq!(loaded.deadlines.idle, record.deadlines.idle);
+    clock.advance(Duration::from_secs(1800));
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_some(),
+        "a late touch shortened the session"
+    );
+}
+
+/// A save keeps the later idle deadline too, and never changes the
+/// absolute deadline set at creation.
+pub async fn save_never_moves_deadlines_backwards<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let mut record = record_with(clock.now(), HOUR, &[("k", "1")]);
+    record.deadlines.absolute = Some(clock.now().saturating_add(HOUR * 2));
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let skewed = Deadlines::idle_at(clock.now().saturating_add(Duration::from_secs(600)))
+        .with_absolute_at(clock.now().saturating_add(HOUR * 10));
+    let mut change = Change::new(Version::INITIAL, skewed);
+    change.set.insert("k".into(), b"2".to_vec());
+    assert_eq!(
+        must(store.save(&key, &change, clock.now()).await, "save").await,
+        SaveOutcome::Saved(Version::new(2))
+    );
+    let loaded = must(store.load(&key, clock.now()).await, "load")
+        .await
+        .expect("live");
+    assert_eq!(loaded.deadlines, record.deadlines);
+    assert_eq!(loaded.data.get("k").map(Vec::as_slice), Some(&b"2"[..]));
+}
+
+/// `delete_if_version` deletes a live session only at the version the
+/// caller read: a newer version is a conflict that returns the current
+/// record, a missing or expired session is gone. ID rotation relies on it
+/// so that a write racing with a login is never lost.
+pub async fn delete_if_version_deletes_only_the_version_read<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), HOUR, &[("n", "0")]);
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let mut change = Change::new(Version::INITIAL, record.deadlines);
+    change.set.insert("n".into(), b"1".to_vec());
+    must(store.save(&key, &change, clock.now()).await, "save").await;
+    let v2 = Version::new(2);
+    match must(
+        store
+            .delete_if_version(&key, Version::INITIAL, clock.now())
+            .await,
+        "delete_if_version",
+    )
+    .await
+    {
+        DeleteOutcome::Conflict(current) => {
+            assert_eq!(current.version, v2);
+            assert_eq!(current.data.get("n").map(Vec::as_slice), Some(&b"1"[..]));
+        }
+        other => panic!("a delete at an old version must conflict, got {other:?}"),
+    }
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_some(),
+        "a conflicting delete deleted"
+    );
+    assert_eq!(
+        must(
+            store.delete_if_version(&key, v2, clock.now()).await,
+            "delete_if_version"
+        )
+        .await,
+        DeleteOutcome::Deleted
+    );
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        must(
+            store.delete_if_version(&key, v2, clock.now()).await,
+            "delete_if_version"
+        )
+        .await,
+        DeleteOutcome::Gone
+    );
+    let expiring = new_key();
+    let short = record_with(clock.now(), Duration::from_secs(60), &[("k", "1")]);
+    must(store.create(&expiring, &short, clock.now()).await, "create").await;
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        must(
+            store
+                .delete_if_version(&expiring, Version::INITIAL, clock.now())
+                .await,
+            "delete_if_version"
+        )
+        .await,
+        DeleteOutcome::Gone
+    );
 }
 
 /// After delete, neither a save with the old version nor a touch brings the
@@ -322,36 +454,40 @@ pub async fn deleted_session_is_not_resurrected_by_save_or_touch<H: Harness>(h: 
     let (clock, store) = manual(h).await;
     let key = new_key();
     let record = record_with(clock.now(), HOUR, &[("cart", "[1]")]);
-    must(store.create(&key, &record).await, "create").await;
-    assert!(must(store.delete(&key).await, "delete").await);
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    assert!(must(store.delete(&key, clock.now()).await, "delete").await);
     let mut change = Change::new(Version::INITIAL, record.deadlines);
     change.set.insert("cart".into(), b"[1,2]".to_vec());
     assert_eq!(
-        must(store.save(&key, &change).await, "save").await,
+        must(store.save(&key, &change, clock.now()).await, "save").await,
         SaveOutcome::Gone
     );
     let touch = must(
-        store.touch(&key, clock.now().saturating_add(HOUR)).await,
+        store
+            .touch(&key, clock.now().saturating_add(HOUR), clock.now())
+            .await,
         "touch",
     )
     .await;
     assert_eq!(touch, TouchOutcome::Gone);
-    assert!(must(store.load(&key).await, "load").await.is_none());
-    assert!(!must(store.delete(&key).await, "delete").await);
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none()
+    );
+    assert!(!must(store.delete(&key, clock.now()).await, "delete").await);
 }
 
 /// A request that loaded a session before another request deleted it
 /// (logout in another tab) cannot write it back: its save reports `Gone`.
 pub async fn in_flight_write_does_not_resurrect_a_deleted_session<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let a =
-        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
-    let b =
-        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock.clone()));
+    let a = Sessions::new(h.store().await).with_clock(Arc::new(clock.clone()));
+    let b = Sessions::new(h.store().await).with_clock(Arc::new(clock.clone()));
     let session = a.new_session();
     session.insert("cart", &vec![1]).await.expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("created");
+    let id = session.id().expect("created");
 
     let in_flight = a.load(&id).await.expect("load").expect("live");
     in_flight.get::<Vec<i32>>("cart").await.expect("read");
@@ -375,12 +511,18 @@ pub async fn idle_expiry_follows_the_injected_clock<H: Harness>(h: &H) {
     let (clock, store) = manual(h).await;
     let key = new_key();
     let record = record_with(clock.now(), Duration::from_secs(600), &[("k", "1")]);
-    must(store.create(&key, &record).await, "create").await;
+    must(store.create(&key, &record, clock.now()).await, "create").await;
     clock.advance(Duration::from_secs(599));
-    assert!(must(store.load(&key).await, "load").await.is_some());
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_some()
+    );
     clock.advance(Duration::from_secs(1));
     assert!(
-        must(store.load(&key).await, "load").await.is_none(),
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none(),
         "served an expired session"
     );
 }
@@ -392,20 +534,26 @@ pub async fn absolute_expiry_is_not_extended_by_touches<H: Harness>(h: &H) {
     let now = clock.now();
     let mut record = record_with(now, Duration::from_secs(600), &[("k", "1")]);
     record.deadlines.absolute = Some(now.saturating_add(Duration::from_secs(1000)));
-    must(store.create(&key, &record).await, "create").await;
+    must(store.create(&key, &record, clock.now()).await, "create").await;
     for _ in 0..4 {
         clock.advance(Duration::from_secs(300));
         if clock.now() < now.saturating_add(Duration::from_secs(1000)) {
             let deadline = clock.now().saturating_add(Duration::from_secs(600));
             assert_eq!(
-                must(store.touch(&key, deadline).await, "touch").await,
+                must(store.touch(&key, deadline, clock.now()).await, "touch").await,
                 TouchOutcome::Touched
             );
-            assert!(must(store.load(&key).await, "load").await.is_some());
+            assert!(
+                must(store.load(&key, clock.now()).await, "load")
+                    .await
+                    .is_some()
+            );
         }
     }
     assert!(
-        must(store.load(&key).await, "load").await.is_none(),
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none(),
         "touches extended a session past its absolute deadline"
     );
 }
@@ -415,26 +563,32 @@ pub async fn expired_session_cannot_be_saved_or_touched<H: Harness>(h: &H) {
     let (clock, store) = manual(h).await;
     let key = new_key();
     let record = record_with(clock.now(), Duration::from_secs(60), &[("k", "1")]);
-    must(store.create(&key, &record).await, "create").await;
+    must(store.create(&key, &record, clock.now()).await, "create").await;
     clock.advance(Duration::from_secs(61));
-    let fresh = Deadlines::new(Some(clock.now().saturating_add(HOUR)), None);
+    let fresh = Deadlines::idle_at(clock.now().saturating_add(HOUR));
     let mut change = Change::new(Version::INITIAL, fresh);
     change.set.insert("k".into(), b"2".to_vec());
     assert_eq!(
-        must(store.save(&key, &change).await, "save").await,
+        must(store.save(&key, &change, clock.now()).await, "save").await,
         SaveOutcome::Gone
     );
     let touch = must(
-        store.touch(&key, clock.now().saturating_add(HOUR)).await,
+        store
+            .touch(&key, clock.now().saturating_add(HOUR), clock.now())
+            .await,
         "touch",
     )
     .await;
     assert_eq!(touch, TouchOutcome::Gone);
-    assert!(must(store.load(&key).await, "load").await.is_none());
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none()
+    );
     // The key may now be reused by a create, as a fresh session.
     let again = record_with(clock.now(), HOUR, &[("k", "3")]);
     assert_eq!(
-        must(store.create(&key, &again).await, "create").await,
+        must(store.create(&key, &again, clock.now()).await, "create").await,
         CreateOutcome::Created
     );
 }
@@ -443,20 +597,28 @@ pub async fn expired_session_cannot_be_saved_or_touched<H: Harness>(h: &H) {
 /// deadline and the backend's TTL granularity have passed.
 pub async fn real_time_expiry_within_ttl_granularity<H: Harness>(h: &H) {
     let clock = SystemClock;
-    let store = h.store(Arc::new(clock)).await;
+    let store = h.store().await;
     let key = new_key();
     let record = record_with(clock.now(), Duration::from_millis(1000), &[("k", "1")]);
-    must(store.create(&key, &record).await, "create").await;
-    assert!(must(store.load(&key).await, "load").await.is_some());
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_some()
+    );
     tokio::time::sleep(Duration::from_millis(1000) + h.ttl_granularity()).await;
-    assert!(must(store.load(&key).await, "load").await.is_none());
+    assert!(
+        must(store.load(&key, clock.now()).await, "load")
+            .await
+            .is_none()
+    );
 }
 
 /// Through the `Session` handle, a read-only request touches the session
 /// only once the touch threshold has passed.
 pub async fn touch_threshold_limits_writes_on_reads<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let store = CountingStore::new(h.store(Arc::new(clock.clone())).await);
+    let store = CountingStore::new(h.store().await);
     let sessions = Sessions::new(store.clone())
         .with_clock(Arc::new(clock.clone()))
         .with_expiry(
@@ -467,11 +629,11 @@ pub async fn touch_threshold_limits_writes_on_reads<H: Harness>(h: &H) {
     let session = sessions.new_session();
     session.insert("k", "v").await.expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("created");
+    let id = session.id().expect("created");
 
     clock.advance(Duration::from_secs(40));
     store.reset();
-    let read = sessions.open(Some(id.clone()));
+    let read = crate::middleware::open(&sessions, Some(id.clone()));
     assert_eq!(
         read.get::<String>("k").await.expect("get").as_deref(),
         Some("v")
@@ -481,14 +643,14 @@ pub async fn touch_threshold_limits_writes_on_reads<H: Harness>(h: &H) {
     assert_eq!(store.counts().total(), 1, "a read costs one load");
 
     clock.advance(Duration::from_secs(20));
-    let read = sessions.open(Some(id.clone()));
+    let read = crate::middleware::open(&sessions, Some(id.clone()));
     read.get::<String>("k").await.expect("get");
     read.save().await.expect("save");
     assert_eq!(store.counts().touch, 1, "no touch past the threshold");
 
     // The touch moved the deadline: 90 s after the first write it still lives.
     clock.advance(Duration::from_secs(90));
-    let read = sessions.open(Some(id));
+    let read = crate::middleware::open(&sessions, Some(id));
     assert!(
         read.exists().await.expect("load"),
         "the touch did not extend the session"
@@ -506,27 +668,28 @@ pub async fn principal_sessions_are_listed_and_revoked<H: Harness>(h: &H) {
         let key = new_key();
         let mut record = record_with(clock.now(), HOUR, &[("k", "1")]);
         record.principal = Some(alice.clone());
-        must(store.create(&key, &record).await, "create").await;
+        must(store.create(&key, &record, clock.now()).await, "create").await;
         alice_keys.insert(key);
     }
     // One more attached by a save rather than at creation.
     let late = new_key();
     let record = record_with(clock.now(), HOUR, &[("k", "1")]);
-    must(store.create(&late, &record).await, "create").await;
+    must(store.create(&late, &record, clock.now()).await, "create").await;
     let mut change = Change::new(Version::INITIAL, record.deadlines);
     change.principal = PrincipalChange::Set(alice.clone());
-    must(store.save(&late, &change).await, "save").await;
+    must(store.save(&late, &change, clock.now()).await, "save").await;
     alice_keys.insert(late);
 
     let bobs = new_key();
     let mut record = record_with(clock.now(), HOUR, &[("k", "1")]);
     record.principal = Some(bob.clone());
-    must(store.create(&bobs, &record).await, "create").await;
+    must(store.create(&bobs, &record, clock.now()).await, "create").await;
 
     let caps = store.capabilities();
     if caps.list_principal {
         let listed = list_eventually(
             &store,
+            &clock,
             &alice,
             alice_keys.len(),
             caps.consistent_principal_index,
@@ -534,29 +697,33 @@ pub async fn principal_sessions_are_listed_and_revoked<H: Harness>(h: &H) {
         .await;
         assert_eq!(listed, alice_keys);
     } else {
-        match store.list_principal(&alice).await {
+        match store.list_principal(&alice, clock.now()).await {
             Err(StoreError::Unsupported(_)) => {}
             other => panic!("a store without listing must say Unsupported, got {other:?}"),
         }
     }
     if !caps.consistent_principal_index {
         // Give an eventually consistent index the time to see every write.
-        list_eventually(&store, &alice, alice_keys.len(), false).await;
+        list_eventually(&store, &clock, &alice, alice_keys.len(), false).await;
     }
-    must(store.revoke_principal(&alice).await, "revoke").await;
+    must(store.revoke_principal(&alice, clock.now()).await, "revoke").await;
     for key in &alice_keys {
         assert!(
-            must(store.load(key).await, "load").await.is_none(),
+            must(store.load(key, clock.now()).await, "load")
+                .await
+                .is_none(),
             "revoked session still loads"
         );
     }
     assert!(
-        must(store.load(&bobs).await, "load").await.is_some(),
+        must(store.load(&bobs, clock.now()).await, "load")
+            .await
+            .is_some(),
         "revoke hit another principal"
     );
     if caps.list_principal {
         assert!(
-            must(store.list_principal(&alice).await, "list")
+            must(store.list_principal(&alice, clock.now()).await, "list")
                 .await
                 .is_empty()
         );
@@ -565,6 +732,7 @@ pub async fn principal_sessions_are_listed_and_revoked<H: Harness>(h: &H) {
 
 async fn list_eventually<S: SessionStore>(
     store: &S,
+    clock: &ManualClock,
     principal: &str,
     want: usize,
     consistent: bool,
@@ -572,7 +740,7 @@ async fn list_eventually<S: SessionStore>(
     let tries = if consistent { 1 } else { 50 };
     let mut listed = BTreeSet::new();
     for _ in 0..tries {
-        match store.list_principal(principal).await {
+        match store.list_principal(principal, clock.now()).await {
             Ok(keys) => listed = keys.into_iter().collect(),
             Err(StoreError::Unsupported(_)) => return listed,
             Err(error) => panic!("list_principal failed: {error}"),
@@ -592,15 +760,15 @@ pub async fn clearing_the_principal_removes_it_from_the_index<H: Harness>(h: &H)
     let key = new_key();
     let mut record = record_with(clock.now(), HOUR, &[("k", "1")]);
     record.principal = Some(carol.clone());
-    must(store.create(&key, &record).await, "create").await;
+    must(store.create(&key, &record, clock.now()).await, "create").await;
     let mut change = Change::new(Version::INITIAL, record.deadlines);
     change.principal = PrincipalChange::Clear;
-    must(store.save(&key, &change).await, "save").await;
+    must(store.save(&key, &change, clock.now()).await, "save").await;
     if !store.capabilities().consistent_principal_index {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    must(store.revoke_principal(&carol).await, "revoke").await;
-    let loaded = must(store.load(&key).await, "load")
+    must(store.revoke_principal(&carol, clock.now()).await, "revoke").await;
+    let loaded = must(store.load(&key, clock.now()).await, "load")
         .await
         .expect("detached session survives");
     assert_eq!(loaded.principal, None);
@@ -613,22 +781,26 @@ pub async fn corrupt_record_is_a_typed_error_for_that_session_only<H: Harness>(h
     let bad = new_key();
     let good = new_key();
     let record = record_with(clock.now(), HOUR, &[("k", "1")]);
-    must(store.create(&bad, &record).await, "create").await;
-    must(store.create(&good, &record).await, "create").await;
+    must(store.create(&bad, &record, clock.now()).await, "create").await;
+    must(store.create(&good, &record, clock.now()).await, "create").await;
     if h.corrupt(&bad).await {
-        match store.load(&bad).await {
+        match store.load(&bad, clock.now()).await {
             Err(StoreError::Corrupt(_)) => {}
             other => panic!("a corrupt record must give StoreError::Corrupt, got {other:?}"),
         }
     } else {
-        let loaded = must(store.load(&bad).await, "load").await;
+        let loaded = must(store.load(&bad, clock.now()).await, "load").await;
         assert_eq!(
-            loaded.as_ref(),
+            loaded.as_deref(),
             Some(&record),
             "a store without bytes changed the record"
         );
     }
-    assert!(must(store.load(&good).await, "load").await.is_some());
+    assert!(
+        must(store.load(&good, clock.now()).await, "load")
+            .await
+            .is_some()
+    );
 }
 
 /// Values of hundreds of kilobytes, and many keys, round-trip intact.
@@ -643,8 +815,8 @@ pub async fn large_values_round_trip<H: Harness>(h: &H) {
             .data
             .insert(format!("key-{i}"), format!("{i}").into_bytes());
     }
-    must(store.create(&key, &record).await, "create").await;
-    let loaded = must(store.load(&key).await, "load")
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let loaded = must(store.load(&key, clock.now()).await, "load")
         .await
         .expect("large session loads");
     assert_eq!(loaded.data.get("big"), Some(&big));
@@ -655,7 +827,7 @@ pub async fn large_values_round_trip<H: Harness>(h: &H) {
 /// error, and the stored session stays as it was.
 pub async fn size_limits_are_checked_before_writing<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let store = h.store(Arc::new(clock.clone())).await;
+    let store = h.store().await;
     let sessions = Sessions::new(store)
         .with_clock(Arc::new(clock))
         .with_limits(
@@ -667,7 +839,7 @@ pub async fn size_limits_are_checked_before_writing<H: Harness>(h: &H) {
     let session = sessions.new_session();
     session.insert("a", "small").await.expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("created");
+    let id = session.id().expect("created");
 
     let session = sessions.load(&id).await.expect("load").expect("live");
     match session.insert("big", &"x".repeat(2000)).await {
@@ -708,14 +880,14 @@ pub async fn fill_one_cart_concurrently(
         .await
         .expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("created");
+    let id = session.id().expect("created");
     let mut running = Vec::new();
     for t in 0..tasks {
         let sessions = if t % 2 == 0 { a.clone() } else { b.clone() };
         let id = id.clone();
         running.push(tokio::spawn(async move {
             for u in 0..updates {
-                let session = sessions.open(Some(id.clone()));
+                let session = crate::middleware::open(&sessions, Some(id.clone()));
                 let item = format!("{t}-{u}");
                 session
                     .update("cart", move |cart: Option<Vec<String>>| {
@@ -766,13 +938,12 @@ pub async fn assert_cart_complete(
 pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
     const TASKS: usize = 10;
     const UPDATES: usize = 20;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let a = Sessions::new(h.store(clock.clone()).await).with_max_attempts(1000);
-    let b = Sessions::new(h.store(clock).await).with_max_attempts(1000);
+    let a = Sessions::new(h.store().await).with_max_attempts(1000);
+    let b = Sessions::new(h.store().await).with_max_attempts(1000);
     let id = fill_one_cart_concurrently(&a, &b, TASKS, UPDATES).await;
     // Read back through a fresh instance: a caching store may serve its
     // instance's copy for up to its staleness bound, which is not a loss.
-    let fresh = Sessions::new(h.store(Arc::new(SystemClock)).await);
+    let fresh = Sessions::new(h.store().await);
     assert_cart_complete(&fresh, &id, TASKS * UPDATES).await;
 }
 
@@ -780,15 +951,14 @@ pub async fn concurrent_updates_lose_nothing<H: Harness>(h: &H) {
 /// longer loads.
 pub async fn cycle_id_moves_the_data_and_retires_the_old_id<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let sessions =
-        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
+    let sessions = Sessions::new(h.store().await).with_clock(Arc::new(clock));
     let session = sessions.new_session();
     session
         .insert("cart", &vec!["apple"])
         .await
         .expect("insert");
     session.save().await.expect("create");
-    let old = session.id().await.expect("created");
+    let old = session.id().expect("created");
 
     let login = sessions.load(&old).await.expect("load").expect("live");
     let principal = principal_name("dave");
@@ -798,7 +968,7 @@ pub async fn cycle_id_moves_the_data_and_retires_the_old_id<H: Harness>(h: &H) {
         .expect("principal");
     login.cycle_id().await.expect("cycle");
     login.save().await.expect("save");
-    let new = login.id().await.expect("rotated");
+    let new = login.id().expect("rotated");
     assert_ne!(new, old);
     assert!(
         sessions.load(&old).await.expect("load").is_none(),
@@ -819,8 +989,7 @@ pub async fn cycle_id_moves_the_data_and_retires_the_old_id<H: Harness>(h: &H) {
 /// "Log out everywhere" from one session ends the user's other sessions.
 pub async fn revoke_from_a_session_logs_out_everywhere<H: Harness>(h: &H) {
     let clock = ManualClock::new();
-    let sessions =
-        Sessions::new(h.store(Arc::new(clock.clone())).await).with_clock(Arc::new(clock));
+    let sessions = Sessions::new(h.store().await).with_clock(Arc::new(clock));
     let principal = principal_name("erin");
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -831,7 +1000,7 @@ pub async fn revoke_from_a_session_logs_out_everywhere<H: Harness>(h: &H) {
             .await
             .expect("principal");
         session.save().await.expect("create");
-        ids.push(session.id().await.expect("created"));
+        ids.push(session.id().expect("created"));
     }
     let phone = sessions.load(&ids[0]).await.expect("load").expect("live");
     phone.revoke_principal().await.expect("revoke");

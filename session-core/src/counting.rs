@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::StoreError;
 use crate::id::SessionKey;
-use crate::record::{Record, Timestamp};
-use crate::store::{Capabilities, Change, CreateOutcome, SaveOutcome, SessionStore, TouchOutcome};
+use crate::record::{Record, Timestamp, Version};
+use crate::store::{
+    Capabilities, Change, CreateOutcome, DeleteOutcome, SaveOutcome, SessionStore, TouchOutcome,
+};
 
 /// Calls made so far, by operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,7 +26,7 @@ pub struct CallCounts {
     pub save: u64,
     /// `touch` calls.
     pub touch: u64,
-    /// `delete` calls.
+    /// `delete` and `delete_if_version` calls.
     pub delete: u64,
     /// `list_principal` and `revoke_principal` calls.
     pub principal: u64,
@@ -58,10 +60,10 @@ struct Counters {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use offstate_core::{CountingStore, MemoryStore, SessionId, SessionStore};
+/// use offstate_core::{CountingStore, MemoryStore, SessionId, SessionStore, Timestamp};
 ///
 /// let store = CountingStore::new(MemoryStore::new());
-/// store.load(&SessionId::generate().key()).await.unwrap();
+/// store.load(&SessionId::generate().key(), Timestamp::from_millis(0)).await.unwrap();
 /// assert_eq!(store.counts().load, 1);
 /// # }
 /// ```
@@ -129,46 +131,79 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl<S: SessionStore> SessionStore for CountingStore<S> {
-    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
         bump(&self.counters.load);
-        self.inner.load(key).await
+        self.inner.load(key, now).await
     }
 
-    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
         bump(&self.counters.create);
-        self.inner.create(key, record).await
+        self.inner.create(key, record, now).await
     }
 
-    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         bump(&self.counters.save);
-        self.inner.save(key, change).await
+        self.inner.save(key, change, now).await
     }
 
     async fn touch(
         &self,
         key: &SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
         bump(&self.counters.touch);
-        self.inner.touch(key, idle_deadline).await
+        self.inner.touch(key, idle_deadline, now).await
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
         bump(&self.counters.delete);
-        self.inner.delete(key).await
+        self.inner.delete(key, now).await
     }
 
-    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
-        bump(&self.counters.principal);
-        self.inner.list_principal(principal).await
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        bump(&self.counters.delete);
+        self.inner.delete_if_version(key, expected, now).await
     }
 
-    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         bump(&self.counters.principal);
-        self.inner.revoke_principal(principal).await
+        self.inner.list_principal(principal, now).await
+    }
+
+    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
+        bump(&self.counters.principal);
+        self.inner.revoke_principal(principal, now).await
     }
 
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
     }
 }

@@ -11,72 +11,128 @@ use std::sync::Arc;
 
 use crate::error::StoreError;
 use crate::id::SessionKey;
-use crate::record::{Record, Timestamp};
-use crate::store::{Change, CreateOutcome, SaveOutcome, SessionStore, TouchOutcome};
+use crate::record::{Record, Timestamp, Version};
+use crate::store::{
+    Capabilities, Change, CreateOutcome, DeleteOutcome, SaveOutcome, SessionStore, TouchOutcome,
+};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub(crate) trait ErasedStore: Send + Sync + 'static {
-    fn load<'a>(&'a self, key: &'a SessionKey)
-    -> BoxFuture<'a, Result<Option<Record>, StoreError>>;
+    fn load<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Arc<Record>>, StoreError>>;
     fn create<'a>(
         &'a self,
         key: &'a SessionKey,
         record: &'a Record,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<CreateOutcome, StoreError>>;
     fn save<'a>(
         &'a self,
         key: &'a SessionKey,
         change: &'a Change,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<SaveOutcome, StoreError>>;
     fn touch<'a>(
         &'a self,
         key: &'a SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<TouchOutcome, StoreError>>;
-    fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn delete<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn delete_if_version<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<DeleteOutcome, StoreError>>;
+    fn list_principal<'a>(
+        &'a self,
+        principal: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<SessionKey>, StoreError>>;
     fn revoke_principal<'a>(
         &'a self,
         principal: &'a str,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
+    fn capabilities(&self) -> Capabilities;
+    fn name(&self) -> &'static str;
 }
 
 impl<S: SessionStore> ErasedStore for S {
     fn load<'a>(
         &'a self,
         key: &'a SessionKey,
-    ) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(SessionStore::load(self, key))
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Arc<Record>>, StoreError>> {
+        Box::pin(SessionStore::load(self, key, now))
     }
     fn create<'a>(
         &'a self,
         key: &'a SessionKey,
         record: &'a Record,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<CreateOutcome, StoreError>> {
-        Box::pin(SessionStore::create(self, key, record))
+        Box::pin(SessionStore::create(self, key, record, now))
     }
     fn save<'a>(
         &'a self,
         key: &'a SessionKey,
         change: &'a Change,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<SaveOutcome, StoreError>> {
-        Box::pin(SessionStore::save(self, key, change))
+        Box::pin(SessionStore::save(self, key, change, now))
     }
     fn touch<'a>(
         &'a self,
         key: &'a SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<TouchOutcome, StoreError>> {
-        Box::pin(SessionStore::touch(self, key, idle_deadline))
+        Box::pin(SessionStore::touch(self, key, idle_deadline, now))
     }
-    fn delete<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(SessionStore::delete(self, key))
+    fn delete<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(SessionStore::delete(self, key, now))
+    }
+    fn delete_if_version<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<DeleteOutcome, StoreError>> {
+        Box::pin(SessionStore::delete_if_version(self, key, expected, now))
+    }
+    fn list_principal<'a>(
+        &'a self,
+        principal: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<SessionKey>, StoreError>> {
+        Box::pin(SessionStore::list_principal(self, principal, now))
     }
     fn revoke_principal<'a>(
         &'a self,
         principal: &'a str,
+        now: Timestamp,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
-        Box::pin(SessionStore::revoke_principal(self, principal))
+        Box::pin(SessionStore::revoke_principal(self, principal, now))
+    }
+    fn capabilities(&self) -> Capabilities {
+        SessionStore::capabilities(self)
+    }
+    fn name(&self) -> &'static str {
+        SessionStore::name(self)
     }
 }
 

@@ -115,19 +115,6 @@ impl SessionError {
     pub fn is_outage(&self) -> bool {
         matches!(self, Self::Store(e) if e.is_outage())
     }
-
-    /// The HTTP status code that describes this error best, for middleware.
-    #[must_use]
-    pub fn status_code(&self) -> u16 {
-        match self {
-            Self::Store(StoreError::TooLarge { .. }) | Self::Limit(_) => 413,
-            Self::Store(e) if e.is_outage() => 503,
-            Self::Conflict { .. } | Self::RetriesExhausted { .. } => 409,
-            Self::Gone => 401,
-            Self::NoPrincipal => 400,
-            Self::Store(_) | Self::Codec { .. } => 500,
-        }
-    }
 }
 
 /// A configured limit that a session write would exceed.

@@ -101,20 +101,19 @@ impl ExpiryPolicy {
     /// Deadlines for a session created at `now`.
     #[must_use]
     pub fn initial(&self, now: Timestamp) -> Deadlines {
-        Deadlines::new(
-            self.idle.map(|d| now.saturating_add(d)),
-            self.absolute.map(|d| now.saturating_add(d)),
-        )
+        Deadlines {
+            idle: self.idle.map(|d| now.saturating_add(d)),
+            absolute: self.absolute.map(|d| now.saturating_add(d)),
+        }
     }
 
     /// Deadlines after a write at `now`: the idle deadline slides, the
     /// absolute one stays where creation put it.
     #[must_use]
     pub fn renewed(&self, record: &Record, now: Timestamp) -> Deadlines {
-        Deadlines::new(
-            self.idle.map(|d| now.saturating_add(d)),
-            record.deadlines.absolute,
-        )
+        record
+            .deadlines
+            .extended_to(self.idle.map(|d| now.saturating_add(d)))
     }
 
     /// The new idle deadline if a read-only request at `now` should touch

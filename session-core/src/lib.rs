@@ -30,7 +30,7 @@
 //! }).await?;
 //! session.save().await?; // one conditional write
 //!
-//! let id = session.id().await.expect("saved");
+//! let id = session.id().expect("saved");
 //! let again = sessions.load(&id).await?.expect("live");
 //! assert_eq!(again.get::<Vec<String>>("cart").await?, Some(vec!["apple".into()]));
 //! # Ok(()) }
@@ -49,6 +49,10 @@ mod record;
 mod session;
 mod store;
 
+#[cfg(feature = "axum")]
+mod extract;
+pub mod middleware;
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
@@ -57,13 +61,16 @@ pub use codec::{Codec, Json};
 pub use counting::{CallCounts, CountingStore};
 pub use error::{BoxError, LimitError, SessionError, StoreError};
 pub use expiry::ExpiryPolicy;
+#[cfg(feature = "axum")]
+pub use extract::MissingSessionLayer;
 pub use id::{IdError, SESSION_ID_LEN, SessionId, SessionKey};
 pub use invalidation::{
     ChannelEvent, Invalidation, InvalidationChannel, LocalChannel, MalformedInvalidation,
 };
 pub use memory::MemoryStore;
 pub use record::{Deadlines, Record, Timestamp, Version};
-pub use session::{ClientUpdate, Limits, OutagePolicy, Session, Sessions, WritePolicy};
+pub use session::{Limits, OutagePolicy, Session, Sessions, WritePolicy};
 pub use store::{
-    Capabilities, Change, CreateOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
+    Capabilities, Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, SessionStore,
+    TouchOutcome,
 };

@@ -3,12 +3,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::clock::{Clock, system_clock};
 use crate::error::StoreError;
 use crate::id::SessionKey;
-use crate::record::{Record, Timestamp};
+use crate::record::{Record, Timestamp, Version};
 use crate::store::{
-    Change, CreateOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
+    Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
 };
 
 /// Sweep expired records once per this many writes, so memory stays bounded
@@ -23,31 +22,40 @@ const SWEEP_EVERY: u64 = 1024;
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use offstate_core::{MemoryStore, Record, SessionId, SessionStore, Timestamp, Deadlines};
+/// use offstate_core::{Deadlines, MemoryStore, Record, SessionId, SessionStore, Timestamp};
 ///
 /// let store = MemoryStore::new();
 /// let key = SessionId::generate().key();
-/// let record = Record::new(Timestamp::from_millis(0), Deadlines::default());
-/// store.create(&key, &record).await.unwrap();
-/// assert!(store.load(&key).await.unwrap().is_some());
+/// let now = Timestamp::from_millis(0);
+/// let record = Record::new(now, Deadlines::none());
+/// store.create(&key, &record, now).await.unwrap();
+/// assert!(store.load(&key, now).await.unwrap().is_some());
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     shared: Arc<Mutex<Shared>>,
-    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
-    records: HashMap<SessionKey, Record>,
+    records: HashMap<SessionKey, Arc<Record>>,
     principals: HashMap<String, HashSet<SessionKey>>,
     writes: u64,
 }
 
 impl Shared {
-    fn live(&self, key: &SessionKey, now: Timestamp) -> Option<&Record> {
+    fn live(&self, key: &SessionKey, now: Timestamp) -> Option<&Arc<Record>> {
         self.records.get(key).filter(|r| !r.is_expired(now))
+    }
+
+    fn index(&mut self, key: &SessionKey, principal: Option<&String>) {
+        if let Some(p) = principal {
+            self.principals
+                .entry(p.clone())
+                .or_default()
+                .insert(key.clone());
+        }
     }
 
     fn unindex(&mut self, key: &SessionKey, principal: Option<&String>) {
@@ -61,7 +69,7 @@ impl Shared {
         }
     }
 
-    fn remove(&mut self, key: &SessionKey) -> Option<Record> {
+    fn remove(&mut self, key: &SessionKey) -> Option<Arc<Record>> {
         let record = self.records.remove(key)?;
         self.unindex(key, record.principal.as_ref());
         Some(record)
@@ -83,27 +91,11 @@ impl Shared {
     }
 }
 
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl MemoryStore {
-    /// An empty store on the system clock.
+    /// An empty store.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            shared: Arc::new(Mutex::new(Shared::default())),
-            clock: system_clock(),
-        }
-    }
-
-    /// The same sessions, with deadlines checked against `clock`.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
+        Self::default()
     }
 
     /// How many records are held, live or not yet swept.
@@ -130,8 +122,11 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
-        let now = self.clock.now();
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
         let mut shared = self.lock();
         match shared.records.get(key) {
             Some(record) if record.is_expired(now) => {
@@ -142,48 +137,44 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
-        let now = self.clock.now();
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
         let mut shared = self.lock();
         if shared.live(key, now).is_some() {
             return Ok(CreateOutcome::Exists);
         }
         shared.remove(key);
-        if let Some(p) = &record.principal {
-            shared
-                .principals
-                .entry(p.clone())
-                .or_default()
-                .insert(key.clone());
-        }
-        shared.records.insert(key.clone(), record.clone());
+        shared.index(key, record.principal.as_ref());
+        shared.records.insert(key.clone(), Arc::new(record.clone()));
         shared.wrote(now);
         Ok(CreateOutcome::Created)
     }
 
-    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
-        let now = self.clock.now();
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         let mut shared = self.lock();
         let Some(current) = shared.live(key, now) else {
             return Ok(SaveOutcome::Gone);
         };
         if current.version != change.expected {
-            return Ok(SaveOutcome::Conflict(Box::new(current.clone())));
+            return Ok(SaveOutcome::Conflict(Arc::clone(current)));
         }
         let next = change.apply_to(current);
-        let old_principal = current.principal.clone();
         if change.principal != PrincipalChange::Keep {
-            shared.unindex(key, old_principal.as_ref());
-            if let Some(p) = &next.principal {
-                shared
-                    .principals
-                    .entry(p.clone())
-                    .or_default()
-                    .insert(key.clone());
-            }
+            let old = current.principal.clone();
+            shared.unindex(key, old.as_ref());
+            shared.index(key, next.principal.as_ref());
         }
         let version = next.version;
-        shared.records.insert(key.clone(), next);
+        shared.records.insert(key.clone(), Arc::new(next));
         shared.wrote(now);
         Ok(SaveOutcome::Saved(version))
     }
@@ -192,28 +183,52 @@ impl SessionStore for MemoryStore {
         &self,
         key: &SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
-        let now = self.clock.now();
         let mut shared = self.lock();
         match shared.records.get_mut(key) {
             Some(record) if !record.is_expired(now) => {
-                record.deadlines.idle = Some(idle_deadline);
+                let deadlines = record.deadlines.extended_to(Some(idle_deadline));
+                if deadlines != record.deadlines {
+                    Arc::make_mut(record).deadlines = deadlines;
+                }
                 Ok(TouchOutcome::Touched)
             }
             _ => Ok(TouchOutcome::Gone),
         }
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        let now = self.clock.now();
+    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
         let mut shared = self.lock();
         let live = shared.live(key, now).is_some();
         shared.remove(key);
         Ok(live)
     }
 
-    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
-        let now = self.clock.now();
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let mut shared = self.lock();
+        match shared.live(key, now) {
+            None => Ok(DeleteOutcome::Gone),
+            Some(current) if current.version != expected => {
+                Ok(DeleteOutcome::Conflict(Arc::clone(current)))
+            }
+            Some(_) => {
+                shared.remove(key);
+                Ok(DeleteOutcome::Deleted)
+            }
+        }
+    }
+
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         let shared = self.lock();
         let mut keys: Vec<SessionKey> = shared
             .principals
@@ -227,8 +242,7 @@ impl SessionStore for MemoryStore {
         Ok(keys)
     }
 
-    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
-        let now = self.clock.now();
+    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         let mut shared = self.lock();
         let keys = shared.principals.remove(principal).unwrap_or_default();
         let mut revoked = 0;
@@ -239,5 +253,9 @@ impl SessionStore for MemoryStore {
             shared.records.remove(&key);
         }
         Ok(revoked)
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
     }
 }

@@ -12,6 +12,14 @@ use std::time::Duration;
 pub struct Timestamp(u64);
 
 impl Timestamp {
+    /// The system clock's current time (what [`SystemClock`](crate::SystemClock)
+    /// reads), for calling a store directly from a tool or a test.
+    #[must_use]
+    pub fn now() -> Self {
+        use crate::clock::Clock as _;
+        crate::clock::SystemClock.now()
+    }
+
     /// A timestamp from milliseconds since the Unix epoch.
     #[must_use]
     pub const fn from_millis(millis: u64) -> Self {
@@ -93,10 +101,55 @@ pub struct Deadlines {
 }
 
 impl Deadlines {
-    /// Deadlines from their two parts.
+    /// No deadline at all: the session lives until it is deleted.
     #[must_use]
-    pub const fn new(idle: Option<Timestamp>, absolute: Option<Timestamp>) -> Self {
-        Self { idle, absolute }
+    pub const fn none() -> Self {
+        Self {
+            idle: None,
+            absolute: None,
+        }
+    }
+
+    /// Only an idle deadline, at `at`.
+    #[must_use]
+    pub const fn idle_at(at: Timestamp) -> Self {
+        Self::none().with_idle_at(at)
+    }
+
+    /// Only an absolute deadline, at `at`.
+    #[must_use]
+    pub const fn absolute_at(at: Timestamp) -> Self {
+        Self::none().with_absolute_at(at)
+    }
+
+    /// The same deadlines with the idle one at `at`.
+    #[must_use]
+    pub const fn with_idle_at(mut self, at: Timestamp) -> Self {
+        self.idle = Some(at);
+        self
+    }
+
+    /// The same deadlines with the absolute one at `at`.
+    #[must_use]
+    pub const fn with_absolute_at(mut self, at: Timestamp) -> Self {
+        self.absolute = Some(at);
+        self
+    }
+
+    /// These deadlines after a write or touch that asks for the idle
+    /// deadline `idle`: the later of the two idle deadlines (no idle
+    /// deadline counts as the latest), and the same absolute deadline.
+    /// This is how stores keep deadlines from ever moving backwards.
+    #[must_use]
+    pub fn extended_to(self, idle: Option<Timestamp>) -> Self {
+        let idle = match (self.idle, idle) {
+            (Some(stored), Some(asked)) => Some(stored.max(asked)),
+            _ => None,
+        };
+        Self {
+            idle,
+            absolute: self.absolute,
+        }
     }
 
     /// The earlier of the two deadlines, if any is set: when the session ends.

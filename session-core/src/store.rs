@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::StoreError;
 use crate::id::SessionKey;
@@ -21,7 +22,10 @@ pub struct Change {
     pub set: BTreeMap<String, Vec<u8>>,
     /// Keys to remove.
     pub remove: BTreeSet<String>,
-    /// The deadlines after the write (writes extend the idle deadline).
+    /// The deadlines the writer computed. Stores keep the later of this
+    /// idle deadline and the stored one (deadlines never move backwards,
+    /// whatever the writers' clocks say), and keep the stored absolute
+    /// deadline (nothing extends it).
     pub deadlines: Deadlines,
     /// What happens to the principal.
     pub principal: PrincipalChange,
@@ -41,7 +45,7 @@ impl Change {
     }
 
     /// Applies this change to a copy of `record`, as a store must: data
-    /// deltas, deadlines, principal, and the next version.
+    /// deltas, the later idle deadline, principal, and the next version.
     #[must_use]
     pub fn apply_to(&self, record: &Record) -> Record {
         let mut next = record.clone();
@@ -51,7 +55,7 @@ impl Change {
         for (key, value) in &self.set {
             next.data.insert(key.clone(), value.clone());
         }
-        next.deadlines = self.deadlines;
+        next.deadlines = record.deadlines.extended_to(self.deadlines.idle);
         match &self.principal {
             PrincipalChange::Keep => {}
             PrincipalChange::Set(p) => next.principal = Some(p.clone()),
@@ -93,7 +97,7 @@ pub enum SaveOutcome {
     Saved(Version),
     /// The stored record has another version. Nothing was written; here is
     /// the current record, so the caller can merge and retry without a read.
-    Conflict(Box<Record>),
+    Conflict(Arc<Record>),
     /// No live record exists (deleted, revoked or expired). Nothing was
     /// written: a save never brings a session back.
     Gone,
@@ -109,6 +113,19 @@ pub enum TouchOutcome {
     Gone,
 }
 
+/// The answer to [`SessionStore::delete_if_version`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeleteOutcome {
+    /// The live record had the expected version and is gone now.
+    Deleted,
+    /// The live record has another version; nothing was deleted. Here is
+    /// the current record.
+    Conflict(Arc<Record>),
+    /// No live record exists (deleted, revoked or expired).
+    Gone,
+}
+
 /// What a store can do beyond the required contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -119,6 +136,11 @@ pub struct Capabilities {
     /// The principal index is read-after-write consistent (a DynamoDB GSI is
     /// not: a session may show up in a listing a moment late).
     pub consistent_principal_index: bool,
+    /// Every write that changes or ends a session also announces it on the
+    /// caches' invalidation channel, in the same atomic step as the write
+    /// (offstate-redis with a channel configured). A cache in front of such
+    /// a store publishes nothing itself.
+    pub announces_writes: bool,
 }
 
 impl Default for Capabilities {
@@ -126,6 +148,7 @@ impl Default for Capabilities {
         Self {
             list_principal: true,
             consistent_principal_index: true,
+            announces_writes: false,
         }
     }
 }
@@ -150,6 +173,14 @@ impl Capabilities {
         self.consistent_principal_index = yes;
         self
     }
+
+    /// Sets whether the store announces its own writes on the invalidation
+    /// channel, atomically with them.
+    #[must_use]
+    pub fn with_announces_writes(mut self, yes: bool) -> Self {
+        self.announces_writes = yes;
+        self
+    }
 }
 
 /// Where sessions live. Every operation is keyed by a [`SessionKey`] (a hash
@@ -158,17 +189,31 @@ impl Capabilities {
 ///
 /// # The contract
 ///
+/// Every method takes `now`, the caller's clock reading: a record is live
+/// when its deadlines are after `now`. Stores keep no clock of their own, so
+/// the one clock of the [`Sessions`](crate::Sessions) decides expiry
+/// everywhere, whatever a backend's own TTL has done so far.
+///
 /// - [`load`](Self::load) returns `None` for a missing record and for one
-///   whose deadline has passed by the store's clock, whatever the backend's
-///   own TTL has done so far.
-/// - [`create`](Self::create) inserts only if the key is absent.
+///   that is not live at `now`.
+/// - [`create`](Self::create) inserts only if no live record is there.
 /// - [`save`](Self::save) applies a [`Change`] only if the live record has
 ///   the expected version; it never creates a record.
 /// - [`touch`](Self::touch) moves the idle deadline of a live record without
 ///   rewriting data or version; it never creates a record.
+/// - **Deadlines never move backwards.** A touch or save keeps the later of
+///   its idle deadline and the stored one ([`Deadlines::extended_to`]), so
+///   a late touch, or a writer whose clock runs behind, cannot shorten a
+///   session another request extended; the absolute deadline never changes
+///   after create.
 /// - [`delete`](Self::delete) removes the record; nothing in flight can bring
 ///   it back, because saves and touches require it to exist.
-/// - The principal operations find and end all of a user's sessions.
+///   [`delete_if_version`](Self::delete_if_version) removes it only at the
+///   version the caller read, which is what makes ID rotation lose no
+///   concurrent write.
+/// - The principal operations find and end all of a user's sessions. A
+///   revoke that fails part-way (a timeout) has still ended the sessions it
+///   reached, and a retry carries on from there.
 ///
 /// The public [conformance suite](crate::conformance) checks all of this.
 ///
@@ -179,6 +224,12 @@ impl Capabilities {
 /// [`Session`](crate::Session) handle erases the store type once, behind an
 /// internal object-safe trait, so handlers are not generic over it; that
 /// costs one small box per store call, next to a network round trip.
+///
+/// # Records are shared
+///
+/// [`load`](Self::load) returns an [`Arc<Record>`]: a cache hands out the
+/// record it holds without copying it, and the session handle reads from
+/// it without copying it either.
 pub trait SessionStore: Send + Sync + 'static {
     /// Loads the live record under `key`.
     ///
@@ -189,9 +240,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn load(
         &self,
         key: &SessionKey,
-    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Option<Arc<Record>>, StoreError>> + Send;
 
-    /// Inserts `record` under `key` only if no record is there.
+    /// Inserts `record` under `key` only if no live record is there.
     ///
     /// # Errors
     ///
@@ -200,6 +252,7 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
         record: &Record,
+        now: Timestamp,
     ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
 
     /// Applies `change` if the live record has `change.expected`.
@@ -211,9 +264,11 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
         change: &Change,
+        now: Timestamp,
     ) -> impl Future<Output = Result<SaveOutcome, StoreError>> + Send;
 
-    /// Sets the idle deadline of the live record under `key`.
+    /// Extends the idle deadline of the live record under `key` to
+    /// `idle_deadline` (a later stored deadline stays).
     ///
     /// # Errors
     ///
@@ -222,14 +277,32 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         key: &SessionKey,
         idle_deadline: Timestamp,
+        now: Timestamp,
     ) -> impl Future<Output = Result<TouchOutcome, StoreError>> + Send;
 
-    /// Deletes the record under `key`. Returns whether one was there.
+    /// Deletes the record under `key`. Returns whether a live one was there.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the store fails.
-    fn delete(&self, key: &SessionKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn delete(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the live record under `key` only if it has version
+    /// `expected`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<DeleteOutcome, StoreError>> + Send;
 
     /// Lists the keys of the live sessions of `principal`.
     ///
@@ -240,6 +313,7 @@ pub trait SessionStore: Send + Sync + 'static {
     fn list_principal(
         &self,
         principal: &str,
+        now: Timestamp,
     ) -> impl Future<Output = Result<Vec<SessionKey>, StoreError>> + Send;
 
     /// Ends every session of `principal`. Returns how many were deleted, when
@@ -251,10 +325,18 @@ pub trait SessionStore: Send + Sync + 'static {
     fn revoke_principal(
         &self,
         principal: &str,
+        now: Timestamp,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// What this store can do beyond the required contract.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+
+    /// The backend's name, as OpenTelemetry's `db.system` spells it where
+    /// there is one (`redis`, `dynamodb`, `memcached`), for metrics and
+    /// traces. Wrappers report the store they wrap.
+    fn name(&self) -> &'static str {
+        "custom"
     }
 }

@@ -3,12 +3,10 @@
 // Integration tests: a panic is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
-
 use offstate_core::conformance::Harness;
-use offstate_core::{Clock, MemoryStore, SessionKey};
+use offstate_core::{MemoryStore, SessionKey};
 
-/// One shared map; each store instance gets its own clock.
+/// One shared map; every store instance sees it.
 #[derive(Default)]
 struct Memory {
     store: MemoryStore,
@@ -17,8 +15,8 @@ struct Memory {
 impl Harness for Memory {
     type Store = MemoryStore;
 
-    async fn store(&self, clock: Arc<dyn Clock>) -> MemoryStore {
-        self.store.clone().with_clock(clock)
+    async fn store(&self) -> MemoryStore {
+        self.store.clone()
     }
 
     async fn corrupt(&self, _key: &SessionKey) -> bool {

@@ -23,11 +23,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use offstate_core::conformance::Harness;
-use offstate_core::{Clock, SessionId, SessionKey};
+use offstate_core::{SessionId, SessionKey};
 use offstate_dynamodb::aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use offstate_dynamodb::aws_sdk_dynamodb::types::AttributeValue;
 use offstate_dynamodb::aws_sdk_dynamodb::{self, Client};
@@ -288,8 +288,8 @@ impl DynamoHarness {
 impl Harness for DynamoHarness {
     type Store = DynamoStore;
 
-    async fn store(&self, clock: Arc<dyn Clock>) -> DynamoStore {
-        DynamoStore::from_client(self.moto.client(), self.config.clone()).with_clock(clock)
+    async fn store(&self) -> DynamoStore {
+        DynamoStore::from_client(self.moto.client(), self.config.clone())
     }
 
     #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.

@@ -42,7 +42,7 @@
 //!
 //! let redis = offstate_testing::fixture::redis::redis().await?;
 //! let key = SessionId::generate().key();
-//! assert!(redis.load(&key).await?.is_none());
+//! assert!(redis.load(&key, offstate_core::Timestamp::now()).await?.is_none());
 //! println!("{:?} server at {}", redis.source(), redis.url());
 //! # Ok(()) }
 //! ```

@@ -16,11 +16,10 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+use offstate_core::SessionKey;
 use offstate_core::conformance::Harness;
-use offstate_core::{Clock, SessionKey};
 use offstate_memcached::{MemcachedConfig, MemcachedStore};
 
 use crate::process::{ServerError, ServerProcess, find_program, free_port};
@@ -373,8 +372,8 @@ impl MemcachedHarness {
 impl Harness for MemcachedHarness {
     type Store = MemcachedStore;
 
-    async fn store(&self, clock: Arc<dyn Clock>) -> MemcachedStore {
-        self.cluster.store().with_clock(clock)
+    async fn store(&self) -> MemcachedStore {
+        self.cluster.store()
     }
 
     #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.

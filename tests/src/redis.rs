@@ -13,11 +13,11 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use offstate_core::SessionKey;
 use offstate_core::conformance::Harness;
-use offstate_core::{Clock, SessionKey};
 use offstate_redis::{ClusterMode, RedisConfig, RedisStore};
 
 use crate::process::{ServerError, ServerProcess, find_program, free_port, run_command};
@@ -676,8 +676,8 @@ impl Harness for RedisHarness {
     type Store = RedisStore;
 
     #[allow(clippy::panic)] // The suite requires a harness to panic loudly on set-up failure.
-    async fn store(&self, clock: Arc<dyn Clock>) -> RedisStore {
-        match RedisStore::connect(self.config.clone().with_clock(clock)).await {
+    async fn store(&self) -> RedisStore {
+        match RedisStore::connect(self.config.clone()).await {
             Ok(store) => store,
             Err(error) => panic!("cannot connect a RedisStore to the test server: {error}"),
         }

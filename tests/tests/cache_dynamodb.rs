@@ -71,7 +71,7 @@ async fn bounded_mode_honours_the_staleness_bound_on_dynamodb() {
     let session = sa.new_session();
     session.insert("n", &0u32).await.expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("id");
+    let id = session.id().expect("id");
 
     let mut changes = Vec::new();
     for n in 1..=5u32 {
@@ -142,7 +142,7 @@ async fn a_redis_channel_makes_caches_over_dynamodb_coherent() {
     let session = sa.new_session();
     session.insert("n", &0u32).await.expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("id");
+    let id = session.id().expect("id");
     assert_eq!(value(&sb, &id).await, Some(0));
     set(&sa, &id, 1).await;
     let took = until(&sb, &id, Some(1)).await;

@@ -81,7 +81,7 @@ async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<
 
 fn record(clock: &dyn Clock, ttl: Duration) -> Record {
     let now = clock.now();
-    let mut record = Record::new(now, Deadlines::new(Some(now.saturating_add(ttl)), None));
+    let mut record = Record::new(now, Deadlines::idle_at(now.saturating_add(ttl)));
     record.data.insert("cart".into(), b"[]".to_vec());
     record
 }
@@ -146,7 +146,7 @@ async fn a_write_on_a_is_served_by_b_once_the_invalidation_arrives() {
     let session = sa.new_session();
     session.insert("n", &0u32).await.expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("id");
+    let id = session.id().expect("id");
 
     let mut delays = Vec::new();
     for n in 1..=40u32 {
@@ -194,7 +194,7 @@ async fn a_delete_or_logout_on_a_is_never_served_by_b_afterwards() {
             s.set_principal(p).await.expect("principal");
         }
         s.save().await.expect("create");
-        ids.push(s.id().await.expect("id"));
+        ids.push(s.id().expect("id"));
     }
     for id in &ids {
         // Twice: the second load is a cache hit on B.
@@ -254,12 +254,18 @@ async fn a_cache_hit_makes_zero_backend_calls() {
     let key = SessionId::generate().key();
     let clock = offstate_core::SystemClock;
     cached
-        .create(&key, &record(&clock, Duration::from_secs(600)))
+        .create(&key, &record(&clock, Duration::from_secs(600)), clock.now())
         .await
         .expect("create");
     backend.reset();
     for _ in 0..100 {
-        assert!(cached.load(&key).await.expect("load").is_some());
+        assert!(
+            cached
+                .load(&key, clock.now())
+                .await
+                .expect("load")
+                .is_some()
+        );
     }
     assert_eq!(backend.counts().total(), 0, "a cache hit reached Redis");
     assert_eq!(cached.stats().hits, 100);
@@ -270,13 +276,12 @@ async fn an_expired_session_is_never_served_from_the_cache() {
     // Why: a coherent cache entry may live 30 s; the session's deadline wins.
     let redis = sessions_server().await;
     let clock = ManualClock::new();
-    let shared_clock: Arc<dyn Clock> = Arc::new(clock.clone());
+    let _shared_clock: Arc<dyn Clock> = Arc::new(clock.clone());
     let backend = redis
-        .connect_with(redis.config().clone().with_clock(shared_clock.clone()))
+        .connect_with(redis.config().clone())
         .await
         .expect("store");
     let cached = CachedStore::builder(backend)
-        .with_clock(shared_clock)
         .with_staleness(Duration::from_secs(3600))
         .with_coherent_ttl(Duration::from_secs(3600))
         .with_channel(channel(redis.config()).await)
@@ -286,17 +291,33 @@ async fn an_expired_session_is_never_served_from_the_cache() {
         .expect("coherent");
     let key = SessionId::generate().key();
     cached
-        .create(&key, &record(&clock, Duration::from_secs(60)))
+        .create(&key, &record(&clock, Duration::from_secs(60)), clock.now())
         .await
         .expect("create");
-    assert!(cached.load(&key).await.expect("load").is_some());
+    assert!(
+        cached
+            .load(&key, clock.now())
+            .await
+            .expect("load")
+            .is_some()
+    );
     clock.advance(Duration::from_secs(59));
-    assert!(cached.load(&key).await.expect("load").is_some());
+    assert!(
+        cached
+            .load(&key, clock.now())
+            .await
+            .expect("load")
+            .is_some()
+    );
     let hits = cached.stats().hits;
     assert!(hits >= 2, "the session was not served from the cache");
     clock.advance(Duration::from_secs(1));
     assert!(
-        cached.load(&key).await.expect("load").is_none(),
+        cached
+            .load(&key, clock.now())
+            .await
+            .expect("load")
+            .is_none(),
         "served an expired session"
     );
     assert_eq!(
@@ -379,7 +400,7 @@ async fn a_lost_channel_falls_back_to_bounded_staleness_and_recovers() {
     let session = sa.new_session();
     session.insert("n", &0u32).await.expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("id");
+    let id = session.id().expect("id");
     let mut n = 0u32;
 
     // Coherent: the change arrives as a message.
@@ -478,14 +499,14 @@ async fn a_thousand_concurrent_updates_over_two_coherent_caches_lose_nothing() {
         .await
         .expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("id");
+    let id = session.id().expect("id");
     let mut tasks = Vec::new();
     for t in 0..50u32 {
         let sessions = if t % 2 == 0 { sa.clone() } else { sb.clone() };
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
             for u in 0..20u32 {
-                let s = sessions.open(Some(id.clone()));
+                let s = offstate_core::middleware::open(&sessions, Some(id.clone()));
                 let item = t * 100 + u;
                 s.update("cart", move |c: Option<Vec<u32>>| {
                     let mut c = c.unwrap_or_default();

@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offstate_cache::CachedStore;
+use offstate_core::SessionKey;
 use offstate_core::conformance::Harness;
-use offstate_core::{Clock, SessionKey};
 use offstate_redis::{RedisInvalidationChannel, RedisStore};
 use offstate_testing::redis::{RedisServer, shared_server};
 
@@ -21,8 +20,8 @@ struct CachedRedis {
 impl Harness for CachedRedis {
     type Store = CachedStore<RedisStore>;
 
-    async fn store(&self, clock: Arc<dyn Clock>) -> Self::Store {
-        let config = self.server.config().with_clock(clock.clone());
+    async fn store(&self) -> Self::Store {
+        let config = self.server.config();
         let backend = RedisStore::connect(config.clone())
             .await
             .expect("a RedisStore on the test server");
@@ -31,7 +30,6 @@ impl Harness for CachedRedis {
             .expect("a Redis invalidation channel on the test server")
             .with_heartbeat(Duration::from_millis(200));
         let store = CachedStore::builder(backend)
-            .with_clock(clock)
             .with_staleness(Duration::from_millis(200))
             .with_channel(channel)
             .build();

@@ -17,6 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
 use http::{Request, Response, StatusCode};
+use offstate_core::SessionError;
 use offstate_core::{
     Clock, CreateOutcome, Deadlines, Record, SessionId, SessionKey, SessionStore, Sessions,
     StoreError, SystemClock,
@@ -25,7 +26,7 @@ use offstate_testing::container::{Container, Network};
 use offstate_testing::fixture::Source;
 use offstate_testing::fixture::memcached::{MemcachedFixture, memcached_on, memcached_via};
 use offstate_testing::fixture::redis::{RedisFixture, redis_on, redis_via};
-use offstate_tower::{Session, SessionFailure, SessionLayer};
+use offstate_tower::{Session, SessionLayer};
 use tower::ServiceExt as _;
 
 /// The stores' connect and command timeout.
@@ -70,12 +71,12 @@ impl Fault {
     }
 }
 
-async fn read(session: Session) -> Result<String, SessionFailure> {
+async fn read(session: Session) -> Result<String, SessionError> {
     let n: Option<u64> = session.get("n").await?;
     Ok(format!("n={}", n.unwrap_or(0)))
 }
 
-async fn write(session: Session) -> Result<String, SessionFailure> {
+async fn write(session: Session) -> Result<String, SessionError> {
     let n = session
         .update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
         .await?;
@@ -113,7 +114,7 @@ fn record() -> Record {
     let now = SystemClock.now();
     let mut record = Record::new(
         now,
-        Deadlines::new(Some(now.saturating_add(Duration::from_secs(600))), None),
+        Deadlines::idle_at(now.saturating_add(Duration::from_secs(600))),
     );
     record.data.insert("k".into(), b"v".to_vec());
     record
@@ -124,7 +125,12 @@ async fn until_recovered<S: SessionStore>(store: &S, what: &str) {
     let probe = SessionId::generate().key();
     let start = Instant::now();
     while start.elapsed() < RECOVERY {
-        if let Ok(Ok(_)) = tokio::time::timeout(HANG_GUARD, store.load(&probe)).await {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            HANG_GUARD,
+            store.load(&probe, offstate_core::Timestamp::now()),
+        )
+        .await
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -149,7 +155,10 @@ async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, f
     assert_eq!(text(response).await, "n=1");
     let key: SessionKey = SessionId::generate().key();
     assert_eq!(
-        store.create(&key, &record()).await.expect("create"),
+        store
+            .create(&key, &record(), offstate_core::Timestamp::now())
+            .await
+            .expect("create"),
         CreateOutcome::Created
     );
 
@@ -158,9 +167,12 @@ async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, f
     // The store: a typed outage error, within its bound.
     for _ in 0..3 {
         let started = Instant::now();
-        let result = tokio::time::timeout(HANG_GUARD, store.load(&key))
-            .await
-            .unwrap_or_else(|_| panic!("{what}: load hung past {HANG_GUARD:?}"));
+        let result = tokio::time::timeout(
+            HANG_GUARD,
+            store.load(&key, offstate_core::Timestamp::now()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: load hung past {HANG_GUARD:?}"));
         match result {
             Err(StoreError::Timeout(bound)) => {
                 assert!(bound <= BOUND * 2, "{what}: Timeout({bound:?})");
@@ -172,7 +184,11 @@ async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, f
     }
     let write = tokio::time::timeout(
         HANG_GUARD,
-        store.create(&SessionId::generate().key(), &record()),
+        store.create(
+            &SessionId::generate().key(),
+            &record(),
+            offstate_core::Timestamp::now(),
+        ),
     )
     .await
     .unwrap_or_else(|_| panic!("{what}: create hung"));
@@ -190,7 +206,10 @@ async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, f
     fault.restore(container);
     until_recovered(&store, &what).await;
 
-    let loaded = store.load(&key).await.expect("load after recovery");
+    let loaded = store
+        .load(&key, offstate_core::Timestamp::now())
+        .await
+        .expect("load after recovery");
     let response = send(&app, "GET", "/read", Some(&cookie)).await;
     assert_eq!(response.status(), StatusCode::OK, "{what}");
     if fault.keeps_data() {

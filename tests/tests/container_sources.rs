@@ -21,7 +21,7 @@ fn record() -> Record {
     let now = SystemClock.now();
     let mut record = Record::new(
         now,
-        Deadlines::new(Some(now.saturating_add(Duration::from_secs(600))), None),
+        Deadlines::idle_at(now.saturating_add(Duration::from_secs(600))),
     );
     record.data.insert("k".into(), b"v".to_vec());
     record
@@ -30,11 +30,18 @@ fn record() -> Record {
 async fn round_trip(store: &impl SessionStore, what: &str) {
     let key = SessionId::generate().key();
     assert_eq!(
-        store.create(&key, &record()).await.expect(what),
+        store
+            .create(&key, &record(), offstate_core::Timestamp::now())
+            .await
+            .expect(what),
         CreateOutcome::Created,
         "{what}"
     );
-    let loaded = store.load(&key).await.expect(what).expect(what);
+    let loaded = store
+        .load(&key, offstate_core::Timestamp::now())
+        .await
+        .expect(what)
+        .expect(what);
     assert_eq!(loaded.data["k"], b"v", "{what}");
 }
 

@@ -28,8 +28,10 @@ async fn concurrent_saves_of_one_version_have_exactly_one_winner() {
     let (a, b) = two_stores("race").await;
     let key = SessionId::generate().key();
     let now = SystemClock.now();
-    let record = Record::new(now, Deadlines::new(Some(now.saturating_add(HOUR)), None));
-    a.create(&key, &record).await.expect("create");
+    let record = Record::new(now, Deadlines::idle_at(now.saturating_add(HOUR)));
+    a.create(&key, &record, offstate_core::Timestamp::now())
+        .await
+        .expect("create");
 
     let mut tasks = Vec::new();
     for n in 0..20 {
@@ -38,7 +40,10 @@ async fn concurrent_saves_of_one_version_have_exactly_one_winner() {
         tasks.push(tokio::spawn(async move {
             let mut change = Change::new(Version::INITIAL, record.deadlines);
             change.set.insert(format!("writer-{n}"), vec![1]);
-            store.save(&key, &change).await.expect("save")
+            store
+                .save(&key, &change, offstate_core::Timestamp::now())
+                .await
+                .expect("save")
         }));
     }
     let mut saved = 0;
@@ -53,7 +58,11 @@ async fn concurrent_saves_of_one_version_have_exactly_one_winner() {
         }
     }
     assert_eq!(saved, 1, "more than one writer won the same version");
-    let stored = a.load(&key).await.expect("load").expect("live");
+    let stored = a
+        .load(&key, offstate_core::Timestamp::now())
+        .await
+        .expect("load")
+        .expect("live");
     assert_eq!(stored.version, Version::new(2));
     assert_eq!(
         stored.data.len(),
@@ -71,9 +80,9 @@ async fn a_thousand_updates_through_two_instances_lose_nothing() {
     const TASKS: usize = 50;
     const UPDATES: usize = 20;
     let (a, b) = two_stores("thousand").await;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let a = Sessions::new(a.with_clock(clock.clone())).with_max_attempts(10_000);
-    let b = Sessions::new(b.with_clock(clock)).with_max_attempts(10_000);
+    let _clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let a = Sessions::new(a).with_max_attempts(10_000);
+    let b = Sessions::new(b).with_max_attempts(10_000);
     let id = fill_one_cart_concurrently(&a, &b, TASKS, UPDATES).await;
     let session = b.load(&id).await.expect("load").expect("live");
     let cart: Vec<String> = session.get("cart").await.expect("get").expect("cart");

@@ -33,7 +33,7 @@ async fn a_paused_server_is_a_timeout_and_the_store_recovers() {
     let key = SessionId::generate().key();
 
     moto.process().pause();
-    let outcome = store.load(&key).await;
+    let outcome = store.load(&key, offstate_core::Timestamp::now()).await;
     moto.process().resume();
     match outcome {
         Err(error @ StoreError::Timeout(bound)) => {
@@ -46,7 +46,13 @@ async fn a_paused_server_is_a_timeout_and_the_store_recovers() {
         }
         other => panic!("a paused server must time out, got {other:?}"),
     }
-    assert!(store.load(&key).await.expect("load after resume").is_none());
+    assert!(
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load after resume")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -57,7 +63,13 @@ async fn nothing_listening_is_unavailable() {
         moto.client(),
         bounded("nowhere").with_endpoint_url(format!("http://127.0.0.1:{port}")),
     );
-    match store.load(&SessionId::generate().key()).await {
+    match store
+        .load(
+            &SessionId::generate().key(),
+            offstate_core::Timestamp::now(),
+        )
+        .await
+    {
         Err(error @ StoreError::Unavailable(_)) => {
             assert!(error.is_outage());
             assert!(

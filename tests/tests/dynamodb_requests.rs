@@ -64,7 +64,7 @@ async fn requests_per_session_operation() {
     let counter = RequestCounter::default();
     let client = Client::from_conf(moto().client_config().interceptor(counter.clone()).build());
     let clock = ManualClock::new();
-    let store = DynamoStore::from_client(client, config).with_clock(Arc::new(clock.clone()));
+    let store = DynamoStore::from_client(client, config);
     let sessions = Sessions::new(store)
         .with_clock(Arc::new(clock.clone()))
         .with_expiry(
@@ -80,7 +80,7 @@ async fn requests_per_session_operation() {
         .await
         .expect("insert");
     session.save().await.expect("create");
-    let id = session.id().await.expect("created");
+    let id = session.id().expect("created");
     let create = counter.take();
     assert_eq!(create, counts(&[("PutItem", 1)]));
     report.push(("create", create));
@@ -116,7 +116,7 @@ async fn requests_per_session_operation() {
     );
     report.push(("read past touch threshold", touched));
 
-    let unused = sessions.open(Some(id.clone()));
+    let unused = offstate_core::middleware::open(&sessions, Some(id.clone()));
     unused.save().await.expect("save");
     let nothing = counter.take();
     assert!(

@@ -3,7 +3,6 @@
 //! any shape, key prefixes sharing a table, table creation, and building
 //! a store through aws-config.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use offstate_core::{
@@ -18,17 +17,16 @@ use offstate_testing::dynamodb::{REGION, moto, unique};
 const HOUR: Duration = Duration::from_secs(3600);
 
 #[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
-async fn store_on(tag: &str, clock: &ManualClock) -> DynamoStore {
+async fn store_on(tag: &str, _clock: &ManualClock) -> DynamoStore {
     moto()
         .store(DynamoConfig::new(unique(tag)))
         .await
         .expect("table")
-        .with_clock(Arc::new(clock.clone()))
 }
 
 fn record(clock: &ManualClock, idle: Duration) -> Record {
     let now = clock.now();
-    Record::new(now, Deadlines::new(Some(now.saturating_add(idle)), None))
+    Record::new(now, Deadlines::idle_at(now.saturating_add(idle)))
 }
 
 #[tokio::test]
@@ -38,11 +36,11 @@ async fn an_expired_item_is_still_in_the_table_but_never_served() {
     let key = SessionId::generate().key();
     let mut rec = record(&clock, Duration::from_millis(60_500));
     rec.data.insert("cart".into(), b"[1]".to_vec());
-    store.create(&key, &rec).await.expect("create");
+    store.create(&key, &rec, clock.now()).await.expect("create");
 
     clock.advance(Duration::from_secs(61));
     assert!(
-        store.load(&key).await.expect("load").is_none(),
+        store.load(&key, clock.now()).await.expect("load").is_none(),
         "served an expired session"
     );
 
@@ -77,15 +75,15 @@ async fn an_expired_item_is_still_in_the_table_but_never_served() {
     // Nor can it be written or touched back to life; a create may reuse the key.
     let mut change = Change::new(
         Version::INITIAL,
-        Deadlines::new(Some(clock.now().saturating_add(HOUR)), None),
+        Deadlines::idle_at(clock.now().saturating_add(HOUR)),
     );
     change.set.insert("cart".into(), b"[2]".to_vec());
     assert_eq!(
-        store.save(&key, &change).await.expect("save"),
+        store.save(&key, &change, clock.now()).await.expect("save"),
         SaveOutcome::Gone
     );
     assert!(
-        !store.delete(&key).await.expect("delete"),
+        !store.delete(&key, clock.now()).await.expect("delete"),
         "deleting an expired item reports no live session"
     );
 }
@@ -98,7 +96,7 @@ async fn an_over_limit_save_is_too_large_and_leaves_the_session_as_it_was() {
     let mut rec = record(&clock, HOUR);
     rec.data.insert("a".into(), vec![b'a'; 250_000]);
     assert_eq!(
-        store.create(&key, &rec).await.expect("create"),
+        store.create(&key, &rec, clock.now()).await.expect("create"),
         CreateOutcome::Created
     );
 
@@ -106,22 +104,30 @@ async fn an_over_limit_save_is_too_large_and_leaves_the_session_as_it_was() {
     let mut change = Change::new(Version::INITIAL, rec.deadlines);
     change.set.insert("c".into(), vec![b'c'; 500_000]);
     assert!(matches!(
-        store.save(&key, &change).await,
+        store.save(&key, &change, clock.now()).await,
         Err(StoreError::TooLarge { .. })
     ));
-    let stored = store.load(&key).await.expect("load").expect("live");
-    assert!(stored == rec, "a refused save changed the stored session");
+    let stored = store
+        .load(&key, clock.now())
+        .await
+        .expect("load")
+        .expect("live");
+    assert!(*stored == rec, "a refused save changed the stored session");
 
     // 250 KB stored + 200 KB more: only DynamoDB knows the total, and
     // refuses the update. (Real DynamoDB refuses it atomically; moto leaves
     // the new map entry in place, at the old version: see the crate docs.)
     let mut change = Change::new(Version::INITIAL, rec.deadlines);
     change.set.insert("b".into(), vec![b'b'; 200_000]);
-    match store.save(&key, &change).await {
+    match store.save(&key, &change, clock.now()).await {
         Err(StoreError::TooLarge { limit, .. }) => assert_eq!(limit, DYNAMODB_MAX_ITEM_BYTES),
         other => panic!("an item over 400 KB must be TooLarge, got {other:?}"),
     }
-    let stored = store.load(&key).await.expect("load").expect("live");
+    let stored = store
+        .load(&key, clock.now())
+        .await
+        .expect("load")
+        .expect("live");
     assert_eq!(
         stored.version,
         Version::INITIAL,
@@ -134,10 +140,10 @@ async fn an_over_limit_save_is_too_large_and_leaves_the_session_as_it_was() {
     huge.data
         .insert("x".into(), vec![0; DYNAMODB_MAX_ITEM_BYTES]);
     assert!(matches!(
-        store.create(&big, &huge).await,
+        store.create(&big, &huge, clock.now()).await,
         Err(StoreError::TooLarge { .. })
     ));
-    assert!(store.load(&big).await.expect("load").is_none());
+    assert!(store.load(&big, clock.now()).await.expect("load").is_none());
 }
 
 #[tokio::test]
@@ -146,29 +152,39 @@ async fn a_configured_item_limit_is_checked_before_writing() {
     let store = moto()
         .store(DynamoConfig::new(unique("limit")).with_max_item_bytes(10_000))
         .await
-        .expect("table")
-        .with_clock(Arc::new(clock.clone()));
+        .expect("table");
     let key = SessionId::generate().key();
     let mut rec = record(&clock, HOUR);
     rec.data.insert("x".into(), vec![1; 12_000]);
-    match store.create(&key, &rec).await {
+    match store.create(&key, &rec, clock.now()).await {
         Err(StoreError::TooLarge { size, limit }) => {
             assert_eq!(limit, 10_000);
             assert!(size > 12_000);
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    assert!(store.load(&key).await.expect("load").is_none());
+    assert!(store.load(&key, clock.now()).await.expect("load").is_none());
 
     let small = record(&clock, HOUR);
-    store.create(&key, &small).await.expect("create");
+    store
+        .create(&key, &small, clock.now())
+        .await
+        .expect("create");
     let mut change = Change::new(Version::INITIAL, small.deadlines);
     change.set.insert("x".into(), vec![1; 12_000]);
     assert!(matches!(
-        store.save(&key, &change).await,
+        store.save(&key, &change, clock.now()).await,
         Err(StoreError::TooLarge { .. })
     ));
-    assert_eq!(store.load(&key).await.expect("load").expect("live"), small);
+    assert_eq!(
+        store
+            .load(&key, clock.now())
+            .await
+            .expect("load")
+            .expect("live")
+            .as_ref(),
+        &small
+    );
 }
 
 #[tokio::test]
@@ -193,7 +209,7 @@ async fn session_keys_of_any_shape_are_map_paths_of_their_own() {
     let mut rec = record(&clock, HOUR);
     rec.data.insert("keep".into(), b"1".to_vec());
     rec.data.insert("drop".into(), b"2".to_vec());
-    store.create(&key, &rec).await.expect("create");
+    store.create(&key, &rec, clock.now()).await.expect("create");
 
     let mut change = Change::new(Version::INITIAL, rec.deadlines);
     for (n, k) in odd.iter().enumerate() {
@@ -206,18 +222,26 @@ async fn session_keys_of_any_shape_are_map_paths_of_their_own() {
     change.remove.insert("a.b".into());
     change.principal = PrincipalChange::Set("p.q #r".into());
     assert_eq!(
-        store.save(&key, &change).await.expect("save"),
+        store.save(&key, &change, clock.now()).await.expect("save"),
         SaveOutcome::Saved(Version::new(2))
     );
-    let stored = store.load(&key).await.expect("load").expect("live");
-    assert_eq!(stored, change.apply_to(&rec));
+    let stored = store
+        .load(&key, clock.now())
+        .await
+        .expect("load")
+        .expect("live");
+    assert_eq!(*stored, change.apply_to(&rec));
 
     let mut clear = Change::new(Version::new(2), Deadlines::default());
     clear.principal = PrincipalChange::Clear;
     clear.remove.extend(odd.iter().map(|k| (*k).to_owned()));
-    store.save(&key, &clear).await.expect("save");
-    let stored = store.load(&key).await.expect("load").expect("live");
-    assert_eq!(stored, clear.apply_to(&change.apply_to(&rec)));
+    store.save(&key, &clear, clock.now()).await.expect("save");
+    let stored = store
+        .load(&key, clock.now())
+        .await
+        .expect("load")
+        .expect("live");
+    assert_eq!(*stored, clear.apply_to(&change.apply_to(&rec)));
     assert_eq!(
         stored.deadlines,
         Deadlines::default(),
@@ -232,31 +256,43 @@ async fn key_prefixes_share_a_table_without_meeting() {
     let a = moto()
         .store(DynamoConfig::new(table.clone()).with_key_prefix("app-a:"))
         .await
-        .expect("table")
-        .with_clock(Arc::new(clock.clone()));
+        .expect("table");
     let b = moto()
         .store(DynamoConfig::new(table).with_key_prefix("app-b:"))
         .await
-        .expect("table")
-        .with_clock(Arc::new(clock.clone()));
+        .expect("table");
     let principal = unique("user");
     let key = SessionId::generate().key();
     let mut rec = record(&clock, HOUR);
     rec.principal = Some(principal.clone());
-    a.create(&key, &rec).await.expect("create");
-    b.create(&key, &rec).await.expect("create in b");
+    a.create(&key, &rec, clock.now()).await.expect("create");
+    b.create(&key, &rec, clock.now())
+        .await
+        .expect("create in b");
 
     assert_eq!(
-        a.list_principal(&principal).await.expect("list"),
+        a.list_principal(&principal, clock.now())
+            .await
+            .expect("list"),
         vec![key.clone()]
     );
-    assert_eq!(b.revoke_principal(&principal).await.expect("revoke"), 1);
-    assert!(b.load(&key).await.expect("load").is_none());
+    assert_eq!(
+        b.revoke_principal(&principal, clock.now())
+            .await
+            .expect("revoke"),
+        1
+    );
+    assert!(b.load(&key, clock.now()).await.expect("load").is_none());
     assert!(
-        a.load(&key).await.expect("load").is_some(),
+        a.load(&key, clock.now()).await.expect("load").is_some(),
         "a revoke in b reached a"
     );
-    assert_eq!(a.list_principal(&principal).await.expect("list"), vec![key]);
+    assert_eq!(
+        a.list_principal(&principal, clock.now())
+            .await
+            .expect("list"),
+        vec![key]
+    );
 }
 
 #[tokio::test]
@@ -276,21 +312,30 @@ async fn listing_and_revoking_skip_expired_sessions() {
         };
         let mut rec = record(&clock, idle);
         rec.principal = Some(principal.clone());
-        store.create(&key, &rec).await.expect("create");
+        store.create(&key, &rec, clock.now()).await.expect("create");
         if n % 3 != 0 {
             live.push(key);
         }
     }
     clock.advance(Duration::from_secs(11));
     live.sort();
-    assert_eq!(store.list_principal(&principal).await.expect("list"), live);
     assert_eq!(
-        store.revoke_principal(&principal).await.expect("revoke"),
+        store
+            .list_principal(&principal, clock.now())
+            .await
+            .expect("list"),
+        live
+    );
+    assert_eq!(
+        store
+            .revoke_principal(&principal, clock.now())
+            .await
+            .expect("revoke"),
         live.len()
     );
     assert!(
         store
-            .list_principal(&principal)
+            .list_principal(&principal, clock.now())
             .await
             .expect("list")
             .is_empty()
@@ -387,12 +432,12 @@ async fn connect_goes_through_aws_config_with_an_endpoint_override() {
     store.ensure_table().await.expect("ensure_table");
     let key = SessionId::generate().key();
     let clock = ManualClock::new();
-    let store = store.with_clock(Arc::new(clock.clone()));
+    let store = store;
     store
-        .create(&key, &record(&clock, HOUR))
+        .create(&key, &record(&clock, HOUR), clock.now())
         .await
         .expect("create");
-    assert!(store.load(&key).await.expect("load").is_some());
+    assert!(store.load(&key, clock.now()).await.expect("load").is_some());
 }
 
 fn aws_config_loader() -> offstate_dynamodb::aws_config::ConfigLoader {

@@ -9,12 +9,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
 use http::{Request, StatusCode, header};
+use offstate_core::SessionError;
 use offstate_core::{CountingStore, Limits, SessionStore, Sessions};
 use offstate_dynamodb::DynamoConfig;
 use offstate_testing::dynamodb::{moto, unique};
 use offstate_testing::memcached::MemcachedServer;
 use offstate_testing::redis::RedisServer;
-use offstate_tower::{Session, SessionFailure, SessionLayer};
+use offstate_tower::{Session, SessionLayer};
 use tower::ServiceExt as _;
 
 const FLOOD: usize = 10_000;
@@ -29,7 +30,7 @@ fn limits() -> Limits {
         .with_max_record_bytes(MAX_RECORD)
 }
 
-async fn insert_keys(session: &Session, n: usize) -> Result<&'static str, SessionFailure> {
+async fn insert_keys(session: &Session, n: usize) -> Result<&'static str, SessionError> {
     for i in 0..n {
         session.insert(&format!("k{i}"), &i).await?;
     }
@@ -42,7 +43,7 @@ fn routes() -> Router {
             "/read",
             get(|s: Session| async move {
                 let n: Option<u64> = s.get("k0").await?;
-                Ok::<_, SessionFailure>(format!("{n:?}"))
+                Ok::<_, SessionError>(format!("{n:?}"))
             }),
         )
         .route(
@@ -58,14 +59,14 @@ fn routes() -> Router {
             "/value-at-limit",
             post(|s: Session| async move {
                 s.insert("v", &"x".repeat(MAX_VALUE - 2)).await?;
-                Ok::<_, SessionFailure>("ok")
+                Ok::<_, SessionError>("ok")
             }),
         )
         .route(
             "/value-over",
             post(|s: Session| async move {
                 s.insert("v", &"x".repeat(MAX_VALUE - 1)).await?;
-                Ok::<_, SessionFailure>("ok")
+                Ok::<_, SessionError>("ok")
             }),
         )
         // Each value is within its limit; together they are not.
@@ -75,7 +76,7 @@ fn routes() -> Router {
                 for key in ["k0", "k1", "k2", "k3"] {
                     s.insert(key, &"y".repeat(MAX_VALUE - 50)).await?;
                 }
-                Ok::<_, SessionFailure>("ok")
+                Ok::<_, SessionError>("ok")
             }),
         )
 }
@@ -179,7 +180,7 @@ async fn exercise<S: SessionStore + Clone>(
 
     // A session cookie over the configured length: 431, no store call.
     counted.reset();
-    let long = format!("offstate={}", "A".repeat(65));
+    let long = format!("__Host-offstate={}", "A".repeat(65));
     let response = send(&app, "GET", "/read", Some(&long)).await;
     assert_eq!(
         response.status(),

@@ -26,7 +26,7 @@ fn cluster() -> MemcachedCluster {
 fn record() -> Record {
     let now = SystemClock.now();
     let idle = now.saturating_add(Duration::from_secs(600));
-    let mut record = Record::new(now, Deadlines::new(Some(idle), None));
+    let mut record = Record::new(now, Deadlines::idle_at(idle));
     record.data.insert("cart".into(), b"[1]".to_vec());
     record
 }
@@ -52,7 +52,10 @@ async fn sessions_on_both(
         let mut keys = Vec::new();
         for _ in 0..per_node {
             let key = key_on(store, cluster, node);
-            store.create(&key, &record()).await.expect("create");
+            store
+                .create(&key, &record(), offstate_core::Timestamp::now())
+                .await
+                .expect("create");
             keys.push(key);
         }
         by_node.insert(node, keys);
@@ -75,32 +78,63 @@ fn assert_outage<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) 
 }
 
 async fn assert_node_fails(store: &MemcachedStore, cluster: &MemcachedCluster, key: &SessionKey) {
-    assert_outage("load", bounded("load", store.load(key)).await);
+    assert_outage(
+        "load",
+        bounded("load", store.load(key, offstate_core::Timestamp::now())).await,
+    );
     let change = Change::new(Version::INITIAL, record().deadlines);
-    assert_outage("save", bounded("save", store.save(key, &change)).await);
+    assert_outage(
+        "save",
+        bounded(
+            "save",
+            store.save(key, &change, offstate_core::Timestamp::now()),
+        )
+        .await,
+    );
     let deadline = SystemClock.now().saturating_add(Duration::from_secs(900));
-    assert_outage("touch", bounded("touch", store.touch(key, deadline)).await);
-    assert_outage("delete", bounded("delete", store.delete(key)).await);
+    assert_outage(
+        "touch",
+        bounded(
+            "touch",
+            store.touch(key, deadline, offstate_core::Timestamp::now()),
+        )
+        .await,
+    );
+    assert_outage(
+        "delete",
+        bounded("delete", store.delete(key, offstate_core::Timestamp::now())).await,
+    );
     let new = key_on(store, cluster, 1);
     assert_outage(
         "create",
-        bounded("create", store.create(&new, &record())).await,
+        bounded(
+            "create",
+            store.create(&new, &record(), offstate_core::Timestamp::now()),
+        )
+        .await,
     );
 }
 
 async fn assert_node_works(store: &MemcachedStore, key: &SessionKey) {
     let loaded = store
-        .load(key)
+        .load(key, offstate_core::Timestamp::now())
         .await
         .expect("load on a surviving node")
         .expect("live");
     let mut change = Change::new(loaded.version, loaded.deadlines);
     change.set.insert("cart".into(), b"[1,2]".to_vec());
     assert_eq!(
-        store.save(key, &change).await.expect("save"),
+        store
+            .save(key, &change, offstate_core::Timestamp::now())
+            .await
+            .expect("save"),
         SaveOutcome::Saved(loaded.version.next())
     );
-    let again = store.load(key).await.expect("load").expect("live");
+    let again = store
+        .load(key, offstate_core::Timestamp::now())
+        .await
+        .expect("load")
+        .expect("live");
     assert_eq!(
         again.data.get("cart").map(Vec::as_slice),
         Some(&b"[1,2]"[..])
@@ -122,13 +156,20 @@ async fn killed_node_fails_typed_and_the_other_keeps_working() {
     // New sessions on the surviving node are fine.
     let new = key_on(&store, &cluster, 0);
     store
-        .create(&new, &record())
+        .create(&new, &record(), offstate_core::Timestamp::now())
         .await
         .expect("create on the surviving node");
     // A fresh store instance (empty pools) behaves the same.
     let fresh = cluster.store();
     assert_node_works(&fresh, &by_node[&0][0]).await;
-    assert_outage("load", bounded("load", fresh.load(&by_node[&1][0])).await);
+    assert_outage(
+        "load",
+        bounded(
+            "load",
+            fresh.load(&by_node[&1][0], offstate_core::Timestamp::now()),
+        )
+        .await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +179,7 @@ async fn hung_node_times_out_and_recovers() {
     let by_node = sessions_on_both(&store, &cluster, 3).await;
     cluster.pause(1);
     for key in &by_node[&1] {
-        match bounded("load", store.load(key)).await {
+        match bounded("load", store.load(key, offstate_core::Timestamp::now())).await {
             Err(StoreError::Timeout(after)) => assert_eq!(after, FIXTURE_TIMEOUT),
             other => panic!("a load from a hung node must time out, got {other:?}"),
         }
@@ -165,7 +206,7 @@ async fn restarted_node_is_used_again_despite_stale_pooled_connections() {
     // and the stale pooled connections are replaced transparently.
     for key in &by_node[&1] {
         assert!(
-            bounded("load", store.load(key))
+            bounded("load", store.load(key, offstate_core::Timestamp::now()))
                 .await
                 .expect("load after restart")
                 .is_none()
@@ -173,7 +214,7 @@ async fn restarted_node_is_used_again_despite_stale_pooled_connections() {
     }
     let new = key_on(&store, &cluster, 1);
     store
-        .create(&new, &record())
+        .create(&new, &record(), offstate_core::Timestamp::now())
         .await
         .expect("create after restart");
     assert_node_works(&store, &new).await;

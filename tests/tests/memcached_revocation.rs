@@ -25,7 +25,7 @@ fn principal() -> String {
 fn record(principal: Option<&str>) -> Record {
     let now = SystemClock.now();
     let idle = now.saturating_add(Duration::from_secs(600));
-    let mut record = Record::new(now, Deadlines::new(Some(idle), None));
+    let mut record = Record::new(now, Deadlines::idle_at(idle));
     record.principal = principal.map(str::to_owned);
     record.data.insert("k".into(), b"1".to_vec());
     record
@@ -34,7 +34,11 @@ fn record(principal: Option<&str>) -> Record {
 async fn login(store: &MemcachedStore, principal: &str) -> SessionKey {
     let key = SessionId::generate().key();
     let outcome = store
-        .create(&key, &record(Some(principal)))
+        .create(
+            &key,
+            &record(Some(principal)),
+            offstate_core::Timestamp::now(),
+        )
         .await
         .expect("create");
     assert_eq!(outcome, CreateOutcome::Created);
@@ -42,7 +46,11 @@ async fn login(store: &MemcachedStore, principal: &str) -> SessionKey {
 }
 
 async fn live(store: &MemcachedStore, key: &SessionKey) -> bool {
-    store.load(key).await.expect("load").is_some()
+    store
+        .load(key, offstate_core::Timestamp::now())
+        .await
+        .expect("load")
+        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,18 +59,30 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
     let store = cluster.store();
     let alice = principal();
     let old: Vec<SessionKey> = login_many(&store, &alice, 6).await;
-    assert_eq!(store.revoke_principal(&alice).await.expect("revoke"), 0);
+    assert_eq!(
+        store
+            .revoke_principal(&alice, offstate_core::Timestamp::now())
+            .await
+            .expect("revoke"),
+        0
+    );
 
     for key in &old {
         assert!(!live(&store, key).await, "revoked session loads");
         let change = Change::new(Version::INITIAL, record(None).deadlines);
         assert_eq!(
-            store.save(key, &change).await.expect("save"),
+            store
+                .save(key, &change, offstate_core::Timestamp::now())
+                .await
+                .expect("save"),
             SaveOutcome::Gone
         );
         let deadline = SystemClock.now().saturating_add(Duration::from_secs(900));
         assert_eq!(
-            store.touch(key, deadline).await.expect("touch"),
+            store
+                .touch(key, deadline, offstate_core::Timestamp::now())
+                .await
+                .expect("touch"),
             TouchOutcome::Gone
         );
     }
@@ -73,13 +93,16 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
     // So is a session that attaches the principal by a save.
     let anonymous = SessionId::generate().key();
     store
-        .create(&anonymous, &record(None))
+        .create(&anonymous, &record(None), offstate_core::Timestamp::now())
         .await
         .expect("create");
     let mut change = Change::new(Version::INITIAL, record(None).deadlines);
     change.principal = PrincipalChange::Set(alice.clone());
     assert!(matches!(
-        store.save(&anonymous, &change).await.expect("save"),
+        store
+            .save(&anonymous, &change, offstate_core::Timestamp::now())
+            .await
+            .expect("save"),
         SaveOutcome::Saved(_)
     ));
     assert!(live(&store, &anonymous).await);
@@ -91,7 +114,10 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
     }
 
     // A second revoke ends the new ones too.
-    store.revoke_principal(&alice).await.expect("revoke");
+    store
+        .revoke_principal(&alice, offstate_core::Timestamp::now())
+        .await
+        .expect("revoke");
     assert!(!live(&store, &new).await);
     assert!(!live(&store, &anonymous).await);
 }
@@ -110,7 +136,10 @@ async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
     let store = cluster.store();
     let bob = principal();
     let revoked = login(&store, &bob).await;
-    store.revoke_principal(&bob).await.expect("revoke");
+    store
+        .revoke_principal(&bob, offstate_core::Timestamp::now())
+        .await
+        .expect("revoke");
     let current = login(&store, &bob).await;
     assert!(live(&store, &current).await);
 
@@ -129,7 +158,13 @@ async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
     assert!(!live(&store, &current).await);
     assert!(!live(&store, &revoked).await);
     // Revoking a principal without an epoch key is a harmless no-op.
-    assert_eq!(store.revoke_principal(&bob).await.expect("revoke"), 0);
+    assert_eq!(
+        store
+            .revoke_principal(&bob, offstate_core::Timestamp::now())
+            .await
+            .expect("revoke"),
+        0
+    );
 
     // Logging in again recreates the epoch at a fresh random value, which
     // neither old session recorded.
@@ -148,14 +183,20 @@ async fn revocation_spares_other_principals_and_anonymous_sessions() {
     let daves = login(&store, &dave).await;
     let anonymous = SessionId::generate().key();
     store
-        .create(&anonymous, &record(None))
+        .create(&anonymous, &record(None), offstate_core::Timestamp::now())
         .await
         .expect("create");
-    store.revoke_principal(&carol).await.expect("revoke");
+    store
+        .revoke_principal(&carol, offstate_core::Timestamp::now())
+        .await
+        .expect("revoke");
     assert!(!live(&store, &carols).await);
     assert!(live(&store, &daves).await);
     assert!(live(&store, &anonymous).await);
-    match store.list_principal(&dave).await {
+    match store
+        .list_principal(&dave, offstate_core::Timestamp::now())
+        .await
+    {
         Err(StoreError::Unsupported(_)) => {}
         other => panic!("memcached cannot list a principal's sessions, got {other:?}"),
     }

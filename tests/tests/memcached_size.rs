@@ -23,7 +23,7 @@ fn server(args: &[&str]) -> MemcachedServer {
 fn record(value_len: usize) -> Record {
     let now = SystemClock.now();
     let idle = now.saturating_add(Duration::from_secs(600));
-    let mut record = Record::new(now, Deadlines::new(Some(idle), None));
+    let mut record = Record::new(now, Deadlines::idle_at(idle));
     record.data.insert("small".into(), b"1".to_vec());
     if value_len > 0 {
         record.data.insert("big".into(), vec![b'x'; value_len]);
@@ -43,24 +43,45 @@ fn assert_too_large<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError
 async fn refuses_without_losing_anything(store: &MemcachedStore) {
     let big = MIB + MIB / 2;
     let key = SessionId::generate().key();
-    assert_too_large("create", store.create(&key, &record(big)).await);
+    assert_too_large(
+        "create",
+        store
+            .create(&key, &record(big), offstate_core::Timestamp::now())
+            .await,
+    );
     assert!(
-        store.load(&key).await.expect("load").is_none(),
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .is_none(),
         "a refused create left a record"
     );
 
     let key: SessionKey = SessionId::generate().key();
     let small = record(0);
     assert_eq!(
-        store.create(&key, &small).await.expect("create"),
+        store
+            .create(&key, &small, offstate_core::Timestamp::now())
+            .await
+            .expect("create"),
         CreateOutcome::Created
     );
     let mut change = Change::new(small.version, small.deadlines);
     change.set.insert("big".into(), vec![b'x'; big]);
-    assert_too_large("save", store.save(&key, &change).await);
+    assert_too_large(
+        "save",
+        store
+            .save(&key, &change, offstate_core::Timestamp::now())
+            .await,
+    );
     assert_eq!(
-        store.load(&key).await.expect("load"),
-        Some(small.clone()),
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .as_deref(),
+        Some(&small),
         "the stored session changed"
     );
 
@@ -68,7 +89,10 @@ async fn refuses_without_losing_anything(store: &MemcachedStore) {
     let mut change = Change::new(small.version, small.deadlines);
     change.set.insert("small".into(), b"2".to_vec());
     assert!(matches!(
-        store.save(&key, &change).await.expect("save"),
+        store
+            .save(&key, &change, offstate_core::Timestamp::now())
+            .await
+            .expect("save"),
         SaveOutcome::Saved(_)
     ));
 }
@@ -98,10 +122,20 @@ async fn a_matching_larger_limit_stores_large_records() {
     let key = SessionId::generate().key();
     let big = record(MIB + MIB / 2);
     assert_eq!(
-        store.create(&key, &big).await.expect("create"),
+        store
+            .create(&key, &big, offstate_core::Timestamp::now())
+            .await
+            .expect("create"),
         CreateOutcome::Created
     );
-    assert_eq!(store.load(&key).await.expect("load"), Some(big));
+    assert_eq!(
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .as_deref(),
+        Some(&big)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,12 +145,27 @@ async fn the_limit_counts_the_whole_item() {
     let server = server(&[]);
     let store = server.store();
     let key = SessionId::generate().key();
-    assert_too_large("create", store.create(&key, &record(MIB - 40)).await);
+    assert_too_large(
+        "create",
+        store
+            .create(&key, &record(MIB - 40), offstate_core::Timestamp::now())
+            .await,
+    );
     // Comfortably under the limit it is stored.
     let fits = record(MIB - 4096);
     assert_eq!(
-        store.create(&key, &fits).await.expect("create"),
+        store
+            .create(&key, &fits, offstate_core::Timestamp::now())
+            .await
+            .expect("create"),
         CreateOutcome::Created
     );
-    assert_eq!(store.load(&key).await.expect("load"), Some(fits));
+    assert_eq!(
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .as_deref(),
+        Some(&fits)
+    );
 }

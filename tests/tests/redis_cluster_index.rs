@@ -16,7 +16,7 @@ fn record(principal: Option<&str>) -> Record {
     let now = SystemClock.now();
     let mut record = Record::new(
         now,
-        Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None),
+        Deadlines::idle_at(now.saturating_add(Duration::from_secs(3600))),
     );
     record.principal = principal.map(str::to_owned);
     record.data.insert("k".into(), b"1".to_vec());
@@ -45,48 +45,73 @@ async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
         }
         if keys.len() % 2 == 0 {
             store
-                .create(&key, &record(Some(&principal)))
+                .create(
+                    &key,
+                    &record(Some(&principal)),
+                    offstate_core::Timestamp::now(),
+                )
                 .await
                 .expect("create");
         } else {
             // Attached by a save rather than at creation.
-            store.create(&key, &record(None)).await.expect("create");
+            store
+                .create(&key, &record(None), offstate_core::Timestamp::now())
+                .await
+                .expect("create");
             let mut change = Change::new(Version::INITIAL, record(None).deadlines);
             change.principal = PrincipalChange::Set(principal.clone());
-            store.save(&key, &change).await.expect("save");
+            store
+                .save(&key, &change, offstate_core::Timestamp::now())
+                .await
+                .expect("save");
         }
         keys.insert(key);
     }
     let other = SessionId::generate().key();
     store
-        .create(&other, &record(Some("someone-else")))
+        .create(
+            &other,
+            &record(Some("someone-else")),
+            offstate_core::Timestamp::now(),
+        )
         .await
         .expect("create");
 
     let listed: BTreeSet<_> = store
-        .list_principal(&principal)
+        .list_principal(&principal, offstate_core::Timestamp::now())
         .await
         .expect("list")
         .into_iter()
         .collect();
     assert_eq!(listed, keys);
     assert_eq!(
-        store.revoke_principal(&principal).await.expect("revoke"),
+        store
+            .revoke_principal(&principal, offstate_core::Timestamp::now())
+            .await
+            .expect("revoke"),
         keys.len()
     );
     for key in &keys {
         assert!(
-            store.load(key).await.expect("load").is_none(),
+            store
+                .load(key, offstate_core::Timestamp::now())
+                .await
+                .expect("load")
+                .is_none(),
             "revoked session still loads"
         );
     }
     assert!(
-        store.load(&other).await.expect("load").is_some(),
+        store
+            .load(&other, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .is_some(),
         "revoke hit another principal"
     );
     assert!(
         store
-            .list_principal(&principal)
+            .list_principal(&principal, offstate_core::Timestamp::now())
             .await
             .expect("list")
             .is_empty()
@@ -105,10 +130,16 @@ async fn auto_mode_detects_cluster_and_standalone() {
     assert!(store.connection().is_cluster());
     let key = SessionId::generate().key();
     store
-        .create(&key, &record(None))
+        .create(&key, &record(None), offstate_core::Timestamp::now())
         .await
         .expect("create through a detected cluster");
-    assert!(store.load(&key).await.expect("load").is_some());
+    assert!(
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .is_some()
+    );
 
     let server = RedisServer::start().expect("redis-server");
     let store = RedisStore::connect(RedisConfig::new(server.url()))

@@ -296,7 +296,7 @@ async fn sessions_survive_a_master_failover_under_load() {
         let session = sessions.new_session();
         session.insert("cart", &Vec::<u64>::new()).await.unwrap();
         session.save().await.unwrap();
-        let id = session.id().await.unwrap();
+        let id = session.id().unwrap();
         let slot = cluster.slot(id.key().as_str());
         let on_victim = victim
             .slots

@@ -6,6 +6,7 @@
 // Test helpers: failing loudly is the point.
 #![allow(clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use offstate_core::{
@@ -23,7 +24,7 @@ fn record(data: &[(&str, &str)]) -> Record {
     let now = SystemClock.now();
     let mut record = Record::new(
         now,
-        Deadlines::new(Some(now.saturating_add(Duration::from_secs(3600))), None),
+        Deadlines::idle_at(now.saturating_add(Duration::from_secs(3600))),
     );
     for (k, v) in data {
         record.data.insert((*k).to_owned(), v.as_bytes().to_vec());
@@ -39,7 +40,7 @@ async fn bounded_store(server: &RedisServer) -> RedisStore {
     RedisStore::connect(config).await.expect("store")
 }
 
-fn is_outage(result: &Result<Option<Record>, StoreError>) -> bool {
+fn is_outage(result: &Result<Option<Arc<Record>>, StoreError>) -> bool {
     matches!(
         result,
         Err(StoreError::Timeout(_) | StoreError::Unavailable(_))
@@ -51,7 +52,11 @@ fn is_outage(result: &Result<Option<Record>, StoreError>) -> bool {
 async fn until_recovered(store: &RedisStore) -> usize {
     let probe = SessionId::generate().key();
     for failed in 0..200 {
-        if store.load(&probe).await.is_ok() {
+        if store
+            .load(&probe, offstate_core::Timestamp::now())
+            .await
+            .is_ok()
+        {
             return failed;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -66,7 +71,11 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
     let key = SessionId::generate().key();
     assert_eq!(
         store
-            .create(&key, &record(&[("k", "1")]))
+            .create(
+                &key,
+                &record(&[("k", "1")]),
+                offstate_core::Timestamp::now()
+            )
             .await
             .expect("create"),
         CreateOutcome::Created
@@ -79,10 +88,18 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
         let store = store.clone();
         let key = key.clone();
         in_flight.push(tokio::spawn(async move {
-            tokio::time::timeout(HANG_GUARD, store.load(&key)).await
+            tokio::time::timeout(
+                HANG_GUARD,
+                store.load(&key, offstate_core::Timestamp::now()),
+            )
+            .await
         }));
     }
-    let touch = tokio::time::timeout(HANG_GUARD, store.touch(&key, SystemClock.now())).await;
+    let touch = tokio::time::timeout(
+        HANG_GUARD,
+        store.touch(&key, SystemClock.now(), offstate_core::Timestamp::now()),
+    )
+    .await;
     assert!(
         matches!(touch, Ok(Err(StoreError::Timeout(_)))),
         "touch on a paused server: {touch:?}"
@@ -97,27 +114,42 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
         assert!(is_outage(&result), "in-flight load: {result:?}");
     }
     // A dead server: refused connections are outages too, never a hang.
-    let dead = tokio::time::timeout(HANG_GUARD, store.load(&key))
-        .await
-        .expect("hung on a dead server");
+    let dead = tokio::time::timeout(
+        HANG_GUARD,
+        store.load(&key, offstate_core::Timestamp::now()),
+    )
+    .await
+    .expect("hung on a dead server");
     assert!(is_outage(&dead), "load on a dead server: {dead:?}");
 
     // Same port, fresh (empty) server: the same store instance recovers.
     server.restart().expect("restart");
     until_recovered(&store).await;
     assert!(
-        store.load(&key).await.expect("load").is_none(),
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .is_none(),
         "data came back from a wiped server"
     );
     let fresh = SessionId::generate().key();
     assert_eq!(
         store
-            .create(&fresh, &record(&[("k", "2")]))
+            .create(
+                &fresh,
+                &record(&[("k", "2")]),
+                offstate_core::Timestamp::now()
+            )
             .await
             .expect("create"),
         CreateOutcome::Created
     );
-    let loaded = store.load(&fresh).await.expect("load").expect("live");
+    let loaded = store
+        .load(&fresh, offstate_core::Timestamp::now())
+        .await
+        .expect("load")
+        .expect("live");
     assert_eq!(loaded.data.get("k").map(Vec::as_slice), Some(&b"2"[..]));
 }
 
@@ -130,7 +162,12 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
     for _ in 0..8 {
         let store = store.clone();
         warm.push(tokio::spawn(async move {
-            store.load(&SessionId::generate().key()).await
+            store
+                .load(
+                    &SessionId::generate().key(),
+                    offstate_core::Timestamp::now(),
+                )
+                .await
         }));
     }
     for call in warm {
@@ -142,10 +179,20 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
     for _ in 0..20 {
         let key = SessionId::generate().key();
         store
-            .create(&key, &record(&[("k", "1")]))
+            .create(
+                &key,
+                &record(&[("k", "1")]),
+                offstate_core::Timestamp::now(),
+            )
             .await
             .expect("create after restart");
-        assert!(store.load(&key).await.expect("load").is_some());
+        assert!(
+            store
+                .load(&key, offstate_core::Timestamp::now())
+                .await
+                .expect("load")
+                .is_some()
+        );
     }
 }
 
@@ -156,45 +203,65 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
     let bad = SessionId::generate().key();
     let good = SessionId::generate().key();
     let original = record(&[("cart", "[1]")]);
-    store.create(&bad, &original).await.expect("create");
-    store.create(&good, &original).await.expect("create");
+    store
+        .create(&bad, &original, offstate_core::Timestamp::now())
+        .await
+        .expect("create");
+    store
+        .create(&good, &original, offstate_core::Timestamp::now())
+        .await
+        .expect("create");
 
     server
         .cli(&["HSET", &store.session_key(&bad), "version", "notanumber"])
         .expect("redis-cli HSET");
     assert!(matches!(
-        store.load(&bad).await,
+        store.load(&bad, offstate_core::Timestamp::now()).await,
         Err(StoreError::Corrupt(_))
     ));
     let change = Change::new(Version::INITIAL, original.deadlines);
     assert!(matches!(
-        store.save(&bad, &change).await,
+        store
+            .save(&bad, &change, offstate_core::Timestamp::now())
+            .await,
         Err(StoreError::Corrupt(_))
     ));
     assert!(matches!(
-        store.touch(&bad, SystemClock.now()).await,
+        store
+            .touch(&bad, SystemClock.now(), offstate_core::Timestamp::now())
+            .await,
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(
-        store.create(&bad, &original).await.expect("create"),
+        store
+            .create(&bad, &original, offstate_core::Timestamp::now())
+            .await
+            .expect("create"),
         CreateOutcome::Exists,
         "create overwrote a corrupt record"
     );
 
     // The other session is untouched and fully usable.
     assert_eq!(
-        store.load(&good).await.expect("load"),
-        Some(original.clone())
+        store
+            .load(&good, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .as_deref(),
+        Some(&original)
     );
     assert!(matches!(
-        store.save(&good, &change).await,
+        store
+            .save(&good, &change, offstate_core::Timestamp::now())
+            .await,
         Ok(offstate_core::SaveOutcome::Saved(_))
     ));
     assert_eq!(
         store
             .touch(
                 &good,
-                SystemClock.now().saturating_add(Duration::from_secs(60))
+                SystemClock.now().saturating_add(Duration::from_secs(60)),
+                offstate_core::Timestamp::now(),
             )
             .await
             .expect("touch"),
@@ -207,11 +274,22 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
         .cli(&["SET", &store.session_key(&bad), "garbage"])
         .expect("SET");
     assert!(matches!(
-        store.load(&bad).await,
+        store.load(&bad, offstate_core::Timestamp::now()).await,
         Err(StoreError::Corrupt(_))
     ));
-    assert!(store.delete(&bad).await.expect("delete"));
-    assert!(store.load(&bad).await.expect("load").is_none());
+    assert!(
+        store
+            .delete(&bad, offstate_core::Timestamp::now())
+            .await
+            .expect("delete")
+    );
+    assert!(
+        store
+            .load(&bad, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,10 +298,20 @@ async fn password_auth_is_required_and_used() {
     let store = server.store().await.expect("store");
     let key = SessionId::generate().key();
     store
-        .create(&key, &record(&[("k", "1")]))
+        .create(
+            &key,
+            &record(&[("k", "1")]),
+            offstate_core::Timestamp::now(),
+        )
         .await
         .expect("create with AUTH");
-    assert!(store.load(&key).await.expect("load").is_some());
+    assert!(
+        store
+            .load(&key, offstate_core::Timestamp::now())
+            .await
+            .expect("load")
+            .is_some()
+    );
 
     // Without the password the server refuses, as a typed error.
     let anonymous = RedisStore::connect(
@@ -234,7 +322,7 @@ async fn password_auth_is_required_and_used() {
     )
     .await
     .expect("store");
-    let refused = anonymous.load(&key).await;
+    let refused = anonymous.load(&key, offstate_core::Timestamp::now()).await;
     assert!(
         refused.is_err(),
         "a store without the password read a session: {refused:?}"

@@ -8,8 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use offstate_core::{Clock, SessionError, Sessions, system_clock};
-use offstate_tower::{CookieConfig, Session, SessionFailure, SessionLayer, SigningKey};
+use offstate_core::{Clock, SessionError, Sessions};
+use offstate_tower::{CookieConfig, Session, SessionLayer, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::cart::{self, CART_KEY, Cart};
@@ -22,12 +22,11 @@ pub struct AppConfig {
     store_label: Option<Arc<str>>,
     secure_cookies: bool,
     signing_key: Option<SigningKey>,
-    clock: Arc<dyn Clock>,
 }
 
 impl AppConfig {
     /// An app that calls itself `instance` on every page, with `Secure`
-    /// cookies, unsigned IDs and the system clock.
+    /// cookies and unsigned IDs.
     #[must_use]
     pub fn new(instance: impl Into<String>) -> Self {
         Self {
@@ -35,7 +34,6 @@ impl AppConfig {
             store_label: None,
             secure_cookies: true,
             signing_key: None,
-            clock: system_clock(),
         }
     }
 
@@ -60,14 +58,6 @@ impl AppConfig {
         self.signing_key = Some(key);
         self
     }
-
-    /// Sets the clock remaining times and cookie lifetimes use; it must be
-    /// the one the sessions use.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +77,8 @@ struct AppState {
 /// # drop(router);
 /// ```
 pub fn app(sessions: Sessions, config: AppConfig) -> Router {
+    // Remaining times are shown on the sessions' own clock.
+    let clock = Arc::clone(sessions.clock());
     let mut layer = SessionLayer::new(sessions)
         .with_cookie(CookieConfig::default().with_secure(config.secure_cookies));
     if let Some(key) = config.signing_key {
@@ -95,7 +87,7 @@ pub fn app(sessions: Sessions, config: AppConfig) -> Router {
     let state = AppState {
         instance: config.instance,
         store_label: config.store_label,
-        clock: config.clock,
+        clock,
     };
     Router::new()
         .route("/", get(index))
@@ -114,7 +106,7 @@ fn back() -> Redirect {
     Redirect::to("/")
 }
 
-async fn index(State(app): State<AppState>, session: Session) -> Result<Response, SessionFailure> {
+async fn index(State(app): State<AppState>, session: Session) -> Result<Response, SessionError> {
     let cart: Cart = session.get(CART_KEY).await?.unwrap_or_default();
     let user = session.principal().await?;
     let remaining = session
@@ -141,7 +133,7 @@ struct ItemForm {
     item: String,
 }
 
-async fn add(session: Session, Form(form): Form<ItemForm>) -> Result<Response, SessionFailure> {
+async fn add(session: Session, Form(form): Form<ItemForm>) -> Result<Response, SessionError> {
     let Some(product) = cart::product(&form.item) else {
         return Ok((StatusCode::BAD_REQUEST, "unknown item").into_response());
     };
@@ -154,7 +146,7 @@ async fn add(session: Session, Form(form): Form<ItemForm>) -> Result<Response, S
     Ok(back().into_response())
 }
 
-async fn remove(session: Session, Form(form): Form<ItemForm>) -> Result<Redirect, SessionFailure> {
+async fn remove(session: Session, Form(form): Form<ItemForm>) -> Result<Redirect, SessionError> {
     let item = form.item;
     session
         .update(CART_KEY, move |cart: Option<Cart>| {
@@ -177,7 +169,7 @@ fn user_name(typed: &str) -> Option<&str> {
     ok.then_some(name)
 }
 
-async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response, SessionFailure> {
+async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response, SessionError> {
     let Some(user) = user_name(&form.user) else {
         return Ok((
             StatusCode::BAD_REQUEST,
@@ -193,16 +185,16 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response
     Ok(back().into_response())
 }
 
-async fn logout(session: Session) -> Result<Redirect, SessionFailure> {
+async fn logout(session: Session) -> Result<Redirect, SessionError> {
     session.delete().await?;
     Ok(back())
 }
 
-async fn logout_everywhere(session: Session) -> Result<Redirect, SessionFailure> {
+async fn logout_everywhere(session: Session) -> Result<Redirect, SessionError> {
     match session.revoke_principal().await {
         Ok(count) => tracing::info!(count, "logged out everywhere"),
         Err(SessionError::NoPrincipal) => {}
-        Err(error) => return Err(error.into()),
+        Err(error) => return Err(error),
     }
     Ok(back())
 }
@@ -219,7 +211,7 @@ struct CartJson {
 async fn api_cart(
     State(app): State<AppState>,
     session: Session,
-) -> Result<Json<CartJson>, SessionFailure> {
+) -> Result<Json<CartJson>, SessionError> {
     let items: Cart = session.get(CART_KEY).await?.unwrap_or_default();
     Ok(Json(CartJson {
         count: cart::count(&items),

@@ -22,9 +22,9 @@ struct Shop {
 
 fn shop() -> Shop {
     let clock = ManualClock::new();
-    let store = MemoryStore::new().with_clock(Arc::new(clock.clone()));
+    let store = MemoryStore::new();
     let sessions = Sessions::new(store.clone()).with_clock(Arc::new(clock.clone()));
-    let config = AppConfig::new("test-instance").with_clock(Arc::new(clock.clone()));
+    let config = AppConfig::new("test-instance");
     Shop {
         router: app(sessions, config),
         clock,
@@ -92,7 +92,7 @@ async fn adding_items_shows_them_in_the_cart() {
     let response = call(&shop.router, post("/cart/add", "item=apple", None)).await;
     redirects_home(&response);
     let session = cookie(&response).expect("the first add starts a session");
-    assert!(session.starts_with("offstate="));
+    assert!(session.starts_with("__Host-offstate="));
 
     for item in ["apple", "bread"] {
         let response = call(
@@ -187,7 +187,7 @@ async fn logout_forgets_the_session() {
     let session = cookie(&call(&shop.router, post("/login", "user=bob", None)).await).unwrap();
     let response = call(&shop.router, post("/logout", "", Some(&session))).await;
     redirects_home(&response);
-    assert_eq!(cookie(&response).as_deref(), Some("offstate="));
+    assert_eq!(cookie(&response).as_deref(), Some("__Host-offstate="));
     let page = text(call(&shop.router, get("/", Some(&session))).await).await;
     assert!(page.contains("Not logged in"));
     assert!(shop.store.is_empty());
@@ -207,7 +207,7 @@ async fn logout_everywhere_ends_the_other_devices_too() {
 
     let response = call(&shop.router, post("/logout-everywhere", "", Some(&phone))).await;
     redirects_home(&response);
-    assert_eq!(cookie(&response).as_deref(), Some("offstate="));
+    assert_eq!(cookie(&response).as_deref(), Some("__Host-offstate="));
 
     for device in [&phone, &laptop] {
         let page = text(call(&shop.router, get("/", Some(device))).await).await;

@@ -18,11 +18,13 @@ use axum::body::Body;
 use axum::routing::{get, post};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt as _;
+use offstate_core::SessionError;
 use offstate_core::{
-    Capabilities, Change, CountingStore, CreateOutcome, ManualClock, MemoryStore, Record,
-    SaveOutcome, SessionKey, SessionStore, Sessions, StoreError, Timestamp, TouchOutcome,
+    Capabilities, Change, CountingStore, CreateOutcome, DeleteOutcome, ManualClock, MemoryStore,
+    Record, SaveOutcome, SessionKey, SessionStore, Sessions, StoreError, Timestamp, TouchOutcome,
+    Version,
 };
-use offstate_tower::{Session, SessionFailure, SessionLayer};
+use offstate_tower::{Session, SessionLayer};
 use tower::ServiceExt as _;
 
 /// A MemoryStore that fails on demand: reads, writes, or both, with a
@@ -77,43 +79,72 @@ impl FlakyStore {
 }
 
 impl SessionStore for FlakyStore {
-    async fn load(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
         self.check(&self.fail_reads)?;
-        self.inner.load(key).await
+        self.inner.load(key, now).await
     }
 
-    async fn create(&self, key: &SessionKey, record: &Record) -> Result<CreateOutcome, StoreError> {
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.create(key, record).await
+        self.inner.create(key, record, now).await
     }
 
-    async fn save(&self, key: &SessionKey, change: &Change) -> Result<SaveOutcome, StoreError> {
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.save(key, change).await
+        self.inner.save(key, change, now).await
     }
 
     async fn touch(
         &self,
         key: &SessionKey,
         deadline: Timestamp,
+        now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.touch(key, deadline).await
+        self.inner.touch(key, deadline, now).await
     }
 
-    async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.delete(key).await
+        self.inner.delete(key, now).await
     }
 
-    async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, StoreError> {
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.delete_if_version(key, expected, now).await
+    }
+
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         self.check(&self.fail_reads)?;
-        self.inner.list_principal(principal).await
+        self.inner.list_principal(principal, now).await
     }
 
-    async fn revoke_principal(&self, principal: &str) -> Result<usize, StoreError> {
+    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.revoke_principal(principal).await
+        self.inner.revoke_principal(principal, now).await
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -133,7 +164,7 @@ pub struct Fixture {
 impl Fixture {
     pub fn new() -> Self {
         let clock = ManualClock::new();
-        let memory = MemoryStore::new().with_clock(Arc::new(clock.clone()));
+        let memory = MemoryStore::new();
         let flaky = FlakyStore::new(memory.clone());
         let store = CountingStore::new(flaky.clone());
         let sessions = Sessions::new(store.clone()).with_clock(Arc::new(clock.clone()));
@@ -156,42 +187,42 @@ async fn untouched() -> &'static str {
     "untouched"
 }
 
-async fn read(session: Session) -> Result<String, SessionFailure> {
+async fn read(session: Session) -> Result<String, SessionError> {
     let n: Option<u64> = session.get("n").await?;
     Ok(format!("n={}", n.unwrap_or(0)))
 }
 
-async fn write(session: Session) -> Result<String, SessionFailure> {
+async fn write(session: Session) -> Result<String, SessionError> {
     let n = session
         .update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
         .await?;
     Ok(format!("n={}", n.unwrap_or(0)))
 }
 
-async fn big(session: Session) -> Result<&'static str, SessionFailure> {
+async fn big(session: Session) -> Result<&'static str, SessionError> {
     session.insert("big", &"x".repeat(2000)).await?;
     Ok("stored")
 }
 
-async fn login(session: Session) -> Result<&'static str, SessionFailure> {
+async fn login(session: Session) -> Result<&'static str, SessionError> {
     session.set_principal("alice").await?;
     session.cycle_id().await?;
     Ok("logged in")
 }
 
-async fn whoami(session: Session) -> Result<String, SessionFailure> {
+async fn whoami(session: Session) -> Result<String, SessionError> {
     Ok(session
         .principal()
         .await?
         .unwrap_or_else(|| "nobody".into()))
 }
 
-async fn logout(session: Session) -> Result<&'static str, SessionFailure> {
+async fn logout(session: Session) -> Result<&'static str, SessionError> {
     session.delete().await?;
     Ok("logged out")
 }
 
-async fn logout_everywhere(session: Session) -> Result<String, SessionFailure> {
+async fn logout_everywhere(session: Session) -> Result<String, SessionError> {
     let n = session.revoke_principal().await?;
     Ok(format!("revoked {n}"))
 }

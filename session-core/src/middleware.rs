@@ -1,0 +1,136 @@
+//! The protocol between a [`Session`] and the HTTP middleware that carries
+//! its ID, for whoever writes such a middleware (offstate-tower is built on
+//! it; so could one for another framework):
+//!
+//! 1. [`open`] a handle for the ID the request presented (or none). Nothing
+//!    is loaded until the handler uses it.
+//! 2. Give the handle to the handler.
+//! 3. After the handler, [`finish`]: it saves what the handler left
+//!    unsaved, decides what a failure means for the response
+//!    ([`Disposition`]), and says what to tell the client
+//!    ([`ClientUpdate`]).
+//!
+//! [`status`] and [`message`] give the HTTP status and the short,
+//! non-leaking body for a [`SessionError`].
+
+use crate::error::{SessionError, StoreError};
+use crate::id::SessionId;
+use crate::record::Timestamp;
+use crate::session::{Session, Sessions};
+
+/// A handle for the session the request presented: `None` or one ID
+/// (`Some(id)`), or several different ones (the same cookie name set by
+/// different domains or paths). Of several, the load keeps the one that is
+/// live; if more than one is, the request gets no session at all, since
+/// one of them may have been planted by a sibling subdomain.
+#[must_use]
+pub fn open(sessions: &Sessions, ids: impl IntoIterator<Item = SessionId>) -> Session {
+    Session::open_presented(sessions.clone(), ids.into_iter().collect())
+}
+
+/// What the client must be told after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientUpdate {
+    /// Nothing changed for the client.
+    Unchanged,
+    /// Send this ID (new, rotated, or with a later expiry).
+    Set {
+        /// The session ID to send.
+        id: SessionId,
+        /// When the session ends, if it does (for a cookie's Max-Age).
+        expires_at: Option<Timestamp>,
+    },
+    /// The session ended: tell the client to forget its ID.
+    Remove,
+}
+
+/// What a failed save at the end of a request means for its response.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Disposition {
+    /// Nothing failed.
+    Done,
+    /// The handler's changes were not saved: replace its response with
+    /// this error's ([`status`], [`message`]), so the client does not
+    /// believe them stored.
+    Replace(SessionError),
+    /// Something failed that leaves the handler's response true: log it.
+    Keep {
+        /// What failed.
+        error: SessionError,
+        /// Why the response stands.
+        reason: &'static str,
+    },
+}
+
+/// The end of a request: what to do with the response, and what to tell
+/// the client.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Finished {
+    /// What a save failure means for the response.
+    pub disposition: Disposition,
+    /// What to tell the client.
+    pub update: ClientUpdate,
+}
+
+/// Saves what the handler left unsaved (nothing for an untouched session;
+/// a touch past the threshold for a read-only one; one conditional write
+/// for a changed one) and says what the response and the client need.
+///
+/// If the handler called [`Session::save`] itself and it failed, nothing is
+/// saved again and the handler's response stands: the handler chose it.
+pub async fn finish(session: &Session) -> Finished {
+    let dirty = session.is_dirty();
+    let disposition = if session.own_save_failed() {
+        Disposition::Done
+    } else {
+        match session.save_pending().await {
+            Ok(()) => Disposition::Done,
+            Err(error) if !dirty => Disposition::Keep {
+                error,
+                reason: "only extending the idle deadline failed; the next request extends it",
+            },
+            Err(error) if session.is_degraded() => Disposition::Keep {
+                error,
+                reason: "the store was down when the session loaded (fail open); this request's changes were dropped so the real session is never overwritten",
+            },
+            Err(error) => Disposition::Replace(error),
+        }
+    };
+    Finished {
+        disposition,
+        update: session.take_client_update(),
+    }
+}
+
+/// The HTTP status that describes `error` best: 503 when the store is down
+/// or overloaded, 409 for an unresolved conflict, 413 over the size limits,
+/// 401 when the session ended meanwhile, 400 with no principal to revoke,
+/// 500 otherwise.
+#[must_use]
+pub fn status(error: &SessionError) -> u16 {
+    match error {
+        SessionError::Store(StoreError::TooLarge { .. }) | SessionError::Limit(_) => 413,
+        SessionError::Store(e) if e.is_outage() => 503,
+        SessionError::Conflict { .. } | SessionError::RetriesExhausted { .. } => 409,
+        SessionError::Gone => 401,
+        SessionError::NoPrincipal => 400,
+        _ => 500,
+    }
+}
+
+/// A short response body for `error` that says what kind of failure it was
+/// and nothing more: no store address, no session ID, no backend message.
+#[must_use]
+pub fn message(error: &SessionError) -> &'static str {
+    match status(error) {
+        503 => "session store unavailable",
+        409 => "session changed concurrently; please retry",
+        413 => "session data too large",
+        401 => "session ended",
+        400 => "session has no user",
+        _ => "session error",
+    }
+}

@@ -1,0 +1,456 @@
+//! Writing a session: create, conditional save with replay, touch, and the
+//! ID rotation that login needs.
+//!
+//! # Rotation
+//!
+//! A login (a change of principal, or [`Session::cycle_id`]) never writes
+//! to the ID the client had before: an attacker may have planted it. It
+//! moves the session instead:
+//!
+//! 1. `create` a record under a fresh ID with the request's data and the
+//!    new principal. Nobody knows that ID yet; stores that index principals
+//!    index it before it exists, so a revoke that runs from here on ends it.
+//! 2. `delete_if_version` the old ID at the version the new record was
+//!    built from. This is the step that decides:
+//!    - deleted: the login happened. Any later write to the old ID finds
+//!      it gone and is refused (never acknowledged, so never lost);
+//!    - a newer version: a concurrent request wrote the old ID. The new
+//!      record is discarded and the login replays on the fresh record;
+//!    - gone: a logout or revoke ended the session first. The new record
+//!      is discarded and the login fails with [`SessionError::Gone`];
+//!    - unknown (a timeout): the old ID is read again. Still there, the
+//!      step is retried; gone, the login stands (the new ID was never
+//!      known to anyone else, and the principal was never on the old one).
+//!
+//! A discarded new record is deleted at once, and again in the background
+//! if that fails; until then it is a session nobody holds the ID of.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::calls;
+use super::state::{self, Op, Overlay, State};
+use super::{Session, Sessions, WritePolicy};
+use crate::error::{SessionError, StoreError};
+use crate::id::{SessionId, SessionKey};
+use crate::record::Record;
+use crate::store::{
+    Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, TouchOutcome,
+};
+
+/// Longest pause between two save attempts.
+const BACKOFF_CAP: Duration = Duration::from_millis(50);
+
+/// How many fresh IDs a create tries before giving up (a collision of
+/// 192-bit random IDs means the random source is broken).
+const CREATE_ATTEMPTS: u32 = 3;
+
+/// "Full jitter" exponential backoff: a random pause between zero and
+/// 0.5 ms × 2^attempt, capped at [`BACKOFF_CAP`].
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_micros(500)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let mut bytes = [0u8; 8];
+    // Without randomness, fall back to the ceiling: slower, never wrong.
+    let fraction = match getrandom::fill(&mut bytes) {
+        Ok(()) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 1.0,
+    };
+    ceiling.mul_f64(fraction)
+}
+
+/// What a save has to do, decided from the state.
+enum Plan {
+    Nothing,
+    Refuse,
+    Create,
+    Write,
+    Rotate,
+    Touch,
+}
+
+/// The pending changes, taken out of the state while a save runs.
+struct Pending {
+    ops: Vec<Op>,
+    overlay: Overlay,
+    principal: PrincipalChange,
+    cycle: bool,
+}
+
+impl Session {
+    fn plan(state: &State) -> Plan {
+        if !state.loaded || state.ended {
+            return Plan::Nothing;
+        }
+        if state.degraded {
+            return if state.is_dirty() {
+                Plan::Refuse
+            } else {
+                Plan::Nothing
+            };
+        }
+        let Some(record) = &state.record else {
+            return if state.is_dirty() {
+                Plan::Create
+            } else {
+                Plan::Nothing
+            };
+        };
+        let principal = state::principal_change(&state.principal, record.principal.as_deref());
+        if state.cycle || principal != PrincipalChange::Keep {
+            Plan::Rotate
+        } else if !state.ops.is_empty() {
+            Plan::Write
+        } else {
+            Plan::Touch
+        }
+    }
+
+    fn take_pending(state: &mut State) -> Pending {
+        Pending {
+            ops: std::mem::take(&mut state.ops),
+            overlay: std::mem::take(&mut state.overlay),
+            principal: std::mem::take(&mut state.principal),
+            cycle: std::mem::take(&mut state.cycle),
+        }
+    }
+
+    /// Puts back what a failed save took, ahead of anything a clone of the
+    /// handle added meanwhile.
+    fn restore(&self, mut pending: Pending) {
+        let mut state = self.lock();
+        pending.ops.append(&mut state.ops);
+        state.ops = pending.ops;
+        for (key, value) in std::mem::take(&mut state.overlay) {
+            pending.overlay.insert(key, value);
+        }
+        state.overlay = pending.overlay;
+        if state.principal == PrincipalChange::Keep {
+            state.principal = pending.principal;
+        }
+        state.cycle |= pending.cycle;
+    }
+
+    /// `record` is stored (under `id`, if it moved): the handle shows it,
+    /// with whatever a clone of the handle changed meanwhile on top, and
+    /// the client is told the ID again when `resend`.
+    fn commit(&self, record: Arc<Record>, moved_to: Option<(SessionId, SessionKey)>, resend: bool) {
+        let mut state = self.lock();
+        if let Some((id, key)) = moved_to {
+            state.set_id(id, key);
+        }
+        let overlay = state::replay(&state.ops, Some(&record)).unwrap_or_default();
+        state.record = Some(record);
+        state.overlay = overlay;
+        state.resend |= resend;
+    }
+
+    fn gone(&self) -> SessionError {
+        self.lock().end();
+        SessionError::Gone
+    }
+
+    pub(crate) async fn save_pending(&self) -> Result<(), SessionError> {
+        let _io = self.inner.io.lock().await;
+        let (plan, pending) = {
+            let mut state = self.lock();
+            let plan = Self::plan(&state);
+            let pending = match plan {
+                Plan::Create | Plan::Write | Plan::Rotate => Some(Self::take_pending(&mut state)),
+                _ => None,
+            };
+            (plan, pending)
+        };
+        let Some(pending) = pending else {
+            return match plan {
+                Plan::Refuse => Err(SessionError::Store(StoreError::Unavailable(
+                    "the session store was unavailable when this request loaded the session; its changes were not saved".into(),
+                ))),
+                Plan::Touch => self.maybe_touch().await,
+                _ => Ok(()),
+            };
+        };
+        let result = match plan {
+            Plan::Create => self.create(&pending).await,
+            Plan::Rotate => self.rotate(&pending).await,
+            _ => self.write(&pending).await,
+        };
+        if result.is_err() && !self.lock().ended {
+            self.restore(pending);
+        }
+        result
+    }
+
+    /// A new record with `overlay` applied over `base`'s data, created now.
+    fn fresh_record(
+        &self,
+        base: Option<&Record>,
+        overlay: &Overlay,
+        principal: Option<String>,
+    ) -> Result<Record, SessionError> {
+        let sessions = self.sessions();
+        let now = sessions.now();
+        let mut record = Record::new(now, sessions.config.expiry.initial(now));
+        state::materialize(base, overlay, &mut record);
+        record.principal = principal;
+        sessions
+            .config
+            .limits
+            .check_record(record.data.len(), record.size())?;
+        Ok(record)
+    }
+
+    /// Stores `record` under a fresh ID. Never adopts an ID the client
+    /// chose.
+    async fn create_fresh(&self, record: &Record) -> Result<(SessionId, SessionKey), SessionError> {
+        let sessions = self.sessions();
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = SessionId::generate();
+            let key = id.key();
+            match calls::create(sessions, &key, record, sessions.now()).await {
+                Ok(CreateOutcome::Created) => return Ok((id, key)),
+                Ok(_) => tracing::warn!("session ID collision on create; drawing another"),
+                Err(error) => {
+                    // It may have been stored: nobody will ever know the ID.
+                    discard_later(sessions, key);
+                    return Err(error.into());
+                }
+            }
+        }
+        Err(SessionError::RetriesExhausted {
+            attempts: CREATE_ATTEMPTS,
+        })
+    }
+
+    async fn create(&self, pending: &Pending) -> Result<(), SessionError> {
+        let principal = match &pending.principal {
+            PrincipalChange::Set(p) => Some(p.clone()),
+            _ => None,
+        };
+        let record = self.fresh_record(None, &pending.overlay, principal)?;
+        let moved_to = self.create_fresh(&record).await?;
+        self.commit(Arc::new(record), Some(moved_to), true);
+        Ok(())
+    }
+
+    /// One conditional save, replayed on the fresh record after conflicts.
+    async fn write(&self, pending: &Pending) -> Result<(), SessionError> {
+        let sessions = self.sessions();
+        let config = &sessions.config;
+        let (key, loaded) = {
+            let mut state = self.lock();
+            (state.key(), state.record.clone())
+        };
+        let (Some(key), Some(mut base)) = (key, loaded) else {
+            return Ok(());
+        };
+        // The overlay was computed over the record this handle loaded; any
+        // other base needs a replay.
+        let loaded_version = base.version;
+        let mut turn = sessions.turns.enter(&key).await;
+        if let Some(latest) = turn.latest()
+            && latest.version > base.version
+        {
+            base = Arc::clone(latest);
+        }
+        for attempt in 0..config.max_attempts {
+            if attempt > 1 {
+                // The first replay goes at once (the fresh record came with
+                // the conflict); after that, writers that keep colliding on
+                // one session spread out instead of colliding again.
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let replayed;
+            let overlay = if base.version == loaded_version && attempt == 0 {
+                &pending.overlay
+            } else {
+                replayed = state::replay(&pending.ops, Some(&base))?;
+                &replayed
+            };
+            let now = sessions.now();
+            let mut change = Change::new(base.version, config.expiry.renewed(&base, now));
+            let (keys, size) = state::delta(&base, overlay, &mut change);
+            if change.set.is_empty() && change.remove.is_empty() {
+                // The operations cancel out: nothing to write.
+                drop(turn);
+                self.commit(base, None, false);
+                return self.maybe_touch().await;
+            }
+            config.limits.check_record(keys, size)?;
+            match calls::save(sessions, &key, &change, now).await? {
+                SaveOutcome::Saved(version) => {
+                    let mut next = change.apply_to(&base);
+                    next.version = version;
+                    let next = Arc::new(next);
+                    turn.hand_over(Arc::clone(&next));
+                    self.commit(next, None, true);
+                    return Ok(());
+                }
+                SaveOutcome::Conflict(fresh) => {
+                    tracing::debug!(met = %fresh.version, "session save conflicted; replaying on the fresh record");
+                    if config.write_policy == WritePolicy::Reject
+                        && let Some(key) = contested(&pending.ops, &base, &fresh)
+                    {
+                        self.lock().reset_to(Some(fresh));
+                        return Err(SessionError::Conflict { key });
+                    }
+                    base = fresh;
+                }
+                _ => return Err(self.gone()),
+            }
+        }
+        Err(SessionError::RetriesExhausted {
+            attempts: config.max_attempts,
+        })
+    }
+
+    /// Moves the session to a new ID with the request's changes and
+    /// principal (see the module docs).
+    async fn rotate(&self, pending: &Pending) -> Result<(), SessionError> {
+        let sessions = self.sessions();
+        let config = &sessions.config;
+        let (old_key, loaded) = {
+            let mut state = self.lock();
+            (state.key(), state.record.clone())
+        };
+        let (Some(old_key), Some(mut base)) = (old_key, loaded) else {
+            return Ok(());
+        };
+        let _turn = sessions.turns.enter(&old_key).await;
+        let loaded_version = base.version;
+        for attempt in 0..config.max_attempts {
+            if attempt > 1 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let replayed;
+            let overlay = if base.version == loaded_version && attempt == 0 {
+                &pending.overlay
+            } else {
+                replayed = state::replay(&pending.ops, Some(&base))?;
+                &replayed
+            };
+            let principal = match &pending.principal {
+                PrincipalChange::Set(p) => Some(p.clone()),
+                PrincipalChange::Clear => None,
+                _ => base.principal.clone(),
+            };
+            let record = self.fresh_record(Some(&base), overlay, principal)?;
+            let (id, key) = self.create_fresh(&record).await?;
+            let decided = match calls::delete_if_version(sessions, &old_key, base.version).await {
+                Ok(outcome) => outcome,
+                Err(error) => match calls::load(sessions, &old_key).await {
+                    // Not deleted: try again with what is there.
+                    Ok(Some(current)) => DeleteOutcome::Conflict(current),
+                    // Deleted, by us or by a logout we cannot tell apart:
+                    // the new ID was never known to anyone else, so the
+                    // login stands.
+                    Ok(None) => {
+                        tracing::info!(%error, "login's final step timed out but took effect");
+                        DeleteOutcome::Deleted
+                    }
+                    Err(_) => {
+                        discard_later(sessions, key);
+                        return Err(error.into());
+                    }
+                },
+            };
+            match decided {
+                DeleteOutcome::Deleted => {
+                    self.commit(Arc::new(record), Some((id, key)), true);
+                    return Ok(());
+                }
+                DeleteOutcome::Conflict(fresh) => {
+                    discard(sessions, key).await;
+                    if config.write_policy == WritePolicy::Reject
+                        && let Some(key) = contested(&pending.ops, &base, &fresh)
+                    {
+                        self.lock().reset_to(Some(fresh));
+                        return Err(SessionError::Conflict { key });
+                    }
+                    base = fresh;
+                }
+                _ => {
+                    discard(sessions, key).await;
+                    return Err(self.gone());
+                }
+            }
+        }
+        Err(SessionError::RetriesExhausted {
+            attempts: config.max_attempts,
+        })
+    }
+
+    /// Extends the idle deadline of a read-only request's session once the
+    /// touch threshold has passed.
+    async fn maybe_touch(&self) -> Result<(), SessionError> {
+        let sessions = self.sessions();
+        let (key, deadline) = {
+            let mut state = self.lock();
+            let Some(record) = &state.record else {
+                return Ok(());
+            };
+            let Some(deadline) = sessions.config.expiry.touch_due(record, sessions.now()) else {
+                return Ok(());
+            };
+            (state.key(), deadline)
+        };
+        let Some(key) = key else {
+            return Ok(());
+        };
+        match calls::touch(sessions, &key, deadline).await? {
+            TouchOutcome::Touched => {
+                let mut state = self.lock();
+                if let Some(record) = state.record.as_mut() {
+                    let deadlines = record.deadlines.extended_to(Some(deadline));
+                    Arc::make_mut(record).deadlines = deadlines;
+                }
+                state.resend = true;
+                Ok(())
+            }
+            _ => Err(self.gone()),
+        }
+    }
+}
+
+/// The first key a plain insert set whose stored value another request
+/// changed between `base` and `fresh`.
+fn contested(ops: &[Op], base: &Record, fresh: &Record) -> Option<String> {
+    ops.iter().find_map(|op| match op {
+        Op::Set { key, .. } if base.data.get(key) != fresh.data.get(key) => Some(key.clone()),
+        _ => None,
+    })
+}
+
+/// Deletes a record nobody will use (a login that lost a race), now; if
+/// the store fails, keeps trying in the background.
+async fn discard(sessions: &Sessions, key: SessionKey) {
+    if let Err(error) = calls::delete(sessions, &key).await {
+        tracing::warn!(%error, "could not delete an unused session record; retrying in the background");
+        discard_later(sessions, key);
+    }
+}
+
+/// Deletes a record nobody will use in the background (the store just
+/// failed: a create whose answer never came), retrying with backoff.
+fn discard_later(sessions: &Sessions, key: SessionKey) {
+    let sessions = sessions.clone();
+    let work = async move {
+        for attempt in 0..8u32 {
+            match calls::delete(&sessions, &key).await {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "could not delete an unused session record; retrying");
+                    tokio::time::sleep(Duration::from_millis(250) * (1 << attempt.min(6))).await;
+                }
+            }
+        }
+        tracing::error!("gave up deleting an unused session record; it ends at its deadline");
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(work);
+        }
+        Err(_) => tracing::error!("no tokio runtime: an unused session record is left to expire"),
+    }
+}
