@@ -80,7 +80,8 @@ where
         .layer(layer)
 }
 
-fn internal<E: std::fmt::Display>(error: E) -> (StatusCode, String) {
+/// A 500 with the error's text, for the tower-sessions handlers.
+pub(crate) fn internal<E: std::fmt::Display>(error: E) -> (StatusCode, String) {
     (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
 }
 

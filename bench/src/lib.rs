@@ -14,8 +14,10 @@
 //! - `lost`: the lost-update test over two app processes.
 //! - `counts`: backend requests per HTTP request on Redis, memcached and
 //!   DynamoDB.
+//! - `overhead`: the in-process app (read one key, write one key) that
+//!   `benches/overhead.rs` times with criterion.
+//! - `oneshot`: one request through a router in process.
 //! - `run`: the whole run; `report` and `chart`: its output.
-//! - `benches/overhead.rs`: the in-process middleware overhead (criterion).
 //!
 //! # Example
 //!
@@ -31,6 +33,8 @@ pub mod chart;
 pub mod counts;
 pub mod loadgen;
 pub mod lost;
+pub mod oneshot;
+pub mod overhead;
 pub mod redis_stats;
 pub mod report;
 pub mod run;
