@@ -15,8 +15,11 @@
 //! - `counts`: backend requests per HTTP request on Redis, memcached and
 //!   DynamoDB.
 //! - `overhead`: the in-process app (read one key, write one key) that
-//!   `benches/overhead.rs` times with criterion.
+//!   `benches/overhead.rs` times with criterion and the
+//!   `inprocess-requests` binary runs for the instruction counts.
 //! - `oneshot`: one request through a router in process.
+//! - `icount`: instructions per request under callgrind, in process and
+//!   of the app server over HTTP (`scripts/icount.sh`).
 //! - `run`: the whole run; `report` and `chart`: its output.
 //!
 //! # Example
@@ -31,6 +34,7 @@
 pub mod apps;
 pub mod chart;
 pub mod counts;
+pub mod icount;
 pub mod loadgen;
 pub mod lost;
 pub mod oneshot;

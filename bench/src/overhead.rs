@@ -5,7 +5,9 @@
 //! layer (the floor). Requests go through tower `oneshot` and carry the
 //! cookie of an existing session.
 //!
-//! `benches/overhead.rs` times these with criterion.
+//! `benches/overhead.rs` times these with criterion; the
+//! `inprocess-requests` binary runs them under callgrind for the
+//! instruction counts (`icount`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
