@@ -55,7 +55,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_d
 cargo bench -p offstate-bench --bench overhead -- \
     --warm-up-time 1 --measurement-time "$crit" --noplot
 
-echo "== 2-6. HTTP, instructions per request, backend limit, lost updates, per-backend counts" >&2
+echo "== 2-7. HTTP, instructions per request, backend limit, lost updates, per-backend counts, bytes per session" >&2
 "$target_dir/release/offstate-bench" run \
     --seconds "$seconds" --short-seconds "$short" --clients "$clients" \
     --raw-requests "$raw" --icount-requests "$icount" \

@@ -20,6 +20,7 @@
 //! - `oneshot`: one request through a router in process.
 //! - `icount`: instructions per request under callgrind, in process and
 //!   of the app server over HTTP (`scripts/icount.sh`).
+//! - `session_bytes`: `MEMORY USAGE` of a typical session in Redis.
 //! - `run`: the whole run; `report` and `chart`: its output.
 //!
 //! # Example
@@ -43,6 +44,7 @@ pub mod redis_stats;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod session_bytes;
 
 /// Anything that stops a benchmark.
 #[derive(Debug, thiserror::Error)]

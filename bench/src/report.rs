@@ -335,6 +335,44 @@ fn instructions(out: &mut String, results: &Results) {
     let _ = writeln!(out);
 }
 
+/// Section 7: bytes per session in Redis.
+fn session_bytes(out: &mut String, results: &Results) {
+    let _ = writeln!(out, "## 7. Bytes per session in Redis\n");
+    let _ = writeln!(
+        out,
+        "`MEMORY USAGE` of every key one session leaves in an otherwise \
+         empty redis-server, the session made by the cart app of section 2 \
+         in process. Logging in is offstate's `set_principal` (which also \
+         indexes the session under its user, for \"log out everywhere\") \
+         and tower-sessions' user in a session key; both then cycle the \
+         session ID.\n"
+    );
+    if let Some(failure) = &results.session_bytes_failure {
+        let _ = writeln!(out, "Not measured: {failure}\n");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| library | session | bytes | keys (type, encoding: bytes) |\n|---|---|---|---|"
+    );
+    for session in &results.session_bytes {
+        let keys: Vec<String> = session
+            .keys
+            .iter()
+            .map(|k| format!("{}: {}", k.kind, k.bytes))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            session.variant.short_label(),
+            session.shape.label(),
+            session.total(),
+            keys.join(", ")
+        );
+    }
+    let _ = writeln!(out);
+}
+
 /// Renders the report.
 #[must_use]
 pub fn render(results: &Results) -> String {
@@ -578,6 +616,8 @@ pub fn render(results: &Results) -> String {
          far less than 0.1 command per request to any session that makes more \
          than a request a minute.\n"
     );
+
+    session_bytes(&mut out, results);
 
     let _ = writeln!(out, "## Set-up, for fairness\n");
     let _ = writeln!(

@@ -1,7 +1,7 @@
 //! The whole run behind `scripts/bench.sh`: one redis-server, every app
 //! variant in its own process on it, the load, the backend's own limit,
 //! the lost-update test, the per-backend counts, the instruction counts,
-//! then the report.
+//! the bytes per session, then the report.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use crate::loadgen::{self, Mix};
 use crate::lost::{self, LostResult};
 use crate::redis_stats::CommandStats;
 use crate::server::Variant;
+use crate::session_bytes::{self, SessionBytes};
 
 /// What to run, from the command line.
 #[derive(Debug, Clone)]
@@ -172,6 +173,10 @@ pub struct Results {
     pub instructions: Vec<Measured>,
     /// Why an instruction count could not be had.
     pub instruction_failures: Vec<String>,
+    /// Bytes per session in Redis.
+    pub session_bytes: Vec<SessionBytes>,
+    /// Why they could not be had.
+    pub session_bytes_failure: Option<String>,
 }
 
 /// CPU seconds (user + system) process `pid` has used, from
@@ -473,6 +478,14 @@ pub async fn run(settings: Settings) -> Result<Results, BenchError> {
 
     let (instructions, instruction_failures) = instruction_counts(&settings, &redis_url).await;
     drop(redis);
+    eprintln!("[bench] bytes per session in Redis");
+    let (session_bytes, session_bytes_failure) = match session_bytes::measure().await {
+        Ok(bytes) => (bytes, None),
+        Err(e) => {
+            eprintln!("[bench]   not measured: {e}");
+            (Vec::new(), Some(e.to_string()))
+        }
+    };
     Ok(Results {
         settings,
         load_before,
@@ -487,6 +500,8 @@ pub async fn run(settings: Settings) -> Result<Results, BenchError> {
         overhead,
         instructions,
         instruction_failures,
+        session_bytes,
+        session_bytes_failure,
     })
 }
 
