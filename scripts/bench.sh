@@ -6,8 +6,9 @@
 #   BENCH_SECONDS=3 scripts/bench.sh # shorter runs while developing
 #
 # Needs redis-server, redis-cli and redis-benchmark (apt: redis-server,
-# redis-tools), memcached, and moto_server (scripts/setup.sh installs them
-# all). The run starts its own redis-server, memcached and moto on free
+# redis-tools), memcached, moto_server (scripts/setup.sh installs these),
+# and valgrind for the instruction counts (apt: valgrind;
+# scripts/icount.sh measures one case of them). The run starts its own redis-server, memcached and moto on free
 # loopback ports and stops them at the end; nothing else is touched.
 #
 # Settings (environment):
@@ -16,6 +17,8 @@
 #   BENCH_CLIENTS        concurrent clients (default 50)
 #   BENCH_RAW_REQUESTS   requests per redis-benchmark test (default 200000)
 #   BENCH_CRITERION_SECONDS  criterion measurement time per case (default 3)
+#   BENCH_ICOUNT_REQUESTS    requests in the two callgrind runs of each
+#                            instruction count, SMALL,LARGE (default 200,1200)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,6 +29,7 @@ short=${BENCH_SHORT_SECONDS:-3}
 clients=${BENCH_CLIENTS:-50}
 raw=${BENCH_RAW_REQUESTS:-200000}
 crit=${BENCH_CRITERION_SECONDS:-3}
+icount=${BENCH_ICOUNT_REQUESTS:-200,1200}
 
 # moto_server from scripts/setup.sh, if it is not on PATH already.
 if ! command -v moto_server >/dev/null 2>&1 && [ -x "$root/.offstate-run/venv/bin/moto_server" ]; then
@@ -37,6 +41,10 @@ for program in redis-server redis-cli redis-benchmark memcached; do
         exit 1
     fi
 done
+if ! command -v valgrind >/dev/null 2>&1; then
+    echo "bench.sh: valgrind not found, needed for the instruction counts (apt: valgrind)" >&2
+    exit 1
+fi
 
 echo "== build (release)" >&2
 cargo build --release -p offstate-bench --bins
@@ -47,10 +55,10 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_d
 cargo bench -p offstate-bench --bench overhead -- \
     --warm-up-time 1 --measurement-time "$crit" --noplot
 
-echo "== 2-5. HTTP, backend limit, lost updates, per-backend counts" >&2
+echo "== 2-7. HTTP, instructions per request, backend limit, lost updates, per-backend counts, bytes per session" >&2
 "$target_dir/release/offstate-bench" run \
     --seconds "$seconds" --short-seconds "$short" --clients "$clients" \
-    --raw-requests "$raw" \
+    --raw-requests "$raw" --icount-requests "$icount" \
     --out "$root/bench/results" --criterion "$target_dir/criterion" >/dev/null
 
 echo "== done: bench/results/REPORT.md, bench/results/http.svg" >&2

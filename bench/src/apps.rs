@@ -3,7 +3,10 @@
 //!
 //! - `GET /cart`: the cart as JSON (`{"apple": 3}`), read from the session;
 //! - `POST /cart/add`: one more apple in the cart; answers the new item
-//!   count as JSON.
+//!   count as JSON;
+//! - `POST /login`: logs [`USER`] in, the way each library does it, and
+//!   gives the session a new ID (against session fixation). Only the
+//!   bytes-per-session measurement calls it.
 //!
 //! offstate adds with `Session::update` (a conflicting save re-runs the
 //! closure on the fresh cart); tower-sessions with its idiomatic
@@ -24,6 +27,13 @@ pub const CART_KEY: &str = "cart";
 
 /// The item every add puts in the cart.
 pub const ITEM: &str = "apple";
+
+/// The user `POST /login` logs in.
+pub const USER: &str = "alice@example.com";
+
+/// The session key tower-sessions keeps the user under (it has no notion
+/// of a logged-in user of its own).
+pub const USER_KEY: &str = "user";
 
 /// Item to quantity.
 pub type Cart = BTreeMap<String, u64>;
@@ -49,6 +59,7 @@ pub fn offstate_app(sessions: Sessions) -> Router {
     Router::new()
         .route("/cart", get(offstate_cart))
         .route("/cart/add", post(offstate_add))
+        .route("/login", post(offstate_login))
         .layer(layer)
 }
 
@@ -62,6 +73,14 @@ async fn offstate_add(session: offstate_tower::Session) -> Result<Json<u64>, Ses
         .update(CART_KEY, |cart: Option<Cart>| Some(add_item(cart)))
         .await?;
     Ok(Json(cart.as_ref().map_or(0, count)))
+}
+
+/// offstate's login: the session's principal, which also indexes the
+/// session under the user (for "log out everywhere").
+async fn offstate_login(session: offstate_tower::Session) -> Result<(), SessionFailure> {
+    session.set_principal(USER).await?;
+    session.cycle_id().await?;
+    Ok(())
 }
 
 /// The cart app on tower-sessions over `store`, expiring after 30 minutes
@@ -78,10 +97,12 @@ where
     Router::new()
         .route("/cart", get(tower_cart))
         .route("/cart/add", post(tower_add))
+        .route("/login", post(tower_login))
         .layer(layer)
 }
 
-fn internal<E: std::fmt::Display>(error: E) -> (StatusCode, String) {
+/// A 500 with the error's text, for the tower-sessions handlers.
+pub(crate) fn internal<E: std::fmt::Display>(error: E) -> (StatusCode, String) {
     (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
 }
 
@@ -101,12 +122,20 @@ async fn tower_add(session: tower_sessions::Session) -> Result<Json<u64>, (Statu
     Ok(Json(count(&cart)))
 }
 
+/// tower-sessions' login: the user in a session key.
+async fn tower_login(session: tower_sessions::Session) -> Result<(), (StatusCode, String)> {
+    session.insert(USER_KEY, USER).await.map_err(internal)?;
+    session.cycle_id().await.map_err(internal)?;
+    Ok(())
+}
+
 /// The same routes with no sessions: an empty cart and a constant count.
 /// What the machine serves when sessions cost nothing.
 pub fn plain_app() -> Router {
     Router::new()
         .route("/cart", get(|| async { Json(Cart::new()) }))
         .route("/cart/add", post(|| async { Json(1_u64) }))
+        .route("/login", post(|| async {}))
 }
 
 #[cfg(test)]

@@ -14,10 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::body::Body;
-use http_body_util::BodyExt as _;
-use hyper::header::{COOKIE, SET_COOKIE};
-use hyper::{Method, Request};
+use hyper::Method;
 use offstate_core::{CallCounts, CountingStore, SessionStore, Sessions};
 use offstate_dynamodb::DynamoStore;
 use offstate_dynamodb::aws_sdk_dynamodb;
@@ -27,7 +24,6 @@ use offstate_memcached::MemcachedStore;
 use offstate_redis::RedisStore;
 use offstate_testing::fixture::Source;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tower::ServiceExt as _;
 
 use crate::BenchError;
 use crate::apps;
@@ -130,8 +126,8 @@ impl Intercept for RequestCounter {
     }
 }
 
-/// One request through the app in process; returns the session cookie
-/// it set, if any.
+/// One cart request through the app in process: `GET /cart` or
+/// `POST /cart/add`; returns the session cookie it set, if any.
 async fn call(
     app: &Router,
     method: Method,
@@ -142,26 +138,7 @@ async fn call(
     } else {
         "/cart/add"
     };
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(cookie) = cookie {
-        request = request.header(COOKIE, cookie);
-    }
-    let response = app.clone().oneshot(request.body(Body::empty())?).await?;
-    let status = response.status();
-    let set = response
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
-    let body = response.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        return Err(BenchError::Status {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
-    }
-    Ok(set)
+    crate::oneshot::call(app, method, path, cookie).await
 }
 
 /// Store calls per HTTP request, by operation.

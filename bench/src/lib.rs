@@ -14,8 +14,14 @@
 //! - `lost`: the lost-update test over two app processes.
 //! - `counts`: backend requests per HTTP request on Redis, memcached and
 //!   DynamoDB.
+//! - `overhead`: the in-process app (read one key, write one key) that
+//!   `benches/overhead.rs` times with criterion and the
+//!   `inprocess-requests` binary runs for the instruction counts.
+//! - `oneshot`: one request through a router in process.
+//! - `icount`: instructions per request under callgrind, in process and
+//!   of the app server over HTTP (`scripts/icount.sh`).
+//! - `session_bytes`: `MEMORY USAGE` of a typical session in Redis.
 //! - `run`: the whole run; `report` and `chart`: its output.
-//! - `benches/overhead.rs`: the in-process middleware overhead (criterion).
 //!
 //! # Example
 //!
@@ -29,12 +35,16 @@
 pub mod apps;
 pub mod chart;
 pub mod counts;
+pub mod icount;
 pub mod loadgen;
 pub mod lost;
+pub mod oneshot;
+pub mod overhead;
 pub mod redis_stats;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod session_bytes;
 
 /// Anything that stops a benchmark.
 #[derive(Debug, thiserror::Error)]

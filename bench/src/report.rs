@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::BenchError;
-use crate::run::{Phase, Results, VariantResult};
+use crate::icount::{Case, Measured, Op, Place};
+use crate::run::{Overhead, Phase, Results, VariantResult};
 use crate::server::Variant;
 
 /// The chart's file name, next to the report.
@@ -179,6 +180,199 @@ fn analysis(out: &mut String, results: &Results) {
     );
 }
 
+/// `12345.6` as `12,346`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    if value < -0.5 {
+        grouped.insert(0, '-');
+    }
+    grouped
+}
+
+/// Instructions per request of one case, if it was measured.
+fn per_request(results: &Results, place: Place, op: Op, variant: Variant) -> Option<f64> {
+    let case = Case { place, op, variant };
+    results
+        .instructions
+        .iter()
+        .find(|m| m.case == case)
+        .map(Measured::per_request)
+}
+
+fn or_dash(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), thousands)
+}
+
+/// `a vs b (a / b)`, or `-`.
+fn versus(a: Option<f64>, b: Option<f64>, digits: usize, unit: &str) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            format!("{a:.digits$} vs {b:.digits$}{unit} ({:.2})", a / b)
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+/// Section 3: instructions per request, with the same run's time figures
+/// next to them.
+fn instructions(out: &mut String, results: &Results) {
+    let [small, large] = results.settings.icount_requests;
+    let _ = writeln!(out, "## 3. Instructions per request\n");
+    let _ = writeln!(
+        out,
+        "`valgrind --tool=callgrind` counts the instructions a process \
+         executes; unlike time, the count does not move with the machine's \
+         load. Each case runs twice, with {small} and with {large} requests \
+         on one existing session, and the figure is (I{large} − I{small}) / \
+         ({large} − {small}), so start-up, warm-up and shutdown cancel out.\n\n\
+         - *In process*: the app of section 1 (one key read or written, \
+         in-memory stores, tower `oneshot`, one thread).\n\
+         - *Over HTTP*: the app server of section 2 on Redis, one request \
+         at a time on one keep-alive connection. Only the app process is \
+         counted: HTTP parsing, the session layer, the Redis client; not \
+         redis-server, not the load generator, not the kernel. With one \
+         request in flight, what concurrency shares between requests (a \
+         worker's wake-up, one socket read carrying several Redis replies) \
+         is paid whole by each: these are the costs at low load, while the \
+         CPU µs of section 2 are under the full load and include the \
+         kernel.\n\
+         - Below 1 means offstate executes fewer instructions. The time \
+         columns repeat this run's criterion means (section 1) and the \
+         read-only and add-only HTTP runs (section 2), for comparison.\n\
+         - `scripts/icount.sh` measures one case and leaves its callgrind \
+         file for `callgrind_annotate --inclusive=yes`.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| request | no sessions | tower-sessions | offstate | offstate / tower-sessions | time per request, offstate vs tower-sessions | req/s, offstate vs tower-sessions | app CPU µs/req, offstate vs tower-sessions |\n|---|---|---|---|---|---|---|---|"
+    );
+    let rows = [
+        (
+            "read one key, in process",
+            Place::InProcess,
+            Op::Read,
+            Variant::Offstate,
+        ),
+        (
+            "write one key, in process",
+            Place::InProcess,
+            Op::Add,
+            Variant::Offstate,
+        ),
+        (
+            "`GET /cart` over HTTP",
+            Place::Http,
+            Op::Read,
+            Variant::Offstate,
+        ),
+        (
+            "`POST /cart/add` over HTTP",
+            Place::Http,
+            Op::Add,
+            Variant::Offstate,
+        ),
+        (
+            "`GET /cart` over HTTP, offstate with the coherent cache",
+            Place::Http,
+            Op::Read,
+            Variant::OffstateCached,
+        ),
+    ];
+    for (label, place, op, offstate) in rows {
+        let plain = per_request(results, place, op, Variant::Plain);
+        let tower = per_request(results, place, op, Variant::TowerSessions);
+        let ours = per_request(results, place, op, offstate);
+        let ratio = match (ours, tower) {
+            (Some(o), Some(t)) if t > 0.0 => format!("{:.2}", o / t),
+            _ => "-".to_owned(),
+        };
+        let (time, rps, cpu) = match place {
+            Place::InProcess => {
+                let mean = |o: &Overhead| match op {
+                    Op::Read => (o.offstate_read / 1000.0, o.tower_read / 1000.0),
+                    Op::Add => (o.offstate_write / 1000.0, o.tower_write / 1000.0),
+                };
+                let means = results.overhead.as_ref().map(mean);
+                let time = versus(means.map(|m| m.0), means.map(|m| m.1), 2, " µs");
+                (time, "-".to_owned(), "-".to_owned())
+            }
+            Place::Http => {
+                let phase = |which: Variant| {
+                    variant(results, which).map(|v| match op {
+                        Op::Read => &v.read,
+                        Op::Add => &v.write,
+                    })
+                };
+                let (ours, theirs) = (phase(offstate), phase(Variant::TowerSessions));
+                let rps = versus(ours.map(|p| p.rps), theirs.map(|p| p.rps), 0, "");
+                let cpu = versus(
+                    ours.map(|p| p.app_cpu_us),
+                    theirs.map(|p| p.app_cpu_us),
+                    0,
+                    "",
+                );
+                ("-".to_owned(), rps, cpu)
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {ratio} | {time} | {rps} | {cpu} |",
+            or_dash(plain),
+            or_dash(tower),
+            or_dash(ours)
+        );
+    }
+    for failure in &results.instruction_failures {
+        let _ = writeln!(out, "\nNot measured: {failure}");
+    }
+    let _ = writeln!(out);
+}
+
+/// Section 7: bytes per session in Redis.
+fn session_bytes(out: &mut String, results: &Results) {
+    let _ = writeln!(out, "## 7. Bytes per session in Redis\n");
+    let _ = writeln!(
+        out,
+        "`MEMORY USAGE` of every key one session leaves in an otherwise \
+         empty redis-server, the session made by the cart app of section 2 \
+         in process. Logging in is offstate's `set_principal` (which also \
+         indexes the session under its user, for \"log out everywhere\") \
+         and tower-sessions' user in a session key; both then cycle the \
+         session ID.\n"
+    );
+    if let Some(failure) = &results.session_bytes_failure {
+        let _ = writeln!(out, "Not measured: {failure}\n");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| library | session | bytes | keys (type, encoding: bytes) |\n|---|---|---|---|"
+    );
+    for session in &results.session_bytes {
+        let keys: Vec<String> = session
+            .keys
+            .iter()
+            .map(|k| format!("{}: {}", k.kind, k.bytes))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            session.variant.short_label(),
+            session.shape.label(),
+            session.total(),
+            keys.join(", ")
+        );
+    }
+    let _ = writeln!(out);
+}
+
 /// Renders the report.
 #[must_use]
 pub fn render(results: &Results) -> String {
@@ -205,7 +399,9 @@ pub fn render(results: &Results) -> String {
          comparison below is a ratio of figures measured side by side in the \
          same run, on the same Redis, with the same load generator, and that \
          ratio is what the goals check. Request counts (Redis commands, backend \
-         requests) do not depend on the machine at all.\n"
+         requests) and instruction counts (section 3) do not depend on the \
+         machine's load at all; when a time ratio flips between runs, trust \
+         them.\n"
     );
 
     let _ = writeln!(out, "## Goals\n");
@@ -302,7 +498,9 @@ pub fn render(results: &Results) -> String {
 
     analysis(&mut out, results);
 
-    let _ = writeln!(out, "## 3. The backend's limit\n");
+    instructions(&mut out, results);
+
+    let _ = writeln!(out, "## 4. The backend's limit\n");
     let raw = results.raw;
     let _ = writeln!(
         out,
@@ -339,7 +537,7 @@ pub fn render(results: &Results) -> String {
          which is how a row can pass 100 %.\n"
     );
 
-    let _ = writeln!(out, "## 4. Lost updates\n");
+    let _ = writeln!(out, "## 5. Lost updates\n");
     let _ = writeln!(
         out,
         "One session; {} concurrent `POST /cart/add` from 50 tasks, alternating \
@@ -387,7 +585,7 @@ pub fn render(results: &Results) -> String {
         crate::run::RAISED_ATTEMPTS
     );
 
-    let _ = writeln!(out, "## 5. Backend requests per HTTP request (offstate)\n");
+    let _ = writeln!(out, "## 6. Backend requests per HTTP request (offstate)\n");
     let _ = writeln!(
         out,
         "The cart app in process over a `CountingStore` around each backend's \
@@ -419,6 +617,8 @@ pub fn render(results: &Results) -> String {
          than a request a minute.\n"
     );
 
+    session_bytes(&mut out, results);
+
     let _ = writeln!(out, "## Set-up, for fairness\n");
     let _ = writeln!(
         out,
@@ -449,4 +649,18 @@ pub fn write(results: &Results, dir: &Path) -> Result<(), BenchError> {
     crate::chart::draw(&results.variants, &dir.join(CHART_FILE))?;
     std::fs::write(dir.join(REPORT_FILE), render(results))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        // Instruction counts run to six digits; the table must stay readable.
+        assert_eq!(thousands(86_497.4), "86,497");
+        assert_eq!(thousands(158_599.0), "158,599");
+        assert_eq!(thousands(999.6), "1,000");
+        assert_eq!(thousands(42.0), "42");
+    }
 }

@@ -1,6 +1,7 @@
 //! The whole run behind `scripts/bench.sh`: one redis-server, every app
 //! variant in its own process on it, the load, the backend's own limit,
-//! the lost-update test, the per-backend counts, then the report.
+//! the lost-update test, the per-backend counts, the instruction counts,
+//! the bytes per session, then the report.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,10 +13,12 @@ use offstate_testing::redis::RedisServer;
 
 use crate::BenchError;
 use crate::counts::{self, BackendCounts};
+use crate::icount::{self, Case, Measured};
 use crate::loadgen::{self, Mix};
 use crate::lost::{self, LostResult};
 use crate::redis_stats::CommandStats;
 use crate::server::Variant;
+use crate::session_bytes::{self, SessionBytes};
 
 /// What to run, from the command line.
 #[derive(Debug, Clone)]
@@ -34,6 +37,10 @@ pub struct Settings {
     pub out_dir: PathBuf,
     /// Criterion's output directory (its `overhead` group is read).
     pub criterion_dir: PathBuf,
+    /// Requests in the small and the large callgrind run of each case.
+    pub icount_requests: [u64; 2],
+    /// Where the callgrind files go.
+    pub icount_dir: PathBuf,
 }
 
 /// One timed run, summarised.
@@ -162,6 +169,14 @@ pub struct Results {
     pub count_failures: Vec<String>,
     /// Middleware overhead, when criterion's output was found.
     pub overhead: Option<Overhead>,
+    /// Instructions per request, by case.
+    pub instructions: Vec<Measured>,
+    /// Why an instruction count could not be had.
+    pub instruction_failures: Vec<String>,
+    /// Bytes per session in Redis.
+    pub session_bytes: Vec<SessionBytes>,
+    /// Why they could not be had.
+    pub session_bytes_failure: Option<String>,
 }
 
 /// CPU seconds (user + system) process `pid` has used, from
@@ -460,7 +475,17 @@ pub async fn run(settings: Settings) -> Result<Results, BenchError> {
         Ok(c) => counts.push(c),
         Err(e) => count_failures.push(format!("DynamoDB: {e}")),
     }
+
+    let (instructions, instruction_failures) = instruction_counts(&settings, &redis_url).await;
     drop(redis);
+    eprintln!("[bench] bytes per session in Redis");
+    let (session_bytes, session_bytes_failure) = match session_bytes::measure().await {
+        Ok(bytes) => (bytes, None),
+        Err(e) => {
+            eprintln!("[bench]   not measured: {e}");
+            (Vec::new(), Some(e.to_string()))
+        }
+    };
     Ok(Results {
         settings,
         load_before,
@@ -473,7 +498,39 @@ pub async fn run(settings: Settings) -> Result<Results, BenchError> {
         counts,
         count_failures,
         overhead,
+        instructions,
+        instruction_failures,
+        session_bytes,
+        session_bytes_failure,
     })
+}
+
+/// Every case of [`Case::report_cases`] under callgrind; HTTP cases on
+/// the Redis at `redis_url`.
+async fn instruction_counts(settings: &Settings, redis_url: &str) -> (Vec<Measured>, Vec<String>) {
+    let mut measured = Vec::new();
+    let mut failures = Vec::new();
+    for case in Case::report_cases() {
+        eprintln!("[bench] instructions: {case}");
+        match icount::measure(
+            case,
+            settings.icount_requests,
+            &settings.icount_dir,
+            redis_url,
+        )
+        .await
+        {
+            Ok(m) => {
+                eprintln!("[bench]   {:.0} per request", m.per_request());
+                measured.push(m);
+            }
+            Err(e) => {
+                eprintln!("[bench]   not measured: {e}");
+                failures.push(format!("{case}: {e}"));
+            }
+        }
+    }
+    (measured, failures)
 }
 
 #[cfg(test)]

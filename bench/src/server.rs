@@ -11,6 +11,7 @@ use axum::Router;
 use offstate_cache::CachedStore;
 use offstate_core::Sessions;
 use offstate_redis::{ClusterMode, RedisConfig, RedisInvalidationChannel, RedisStore};
+use tokio::signal::unix::{SignalKind, signal};
 use tower_sessions_redis_store::fred::prelude::{ClientLike as _, Config as FredConfig, Pool};
 
 use crate::BenchError;
@@ -173,7 +174,9 @@ pub async fn router(
 }
 
 /// Serves `variant` (as [`router`] builds it) on `listen` until the
-/// process is killed.
+/// process is killed, or until SIGTERM or SIGINT, after which it finishes
+/// the requests in flight and returns (so a profiler such as callgrind
+/// can write its output at exit).
 ///
 /// # Errors
 ///
@@ -184,8 +187,17 @@ pub async fn serve(
     listen: SocketAddr,
     max_attempts: Option<u32>,
 ) -> Result<(), BenchError> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let app = router(variant, redis_url, max_attempts).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+        .await?;
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! `offstate-bench`: `run` does the whole benchmark and writes the report;
-//! `serve` runs one app variant (the `run` command starts these itself).
+//! `serve` runs one app variant (the `run` command starts these itself);
+//! `icount` counts instructions per request for one case under callgrind
+//! (`scripts/icount.sh`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use offstate_bench::BenchError;
+use offstate_bench::icount::{self, Case, Place};
 use offstate_bench::loadgen::{self, Mix};
 use offstate_bench::run::Settings;
 use offstate_bench::server::{self, Variant};
@@ -15,6 +18,12 @@ usage:
   offstate-bench run [--seconds S] [--short-seconds S] [--clients N]
                      [--raw-requests N] [--lost-adds N]
                      [--out DIR] [--criterion DIR]
+                     [--icount-requests SMALL,LARGE] [--icount-dir DIR]
+  offstate-bench icount --case read|add|cached-read --lib offstate|tower-sessions|none
+                        [--http] [--redis URL] [--requests SMALL,LARGE]
+                        [--out DIR] [--top N]
+      (instructions per request under callgrind; over HTTP it starts its
+      own redis-server unless --redis is given)
   offstate-bench serve --app plain|tower-sessions|offstate|offstate-cached
                        --redis URL --listen ADDR [--max-attempts N]
   offstate-bench load --addr ADDR [--seconds S] [--clients N] [--mix mixed|read|write]
@@ -104,6 +113,9 @@ async fn dispatch(args: &[String]) -> Result<(), BenchError> {
                     .unwrap_or_else(|| root.join("bench").join("results")),
                 criterion_dir: option::<PathBuf>(args, "--criterion")?
                     .unwrap_or_else(|| root.join("target").join("criterion")),
+                icount_requests: requests(args, "--icount-requests")?,
+                icount_dir: option::<PathBuf>(args, "--icount-dir")?
+                    .unwrap_or_else(icount::default_out_dir),
             };
             let out_dir = settings.out_dir.clone();
             let results = offstate_bench::run::run(settings).await?;
@@ -112,6 +124,71 @@ async fn dispatch(args: &[String]) -> Result<(), BenchError> {
             eprintln!("[bench] wrote {}", out_dir.join("REPORT.md").display());
             Ok(())
         }
+        Some("icount") => icount_command(args).await,
         _ => Err(BenchError::Usage(USAGE.to_owned())),
     }
+}
+
+/// `SMALL,LARGE` after `name`, or the default pair.
+fn requests(args: &[String], name: &str) -> Result<[u64; 2], BenchError> {
+    option::<String>(args, name)?.map_or(Ok(icount::DEFAULT_REQUESTS), |text| {
+        icount::parse_requests(&text)
+    })
+}
+
+async fn icount_command(args: &[String]) -> Result<(), BenchError> {
+    let op: String = option(args, "--case")?
+        .ok_or_else(|| BenchError::Usage(format!("--case is required\n{USAGE}")))?;
+    let lib: String = option(args, "--lib")?
+        .ok_or_else(|| BenchError::Usage(format!("--lib is required\n{USAGE}")))?;
+    let place = if args.iter().any(|a| a == "--http") {
+        Place::Http
+    } else {
+        Place::InProcess
+    };
+    let case = Case::parse(&op, &lib, place)?;
+    let requests = requests(args, "--requests")?;
+    let out_dir = option::<PathBuf>(args, "--out")?.unwrap_or_else(icount::default_out_dir);
+    let top: usize = option(args, "--top")?.unwrap_or(0);
+    // Over HTTP without --redis: a redis-server of our own for the run.
+    let mut own_redis = None;
+    let redis_url = match option::<String>(args, "--redis")? {
+        Some(url) => url,
+        None if place == Place::Http => {
+            let redis = tokio::task::spawn_blocking(offstate_testing::redis::RedisServer::start)
+                .await
+                .map_err(|e| BenchError::Usage(format!("starting redis-server: {e}")))??;
+            let url = redis.url();
+            own_redis = Some(redis);
+            url
+        }
+        None => String::new(),
+    };
+    let measured = icount::measure(case, requests, &out_dir, &redis_url).await?;
+    drop(own_redis);
+    let [small, large] = &measured.runs;
+    println!(
+        "{case}: {:.0} instructions per request ({} - {}) / ({} - {} requests)",
+        measured.per_request(),
+        large.instructions,
+        small.instructions,
+        large.requests,
+        small.requests
+    );
+    println!("callgrind files: {}", small.file.display());
+    println!("                 {}", large.file.display());
+    println!(
+        "where they go:   callgrind_annotate --inclusive=yes {} | less",
+        large.file.display()
+    );
+    if top > 0 {
+        println!(
+            "\ntop {top} functions, inclusive instructions per request (same difference; \
+             frames around the whole request loop left out):"
+        );
+        for (name, per) in icount::top_functions(&measured, top)? {
+            println!("{per:>10.0}  {}", icount::short_name(&name));
+        }
+    }
+    Ok(())
 }
