@@ -17,6 +17,9 @@ bash scripts/build-images.sh
 export OFFSTATE_REDIS_IMAGE="${OFFSTATE_REDIS_IMAGE:-offstate-local/redis:7}"
 export OFFSTATE_MEMCACHED_IMAGE="${OFFSTATE_MEMCACHED_IMAGE:-offstate-local/memcached:1.6}"
 
+# A clean clone builds once: incremental state would only cost disk.
+export CARGO_INCREMENTAL=0
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -77,7 +77,7 @@ async fn offstate_add(session: offstate_tower::Session) -> Result<Json<u64>, Ses
 
 /// offstate's login: the session's principal, which also indexes the
 /// session under the user (for "log out everywhere").
-async fn offstate_login(session: offstate_tower::Session) -> Result<(), SessionFailure> {
+async fn offstate_login(session: offstate_tower::Session) -> Result<(), SessionError> {
     session.set_principal(USER).await?;
     session.cycle_id().await?;
     Ok(())

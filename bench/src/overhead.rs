@@ -15,8 +15,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use hyper::Method;
+use offstate_core::SessionError;
 use offstate_core::{MemoryStore, Sessions};
-use offstate_tower::{CookieConfig, SessionFailure, SessionLayer};
+use offstate_tower::{CookieConfig, SessionLayer};
 
 use crate::BenchError;
 use crate::apps::internal;
@@ -53,12 +54,12 @@ impl Handler {
     }
 }
 
-async fn offstate_read(session: offstate_tower::Session) -> Result<String, SessionFailure> {
+async fn offstate_read(session: offstate_tower::Session) -> Result<String, SessionError> {
     let n: Option<u64> = session.get(KEY).await?;
     Ok(n.unwrap_or(0).to_string())
 }
 
-async fn offstate_write(session: offstate_tower::Session) -> Result<&'static str, SessionFailure> {
+async fn offstate_write(session: offstate_tower::Session) -> Result<&'static str, SessionError> {
     session
         .insert(KEY, &NEXT.fetch_add(1, Ordering::Relaxed))
         .await?;
