@@ -13,7 +13,10 @@
 //! - [`MemoryStore`]: the embedded default.
 //! - [`InvalidationChannel`]: how caches on different instances stay coherent.
 //! - [`CountingStore`]: counts store calls, for tests and benchmarks.
-//! - [`conformance`] (feature `conformance`): the suite every store passes.
+//! - [`conformance`] (feature `conformance`): the suite every store passes;
+//!   [`testing`] (same feature): a store wrapper that injects faults and
+//!   holds calls at gates, for deterministic race and outage tests.
+//! - [`middleware`]: the protocol an HTTP middleware follows (open, finish).
 //!
 //! # Example
 //!
@@ -55,6 +58,8 @@ pub mod middleware;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use codec::{Codec, Json};

@@ -215,6 +215,25 @@ impl Capabilities {
 ///   revoke that fails part-way (a timeout) has still ended the sessions it
 ///   reached, and a retry carries on from there.
 ///
+/// # Clocks
+///
+/// Instances do not share a clock, and offstate does not need them to agree
+/// exactly. With a skew of `s` between two instances:
+///
+/// - the one whose clock is ahead sees a session end up to `s` early, the
+///   one behind serves it up to `s` late (Redis also drops the key at a TTL
+///   computed from the writer's clock, on the server's clock);
+/// - an instance behind cannot shorten a session: deadlines only move
+///   forward, so its late touch or save keeps the later deadline another
+///   instance set; an instance ahead extends sessions by up to `s` more;
+/// - the absolute deadline is fixed at creation by the creating instance.
+///
+/// So skew shifts expiry by at most the skew, in both directions, and
+/// never loses or resurrects data. Keep it well under the touch interval
+/// (NTP keeps fleets within milliseconds); at a skew comparable to the idle
+/// timeout, idle expiry stops meaning anything. `session-core/tests/clocks.rs`
+/// checks both directions with skewed clocks.
+///
 /// The public [conformance suite](crate::conformance) checks all of this.
 ///
 /// # Generics, not `dyn`

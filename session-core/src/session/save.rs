@@ -317,7 +317,9 @@ impl Session {
         let (Some(old_key), Some(mut base)) = (old_key, loaded) else {
             return Ok(());
         };
-        let _turn = sessions.turns.enter(&old_key).await;
+        // No turn in the local queue: a concurrent local write that reaches
+        // the old ID before the decisive delete is replayed into the login;
+        // one that comes after it finds the session gone.
         let loaded_version = base.version;
         for attempt in 0..config.max_attempts {
             if attempt > 1 {
