@@ -12,17 +12,17 @@ use offstate_cache::CachedStore;
 use offstate_core::conformance::Harness;
 use offstate_core::{Clock, SessionKey};
 use offstate_redis::{RedisInvalidationChannel, RedisStore};
-use offstate_testing::redis::{RedisServer, shared_server};
+use offstate_testing::Redis;
 
 struct CachedRedis {
-    server: &'static RedisServer,
+    server: Redis,
 }
 
 impl Harness for CachedRedis {
     type Store = CachedStore<RedisStore>;
 
     async fn store(&self, clock: Arc<dyn Clock>) -> Self::Store {
-        let config = self.server.config().with_clock(clock.clone());
+        let config = self.server.config().clone().with_clock(clock.clone());
         let backend = RedisStore::connect(config.clone())
             .await
             .expect("a RedisStore on the test server");
@@ -60,6 +60,9 @@ impl Harness for CachedRedis {
 
 offstate_core::conformance_tests!(async {
     CachedRedis {
-        server: shared_server(),
+        server: offstate_testing::redis()
+            .shared()
+            .await
+            .expect("a Redis for the conformance suite"),
     }
 });

@@ -12,10 +12,12 @@ use offstate_core::{
     SessionKey, SessionStore, StoreError, SystemClock, TouchOutcome, Version,
 };
 use offstate_memcached::MemcachedStore;
-use offstate_testing::memcached::MemcachedCluster;
+use offstate_testing::Memcached;
 
-fn cluster() -> MemcachedCluster {
-    MemcachedCluster::start(2).unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
+async fn cluster() -> Memcached {
+    offstate_testing::memcached_cluster(2)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
 }
 
 fn principal() -> String {
@@ -47,7 +49,7 @@ async fn live(store: &MemcachedStore, key: &SessionKey) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let store = cluster.store();
     let alice = principal();
     let old: Vec<SessionKey> = login_many(&store, &alice, 6).await;
@@ -106,7 +108,7 @@ async fn login_many(store: &MemcachedStore, principal: &str, n: usize) -> Vec<Se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let store = cluster.store();
     let bob = principal();
     let revoked = login(&store, &bob).await;
@@ -118,10 +120,7 @@ async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
     let epoch_key = store.epoch_key(&bob);
     let mut removed = false;
     for i in 0..2 {
-        removed |= cluster
-            .server(i)
-            .raw_delete(&epoch_key)
-            .expect("raw delete");
+        removed |= cluster.raw_delete(i, &epoch_key).await.expect("raw delete");
     }
     assert!(removed, "the epoch key {epoch_key} was on no node");
 
@@ -141,7 +140,7 @@ async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_spares_other_principals_and_anonymous_sessions() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let store = cluster.store();
     let (carol, dave) = (principal(), principal());
     let carols = login(&store, &carol).await;

@@ -22,14 +22,25 @@ async fn testcontainers_starts_pauses_and_removes_a_redis_container() {
         .expect("start");
     let port = container.get_host_port_ipv4(6379).await.expect("port");
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await.expect("PING");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("PING");
     assert_eq!(pong, "PONG");
     container.pause().await.expect("pause");
     container.unpause().await.expect("unpause");
     let _: () = conn.set("k", "v").await.expect("SET after unpause");
     let id = container.id().to_owned();
     container.rm().await.expect("rm");
-    let docker = testcontainers::core::client::docker_client_instance().await.unwrap();
-    assert!(docker.inspect_container(&id, None).await.is_err(), "{id} is still there");
+    let docker = testcontainers::core::client::docker_client_instance()
+        .await
+        .unwrap();
+    assert!(
+        docker.inspect_container(&id, None).await.is_err(),
+        "{id} is still there"
+    );
 }
