@@ -224,11 +224,12 @@ impl RedisBuilder {
             };
             nodes.push(node);
         }
+        let ca = tls.as_ref().map(|t| t.ca.clone());
         let servers = RedisServers {
-            config: self.config(&nodes),
+            config: self.config(&nodes, ca.as_deref()),
             nodes,
             auth: self.auth.clone(),
-            ca: tls.as_ref().map(|t| t.ca.clone()),
+            ca,
             cluster: self.masters > 0,
             _tls: tls,
         };
@@ -239,7 +240,7 @@ impl RedisBuilder {
         Ok(servers)
     }
 
-    fn config(&self, nodes: &[Node]) -> RedisConfig {
+    fn config(&self, nodes: &[Node], ca: Option<&[u8]>) -> RedisConfig {
         let scheme = if self.tls { "rediss" } else { "redis" };
         let urls = nodes.iter().map(|n| format!("{scheme}://{}", n.address()));
         let mode = if self.masters == 0 {
@@ -247,7 +248,11 @@ impl RedisBuilder {
         } else {
             ClusterMode::Cluster
         };
-        with_auth(RedisConfig::with_urls(urls), &self.auth).with_cluster_mode(mode)
+        let config = with_auth(RedisConfig::with_urls(urls), &self.auth).with_cluster_mode(mode);
+        match ca {
+            Some(ca) => config.with_root_certificate_pem(ca.to_vec()),
+            None => config,
+        }
     }
 
     /// `redis-server` arguments for a server on `port`, with TLS files in

@@ -54,8 +54,8 @@ impl Source {
         }
     }
 
-    /// Reads a value of `OFFSTATE_TEST_BACKEND`: `process`, `container`
-    /// (or `docker`), `environment` (or `env`); `auto` or blank is none.
+    /// Reads a value of `OFFSTATE_TEST_BACKEND`: `process`, `container`,
+    /// `environment` (or `env`); `auto` or blank is none.
     ///
     /// # Errors
     ///
@@ -64,7 +64,7 @@ impl Source {
         match value.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(None),
             "process" => Ok(Some(Self::Process)),
-            "container" | "docker" => Ok(Some(Self::Container)),
+            "container" => Ok(Some(Self::Container)),
             "environment" | "env" => Ok(Some(Self::Environment)),
             _ => Err(FixtureError::BadBackend {
                 value: value.to_owned(),
