@@ -1,8 +1,8 @@
 //! Abuse and resource limits at the middleware: floods of anonymous or
 //! made-up requests cost the store nothing (or one cheap miss), oversized
 //! input is refused with 431, a signature wrong anywhere is refused before
-//! the store, and no session ID, cookie value or session value reaches the logs at
-//! DEBUG or above.
+//! the store, and no session ID, cookie value or session value reaches the
+//! logs at DEBUG or above.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
