@@ -13,6 +13,7 @@ use offstate_redis::redis::cmd;
 use offstate_redis::{ClusterMode, RedisConfig, RedisStore};
 use offstate_testing::{Redis, redis, redis_cluster};
 
+#[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
 async fn cluster() -> Redis {
     redis_cluster().shared().await.expect("a Redis Cluster")
 }
