@@ -150,8 +150,7 @@ fn app_with(layer: SessionLayer) -> Router {
 }
 
 /// The URL-safe base64 alphabet of signature tags, in value order.
-const TAG_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const TAG_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// A signed ID whose tag is wrong in any single place, or cut short, or
 /// longer, is refused before any store call, like a random one: the whole
@@ -183,11 +182,7 @@ async fn a_tag_wrong_in_any_one_place_is_refused_without_a_store_call() {
         let response = send(&app, request("GET", "/read", &[forged])).await;
         assert_eq!(body(response).await, "n=0", "{forged} was accepted");
     }
-    assert_eq!(
-        store.counts().total(),
-        0,
-        "a forged tag reached the store"
-    );
+    assert_eq!(store.counts().total(), 0, "a forged tag reached the store");
     let response = send(&app, request("GET", "/read", &[&issued])).await;
     assert_eq!(body(response).await, "n=1", "the genuine tag still works");
 }

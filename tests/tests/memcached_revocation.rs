@@ -52,11 +52,11 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
     let cluster = cluster().await;
     let store = cluster.store();
     let alice = principal();
-    let old: Vec<SessionKey> = login_many(&store, &alice, 6).await;
+    let old: Vec<SessionKey> = login_many(store, &alice, 6).await;
     assert_eq!(store.revoke_principal(&alice).await.expect("revoke"), 0);
 
     for key in &old {
-        assert!(!live(&store, key).await, "revoked session loads");
+        assert!(!live(store, key).await, "revoked session loads");
         let change = Change::new(Version::INITIAL, record(None).deadlines);
         assert_eq!(
             store.save(key, &change).await.expect("save"),
@@ -70,8 +70,8 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
     }
 
     // A login after the revoke is live, and the old ones stay dead.
-    let new = login(&store, &alice).await;
-    assert!(live(&store, &new).await);
+    let new = login(store, &alice).await;
+    assert!(live(store, &new).await);
     // So is a session that attaches the principal by a save.
     let anonymous = SessionId::generate().key();
     store
@@ -84,18 +84,18 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
         store.save(&anonymous, &change).await.expect("save"),
         SaveOutcome::Saved(_)
     ));
-    assert!(live(&store, &anonymous).await);
+    assert!(live(store, &anonymous).await);
     for key in &old {
         assert!(
-            !live(&store, key).await,
+            !live(store, key).await,
             "a new login revived a revoked session"
         );
     }
 
     // A second revoke ends the new ones too.
     store.revoke_principal(&alice).await.expect("revoke");
-    assert!(!live(&store, &new).await);
-    assert!(!live(&store, &anonymous).await);
+    assert!(!live(store, &new).await);
+    assert!(!live(store, &anonymous).await);
 }
 
 async fn login_many(store: &MemcachedStore, principal: &str, n: usize) -> Vec<SessionKey> {
@@ -111,10 +111,10 @@ async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
     let cluster = cluster().await;
     let store = cluster.store();
     let bob = principal();
-    let revoked = login(&store, &bob).await;
+    let revoked = login(store, &bob).await;
     store.revoke_principal(&bob).await.expect("revoke");
-    let current = login(&store, &bob).await;
-    assert!(live(&store, &current).await);
+    let current = login(store, &bob).await;
+    assert!(live(store, &current).await);
 
     // The epoch key is evicted (or its node replaced).
     let epoch_key = store.epoch_key(&bob);
@@ -125,17 +125,17 @@ async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
     assert!(removed, "the epoch key {epoch_key} was on no node");
 
     // Without its epoch no session of bob is live: logged out, not revived.
-    assert!(!live(&store, &current).await);
-    assert!(!live(&store, &revoked).await);
+    assert!(!live(store, &current).await);
+    assert!(!live(store, &revoked).await);
     // Revoking a principal without an epoch key is a harmless no-op.
     assert_eq!(store.revoke_principal(&bob).await.expect("revoke"), 0);
 
     // Logging in again recreates the epoch at a fresh random value, which
     // neither old session recorded.
-    let again = login(&store, &bob).await;
-    assert!(live(&store, &again).await);
-    assert!(!live(&store, &current).await);
-    assert!(!live(&store, &revoked).await);
+    let again = login(store, &bob).await;
+    assert!(live(store, &again).await);
+    assert!(!live(store, &current).await);
+    assert!(!live(store, &revoked).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,17 +143,17 @@ async fn revocation_spares_other_principals_and_anonymous_sessions() {
     let cluster = cluster().await;
     let store = cluster.store();
     let (carol, dave) = (principal(), principal());
-    let carols = login(&store, &carol).await;
-    let daves = login(&store, &dave).await;
+    let carols = login(store, &carol).await;
+    let daves = login(store, &dave).await;
     let anonymous = SessionId::generate().key();
     store
         .create(&anonymous, &record(None))
         .await
         .expect("create");
     store.revoke_principal(&carol).await.expect("revoke");
-    assert!(!live(&store, &carols).await);
-    assert!(live(&store, &daves).await);
-    assert!(live(&store, &anonymous).await);
+    assert!(!live(store, &carols).await);
+    assert!(live(store, &daves).await);
+    assert!(live(store, &anonymous).await);
     match store.list_principal(&dave).await {
         Err(StoreError::Unsupported(_)) => {}
         other => panic!("memcached cannot list a principal's sessions, got {other:?}"),

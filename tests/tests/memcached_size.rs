@@ -82,7 +82,7 @@ async fn the_configured_limit_refuses_before_sending() {
     let server = server(&["-I", "2m"]).await;
     let store = server.store();
     assert_eq!(store.config().max_item_size(), MIB);
-    refuses_without_losing_anything(&store).await;
+    refuses_without_losing_anything(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
