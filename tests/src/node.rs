@@ -241,10 +241,9 @@ impl Node {
     pub async fn restart(&self) -> Result<(), FixtureError> {
         match &self.server {
             Server::Process(spawned) => {
-                let fresh = ServerProcess::spawn(spawned.name, &spawned.program, &spawned.args)?;
                 let mut process = spawned.process();
                 process.kill();
-                *process = fresh;
+                *process = ServerProcess::spawn(spawned.name, &spawned.program, &spawned.args)?;
             }
             Server::Container(container) => {
                 // Docker kills no frozen container; a running one is thawed.
