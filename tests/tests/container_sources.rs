@@ -143,6 +143,34 @@ async fn a_panicking_test_still_removes_its_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_dead_test_processes_are_removed_and_live_ones_kept() {
+    // Why: testcontainers cannot clean up after a SIGKILLed test; the next
+    // run must, without touching the containers of tests running now.
+    use testcontainers::runners::AsyncRunner as _;
+    use testcontainers::{GenericImage, ImageExt as _};
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let start = |owner: u32| {
+        let image = offstate_testing::images::redis();
+        let (name, tag) = image.name_and_tag();
+        GenericImage::new(name, tag)
+            .with_label(offstate_testing::container::LABEL, owner.to_string())
+            .start()
+    };
+    let orphan = start(gone.id()).await.unwrap();
+    let mine = start(std::process::id()).await.unwrap();
+    let docker = offstate_testing::container::docker().await.unwrap();
+    offstate_testing::container::remove_leftovers(&docker).await;
+    assert!(!exists(orphan.id()).await.unwrap(), "the orphan was kept");
+    assert!(
+        exists(mine.id()).await.unwrap(),
+        "a live test's container went"
+    );
+    mine.rm().await.unwrap();
+    std::mem::forget(orphan); // Already removed: nothing left to drop.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_servers_live_while_a_fixture_holds_them() {
     // Why: `.shared()` must neither start a server per test nor leave one
     // behind once the last test using it is done.
