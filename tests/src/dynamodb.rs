@@ -137,7 +137,11 @@ impl IntoFuture for DynamoBuilder {
 
 async fn server(source: Source) -> Result<Node, FixtureError> {
     match source {
-        Source::Environment => Ok(Node::external(required_env(DYNAMODB_ENDPOINT_ENV)?)),
+        Source::Environment => {
+            let endpoint = required_env(DYNAMODB_ENDPOINT_ENV)?;
+            let address = endpoint.split("://").last().unwrap_or_default();
+            Ok(Node::external(address.trim_end_matches('/')))
+        }
         Source::Container => {
             Node::run(ContainerSpec::new(images::dynamodb(), PORT), READINESS).await
         }

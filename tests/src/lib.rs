@@ -14,7 +14,7 @@
 //!
 //! One fixture per backend, each a builder to `.await`: [`redis()`] and
 //! [`redis_cluster()`] (`.with_replicas(n)`, `.with_password(..)`,
-//! `.with_tls()`, ...), [`memcached()`] and [`memcached_cluster(n)`],
+//! `.with_tls()`, ...), [`memcached()`] and [`memcached_cluster(n)`](memcached_cluster()),
 //! [`dynamodb()`]. Each gives one guard type ([`Redis`], [`Memcached`],
 //! [`DynamoDb`]) that dereferences to its store, implements the
 //! conformance [`Harness`](offstate_core::conformance::Harness), gives each

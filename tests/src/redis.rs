@@ -647,13 +647,14 @@ impl Redis {
         connect(config).await
     }
 
-    /// The (first) server URL, without credentials.
+    /// The (first) server URL (credentials only where the environment's
+    /// URL has them).
     #[must_use]
     pub fn url(&self) -> &str {
         self.urls().first().map_or("", String::as_str)
     }
 
-    /// Every server URL (one per node), without credentials.
+    /// Every server URL (one per node).
     #[must_use]
     pub fn urls(&self) -> &[String] {
         self.servers.config.urls()
