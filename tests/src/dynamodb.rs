@@ -27,10 +27,8 @@
 //! as it is: contention tests belong on the process fixture or on real
 //! DynamoDB.
 
-use std::future::{Future, IntoFuture};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +43,7 @@ use crate::container::ContainerSpec;
 use crate::images;
 use crate::node::{Node, Readiness};
 use crate::process::{find_program, free_port, workspace_root};
-use crate::source::{FixtureError, Shared, Source, required_env};
+use crate::source::{FixtureError, Options, Shared, Source, fixture_builder, required_env};
 
 /// The endpoint URL of a running DynamoDB-compatible server (credentials
 /// `test`/`test`, region `us-east-1`).
@@ -65,8 +63,7 @@ const READINESS: Readiness = Readiness {
 /// [`crate::source`]), with a store on a fresh table.
 pub fn dynamodb() -> DynamoBuilder {
     DynamoBuilder {
-        source: None,
-        shared: false,
+        options: Options::default(),
     }
 }
 
@@ -75,25 +72,10 @@ pub fn dynamodb() -> DynamoBuilder {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use]
 pub struct DynamoBuilder {
-    source: Option<Source>,
-    shared: bool,
+    options: Options,
 }
 
 impl DynamoBuilder {
-    /// Takes the server from `source`, whatever the environment says.
-    pub fn via(mut self, source: Source) -> Self {
-        self.source = Some(source);
-        self
-    }
-
-    /// Shares the server with the fixtures of this test binary that ask for
-    /// the same one, while any of them lives (each still gets a table of
-    /// its own). Never pause a shared server.
-    pub fn shared(mut self) -> Self {
-        self.shared = true;
-        self
-    }
-
     /// Starts (or reuses) the server and makes a store on a fresh table.
     ///
     /// # Errors
@@ -101,16 +83,9 @@ impl DynamoBuilder {
     /// [`FixtureError`] saying what is missing or what failed.
     pub async fn start(self) -> Result<DynamoDb, FixtureError> {
         static SHARED: Shared<Node> = Shared::new();
-        let source = match self.source {
-            Some(source) => source,
-            None => Source::choose(DYNAMODB_ENDPOINT_ENV, &images::dynamodb()).await?,
-        };
-        let node = if self.shared {
-            let key = format!("{self:?} from {source:?}");
-            SHARED.get_or_start(key, server(source)).await?
-        } else {
-            Arc::new(server(source).await?)
-        };
+        let usual = (DYNAMODB_ENDPOINT_ENV, images::dynamodb());
+        let start = |source| server(source, &self.options);
+        let (node, source) = SHARED.servers(&self, &self.options, usual, start).await?;
         let endpoint = match source {
             Source::Environment => required_env(DYNAMODB_ENDPOINT_ENV)?,
             _ => format!("http://{}", node.address()),
@@ -126,16 +101,9 @@ impl DynamoBuilder {
     }
 }
 
-impl IntoFuture for DynamoBuilder {
-    type Output = Result<DynamoDb, FixtureError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+fixture_builder!(DynamoBuilder => DynamoDb);
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.start())
-    }
-}
-
-async fn server(source: Source) -> Result<Node, FixtureError> {
+async fn server(source: Source, options: &Options) -> Result<Node, FixtureError> {
     match source {
         Source::Environment => {
             let endpoint = required_env(DYNAMODB_ENDPOINT_ENV)?;
@@ -143,7 +111,8 @@ async fn server(source: Source) -> Result<Node, FixtureError> {
             Ok(Node::external(address.trim_end_matches('/')))
         }
         Source::Container => {
-            Node::run(ContainerSpec::new(images::dynamodb(), PORT), READINESS).await
+            let spec = ContainerSpec::new(images::dynamodb(), PORT).with_reach(options.reach());
+            Node::run(spec, READINESS).await
         }
         _ => {
             let program = find_program(

@@ -16,10 +16,8 @@
 //! `-m 64 -U 0`, reached through ports published on 127.0.0.1 (or their
 //! addresses on a test network). Stores use [`FIXTURE_TIMEOUT`].
 
-use std::future::{Future, IntoFuture};
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +27,11 @@ use offstate_memcached::{MemcachedConfig, MemcachedStore};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
-use crate::container::{ContainerSpec, Network, Reach};
+use crate::container::ContainerSpec;
 use crate::images;
 use crate::node::{Node, Readiness};
 use crate::process::{find_program, free_port};
-use crate::source::{FixtureError, Shared, Source, env_list};
+use crate::source::{FixtureError, Options, Shared, Source, env_list, fixture_builder};
 
 /// The nodes of a running memcached cluster, comma-separated `host:port`.
 pub const MEMCACHED_NODES_ENV: &str = "OFFSTATE_TEST_MEMCACHED_NODES";
@@ -61,9 +59,7 @@ pub fn memcached_cluster(n: usize) -> MemcachedBuilder {
     MemcachedBuilder {
         nodes: n,
         args: Vec::new(),
-        source: None,
-        network: None,
-        shared: false,
+        options: Options::default(),
     }
 }
 
@@ -73,9 +69,7 @@ pub fn memcached_cluster(n: usize) -> MemcachedBuilder {
 pub struct MemcachedBuilder {
     nodes: usize,
     args: Vec<String>,
-    source: Option<Source>,
-    network: Option<String>,
-    shared: bool,
+    options: Options,
 }
 
 impl MemcachedBuilder {
@@ -86,28 +80,6 @@ impl MemcachedBuilder {
         self
     }
 
-    /// Takes the servers from `source`, whatever the environment says.
-    pub fn via(mut self, source: Source) -> Self {
-        self.source = Some(source);
-        self
-    }
-
-    /// Runs the nodes in containers on `network`, reached at their
-    /// addresses there, so that [`Node::disconnect`] cuts them off.
-    pub fn on_network(mut self, network: &Network) -> Self {
-        self.network = Some(network.name().to_owned());
-        self.source = Some(Source::Container);
-        self
-    }
-
-    /// Shares the nodes with the fixtures of this test binary that ask for
-    /// the same ones, while any of them lives. Never make faults on shared
-    /// nodes.
-    pub fn shared(mut self) -> Self {
-        self.shared = true;
-        self
-    }
-
     /// Starts (or reuses) the nodes and builds a store over them.
     ///
     /// # Errors
@@ -115,16 +87,9 @@ impl MemcachedBuilder {
     /// [`FixtureError`] saying what is missing or what failed.
     pub async fn start(self) -> Result<Memcached, FixtureError> {
         static SHARED: Shared<Vec<Node>> = Shared::new();
-        let source = match self.source {
-            Some(source) => source,
-            None => Source::choose(MEMCACHED_NODES_ENV, &images::memcached()).await?,
-        };
-        let nodes = if self.shared {
-            let key = format!("{self:?} from {source:?}");
-            SHARED.get_or_start(key, self.servers(source)).await?
-        } else {
-            Arc::new(self.servers(source).await?)
-        };
+        let usual = (MEMCACHED_NODES_ENV, images::memcached());
+        let start = |source| self.servers(source);
+        let (nodes, _) = SHARED.servers(&self, &self.options, usual, start).await?;
         let config = fixture_config(nodes.iter().map(|n| n.address().to_owned()).collect());
         let store = build(config.clone())?;
         Ok(Memcached {
@@ -171,27 +136,16 @@ impl MemcachedBuilder {
     }
 
     async fn container(&self) -> Result<Node, FixtureError> {
-        let reach = match &self.network {
-            Some(network) => Reach::Network(network.clone()),
-            None => Reach::Published,
-        };
         let mut args: Vec<String> = ["-m", "64", "-U", "0"].map(String::from).into();
         args.extend(self.args.iter().cloned());
         let spec = ContainerSpec::new(images::memcached(), PORT)
             .with_args(args)
-            .with_reach(reach);
+            .with_reach(self.options.reach());
         Node::run(spec, READINESS).await
     }
 }
 
-impl IntoFuture for MemcachedBuilder {
-    type Output = Result<Memcached, FixtureError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.start())
-    }
-}
+fixture_builder!(MemcachedBuilder => Memcached);
 
 /// memcached nodes and a ready store over them. Dereferences to the store;
 /// dropping it stops the nodes it started (unless another fixture shares

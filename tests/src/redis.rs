@@ -19,10 +19,8 @@
 //! listening on loopback as processes do (Linux only). No server keeps
 //! data on disk.
 
-use std::future::{Future, IntoFuture};
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,11 +29,13 @@ use offstate_core::{Clock, SessionKey};
 use offstate_redis::redis::{Cmd, FromRedisValue, cmd};
 use offstate_redis::{ClusterMode, RedisConfig, RedisConnection, RedisStore};
 
-use crate::container::{ContainerSpec, Network, Reach};
+use crate::container::{ContainerSpec, Reach};
 use crate::images;
 use crate::node::{Node, Readiness};
 use crate::process::{find_program, free_port};
-use crate::source::{FixtureError, Shared, Source, env_list, required_env};
+use crate::source::{
+    FixtureError, Options, Shared, Source, env_list, fixture_builder, required_env,
+};
 use crate::tls::{self, Tls};
 
 /// A standalone server's URL (`redis://[user:pass@]host:port`).
@@ -90,9 +90,7 @@ pub struct RedisBuilder {
     auth: RedisAuth,
     tls: bool,
     node_timeout: Duration,
-    source: Option<Source>,
-    network: Option<String>,
-    shared: bool,
+    options: Options,
 }
 
 impl RedisBuilder {
@@ -103,9 +101,7 @@ impl RedisBuilder {
             auth: RedisAuth::None,
             tls: false,
             node_timeout: Duration::from_secs(5),
-            source: None,
-            network: None,
-            shared: false,
+            options: Options::default(),
         }
     }
 
@@ -145,29 +141,6 @@ impl RedisBuilder {
         self
     }
 
-    /// Takes the servers from `source`, whatever the environment says.
-    pub fn via(mut self, source: Source) -> Self {
-        self.source = Some(source);
-        self
-    }
-
-    /// Runs a standalone container on `network`, reached at its address
-    /// there, so that [`Node::disconnect`] cuts it off.
-    pub fn on_network(mut self, network: &Network) -> Self {
-        self.network = Some(network.name().to_owned());
-        self.source = Some(Source::Container);
-        self
-    }
-
-    /// Shares the servers with the fixtures of this test binary that ask
-    /// for the same ones, while any of them lives (each still gets its own
-    /// store). For suites of many short tests; never make faults on a
-    /// shared server.
-    pub fn shared(mut self) -> Self {
-        self.shared = true;
-        self
-    }
-
     /// Starts (or, when [`shared`](Self::shared), reuses) the servers and
     /// connects a store.
     ///
@@ -176,23 +149,14 @@ impl RedisBuilder {
     /// [`FixtureError`] saying what is missing or what failed.
     pub async fn start(self) -> Result<Redis, FixtureError> {
         static SHARED: Shared<RedisServers> = Shared::new();
-        let source = match self.source {
-            Some(source) => source,
-            None => {
-                let var = if self.masters == 0 {
-                    REDIS_URL_ENV
-                } else {
-                    REDIS_CLUSTER_URLS_ENV
-                };
-                Source::choose(var, &images::redis()).await?
-            }
-        };
-        let servers = if self.shared {
-            let key = format!("{self:?} from {source:?}");
-            SHARED.get_or_start(key, self.servers(source)).await?
+        let var = if self.masters == 0 {
+            REDIS_URL_ENV
         } else {
-            Arc::new(self.servers(source).await?)
+            REDIS_CLUSTER_URLS_ENV
         };
+        let usual = (var, images::redis());
+        let start = |source| self.servers(source);
+        let (servers, _) = SHARED.servers(&self, &self.options, usual, start).await?;
         let store = connect(servers.config.clone()).await?;
         Ok(Redis { store, servers })
     }
@@ -351,13 +315,9 @@ impl RedisBuilder {
     async fn container(&self, tls: Option<&Tls>) -> Result<Node, FixtureError> {
         let dir = tls.map(|_| tls::CONTAINER_DIR);
         let mut spec = if self.masters == 0 {
-            let reach = match &self.network {
-                Some(network) => Reach::Network(network.clone()),
-                None => Reach::Published,
-            };
             ContainerSpec::new(images::redis(), PORT)
                 .with_args(self.args(PORT, false, dir))
-                .with_reach(reach)
+                .with_reach(self.options.reach())
         } else {
             let port = self.port()?;
             ContainerSpec::new(images::redis(), port)
@@ -371,14 +331,7 @@ impl RedisBuilder {
     }
 }
 
-impl IntoFuture for RedisBuilder {
-    type Output = Result<Redis, FixtureError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.start())
-    }
-}
+fixture_builder!(RedisBuilder => Redis);
 
 /// The servers of a fixture, and how to reach each one.
 #[derive(Debug)]

@@ -21,7 +21,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::container::{ContainerError, docker_available, image_present, pull_allowed};
+use crate::container::{ContainerError, Reach, docker_available, image_present, pull_allowed};
 use crate::images::Image;
 use crate::process::ServerError;
 
@@ -184,6 +184,71 @@ pub(crate) fn env_list(var: &'static str) -> Result<Vec<String>, FixtureError> {
         .collect())
 }
 
+/// What every fixture builder takes: a forced source, a test network to
+/// run its containers on, and whether its servers are shared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Options {
+    pub(crate) source: Option<Source>,
+    pub(crate) network: Option<String>,
+    pub(crate) shared: bool,
+}
+
+impl Options {
+    /// How the test process reaches a container of this fixture.
+    pub(crate) fn reach(&self) -> Reach {
+        match &self.network {
+            Some(network) => Reach::Network(network.clone()),
+            None => Reach::Published,
+        }
+    }
+}
+
+/// The options and `.await` of a fixture builder (a struct with an
+/// `options: Options` field and an `async fn start(self)`).
+macro_rules! fixture_builder {
+    ($builder:ty => $fixture:ty) => {
+        impl $builder {
+            /// Takes the servers from `source`, whatever the environment
+            /// says.
+            pub fn via(mut self, source: $crate::Source) -> Self {
+                self.options.source = Some(source);
+                self
+            }
+
+            /// Runs the servers in containers on `network`, reached at
+            /// their addresses there, so that
+            /// [`Node::disconnect`](crate::node::Node::disconnect) cuts
+            /// them off.
+            pub fn on_network(mut self, network: &$crate::container::Network) -> Self {
+                self.options.network = Some(network.name().to_owned());
+                self.options.source = Some($crate::Source::Container);
+                self
+            }
+
+            /// Shares the servers with the fixtures of this test binary
+            /// that ask for the same ones, while any of them lives (each
+            /// fixture still gets its own store). For suites of many short
+            /// tests; never make faults on shared servers.
+            pub fn shared(mut self) -> Self {
+                self.options.shared = true;
+                self
+            }
+        }
+
+        impl std::future::IntoFuture for $builder {
+            type Output = Result<$fixture, $crate::FixtureError>;
+            type IntoFuture =
+                std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+            fn into_future(self) -> Self::IntoFuture {
+                Box::pin(self.start())
+            }
+        }
+    };
+}
+#[cfg(any(feature = "redis", feature = "memcached", feature = "dynamodb"))]
+pub(crate) use fixture_builder;
+
 /// Servers that fixtures asking for the same ones (the same options) share
 /// while any of those fixtures lives; the last one to go removes them.
 /// Nothing is kept in a static beyond that: a static is never dropped, and
@@ -201,12 +266,35 @@ impl<T> Shared<T> {
         }
     }
 
-    /// The live servers started under `key`, or new ones from `start`.
-    pub(crate) async fn get_or_start<F>(
+    /// The servers for a builder (`key`, its `options`): from its forced
+    /// source or the usual one (`url_var`, `image`), started by `start`, or
+    /// the live ones started for the same builder when it is shared.
+    pub(crate) async fn servers<F, Fut>(
         &self,
-        key: String,
+        key: &impl std::fmt::Debug,
+        options: &Options,
+        (url_var, image): (&str, Image),
         start: F,
-    ) -> Result<Arc<T>, FixtureError>
+    ) -> Result<(Arc<T>, Source), FixtureError>
+    where
+        F: FnOnce(Source) -> Fut,
+        Fut: Future<Output = Result<T, FixtureError>>,
+    {
+        let source = match options.source {
+            Some(source) => source,
+            None => Source::choose(url_var, &image).await?,
+        };
+        let servers = if options.shared {
+            let key = format!("{key:?} from {source:?}");
+            self.get_or_start(key, start(source)).await?
+        } else {
+            Arc::new(start(source).await?)
+        };
+        Ok((servers, source))
+    }
+
+    /// The live servers started under `key`, or new ones from `start`.
+    async fn get_or_start<F>(&self, key: String, start: F) -> Result<Arc<T>, FixtureError>
     where
         F: Future<Output = Result<T, FixtureError>>,
     {
