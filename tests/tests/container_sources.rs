@@ -128,14 +128,17 @@ async fn a_panicking_test_still_removes_its_container() {
             .expect("runtime");
         let (tx, rx) = std::sync::mpsc::channel();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runtime.block_on(async {
+            // `tx` goes with the future: a fixture that fails to start
+            // fails this test instead of leaving `recv` waiting.
+            runtime.block_on(async move {
                 let fixture = redis_container().await;
                 tx.send(container_id(&fixture)).expect("send");
                 panic!("a failing test");
             })
         }));
         assert!(outcome.is_err());
-        rx.recv().expect("id")
+        rx.recv()
+            .expect("the container's ID (did the fixture start?)")
     })
     .join()
     .expect("thread");
