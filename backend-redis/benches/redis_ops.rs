@@ -16,11 +16,11 @@ use offstate_core::{
 };
 use offstate_redis::RedisStore;
 use offstate_redis::redis::cmd;
-use offstate_testing::redis::RedisServer;
+use offstate_testing::{Redis, Source};
 use tokio::runtime::Runtime;
 
 struct Fixture {
-    server: RedisServer,
+    server: Redis,
     runtime: Runtime,
     store: RedisStore,
     key: SessionKey,
@@ -31,14 +31,15 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let server = RedisServer::start()
-        .expect("redis-server (install redis-server or set OFFSTATE_REDIS_SERVER)");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let store = runtime.block_on(server.store()).expect("store");
+    let server = runtime
+        .block_on(offstate_testing::redis().via(Source::Process).start())
+        .expect("redis-server (install redis-server or set OFFSTATE_REDIS_SERVER)");
+    let store = server.store().clone();
     let now = SystemClock.now();
     let deadlines = Deadlines::idle_at(now.saturating_add(Duration::from_secs(3600)));
     let mut record = Record::new(now, deadlines);
@@ -102,8 +103,10 @@ async fn raw_set(f: &Fixture) {
         .expect("SET");
 }
 
-fn commandstats(server: &RedisServer) -> BTreeMap<String, u64> {
-    let text = server.cli(&["INFO", "commandstats"]).expect("INFO");
+fn commandstats(f: &Fixture) -> BTreeMap<String, u64> {
+    let mut command = cmd("INFO");
+    let info = f.server.query::<String>(command.arg("commandstats"));
+    let text = f.runtime.block_on(info).expect("INFO");
     text.lines()
         .filter_map(|line| {
             let (name, rest) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
@@ -119,13 +122,13 @@ where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let before = commandstats(&f.server);
+    let before = commandstats(f);
     f.runtime.block_on(async {
         for i in 0..n {
             op(i).await;
         }
     });
-    let after = commandstats(&f.server);
+    let after = commandstats(f);
     let per_op: Vec<String> = after
         .iter()
         .filter_map(|(name, calls)| {

@@ -22,7 +22,7 @@ use offstate_dynamodb::aws_sdk_dynamodb::config::interceptors::BeforeTransmitInt
 use offstate_dynamodb::aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use offstate_memcached::MemcachedStore;
 use offstate_redis::RedisStore;
-use offstate_testing::fixture::Source;
+use offstate_testing::Source;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::BenchError;
@@ -243,9 +243,9 @@ pub async fn redis(url: &str) -> Result<BackendCounts, BenchError> {
 ///
 /// [`BenchError`] when memcached cannot be started or a request fails.
 pub async fn memcached() -> Result<BackendCounts, BenchError> {
-    let fixture = offstate_testing::fixture::memcached::memcached_via(Source::Process, 1).await?;
+    let fixture = offstate_testing::memcached().via(Source::Process).await?;
     let store: MemcachedStore = fixture.store().clone();
-    let counter = Counter::Memcached(fixture.nodes().to_vec());
+    let counter = Counter::Memcached(fixture.addresses().to_vec());
     let counts = measure("memcached", "commands", store, counter).await;
     drop(fixture);
     counts
@@ -257,7 +257,7 @@ pub async fn memcached() -> Result<BackendCounts, BenchError> {
 ///
 /// [`BenchError`] when moto cannot be started or a request fails.
 pub async fn dynamodb() -> Result<BackendCounts, BenchError> {
-    let fixture = offstate_testing::fixture::dynamodb::dynamodb_via(Source::Process).await?;
+    let fixture = offstate_testing::dynamodb().via(Source::Process).await?;
     let count = Arc::new(AtomicU64::new(0));
     let config = fixture
         .client()

@@ -90,7 +90,7 @@ pub enum BenchError {
     Server(#[from] offstate_testing::ServerError),
     /// A fixture could not be set up.
     #[error(transparent)]
-    Fixture(#[from] offstate_testing::fixture::FixtureError),
+    Fixture(#[from] offstate_testing::FixtureError),
     /// JSON from an app or from criterion did not parse.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),

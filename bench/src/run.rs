@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use offstate_redis::redis::cmd;
+use offstate_testing::Source;
 use offstate_testing::process::{ServerProcess, find_program, free_port, run_command};
-use offstate_testing::redis::RedisServer;
 
 use crate::BenchError;
 use crate::counts::{self, BackendCounts};
@@ -441,12 +442,11 @@ pub async fn run(settings: Settings) -> Result<Results, BenchError> {
             settings.criterion_dir.display()
         );
     }
-    let redis = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .map_err(|e| BenchError::Usage(format!("starting redis-server: {e}")))??;
-    let redis_url = redis.url();
+    let redis = offstate_testing::redis().via(Source::Process).await?;
+    let redis_url = redis.url().to_owned();
     let redis_version = redis
-        .cli(&["INFO", "server"])
+        .query::<String>(cmd("INFO").arg("server"))
+        .await
         .ok()
         .and_then(|info| {
             info.lines()
@@ -457,7 +457,8 @@ pub async fn run(settings: Settings) -> Result<Results, BenchError> {
 
     let variants = http_runs(&settings, &redis_url, &mut stats).await?;
     eprintln!("[bench] redis-benchmark -c {}", settings.clients);
-    let raw = raw_limit(&settings, redis.port())?;
+    let port = redis.node(0).port().unwrap_or_default();
+    let raw = raw_limit(&settings, port)?;
     let lost = lost_runs(&settings, &redis_url).await?;
 
     eprintln!("[bench] backend requests per HTTP request");

@@ -10,7 +10,7 @@
 
 use hyper::Method;
 use offstate_redis::redis;
-use offstate_testing::redis::RedisServer;
+use offstate_testing::Source;
 
 use crate::BenchError;
 use crate::server::{self, Variant};
@@ -74,10 +74,8 @@ impl SessionBytes {
 ///
 /// [`BenchError`] when redis-server cannot be started or a request fails.
 pub async fn measure() -> Result<Vec<SessionBytes>, BenchError> {
-    let redis = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .map_err(|e| BenchError::Usage(format!("starting redis-server: {e}")))??;
-    let url = redis.url();
+    let redis = offstate_testing::redis().via(Source::Process).await?;
+    let url = redis.url().to_owned();
     let client = redis::Client::open(url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut results = Vec::new();

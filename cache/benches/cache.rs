@@ -25,7 +25,7 @@ use offstate_core::{
     SystemClock,
 };
 use offstate_redis::{RedisInvalidationChannel, RedisStore};
-use offstate_testing::redis::RedisServer;
+use offstate_testing::{Redis, Source};
 use tokio::runtime::Runtime;
 
 /// A typical small session: a ten-item cart, a language, a CSRF token.
@@ -50,12 +50,13 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
-fn server() -> RedisServer {
-    RedisServer::start().expect("redis-server (install redis-server or set OFFSTATE_REDIS_SERVER)")
+fn server(rt: &Runtime) -> Redis {
+    rt.block_on(offstate_testing::redis().via(Source::Process).start())
+        .expect("redis-server (install redis-server or set OFFSTATE_REDIS_SERVER)")
 }
 
-async fn coherent<S: SessionStore>(backend: S, server: &RedisServer) -> CachedStore<S> {
-    let channel = RedisInvalidationChannel::connect(&server.config())
+async fn coherent<S: SessionStore>(backend: S, server: &Redis) -> CachedStore<S> {
+    let channel = RedisInvalidationChannel::connect(server.config())
         .await
         .expect("channel");
     let cached = CachedStore::builder(backend).with_channel(channel).build();
@@ -149,12 +150,12 @@ fn rss_bytes() -> Option<u64> {
 
 /// Figures 1 (as a ratio), 2 and 3, printed once.
 fn figures() {
-    let server = server();
     let rt = runtime();
+    let server = server(&rt);
     rt.block_on(async {
         // 1. Hit path vs backend path, as a plain ratio.
-        let redis = server.store().await.unwrap();
-        let cached = coherent(server.store().await.unwrap(), &server).await;
+        let redis = server.connect_with(server.config().clone()).await.unwrap();
+        let cached = coherent(server.connect_with(server.config().clone()).await.unwrap(), &server).await;
         let key = SessionId::generate().key();
         cached.create(&key, &cart_record(), offstate_core::Timestamp::now()).await.unwrap();
         assert!(cached.load(&key, offstate_core::Timestamp::now()).await.unwrap().is_some());
@@ -172,17 +173,17 @@ fn figures() {
         );
 
         // 2. Backend calls per request, 90 % read / 10 % write.
-        let plain = CountingStore::new(server.store().await.unwrap());
+        let plain = CountingStore::new(server.connect_with(server.config().clone()).await.unwrap());
         let without = workload(&[Sessions::new(plain.clone())], &[plain]).await;
-        let one = CountingStore::new(server.store().await.unwrap());
+        let one = CountingStore::new(server.connect_with(server.config().clone()).await.unwrap());
         let with_one = workload(
             &[Sessions::new(coherent(one.clone(), &server).await)],
             &[one],
         )
         .await;
         let (a, b) = (
-            CountingStore::new(server.store().await.unwrap()),
-            CountingStore::new(server.store().await.unwrap()),
+            CountingStore::new(server.connect_with(server.config().clone()).await.unwrap()),
+            CountingStore::new(server.connect_with(server.config().clone()).await.unwrap()),
         );
         let with_two = workload(
             &[
@@ -201,13 +202,13 @@ fn figures() {
         );
 
         // 3. Memory per cached session.
-        let filler = server.store().await.unwrap();
+        let filler = server.connect_with(server.config().clone()).await.unwrap();
         let keys: Vec<SessionKey> = (0..10_000).map(|_| SessionId::generate().key()).collect();
         let record = cart_record();
         for key in &keys {
             filler.create(key, &record, offstate_core::Timestamp::now()).await.unwrap();
         }
-        let cache = CachedStore::builder(server.store().await.unwrap())
+        let cache = CachedStore::builder(server.connect_with(server.config().clone()).await.unwrap())
             .with_staleness(Duration::from_secs(600))
             .build();
         // Warm the client and the cache's structures before measuring.
@@ -237,11 +238,15 @@ fn figures() {
 }
 
 fn hit_vs_backend(c: &mut Criterion) {
-    let server = server();
     let rt = runtime();
+    let server = server(&rt);
     let (redis, cached, key) = rt.block_on(async {
-        let redis = server.store().await.unwrap();
-        let cached = coherent(server.store().await.unwrap(), &server).await;
+        let redis = server.connect_with(server.config().clone()).await.unwrap();
+        let cached = coherent(
+            server.connect_with(server.config().clone()).await.unwrap(),
+            &server,
+        )
+        .await;
         let key = SessionId::generate().key();
         cached
             .create(&key, &cart_record(), offstate_core::Timestamp::now())

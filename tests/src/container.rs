@@ -1,68 +1,70 @@
-//! Docker containers and networks for the fixtures, driven through the
-//! `docker` CLI, removed on drop, on panic, and even when the test process
-//! dies without unwinding.
-//!
-//! # Why the CLI and not testcontainers
-//!
-//! testcontainers 0.28 (and every release since 0.16) talks to the daemon
-//! through bollard with a fixed API version (1.53 for 0.28) and never
-//! negotiates a lower one, so a Docker Engine 20.10 (API 1.41, what Debian
-//! 12 ships) answers every request with "client version 1.53 is too new".
-//! The `docker` CLI negotiates, costs no compile time, and is the same
-//! semantics: start from an image, wait until ready, remove on drop.
+//! Docker containers and networks for the fixtures, through testcontainers
+//! (and its bollard, for what testcontainers does not cover: killing a
+//! container, networks with a fixed subnet, leftovers of dead test
+//! processes).
 //!
 //! # Cleaning up
 //!
-//! - Drop runs `docker rm -f -v`, also while a failing test unwinds.
-//! - Each container and network carries the label `offstate-test=<pid>`,
-//!   and gets a watchdog: a shell loop that removes it once the test
-//!   process is gone (a fixture kept in a static, or a SIGKILLed test).
-//! - The first fixture of a process removes leftovers whose process is no
-//!   longer alive ([`remove_leftovers`]). Nothing is ever removed by image
-//!   name, nor anything another live test process owns.
+//! - Dropping a [`Container`] or [`Network`] removes it, also while a
+//!   failing test unwinds, and also outside any tokio runtime (the removal
+//!   runs on a thread of its own; testcontainers' own drop needs a runtime).
+//! - testcontainers' `watchdog` removes the containers of a test process
+//!   stopped by SIGINT, SIGTERM or SIGQUIT.
+//! - Each container and network carries the label `offstate-test=<pid>`.
+//!   The first container of a test process removes those whose process is
+//!   gone (a SIGKILLed test, which nothing can clean up after), never those
+//!   of a live one (tests running in parallel).
 //!
 //! # Images are never pulled
 //!
-//! An image that is not there locally is an error naming the variable that
-//! chooses it (see [`crate::images`]), unless `OFFSTATE_TEST_PULL=1` allows
-//! `docker pull`.
+//! testcontainers pulls an image it does not find. Here an image that is
+//! not there locally is an error naming the variable that chooses it (see
+//! [`crate::images`]), unless `OFFSTATE_TEST_PULL=1` lets testcontainers
+//! pull it.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+
+use testcontainers::bollard::Docker;
+use testcontainers::bollard::errors::Error as DockerError;
+use testcontainers::bollard::models::{
+    EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest, PortBinding,
+};
+use testcontainers::bollard::query_parameters::{
+    KillContainerOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+};
+use testcontainers::core::client::docker_client_instance;
+use testcontainers::core::{ContainerPort, IntoContainerPort as _};
+use testcontainers::runners::AsyncRunner as _;
+use testcontainers::{
+    ContainerAsync, CopyTargetOptions, GenericImage, ImageExt as _, TestcontainersError,
+};
+use tokio::sync::OnceCell;
 
 use crate::images::Image;
-use crate::process::free_port;
 
 /// The label on every container and network the fixtures create; its value
 /// is the PID of the test process that owns it.
 pub const LABEL: &str = "offstate-test";
 
-/// The variable that names the `docker` program (default: `docker` on
-/// `PATH`).
-pub const DOCKER_ENV: &str = "OFFSTATE_DOCKER";
-
 /// The variable that allows pulling a missing image (`1`).
 pub const PULL_ENV: &str = "OFFSTATE_TEST_PULL";
 
-/// How long a container may take to answer its readiness probe.
-const READY: Duration = Duration::from_secs(30);
-
-/// Why a container or network could not be set up.
+/// Why a container or network could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ContainerError {
-    /// No Docker daemon answers through the `docker` CLI.
+    /// No Docker daemon answers.
     #[error(
-        "no Docker daemon is reachable through `docker` ({detail}); start dockerd, set DOCKER_HOST \
-         (or {DOCKER_ENV} to the docker program), or run with OFFSTATE_TEST_BACKEND=process"
+        "no Docker daemon is reachable ({source}); start dockerd, set DOCKER_HOST, \
+         or run with OFFSTATE_TEST_BACKEND=process"
     )]
     NoDocker {
-        /// What the CLI said.
-        detail: String,
+        /// What the client said.
+        #[source]
+        source: Box<testcontainers::core::client::ClientError>,
     },
     /// The image is not there and pulling is not allowed.
     #[error(
@@ -75,104 +77,95 @@ pub enum ContainerError {
         /// The variable that chooses it.
         var: &'static str,
     },
-    /// A `docker` command failed.
-    #[error("`docker {command}` failed: {detail}")]
-    Command {
-        /// The command's arguments.
-        command: String,
-        /// Its output or the OS error.
-        detail: String,
+    /// testcontainers could not start or change the container.
+    #[error("{what} ({image}): {source}")]
+    Testcontainers {
+        /// What was being done.
+        what: &'static str,
+        /// The image.
+        image: String,
+        /// testcontainers' error.
+        #[source]
+        source: Box<TestcontainersError>,
     },
-    /// The container did not become ready.
-    #[error(
-        "container {name} ({image}) was not ready on {addr} within {waited:?}; its log:\n{log}"
-    )]
-    NotReady {
+    /// A Docker API call failed.
+    #[error("{what}: {source}")]
+    Docker {
+        /// What was being done.
+        what: String,
+        /// bollard's error.
+        #[source]
+        source: Box<DockerError>,
+    },
+    /// No loopback port could be had to publish the server on.
+    #[error("no free loopback port to publish {image} on")]
+    NoPort {
+        /// The image.
+        image: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container is not on a user-defined network, so it cannot be
+    /// disconnected from one.
+    #[error("container {name} was not started on a test network")]
+    NotOnNetwork {
         /// The container's name.
         name: String,
-        /// Its image.
-        image: String,
-        /// Where it was probed.
-        addr: SocketAddr,
-        /// How long we waited.
-        waited: Duration,
-        /// The end of its log.
-        log: String,
     },
 }
 
-/// Runs `docker args...` and returns its trimmed stdout.
+/// The Docker client, once a daemon has answered; the first call of a test
+/// process also removes the leftovers of dead test processes.
 ///
 /// # Errors
 ///
-/// [`ContainerError::Command`] when it cannot run or exits non-zero.
-pub fn docker(args: &[&str]) -> Result<String, ContainerError> {
-    let program = std::env::var_os(DOCKER_ENV).unwrap_or_else(|| "docker".into());
-    let failed = |detail: String| ContainerError::Command {
-        command: args.join(" "),
-        detail,
-    };
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| failed(e.to_string()))?;
-    if !output.status.success() {
-        return Err(failed(format!(
-            "{}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+/// [`ContainerError::NoDocker`] when no daemon answers.
+pub async fn docker() -> Result<Docker, ContainerError> {
+    static SWEPT: OnceCell<()> = OnceCell::const_new();
+    let docker = docker_client_instance()
+        .await
+        .map_err(|source| ContainerError::NoDocker {
+            source: Box::new(source),
+        })?;
+    if !SWEPT.initialized() {
+        if let Err(source) = docker.ping().await {
+            return Err(ContainerError::NoDocker {
+                source: Box::new(testcontainers::core::client::ClientError::Init(source)),
+            });
+        }
+        SWEPT.get_or_init(|| remove_leftovers(&docker)).await;
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    Ok(docker)
 }
 
-/// Checks once per process that a Docker daemon answers, and then removes
-/// leftovers of dead test processes.
-///
-/// # Errors
-///
-/// [`ContainerError::NoDocker`] with what the CLI said.
-pub fn ensure_docker() -> Result<(), ContainerError> {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            let version = docker(&["version", "--format", "{{.Server.APIVersion}}"])
-                .map_err(|e| e.to_string())?;
-            tracing::debug!(api = %version, "docker daemon reachable");
-            remove_leftovers();
-            Ok(())
-        })
-        .clone()
-        .map_err(|detail| ContainerError::NoDocker { detail })
-}
-
-/// Whether a Docker daemon answers (checked once per process).
-#[must_use]
-pub fn docker_available() -> bool {
-    ensure_docker().is_ok()
+/// Whether a Docker daemon answers.
+pub async fn docker_available() -> bool {
+    docker().await.is_ok()
 }
 
 /// Whether `image` is present locally.
-#[must_use]
-pub fn image_present(image: &str) -> bool {
-    docker(&["image", "inspect", "--format", "{{.Id}}", image]).is_ok()
+pub async fn image_present(image: &str) -> bool {
+    match docker().await {
+        Ok(docker) => docker.inspect_image(image).await.is_ok(),
+        Err(_) => false,
+    }
 }
 
-/// Makes sure `image` is present locally: there already, or pulled when
-/// `OFFSTATE_TEST_PULL=1`.
+/// Whether pulling missing images is allowed (`OFFSTATE_TEST_PULL=1`).
+#[must_use]
+pub fn pull_allowed() -> bool {
+    std::env::var(PULL_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Makes sure `image` can be run: it is there, or may be pulled.
 ///
 /// # Errors
 ///
-/// [`ContainerError::ImageMissing`] naming the image's variable, or the
-/// pull's failure.
-pub fn ensure_image(image: &Image) -> Result<(), ContainerError> {
-    ensure_docker()?;
-    if image_present(image.name()) {
-        return Ok(());
-    }
-    if std::env::var(PULL_ENV).is_ok_and(|v| v == "1") {
-        docker(&["pull", image.name()])?;
+/// [`ContainerError::ImageMissing`] naming the image's variable.
+pub async fn ensure_image(image: &Image) -> Result<(), ContainerError> {
+    docker().await?;
+    if pull_allowed() || image_present(image.name()).await {
         return Ok(());
     }
     Err(ContainerError::ImageMissing {
@@ -183,27 +176,51 @@ pub fn ensure_image(image: &Image) -> Result<(), ContainerError> {
 
 /// Removes containers and networks labelled [`LABEL`] whose test process
 /// is gone. Those of live processes (tests running in parallel) stay.
-pub fn remove_leftovers() {
-    let dead = |line: &str| -> Option<String> {
-        let (id, pid) = line.split_once(' ')?;
-        let pid: u32 = pid.trim().parse().ok()?;
+pub async fn remove_leftovers(docker: &Docker) {
+    let dead = |labels: Option<&HashMap<String, String>>| {
+        let pid: u32 = labels?.get(LABEL)?.parse().ok()?;
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        (!alive).then(|| id.to_owned())
+        (!alive).then_some(pid)
     };
-    let label = format!("label={LABEL}");
-    let format = format!("{{{{.ID}}}} {{{{.Label \"{LABEL}\"}}}}");
-    if let Ok(list) = docker(&["ps", "-a", "--filter", &label, "--format", &format]) {
-        for id in list.lines().filter_map(dead) {
-            tracing::info!(%id, "removing a leftover test container");
-            let _ = docker(&["rm", "-f", "-v", &id]);
+    let filters = HashMap::from([("label".to_owned(), vec![LABEL.to_owned()])]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    for container in containers {
+        if let (Some(id), Some(pid)) = (container.id, dead(container.labels.as_ref())) {
+            tracing::info!(%id, pid, "removing a leftover test container");
+            let _ = docker.remove_container(&id, Some(force_remove())).await;
         }
     }
-    if let Ok(list) = docker(&["network", "ls", "--filter", &label, "--format", &format]) {
-        for id in list.lines().filter_map(dead) {
-            tracing::info!(%id, "removing a leftover test network");
-            let _ = docker(&["network", "rm", &id]);
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .unwrap_or_default();
+    for network in networks {
+        if let (Some(name), Some(pid)) = (network.name, dead(network.labels.as_ref())) {
+            tracing::info!(%name, pid, "removing a leftover test network");
+            let _ = docker.remove_network(&name).await;
         }
     }
+}
+
+fn force_remove() -> RemoveContainerOptions {
+    RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    }
+}
+
+fn owner() -> String {
+    std::process::id().to_string()
 }
 
 fn unique_name(kind: &str) -> String {
@@ -212,115 +229,70 @@ fn unique_name(kind: &str) -> String {
     format!("offstate-test-{kind}-{}-{n}", std::process::id())
 }
 
-/// A shell loop that runs `cleanup` once this test process is gone.
-fn spawn_watchdog(cleanup: &str) -> Option<Child> {
-    let me = std::process::id();
-    let docker = std::env::var(DOCKER_ENV).unwrap_or_else(|_| "docker".into());
-    let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; {}",
-        cleanup.replace("docker ", &format!("'{docker}' "))
-    );
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
+/// Runs `work` to completion on a thread of its own with its own runtime,
+/// and waits for it: safe in `Drop`, inside or outside a runtime. (bollard
+/// keeps no idle connections, so nothing here belongs to the caller's
+/// runtime, which may be blocked meanwhile or gone.)
+fn run_aside(work: impl Future<Output = ()> + Send) {
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(work),
+                Err(error) => tracing::warn!(%error, "no runtime to remove a test container"),
+            }
+        });
+    });
 }
 
-fn stop_watchdog(watchdog: &mut Option<Child>) {
-    if let Some(mut child) = watchdog.take() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// How to tell that a server in a container is ready: send `send` on a
-/// fresh connection and read a reply starting with `expect`.
+/// How the test process reaches a container's server.
 #[derive(Debug, Clone)]
-pub struct Probe {
-    send: Vec<u8>,
-    expect: Vec<u8>,
-}
-
-impl Probe {
-    /// A probe sending `send` and expecting a reply that starts with
-    /// `expect`.
-    #[must_use]
-    pub fn new(send: impl Into<Vec<u8>>, expect: impl Into<Vec<u8>>) -> Self {
-        Self {
-            send: send.into(),
-            expect: expect.into(),
-        }
-    }
-
-    /// Whether the server at `addr` answers as expected now. (A plain TCP
-    /// connect is not enough: Docker's port proxy accepts connections
-    /// before the server listens.)
-    #[must_use]
-    pub fn ready(&self, addr: SocketAddr) -> bool {
-        let attempt = || -> std::io::Result<bool> {
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-            stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-            stream.write_all(&self.send)?;
-            let mut reply = vec![0u8; self.expect.len()];
-            stream.read_exact(&mut reply)?;
-            Ok(reply == self.expect)
-        };
-        attempt().unwrap_or(false)
-    }
-}
-
-/// How the test process reaches a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reach {
-    /// Through a port published on 127.0.0.1 (works with Docker Desktop
-    /// too). It stays the same across stop and start.
+    /// Through a port published on 127.0.0.1, the same across stop and
+    /// start.
     Published,
-    /// Through the container's address on Docker's default bridge (Linux
-    /// only: the host routes to bridge networks). Needed when the servers
-    /// announce their own addresses, as Redis Cluster nodes do.
-    BridgeIp,
+    /// On the host's network: the server listens on 127.0.0.1 itself, at
+    /// the port its arguments give. For Redis Cluster nodes, which announce
+    /// their own addresses (Linux only).
+    HostNetwork,
+    /// At its address on a [`Network`], so that disconnecting it from that
+    /// network really cuts it off.
+    Network(String),
 }
 
 /// What to start: an image, the arguments for its server, the port it
-/// listens on inside, and how to reach it.
+/// listens on inside, how to reach it, and files to put in first.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     image: Image,
-    args: Vec<String>,
     port: u16,
-    probe: Probe,
+    args: Vec<String>,
     reach: Reach,
-    network: Option<(String, Ipv4Addr)>,
+    entrypoint: Option<String>,
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl ContainerSpec {
-    /// A container from `image` whose server listens on `port` inside and
-    /// answers `probe`; reached through a published port.
+    /// A container from `image` whose server listens on `port` inside,
+    /// reached through a published port.
     #[must_use]
-    pub fn new(image: Image, port: u16, probe: Probe) -> Self {
+    pub fn new(image: Image, port: u16) -> Self {
         Self {
             image,
-            args: Vec::new(),
             port,
-            probe,
+            args: Vec::new(),
             reach: Reach::Published,
-            network: None,
+            entrypoint: None,
+            files: Vec::new(),
         }
     }
 
-    /// Arguments after the image (the server's command line, when the
-    /// image's entrypoint is the server).
+    /// The server's arguments (the command after the image's entrypoint).
     #[must_use]
-    pub fn with_args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn with_args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.args = args.into_iter().map(Into::into).collect();
         self
     }
@@ -332,139 +304,165 @@ impl ContainerSpec {
         self
     }
 
-    /// Runs the container on `network` with a fixed address, and reaches
-    /// it there (not through a published port), so that disconnecting it
-    /// from the network really cuts it off.
+    /// Runs `program` instead of the image's entrypoint.
     #[must_use]
-    pub fn on_network(mut self, network: &Network) -> Self {
-        let ip = network.next_ip();
-        self.network = Some((network.name().to_owned(), ip));
+    pub fn with_entrypoint(mut self, program: impl Into<String>) -> Self {
+        self.entrypoint = Some(program.into());
         self
+    }
+
+    /// Puts `contents` at `path` in the container (readable by anyone)
+    /// before it starts.
+    #[must_use]
+    pub fn with_file(mut self, path: impl Into<String>, contents: Vec<u8>) -> Self {
+        self.files.push((path.into(), contents));
+        self
+    }
+
+    /// The image.
+    #[must_use]
+    pub fn image(&self) -> &Image {
+        &self.image
     }
 }
 
-/// A running container, removed on drop.
+/// A running (or paused, or stopped) container, removed on drop.
 #[derive(Debug)]
 pub struct Container {
+    inner: Option<ContainerAsync<GenericImage>>,
     id: String,
     name: String,
-    spec: ContainerSpec,
-    addr: SocketAddr,
-    watchdog: Option<Child>,
+    image: String,
+    /// The network it was started on, and its address there.
+    network: Option<(String, String)>,
 }
 
 impl Container {
-    /// Starts a container and waits until its server answers the probe.
+    /// Starts a container, and returns it with the address (`host:port`)
+    /// where the test process reaches its server. Does not wait for the
+    /// server: see [`crate::node::Node`].
     ///
     /// # Errors
     ///
     /// [`ContainerError`]: no daemon, a missing image (naming its variable),
-    /// a failed `docker run`, or a server that does not become ready.
-    pub fn start(spec: ContainerSpec) -> Result<Self, ContainerError> {
-        ensure_image(&spec.image)?;
+    /// or a container that does not start.
+    pub async fn start(spec: ContainerSpec) -> Result<(Self, String), ContainerError> {
+        ensure_image(&spec.image).await?;
+        let (repository, tag) = spec.image.name_and_tag();
+        let mut image = GenericImage::new(repository, tag);
+        if let Some(entrypoint) = &spec.entrypoint {
+            image = image.with_entrypoint(entrypoint);
+        }
         let name = unique_name("c");
-        let label = format!("{LABEL}={}", std::process::id());
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "-d".into(),
-            "--label".into(),
-            label,
-            "--name".into(),
-            name.clone(),
-        ];
-        let mut host_port = None;
-        match (&spec.network, spec.reach) {
-            (Some((network, ip)), _) => {
-                args.extend([format!("--network={network}"), format!("--ip={ip}")]);
-            }
-            (None, Reach::Published) => {
-                let port = free_port().map_err(|e| ContainerError::Command {
-                    command: "run".into(),
-                    detail: e.to_string(),
-                })?;
-                args.extend(["-p".into(), format!("127.0.0.1:{port}:{}", spec.port)]);
-                host_port = Some(port);
-            }
-            (None, Reach::BridgeIp) => {}
+        let mut request = image
+            .with_container_name(&name)
+            .with_label(LABEL, owner())
+            .with_cmd(spec.args.clone());
+        for (path, contents) in &spec.files {
+            request = request.with_copy_to(
+                CopyTargetOptions::new(path.clone()).with_mode(0o644),
+                contents.clone(),
+            );
         }
-        args.push(spec.image.name().to_owned());
-        args.extend(spec.args.iter().cloned());
-        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        // Watch by name, before the container exists: a test killed while
-        // `docker run` is under way leaves nothing behind either.
-        let watchdog = spawn_watchdog(&format!(
-            "docker rm -f -v {name} >/dev/null 2>&1; sleep 2; docker rm -f -v {name} >/dev/null 2>&1"
-        ));
-        let id = match docker(&arg_refs) {
-            Ok(id) => id,
-            Err(error) => {
-                // `docker run` may have created the container before failing
-                // to start it (a port taken meanwhile, say).
-                let _ = docker(&["rm", "-f", "-v", &name]);
-                let mut watchdog = watchdog;
-                stop_watchdog(&mut watchdog);
-                return Err(error);
+        let published = match &spec.reach {
+            Reach::Published => {
+                let host_port =
+                    crate::process::loopback_port().map_err(|source| ContainerError::NoPort {
+                        image: spec.image.name().to_owned(),
+                        source,
+                    })?;
+                let inside: ContainerPort = spec.port.tcp();
+                // Published on loopback only, at a port that stays the same
+                // when the container is stopped and started again.
+                request = request
+                    .with_mapped_port(host_port, inside)
+                    .with_host_config_modifier(move |config| {
+                        config.port_bindings = Some(HashMap::from([(
+                            inside.to_string(),
+                            Some(vec![PortBinding {
+                                host_ip: Some("127.0.0.1".into()),
+                                host_port: Some(host_port.to_string()),
+                            }]),
+                        )]));
+                    });
+                Some(host_port)
+            }
+            Reach::HostNetwork => {
+                request = request.with_network("host");
+                None
+            }
+            Reach::Network(network) => {
+                request = request.with_network(network.clone());
+                None
             }
         };
-        // From here on, Drop removes the container whatever happens.
+        let inner = request
+            .start()
+            .await
+            .map_err(|source| ContainerError::Testcontainers {
+                what: "cannot start a container",
+                image: spec.image.name().to_owned(),
+                source: Box::new(source),
+            })?;
         let mut container = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], host_port.unwrap_or(spec.port))),
-            id,
+            id: inner.id().to_owned(),
+            inner: Some(inner),
             name,
-            spec,
-            watchdog,
+            image: spec.image.name().to_owned(),
+            network: None,
         };
-        container.addr = match (&container.spec.network, host_port) {
-            (Some((_, ip)), _) => SocketAddr::from((*ip, container.spec.port)),
-            (None, Some(port)) => SocketAddr::from(([127, 0, 0, 1], port)),
-            (None, None) => SocketAddr::from((container.bridge_ip()?, container.spec.port)),
+        let address = match (&spec.reach, published) {
+            (_, Some(host_port)) => format!("127.0.0.1:{host_port}"),
+            (Reach::Network(network), None) => {
+                let ip = container.address_on(network).await?;
+                container.network = Some((network.clone(), ip.clone()));
+                format!("{ip}:{}", spec.port)
+            }
+            (_, None) => format!("127.0.0.1:{}", spec.port),
         };
-        container.wait_ready()?;
-        Ok(container)
+        Ok((container, address))
     }
 
-    fn bridge_ip(&self) -> Result<Ipv4Addr, ContainerError> {
-        let text = docker(&[
-            "inspect",
-            "--format",
-            "{{.NetworkSettings.IPAddress}}",
-            &self.id,
-        ])?;
-        text.parse().map_err(|_| ContainerError::Command {
-            command: format!("inspect {}", self.id),
-            detail: format!("no bridge address in {text:?}"),
-        })
+    async fn address_on(&self, network: &str) -> Result<String, ContainerError> {
+        let info = docker()
+            .await?
+            .inspect_container(&self.id, None)
+            .await
+            .map_err(|source| self.failed("inspect", source))?;
+        info.network_settings
+            .and_then(|settings| settings.networks)
+            .and_then(|networks| networks.get(network).cloned())
+            .and_then(|endpoint| endpoint.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| ContainerError::NotOnNetwork {
+                name: self.name.clone(),
+            })
     }
 
-    /// Waits until the server answers its probe.
-    ///
-    /// # Errors
-    ///
-    /// [`ContainerError::NotReady`] with the container's log.
-    pub fn wait_ready(&self) -> Result<(), ContainerError> {
-        let start = Instant::now();
-        let mut checks = 0u32;
-        while start.elapsed() < READY {
-            if self.spec.probe.ready(self.addr) {
-                return Ok(());
-            }
-            checks += 1;
-            if checks.is_multiple_of(20) && !self.is_running() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+    fn failed(&self, what: &str, source: DockerError) -> ContainerError {
+        ContainerError::Docker {
+            what: format!("{what} {}", self.name),
+            source: Box::new(source),
         }
-        Err(ContainerError::NotReady {
-            name: self.name.clone(),
-            image: self.spec.image.name().to_owned(),
-            addr: self.addr,
-            waited: start.elapsed(),
-            log: self.log_tail(),
-        })
     }
 
-    fn is_running(&self) -> bool {
-        docker(&["inspect", "--format", "{{.State.Running}}", &self.id]).is_ok_and(|s| s == "true")
+    fn inner(&self) -> &ContainerAsync<GenericImage> {
+        // Only Drop takes it out.
+        match &self.inner {
+            Some(inner) => inner,
+            None => unreachable!("a container is only taken out when dropped"),
+        }
+    }
+
+    fn changed(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(TestcontainersError) -> ContainerError + '_ {
+        move |source| ContainerError::Testcontainers {
+            what,
+            image: self.image.clone(),
+            source: Box::new(source),
+        }
     }
 
     /// The container's ID.
@@ -479,130 +477,149 @@ impl Container {
         &self.name
     }
 
-    /// Where the test process reaches the server.
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The last lines of the container's output.
-    #[must_use]
-    pub fn log_tail(&self) -> String {
-        let program = std::env::var_os(DOCKER_ENV).unwrap_or_else(|| "docker".into());
-        Command::new(program)
-            .args(["logs", "--tail", "15", &self.id])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default()
-    }
-
-    /// Freezes every process in the container (`docker pause`): its
-    /// connections stay open, nothing answers.
+    /// Freezes every process in the container: its connections stay open,
+    /// nothing answers.
     ///
     /// # Errors
     ///
-    /// When `docker pause` fails.
-    pub fn pause(&self) -> Result<(), ContainerError> {
-        docker(&["pause", &self.id]).map(drop)
+    /// When Docker refuses.
+    pub async fn pause(&self) -> Result<(), ContainerError> {
+        self.inner().pause().await.map_err(self.changed("pause"))
     }
 
-    /// Thaws a paused container (`docker unpause`).
+    /// Thaws a paused container.
     ///
     /// # Errors
     ///
-    /// When `docker unpause` fails.
-    pub fn unpause(&self) -> Result<(), ContainerError> {
-        docker(&["unpause", &self.id]).map(drop)
+    /// When Docker refuses.
+    pub async fn unpause(&self) -> Result<(), ContainerError> {
+        self.inner()
+            .unpause()
+            .await
+            .map_err(self.changed("unpause"))
     }
 
-    /// Stops the container (`docker stop`, one second's grace): its server
-    /// exits and the port refuses connections.
+    /// Kills the container's server (SIGKILL), as a crash would; the
+    /// container stays, stopped, until [`start`](Self::start_again).
     ///
     /// # Errors
     ///
-    /// When `docker stop` fails.
-    pub fn stop(&self) -> Result<(), ContainerError> {
-        docker(&["stop", "-t", "1", &self.id]).map(drop)
+    /// When Docker refuses.
+    pub async fn kill(&self) -> Result<(), ContainerError> {
+        let options = KillContainerOptions {
+            signal: "SIGKILL".into(),
+        };
+        docker()
+            .await?
+            .kill_container(&self.id, Some(options))
+            .await
+            .map_err(|source| self.failed("kill", source))
     }
 
-    /// Starts a stopped container again and waits until it is ready. Its
-    /// server starts empty (the fixtures keep no data on disk); the address
-    /// stays the same.
+    /// Starts a stopped container again (its server starts empty: the
+    /// fixtures keep no data on disk). Its address stays the same.
     ///
     /// # Errors
     ///
-    /// When `docker start` fails or the server does not become ready.
-    pub fn start_again(&self) -> Result<(), ContainerError> {
-        docker(&["start", &self.id])?;
-        self.wait_ready()
+    /// When Docker refuses.
+    pub async fn start_again(&self) -> Result<(), ContainerError> {
+        self.inner().start().await.map_err(self.changed("start"))
     }
 
-    /// Disconnects the container from its network (`docker network
-    /// disconnect`): traffic to its address goes nowhere.
+    /// Whether the container is running.
     ///
     /// # Errors
     ///
-    /// When it is not on a network, or the command fails.
-    pub fn disconnect(&self) -> Result<(), ContainerError> {
+    /// When Docker cannot be asked.
+    pub async fn is_running(&self) -> Result<bool, ContainerError> {
+        self.inner()
+            .is_running()
+            .await
+            .map_err(self.changed("inspect"))
+    }
+
+    /// The container's output so far (for error messages).
+    pub async fn log(&self) -> String {
+        let out = self.inner().stdout_to_vec().await.unwrap_or_default();
+        let err = self.inner().stderr_to_vec().await.unwrap_or_default();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        )
+    }
+
+    /// Disconnects the container from its network: traffic to its address
+    /// goes nowhere.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::NotOnNetwork`], or Docker's refusal.
+    pub async fn disconnect(&self) -> Result<(), ContainerError> {
         let (network, _) = self.network()?;
-        docker(&["network", "disconnect", "-f", network, &self.id]).map(drop)
+        let request = NetworkDisconnectRequest {
+            container: self.id.clone(),
+            force: Some(true),
+        };
+        docker()
+            .await?
+            .disconnect_network(network, request)
+            .await
+            .map_err(|source| self.failed("disconnect", source))
     }
 
     /// Connects the container back to its network, at the same address.
     ///
     /// # Errors
     ///
-    /// When it is not on a network, or the command fails.
-    pub fn reconnect(&self) -> Result<(), ContainerError> {
+    /// [`ContainerError::NotOnNetwork`], or Docker's refusal.
+    pub async fn reconnect(&self) -> Result<(), ContainerError> {
         let (network, ip) = self.network()?;
-        docker(&[
-            "network",
-            "connect",
-            "--ip",
-            &ip.to_string(),
-            network,
-            &self.id,
-        ])
-        .map(drop)
+        let request = NetworkConnectRequest {
+            container: self.id.clone(),
+            endpoint_config: Some(EndpointSettings {
+                ipam_config: Some(EndpointIpamConfig {
+                    ipv4_address: Some(ip.to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        docker()
+            .await?
+            .connect_network(network, request)
+            .await
+            .map_err(|source| self.failed("reconnect", source))
     }
 
-    fn network(&self) -> Result<(&str, Ipv4Addr), ContainerError> {
-        self.spec
-            .network
+    fn network(&self) -> Result<(&str, &str), ContainerError> {
+        self.network
             .as_ref()
-            .map(|(n, ip)| (n.as_str(), *ip))
-            .ok_or_else(|| ContainerError::Command {
-                command: format!("network ... {}", self.id),
-                detail: "the container was not started on a user-defined network".into(),
+            .map(|(network, ip)| (network.as_str(), ip.as_str()))
+            .ok_or_else(|| ContainerError::NotOnNetwork {
+                name: self.name.clone(),
             })
     }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
-        if let Err(error) = docker(&["rm", "-f", "-v", &self.id]) {
-            tracing::warn!(%error, id = %self.id, "could not remove a test container; its watchdog will");
-            return;
+        if let Some(inner) = self.inner.take() {
+            let id = self.id.clone();
+            run_aside(async move {
+                if let Err(error) = inner.rm().await {
+                    tracing::warn!(%error, %id, "could not remove a test container; the next test run will");
+                }
+            });
         }
-        stop_watchdog(&mut self.watchdog);
     }
 }
 
-/// A user-defined bridge network with its own subnet (so containers keep
-/// their address when reconnected), removed on drop.
+/// A user-defined bridge network with its own subnet (so that a container
+/// keeps its address when reconnected), removed on drop.
 #[derive(Debug)]
 pub struct Network {
     name: String,
-    prefix: [u8; 3],
-    next: AtomicU64,
-    watchdog: Option<Child>,
 }
 
 impl Network {
@@ -611,38 +628,38 @@ impl Network {
     /// # Errors
     ///
     /// [`ContainerError`] when Docker is missing or no subnet is free.
-    pub fn create() -> Result<Self, ContainerError> {
-        ensure_docker()?;
+    pub async fn create() -> Result<Self, ContainerError> {
+        let docker = docker().await?;
         let name = unique_name("net");
-        let label = format!("{LABEL}={}", std::process::id());
         let seed = u64::from(std::process::id()) * 31 + unique_seed();
         let mut last = None;
         for attempt in 0..32u64 {
-            let third = u8::try_from((seed + attempt * 7) % 250 + 1).unwrap_or(1);
-            let prefix = [10, 213, third];
-            let subnet = format!("10.213.{third}.0/24");
-            match docker(&[
-                "network", "create", "--driver", "bridge", "--subnet", &subnet, "--label", &label,
-                &name,
-            ]) {
-                Ok(_) => {
-                    let watchdog = spawn_watchdog(&format!(
-                        "for i in 1 2 3 4 5 6 7 8 9 10; do docker network rm {name} >/dev/null 2>&1 && break; sleep 1; done"
-                    ));
-                    return Ok(Self {
-                        name,
-                        prefix,
-                        next: AtomicU64::new(2),
-                        watchdog,
-                    });
-                }
+            let third = (seed + attempt * 7) % 250 + 1;
+            let request = NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(format!("10.213.{third}.0/24")),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                labels: Some(HashMap::from([(LABEL.to_owned(), owner())])),
+                ..Default::default()
+            };
+            match docker.create_network(request).await {
+                Ok(_) => return Ok(Self { name }),
                 Err(error) => last = Some(error),
             }
         }
-        Err(last.unwrap_or_else(|| ContainerError::Command {
-            command: "network create".into(),
-            detail: "no free subnet".into(),
-        }))
+        Err(ContainerError::Docker {
+            what: format!("create network {name} (no free subnet)"),
+            source: Box::new(last.unwrap_or(DockerError::DockerResponseServerError {
+                status_code: 0,
+                message: "no attempt made".into(),
+            })),
+        })
     }
 
     /// The network's name.
@@ -650,25 +667,43 @@ impl Network {
     pub fn name(&self) -> &str {
         &self.name
     }
-
-    fn next_ip(&self) -> Ipv4Addr {
-        let host = self.next.fetch_add(1, Ordering::Relaxed);
-        let host = u8::try_from(host.min(254)).unwrap_or(254);
-        Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], host)
-    }
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
-        if let Err(error) = docker(&["network", "rm", &self.name]) {
-            tracing::warn!(%error, name = %self.name, "could not remove a test network; its watchdog will");
-            return;
-        }
-        stop_watchdog(&mut self.watchdog);
+        let name = self.name.clone();
+        run_aside(async move {
+            let removed = match docker().await {
+                Ok(docker) => docker.remove_network(&name).await.is_ok(),
+                Err(_) => false,
+            };
+            if !removed {
+                tracing::warn!(%name, "could not remove a test network; the next test run will");
+            }
+        });
     }
 }
 
 fn unique_seed() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Whether the container with this ID still exists (for tests that check
+/// a fixture removed its containers).
+///
+/// # Errors
+///
+/// When Docker cannot be asked.
+pub async fn exists(id: &str) -> Result<bool, ContainerError> {
+    match docker().await?.inspect_container(id, None).await {
+        Ok(_) => Ok(true),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(source) => Err(ContainerError::Docker {
+            what: format!("inspect {id}"),
+            source: Box::new(source),
+        }),
+    }
 }

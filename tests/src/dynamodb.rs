@@ -1,29 +1,35 @@
-//! DynamoDB fixtures: a moto server (one per test binary, or a dedicated
-//! one for tests that pause or kill it), SDK clients with test credentials,
-//! and [`DynamoStore`]s on their own table or key prefix.
+//! DynamoDB fixtures: a DynamoDB-compatible endpoint from the environment,
+//! a container or a local moto process, and a ready [`DynamoStore`] on a
+//! fresh table of its own.
 //!
-//! (Containers, or a server named by the environment, are in
-//! [`crate::fixture::dynamodb`], which uses these processes as its last
-//! resort.)
+//! ```no_run
+//! # async fn demo() -> Result<(), offstate_testing::FixtureError> {
+//! let dynamo = offstate_testing::dynamodb().shared().await?;
+//! # Ok(()) }
+//! ```
 //!
 //! moto is found through `OFFSTATE_MOTO_SERVER`, then
 //! `.offstate-run/venv/bin/moto_server` (what `scripts/setup.sh` installs),
-//! then `PATH`; when it is missing the error says so.
+//! then `PATH`. Containers run the image of `OFFSTATE_DYNAMODB_IMAGE`
+//! (default `motoserver/moto:latest`, serving on port 5000) as it is.
 //!
-//! # Why not plain `moto_server`
+//! # moto and conditional writes
 //!
 //! moto's server is multi-threaded and its DynamoDB model has no locks, so
 //! two concurrent conditional writes on one item can both pass their
-//! condition (seen here: two of twenty saves of the same version "won").
-//! Real DynamoDB applies each conditional write atomically. So the fixture
-//! runs moto's own WSGI app through the interpreter of `moto_server`'s
-//! `#!` line, behind one lock: requests are still accepted concurrently
-//! but handled one at a time, as atomic as DynamoDB's per-item writes.
-//! A `moto_server` that is not a Python script is started as it is.
+//! condition: measured with plain boto3, 200 concurrent increments of one
+//! counter were all acknowledged and the counter ended at 191 to 196. Real
+//! DynamoDB applies each conditional write atomically. So the process
+//! fixture runs moto's own WSGI app through the interpreter of
+//! `moto_server`'s `#!` line, behind one lock: requests are still accepted
+//! concurrently but handled one at a time. A `moto_server` that is not a
+//! Python script, a container, or a server from the environment runs moto
+//! as it is: contention tests belong on the process fixture or on real
+//! DynamoDB.
 
-use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use offstate_core::conformance::Harness;
@@ -33,144 +39,99 @@ use offstate_dynamodb::aws_sdk_dynamodb::types::AttributeValue;
 use offstate_dynamodb::aws_sdk_dynamodb::{self, Client};
 use offstate_dynamodb::{DynamoConfig, DynamoStore};
 
-use crate::process::{ServerError, ServerProcess, find_program, free_port, workspace_root};
+use crate::container::ContainerSpec;
+use crate::images;
+use crate::node::{Node, Readiness};
+use crate::process::{find_program, free_port, workspace_root};
+use crate::source::{FixtureError, Options, Shared, Source, fixture_builder, required_env};
 
-/// The environment variable that can point at `moto_server`.
+/// The endpoint URL of a running DynamoDB-compatible server (credentials
+/// `test`/`test`, region `us-east-1`).
+pub const DYNAMODB_ENDPOINT_ENV: &str = "OFFSTATE_TEST_DYNAMODB_ENDPOINT";
+/// The `moto_server` program.
 pub const MOTO_ENV: &str = "OFFSTATE_MOTO_SERVER";
-
 /// The region every fixture client uses.
 pub const REGION: &str = "us-east-1";
 
-/// A running moto server.
-#[derive(Debug)]
-pub struct Moto {
-    server: ServerProcess,
-    endpoint: String,
+const PORT: u16 = 5000;
+const READINESS: Readiness = Readiness {
+    hello: b"GET / HTTP/1.0\r\n\r\n",
+    within: Duration::from_secs(60),
+};
+
+/// A DynamoDB-compatible server from the usual source (see
+/// [`crate::source`]), with a store on a fresh table.
+pub fn dynamodb() -> DynamoBuilder {
+    DynamoBuilder {
+        options: Options::default(),
+    }
 }
 
-impl Moto {
-    /// Starts a dedicated moto server on a free loopback port and waits
-    /// until it listens.
+/// What DynamoDB-compatible server to start. `.await` it (or call
+/// [`start`](Self::start)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct DynamoBuilder {
+    options: Options,
+}
+
+impl DynamoBuilder {
+    /// Starts (or reuses) the server and makes a store on a fresh table.
     ///
     /// # Errors
     ///
-    /// [`ServerError::Missing`] naming `OFFSTATE_MOTO_SERVER` and
-    /// `scripts/setup.sh` when moto is not installed; other
-    /// [`ServerError`]s when it does not start.
-    pub fn start() -> Result<Self, ServerError> {
-        let program = find_program(
-            "moto_server",
-            MOTO_ENV,
-            &[workspace_root().join(".offstate-run/venv/bin/moto_server")],
-        )?;
-        let port = free_port()?;
-        let mut server = match python_of(&program) {
-            Some(python) => {
-                let args = [
-                    "-c".to_owned(),
-                    SERIALIZED_MOTO.to_owned(),
-                    "127.0.0.1".to_owned(),
-                    port.to_string(),
-                ];
-                ServerProcess::spawn("moto", &python, &args)?
-            }
-            None => {
-                let args = [
-                    "-H".to_owned(),
-                    "127.0.0.1".to_owned(),
-                    "-p".to_owned(),
-                    port.to_string(),
-                ];
-                ServerProcess::spawn("moto", &program, &args)?
-            }
+    /// [`FixtureError`] saying what is missing or what failed.
+    pub async fn start(self) -> Result<DynamoDb, FixtureError> {
+        static SHARED: Shared<Node> = Shared::new();
+        let usual = (DYNAMODB_ENDPOINT_ENV, images::dynamodb());
+        let start = |source| server(source, &self.options);
+        let (node, source) = SHARED.servers(&self, &self.options, usual, start).await?;
+        let endpoint = match source {
+            Source::Environment => required_env(DYNAMODB_ENDPOINT_ENV)?,
+            _ => format!("http://{}", node.address()),
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        server.wait_for_port(addr, Duration::from_secs(60))?;
-        Ok(Self {
-            server,
-            endpoint: format!("http://{addr}"),
+        let config = DynamoConfig::new(unique("offstate-fixture"));
+        let store = ensure(&endpoint, config.clone()).await?;
+        Ok(DynamoDb {
+            store,
+            config,
+            endpoint,
+            node,
         })
     }
-
-    /// The server's endpoint URL.
-    #[must_use]
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// The server process (to pause or kill it).
-    #[must_use]
-    pub fn process(&self) -> &ServerProcess {
-        &self.server
-    }
-
-    /// A client configuration for this server: static test credentials,
-    /// `us-east-1`, the latest behavior version. Add interceptors or
-    /// timeouts before building it.
-    #[must_use]
-    pub fn client_config(&self) -> aws_sdk_dynamodb::config::Builder {
-        client_config_for(&self.endpoint)
-    }
-
-    /// A client for this server.
-    #[must_use]
-    pub fn client(&self) -> Client {
-        Client::from_conf(self.client_config().build())
-    }
-
-    /// A store on `config`'s table through [`Moto::client`], with the
-    /// table ensured.
-    ///
-    /// # Errors
-    ///
-    /// [`offstate_core::StoreError`] when the table cannot be created.
-    pub async fn store(
-        &self,
-        config: DynamoConfig,
-    ) -> Result<DynamoStore, offstate_core::StoreError> {
-        let store = DynamoStore::from_client(self.client(), config);
-        store.ensure_table().await?;
-        Ok(store)
-    }
 }
 
-/// A client configuration for the DynamoDB-compatible server at
-/// `endpoint`: static test credentials, `us-east-1`, the latest behavior
-/// version.
-#[must_use]
-pub fn client_config_for(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
-    aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "offstate-tests",
-        ))
-        .endpoint_url(endpoint)
-}
+fixture_builder!(DynamoBuilder => DynamoDb);
 
-/// Overwrites the item of `key` in `store`'s table with one that is not a
-/// valid record (for the conformance suite's corruption case).
-///
-/// # Errors
-///
-/// The SDK error, as text.
-pub async fn plant_corrupt_item(store: &DynamoStore, key: &SessionKey) -> Result<(), String> {
-    let names = store.attributes();
-    store
-        .client()
-        .put_item()
-        .table_name(store.table())
-        .item(&names.key, AttributeValue::S(store.item_key(key)))
-        .item(&names.data, AttributeValue::S("not a map".into()))
-        .item(&names.version, AttributeValue::S("one".into()))
-        .send()
-        .await
-        .map(drop)
-        .map_err(|e| format!("{e:?}"))
+async fn server(source: Source, options: &Options) -> Result<Node, FixtureError> {
+    match source {
+        Source::Environment => {
+            let endpoint = required_env(DYNAMODB_ENDPOINT_ENV)?;
+            let address = endpoint.split("://").last().unwrap_or_default();
+            Ok(Node::external(address.trim_end_matches('/')))
+        }
+        Source::Container => {
+            let spec = ContainerSpec::new(images::dynamodb(), PORT).with_reach(options.reach());
+            Node::run(spec, READINESS).await
+        }
+        _ => {
+            let program = find_program(
+                "moto_server",
+                MOTO_ENV,
+                &[workspace_root().join(".offstate-run/venv/bin/moto_server")],
+            )?;
+            let port = free_port()?;
+            let (host, port_text) = ("127.0.0.1".to_owned(), port.to_string());
+            let (program, args) = match python_of(&program) {
+                Some(python) => (
+                    python,
+                    vec!["-c".into(), SERIALIZED_MOTO.into(), host, port_text],
+                ),
+                None => (program, vec!["-H".into(), host, "-p".into(), port_text]),
+            };
+            Node::spawn("moto", program, args, port, READINESS).await
+        }
+    }
 }
 
 /// moto's WSGI app behind one lock (see the module docs). Arguments: host,
@@ -210,35 +171,38 @@ fn python_of(program: &Path) -> Option<PathBuf> {
     }
 }
 
-/// The moto server shared by the tests of this test binary, started on
-/// first use. (A static is never dropped; the process watchdog stops the
-/// server when the test binary exits.)
-///
-/// # Errors
-///
-/// The start error, as text, for every caller.
-pub fn shared_moto() -> Result<&'static Moto, String> {
-    static MOTO: OnceLock<Result<Moto, String>> = OnceLock::new();
-    MOTO.get_or_init(|| Moto::start().map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(Clone::clone)
+async fn ensure(endpoint: &str, config: DynamoConfig) -> Result<DynamoStore, FixtureError> {
+    let store = DynamoStore::from_client(client_for(endpoint), config);
+    store
+        .ensure_table()
+        .await
+        .map_err(|e| FixtureError::store("a table", endpoint, e))?;
+    Ok(store)
 }
 
-/// The shared moto server, or a panic that says how to install it.
-///
-/// # Panics
-///
-/// When moto cannot be started.
+fn client_for(endpoint: &str) -> Client {
+    Client::from_conf(client_config_for(endpoint).build())
+}
+
+/// A client configuration for the DynamoDB-compatible server at
+/// `endpoint`: static test credentials, `us-east-1`, the latest behavior
+/// version. Add interceptors or timeouts before building it.
 #[must_use]
-#[allow(clippy::panic)] // Tests that need moto must fail loudly, never skip.
-pub fn moto() -> &'static Moto {
-    match shared_moto() {
-        Ok(moto) => moto,
-        Err(error) => panic!("cannot start moto for the DynamoDB tests: {error}"),
-    }
+pub fn client_config_for(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "offstate-tests",
+        ))
+        .endpoint_url(endpoint)
 }
 
-/// A fresh name with `tag` in it, for tables and key prefixes.
+/// A fresh name with `tag` in it, for tables, key prefixes and principals.
 #[must_use]
 pub fn unique(tag: &str) -> String {
     let id = SessionId::generate().to_string();
@@ -250,52 +214,109 @@ pub fn unique(tag: &str) -> String {
     format!("{tag}-{clean}")
 }
 
-/// The conformance harness: one shared table on the shared moto, and a key
-/// prefix of its own, so cases run in parallel without meeting.
+/// A DynamoDB-compatible server and a ready store on a fresh table.
+/// Dereferences to the store; dropping it stops the server it started
+/// (unless another fixture shares it).
 #[derive(Debug)]
-pub struct DynamoHarness {
-    moto: &'static Moto,
+pub struct DynamoDb {
+    store: DynamoStore,
     config: DynamoConfig,
+    endpoint: String,
+    node: Arc<Node>,
 }
 
-/// The table the conformance cases share.
-pub const CONFORMANCE_TABLE: &str = "offstate-conformance";
-
-impl DynamoHarness {
-    /// Starts (or reuses) moto and ensures the shared table.
-    ///
-    /// # Panics
-    ///
-    /// When moto cannot be started or the table cannot be created.
-    #[allow(clippy::panic)] // The suite requires a harness to panic loudly on set-up failure.
-    pub async fn start() -> Self {
-        let moto = moto();
-        let config =
-            DynamoConfig::new(CONFORMANCE_TABLE).with_key_prefix(format!("{}:", unique("case")));
-        if let Err(error) = moto.store(config.clone()).await {
-            panic!("cannot create the DynamoDB conformance table on moto: {error} ({error:?})");
-        }
-        Self { moto, config }
+impl DynamoDb {
+    /// The ready store.
+    #[must_use]
+    pub fn store(&self) -> &DynamoStore {
+        &self.store
     }
 
-    /// The store configuration the harness uses.
+    /// The store configuration (its table exists).
     #[must_use]
     pub fn config(&self) -> &DynamoConfig {
         &self.config
     }
+
+    /// A store on this server with `config`, its table ensured.
+    ///
+    /// # Errors
+    ///
+    /// [`FixtureError::Store`] when the table cannot be created.
+    pub async fn store_with(&self, config: DynamoConfig) -> Result<DynamoStore, FixtureError> {
+        ensure(&self.endpoint, config).await
+    }
+
+    /// A client for this server (test credentials, `us-east-1`).
+    #[must_use]
+    pub fn client(&self) -> Client {
+        client_for(&self.endpoint)
+    }
+
+    /// A client configuration for this server, to add interceptors or
+    /// timeouts to before building it.
+    #[must_use]
+    pub fn client_config(&self) -> aws_sdk_dynamodb::config::Builder {
+        client_config_for(&self.endpoint)
+    }
+
+    /// The endpoint URL.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Where the server comes from.
+    #[must_use]
+    pub fn source(&self) -> Source {
+        self.node.source()
+    }
+
+    /// The server, to make faults on it.
+    #[must_use]
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Overwrites the item of `key` with one that is not a valid record.
+    ///
+    /// # Errors
+    ///
+    /// The SDK's error.
+    pub async fn plant_corrupt_item(&self, key: &SessionKey) -> Result<(), FixtureError> {
+        let names = self.store.attributes();
+        self.store
+            .client()
+            .put_item()
+            .table_name(self.store.table())
+            .item(&names.key, AttributeValue::S(self.store.item_key(key)))
+            .item(&names.data, AttributeValue::S("not a map".into()))
+            .item(&names.version, AttributeValue::S("one".into()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| FixtureError::store("a corrupt item", self.endpoint.clone(), e))
+    }
 }
 
-impl Harness for DynamoHarness {
+impl Deref for DynamoDb {
+    type Target = DynamoStore;
+
+    fn deref(&self) -> &DynamoStore {
+        &self.store
+    }
+}
+
+impl Harness for DynamoDb {
     type Store = DynamoStore;
 
     async fn store(&self) -> DynamoStore {
-        DynamoStore::from_client(self.moto.client(), self.config.clone())
+        DynamoStore::from_client(self.client(), self.config.clone())
     }
 
     #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.
     async fn corrupt(&self, key: &SessionKey) -> bool {
-        let store = DynamoStore::from_client(self.moto.client(), self.config.clone());
-        if let Err(error) = plant_corrupt_item(&store, key).await {
+        if let Err(error) = self.plant_corrupt_item(key).await {
             panic!("could not corrupt the item: {error}");
         }
         true

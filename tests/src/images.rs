@@ -50,6 +50,16 @@ impl Image {
     pub fn var(&self) -> &'static str {
         self.var
     }
+
+    /// The repository and the tag (`latest` when none is given); a colon
+    /// before the last `/` belongs to a registry's port, not a tag.
+    #[must_use]
+    pub fn name_and_tag(&self) -> (&str, &str) {
+        match self.name.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name, tag),
+            _ => (&self.name, "latest"),
+        }
+    }
 }
 
 /// The Redis image (`OFFSTATE_REDIS_IMAGE`, default `redis:7`).
@@ -71,4 +81,26 @@ pub fn memcached() -> Image {
 #[must_use]
 pub fn dynamodb() -> Image {
     Image::from_env(DYNAMODB_IMAGE_ENV, DEFAULT_DYNAMODB_IMAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Image;
+
+    #[test]
+    fn a_reference_splits_into_repository_and_tag() {
+        let image = |name: &str| Image {
+            name: name.to_owned(),
+            var: "X",
+        };
+        assert_eq!(image("redis:7").name_and_tag(), ("redis", "7"));
+        assert_eq!(
+            image("offstate-local/redis:7").name_and_tag(),
+            ("offstate-local/redis", "7")
+        );
+        assert_eq!(
+            image("localhost:5000/moto").name_and_tag(),
+            ("localhost:5000/moto", "latest")
+        );
+    }
 }

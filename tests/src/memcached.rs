@@ -1,393 +1,305 @@
-//! memcached fixtures: real `memcached` processes on free loopback ports,
-//! clusters of them, ready [`MemcachedStore`]s, and the conformance
-//! [`Harness`].
+//! memcached fixtures: one or more nodes used as one cluster (as an
+//! ElastiCache Memcached cluster is), from the environment, containers or
+//! local processes, with a ready [`MemcachedStore`] over all of them.
 //!
-//! memcached is found through `OFFSTATE_MEMCACHED`, then `PATH` (Debian's
-//! `memcached` package, which `scripts/setup.sh` installs); when it is
-//! missing the error says so. Each server runs as
-//! `memcached -l 127.0.0.1 -p PORT -U 0 -m 64` (plus `-u root` when the tests
-//! run as root, which memcached otherwise refuses), and stops when its
-//! fixture is dropped or the test process dies.
+//! ```no_run
+//! # async fn demo() -> Result<(), offstate_testing::FixtureError> {
+//! let one = offstate_testing::memcached().await?;
+//! let two = offstate_testing::memcached_cluster(2).with_args(["-I", "2m"]).await?;
+//! # Ok(()) }
+//! ```
 //!
-//! Containers, or servers named by the environment, are in
-//! [`crate::fixture::memcached`], which uses these processes as its last
-//! resort.
+//! Processes run `memcached` from `PATH` (or `OFFSTATE_MEMCACHED`) as
+//! `memcached -l 127.0.0.1 -p PORT -U 0 -m 64` (plus `-u root` when the
+//! tests run as root, which memcached otherwise refuses). Containers run
+//! the image of `OFFSTATE_MEMCACHED_IMAGE` (default `memcached:1.6`) with
+//! `-m 64 -U 0`, reached through ports published on 127.0.0.1 (or their
+//! addresses on a test network). Stores use [`FIXTURE_TIMEOUT`].
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::Deref;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use offstate_core::SessionKey;
 use offstate_core::conformance::Harness;
 use offstate_memcached::{MemcachedConfig, MemcachedStore};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
 
-use crate::process::{ServerError, ServerProcess, find_program, free_port};
+use crate::container::ContainerSpec;
+use crate::images;
+use crate::node::{Node, Readiness};
+use crate::process::{find_program, free_port};
+use crate::source::{FixtureError, Options, Shared, Source, env_list, fixture_builder};
 
-/// The environment variable that can point at `memcached`.
+/// The nodes of a running memcached cluster, comma-separated `host:port`.
+pub const MEMCACHED_NODES_ENV: &str = "OFFSTATE_TEST_MEMCACHED_NODES";
+/// The `memcached` program (default: on `PATH`).
 pub const MEMCACHED_ENV: &str = "OFFSTATE_MEMCACHED";
 
 /// The connect and command timeout of fixture stores: short, so that a test
 /// of a dead node finishes quickly, long enough for a loaded CI machine.
 pub const FIXTURE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One memcached server process.
-#[derive(Debug)]
-pub struct MemcachedServer {
-    process: ServerProcess,
-    addr: SocketAddr,
-    extra: Vec<String>,
+const PORT: u16 = 11211;
+const READINESS: Readiness = Readiness {
+    hello: b"version\r\n",
+    within: Duration::from_secs(30),
+};
+
+/// One memcached node, from the usual source (see [`crate::source`]).
+pub fn memcached() -> MemcachedBuilder {
+    memcached_cluster(1)
 }
 
-impl MemcachedServer {
-    /// Starts a server with the default settings (64 MB, 1 MB items).
+/// `n` memcached nodes, from the usual source. From the environment, the
+/// nodes are those listed, whatever `n`.
+pub fn memcached_cluster(n: usize) -> MemcachedBuilder {
+    MemcachedBuilder {
+        nodes: n,
+        args: Vec::new(),
+        options: Options::default(),
+    }
+}
+
+/// What memcached to start. `.await` it (or call [`start`](Self::start)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct MemcachedBuilder {
+    nodes: usize,
+    args: Vec<String>,
+    options: Options,
+}
+
+impl MemcachedBuilder {
+    /// Extra server arguments for every node (`["-I", "2m"]` for 2 MB
+    /// items, say).
+    pub fn with_args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Starts (or reuses) the nodes and builds a store over them.
     ///
     /// # Errors
     ///
-    /// [`ServerError::Missing`] naming `OFFSTATE_MEMCACHED` when memcached
-    /// is not installed; other [`ServerError`]s when it does not start.
-    pub fn start() -> Result<Self, ServerError> {
-        Self::start_with_args(&[])
+    /// [`FixtureError`] saying what is missing or what failed.
+    pub async fn start(self) -> Result<Memcached, FixtureError> {
+        static SHARED: Shared<Vec<Node>> = Shared::new();
+        let usual = (MEMCACHED_NODES_ENV, images::memcached());
+        let start = |source| self.servers(source);
+        let (nodes, _) = SHARED.servers(&self, &self.options, usual, start).await?;
+        let config = fixture_config(nodes.iter().map(|n| n.address().to_owned()).collect());
+        let store = build(config.clone())?;
+        Ok(Memcached {
+            store,
+            config,
+            nodes,
+        })
     }
 
-    /// Starts a server with extra command-line arguments (for example
-    /// `["-I", "2m"]` for a larger item size limit).
-    ///
-    /// # Errors
-    ///
-    /// As [`MemcachedServer::start`].
-    pub fn start_with_args(extra: &[&str]) -> Result<Self, ServerError> {
-        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        Self::spawn(free_port()?, extra)
+    async fn servers(&self, source: Source) -> Result<Vec<Node>, FixtureError> {
+        if source == Source::Environment {
+            return Ok(env_list(MEMCACHED_NODES_ENV)?
+                .into_iter()
+                .map(Node::external)
+                .collect());
+        }
+        let mut nodes = Vec::new();
+        for _ in 0..self.nodes {
+            let node = match source {
+                Source::Container => self.container().await?,
+                _ => self.process().await?,
+            };
+            nodes.push(node);
+        }
+        Ok(nodes)
     }
 
-    fn spawn(port: u16, extra: Vec<String>) -> Result<Self, ServerError> {
+    async fn process(&self) -> Result<Node, FixtureError> {
         let program = find_program(
             "memcached",
             MEMCACHED_ENV,
             &[PathBuf::from("/usr/bin/memcached")],
         )?;
-        let mut args: Vec<String> = [
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "0",
-            "-m",
-            "64",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let port = free_port()?;
+        let mut args: Vec<String> = ["-l", "127.0.0.1", "-p", &port.to_string()]
+            .map(String::from)
+            .into();
+        args.extend(["-U", "0", "-m", "64"].map(String::from));
         if running_as_root() {
             args.extend(["-u".to_owned(), "root".to_owned()]);
         }
-        args.extend(extra.iter().cloned());
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut process = ServerProcess::spawn("memcached", &program, &args)?;
-        process.wait_for_port(addr, Duration::from_secs(10))?;
-        Ok(Self {
-            process,
-            addr,
-            extra,
-        })
+        args.extend(self.args.iter().cloned());
+        Node::spawn("memcached", program, args, port, READINESS).await
     }
 
-    /// Kills the server and starts a new, empty one on the same port with
-    /// the same arguments, as a crashed node coming back (or an ElastiCache
-    /// node replacement keeping its endpoint).
+    async fn container(&self) -> Result<Node, FixtureError> {
+        let mut args: Vec<String> = ["-m", "64", "-U", "0"].map(String::from).into();
+        args.extend(self.args.iter().cloned());
+        let spec = ContainerSpec::new(images::memcached(), PORT)
+            .with_args(args)
+            .with_reach(self.options.reach());
+        Node::run(spec, READINESS).await
+    }
+}
+
+fixture_builder!(MemcachedBuilder => Memcached);
+
+/// memcached nodes and a ready store over them. Dereferences to the store;
+/// dropping it stops the nodes it started (unless another fixture shares
+/// them).
+#[derive(Debug)]
+pub struct Memcached {
+    store: MemcachedStore,
+    config: MemcachedConfig,
+    nodes: Arc<Vec<Node>>,
+}
+
+impl Memcached {
+    /// The ready store (fixture timeouts: [`FIXTURE_TIMEOUT`]).
+    #[must_use]
+    pub fn store(&self) -> &MemcachedStore {
+        &self.store
+    }
+
+    /// The store configuration.
+    #[must_use]
+    pub fn config(&self) -> &MemcachedConfig {
+        &self.config
+    }
+
+    /// A new store on these nodes with `config` (usually
+    /// [`config`](Self::config) with changes).
     ///
     /// # Errors
     ///
-    /// As [`MemcachedServer::start`].
-    pub fn restart(&mut self) -> Result<(), ServerError> {
-        self.process.kill();
-        let fresh = Self::spawn(self.addr.port(), self.extra.clone())?;
-        *self = fresh;
-        Ok(())
+    /// [`FixtureError::Store`] when the configuration is invalid.
+    pub fn store_with(&self, config: MemcachedConfig) -> Result<MemcachedStore, FixtureError> {
+        build(config)
     }
 
-    /// Where it listens.
+    /// The node addresses, `host:port` each, in start order.
     #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    pub fn addresses(&self) -> &[String] {
+        self.config.nodes()
     }
 
-    /// Its address as a node entry (`127.0.0.1:PORT`).
+    /// The first node's address (`host:port`).
     #[must_use]
-    pub fn node(&self) -> String {
-        self.addr.to_string()
+    pub fn url(&self) -> &str {
+        self.addresses().first().map_or("", String::as_str)
     }
 
-    /// A store configuration for this one server, with fixture timeouts.
+    /// Where the nodes come from.
     #[must_use]
-    pub fn config(&self) -> MemcachedConfig {
-        fixture_config(vec![self.node()])
+    pub fn source(&self) -> Source {
+        self.nodes.first().map_or(Source::Environment, Node::source)
     }
 
-    /// A store on this server.
+    /// The nodes, in start order.
+    #[must_use]
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Node `i`, to make faults on it.
     ///
     /// # Panics
     ///
-    /// If the fixture configuration is invalid, which is a fixture bug.
+    /// If there is no node `i`.
     #[must_use]
-    pub fn store(&self) -> MemcachedStore {
-        store_for(self.config())
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
     }
 
-    /// Kills the server (SIGKILL), as a crash would.
-    pub fn kill(&mut self) {
-        self.process.kill();
+    /// The index of the node with this address (as
+    /// [`MemcachedStore::node_for`] gives it).
+    #[must_use]
+    pub fn index_of(&self, address: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.address() == address)
     }
 
-    /// Freezes the server (SIGSTOP): connections are accepted by the kernel
-    /// but nothing answers, as with a hung node.
-    pub fn pause(&self) {
-        self.process.pause();
-    }
-
-    /// Thaws a paused server.
-    pub fn resume(&self) {
-        self.process.resume();
-    }
-
-    /// Stores raw bytes under `key` with `set`, bypassing the store (to plant
-    /// corrupt records).
+    /// Stores raw bytes under `key` on node `i` with `set`, bypassing the
+    /// store (to plant corrupt records).
     ///
     /// # Errors
     ///
-    /// When the server cannot be reached or does not answer `STORED`.
-    pub fn raw_set(&self, key: &str, value: &[u8]) -> std::io::Result<()> {
-        raw_set_at(&self.node(), key, value)
+    /// When the node cannot be reached or does not answer `STORED`.
+    pub async fn raw_set(&self, i: usize, key: &str, value: &[u8]) -> std::io::Result<()> {
+        let mut command = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
+        command.extend_from_slice(value);
+        command.extend_from_slice(b"\r\n");
+        match self.raw(i, &command).await?.as_str() {
+            "STORED" => Ok(()),
+            other => Err(std::io::Error::other(format!("set answered {other:?}"))),
+        }
     }
 
-    /// Deletes `key` with `delete`, bypassing the store. Returns whether it
-    /// was there.
+    /// Deletes `key` on node `i` with `delete`, bypassing the store.
+    /// Returns whether it was there.
     ///
     /// # Errors
     ///
-    /// When the server cannot be reached or answers something unexpected.
-    pub fn raw_delete(&self, key: &str) -> std::io::Result<bool> {
-        let reply = self.raw(format!("delete {key}\r\n").as_bytes())?;
-        match reply.trim_end() {
+    /// When the node cannot be reached or answers something unexpected.
+    pub async fn raw_delete(&self, i: usize, key: &str) -> std::io::Result<bool> {
+        match self
+            .raw(i, format!("delete {key}\r\n").as_bytes())
+            .await?
+            .as_str()
+        {
             "DELETED" => Ok(true),
             "NOT_FOUND" => Ok(false),
             other => Err(std::io::Error::other(format!("delete answered {other:?}"))),
         }
     }
 
-    /// Whether `key` exists on this server, bypassing the store.
-    ///
-    /// # Errors
-    ///
-    /// When the server cannot be reached.
-    pub fn raw_exists(&self, key: &str) -> std::io::Result<bool> {
-        let reply = self.raw(format!("mg {key}\r\n").as_bytes())?;
-        Ok(reply.starts_with("HD") || reply.starts_with("VA"))
-    }
-
-    /// Sends one command and reads one reply line.
-    fn raw(&self, command: &[u8]) -> std::io::Result<String> {
-        raw_command(&self.node(), command)
-    }
-}
-
-/// Stores raw bytes under `key` with `set` on the memcached at `node`
-/// (`host:port`), bypassing any store (to plant corrupt records).
-///
-/// # Errors
-///
-/// When the server cannot be reached or does not answer `STORED`.
-pub fn raw_set_at(node: &str, key: &str, value: &[u8]) -> std::io::Result<()> {
-    let mut command = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
-    command.extend_from_slice(value);
-    command.extend_from_slice(b"\r\n");
-    let reply = raw_command(node, &command)?;
-    if reply.starts_with("STORED") {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!("set answered {reply:?}")))
+    /// Sends one command to node `i` and reads one reply line (trimmed).
+    async fn raw(&self, i: usize, command: &[u8]) -> std::io::Result<String> {
+        let address = self
+            .addresses()
+            .get(i)
+            .ok_or_else(|| std::io::Error::other(format!("no node {i}")))?;
+        let exchange = async {
+            let mut stream = TcpStream::connect(address).await?;
+            stream.write_all(command).await?;
+            let mut reply = String::new();
+            BufReader::new(stream).read_line(&mut reply).await?;
+            Ok(reply.trim_end().to_owned())
+        };
+        tokio::time::timeout(FIXTURE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| std::io::Error::other(format!("{address} did not answer")))?
     }
 }
 
-/// Sends one command to the memcached at `node` and reads one reply line.
-fn raw_command(node: &str, command: &[u8]) -> std::io::Result<String> {
-    let addr = node
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{node} resolves to nothing")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, FIXTURE_TIMEOUT)?;
-    stream.set_read_timeout(Some(FIXTURE_TIMEOUT))?;
-    stream.write_all(command)?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while !reply.ends_with(b"\r\n") {
-        if stream.read(&mut byte)? == 0 {
-            break;
-        }
-        reply.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&reply).into_owned())
-}
+impl Deref for Memcached {
+    type Target = MemcachedStore;
 
-/// Several memcached servers used as one cluster, as an ElastiCache
-/// Memcached cluster is.
-#[derive(Debug)]
-pub struct MemcachedCluster {
-    servers: Vec<MemcachedServer>,
-}
-
-impl MemcachedCluster {
-    /// Starts `n` servers with default settings.
-    ///
-    /// # Errors
-    ///
-    /// As [`MemcachedServer::start`].
-    pub fn start(n: usize) -> Result<Self, ServerError> {
-        Self::start_with_args(n, &[])
-    }
-
-    /// Starts `n` servers, each with these extra arguments.
-    ///
-    /// # Errors
-    ///
-    /// As [`MemcachedServer::start`].
-    pub fn start_with_args(n: usize, extra: &[&str]) -> Result<Self, ServerError> {
-        let servers = (0..n)
-            .map(|_| MemcachedServer::start_with_args(extra))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { servers })
-    }
-
-    /// The node list (`127.0.0.1:PORT` each), in start order.
-    #[must_use]
-    pub fn nodes(&self) -> Vec<String> {
-        self.servers.iter().map(MemcachedServer::node).collect()
-    }
-
-    /// Server `i`.
-    ///
-    /// # Panics
-    ///
-    /// If there is no server `i`.
-    #[must_use]
-    pub fn server(&self, i: usize) -> &MemcachedServer {
-        &self.servers[i]
-    }
-
-    /// A store configuration for all nodes, with fixture timeouts.
-    #[must_use]
-    pub fn config(&self) -> MemcachedConfig {
-        fixture_config(self.nodes())
-    }
-
-    /// A store over all nodes.
-    ///
-    /// # Panics
-    ///
-    /// If the fixture configuration is invalid, which is a fixture bug.
-    #[must_use]
-    pub fn store(&self) -> MemcachedStore {
-        store_for(self.config())
-    }
-
-    /// Kills server `i` (SIGKILL).
-    ///
-    /// # Panics
-    ///
-    /// If there is no server `i`.
-    pub fn kill(&mut self, i: usize) {
-        self.servers[i].kill();
-    }
-
-    /// Restarts server `i` empty, on the same port.
-    ///
-    /// # Errors
-    ///
-    /// As [`MemcachedServer::start`].
-    ///
-    /// # Panics
-    ///
-    /// If there is no server `i`.
-    pub fn restart(&mut self, i: usize) -> Result<(), ServerError> {
-        self.servers[i].restart()
-    }
-
-    /// Freezes server `i` (SIGSTOP).
-    ///
-    /// # Panics
-    ///
-    /// If there is no server `i`.
-    pub fn pause(&self, i: usize) {
-        self.servers[i].pause();
-    }
-
-    /// Thaws server `i`.
-    ///
-    /// # Panics
-    ///
-    /// If there is no server `i`.
-    pub fn resume(&self, i: usize) {
-        self.servers[i].resume();
-    }
-
-    /// The index of the server with this node address.
-    #[must_use]
-    pub fn index_of(&self, node: &str) -> Option<usize> {
-        self.servers.iter().position(|s| s.node() == node)
+    fn deref(&self) -> &MemcachedStore {
+        &self.store
     }
 }
 
-/// The conformance harness: a 2-node cluster; every store instance sees the
-/// same servers.
-#[derive(Debug)]
-pub struct MemcachedHarness {
-    cluster: MemcachedCluster,
-}
-
-impl MemcachedHarness {
-    /// Starts a 2-node cluster.
-    ///
-    /// # Panics
-    ///
-    /// When memcached cannot be started, with the reason (missing program
-    /// and the variable to set): conformance cases never skip.
-    #[must_use]
-    #[allow(clippy::panic)] // The suite requires a harness to fail loudly on set-up failure.
-    pub fn start() -> Self {
-        match MemcachedCluster::start(2) {
-            Ok(cluster) => Self { cluster },
-            Err(error) => panic!("cannot start memcached for the conformance suite: {error}"),
-        }
-    }
-
-    /// The cluster.
-    #[must_use]
-    pub fn cluster(&self) -> &MemcachedCluster {
-        &self.cluster
-    }
-}
-
-impl Harness for MemcachedHarness {
+impl Harness for Memcached {
     type Store = MemcachedStore;
 
+    #[allow(clippy::panic)] // The suite requires a harness to panic loudly on set-up failure.
     async fn store(&self) -> MemcachedStore {
-        self.cluster.store()
+        match build(self.config.clone()) {
+            Ok(store) => store,
+            Err(error) => panic!("{error}"),
+        }
     }
 
     #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.
     async fn corrupt(&self, key: &SessionKey) -> bool {
-        let store = self.cluster.store();
-        let item = store.item_key(key);
-        let Some(i) = self.cluster.index_of(store.node_for(key)) else {
-            panic!("the store mapped {item} to a node outside the cluster");
+        let item = self.store.item_key(key);
+        let Some(i) = self.index_of(self.store.node_for(key)) else {
+            panic!("the store mapped {item} to a node outside the fixture");
         };
-        if let Err(error) = self
-            .cluster
-            .server(i)
-            .raw_set(&item, b"\x00not an offstate record")
-        {
+        if let Err(error) = self.raw_set(i, &item, b"\x00not an offstate record").await {
             panic!("cannot plant a corrupt record: {error}");
         }
         true
@@ -407,12 +319,9 @@ pub fn fixture_config(nodes: Vec<String>) -> MemcachedConfig {
         .with_command_timeout(FIXTURE_TIMEOUT)
 }
 
-#[allow(clippy::panic)] // Fixture configurations are valid; a bug here must fail the test.
-fn store_for(config: MemcachedConfig) -> MemcachedStore {
-    match MemcachedStore::new(config) {
-        Ok(store) => store,
-        Err(error) => panic!("fixture memcached configuration is invalid: {error}"),
-    }
+fn build(config: MemcachedConfig) -> Result<MemcachedStore, FixtureError> {
+    let target = config.nodes().join(",");
+    MemcachedStore::new(config).map_err(|e| FixtureError::store("a MemcachedStore", target, e))
 }
 
 /// memcached refuses to run as root unless told which user to be.

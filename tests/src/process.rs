@@ -58,12 +58,18 @@ pub enum ServerError {
 ///
 /// When no port can be bound.
 pub fn free_port() -> Result<u16, ServerError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| ServerError::Setup(format!("cannot bind a loopback port: {e}")))?;
-    listener
+    loopback_port().map_err(|e| ServerError::Setup(format!("cannot bind a loopback port: {e}")))
+}
+
+/// A free TCP port on 127.0.0.1, as [`free_port`], with the OS error.
+///
+/// # Errors
+///
+/// When no port can be bound.
+pub fn loopback_port() -> std::io::Result<u16> {
+    TcpListener::bind("127.0.0.1:0")?
         .local_addr()
         .map(|a| a.port())
-        .map_err(|e| ServerError::Setup(format!("cannot read a bound port: {e}")))
 }
 
 /// Finds a program: the path in `env` if set, else `fallbacks` that exist,
@@ -212,6 +218,11 @@ impl ServerProcess {
             waited: timeout,
             log: self.log_tail(),
         })
+    }
+
+    /// How the server exited, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Kills the server now (SIGKILL), as a crash would.

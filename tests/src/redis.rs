@@ -1,45 +1,59 @@
-//! Redis fixtures: a single `redis-server` (plain, password, ACL user or
-//! TLS), a 3-master Redis Cluster, ready [`RedisStore`]s on them, a
-//! `redis-cli` to poke at their data, and the conformance [`RedisHarness`].
+//! Redis fixtures: a standalone server (plain, password, ACL user or TLS)
+//! or a Redis Cluster (masters, and replicas if asked), from the
+//! environment, containers or local processes, with a ready [`RedisStore`].
 //!
-//! Servers are real processes on free loopback ports, started from
-//! `redis-server` / `redis-cli` on `PATH` (or `OFFSTATE_REDIS_SERVER` /
-//! `OFFSTATE_REDIS_CLI`). A test binary may share one server through the
-//! `shared_*` functions: statics are never dropped, and the process
-//! watchdog kills those servers when the test binary exits.
+//! ```no_run
+//! # async fn demo() -> Result<(), offstate_testing::FixtureError> {
+//! let redis = offstate_testing::redis().await?;
+//! let cluster = offstate_testing::redis_cluster()
+//!     .with_replicas(1)
+//!     .await?;
+//! # Ok(()) }
+//! ```
 //!
-//! Containers, or servers named by the environment, are in
-//! [`crate::fixture::redis`], which uses these processes as its last resort.
+//! Processes run `redis-server` from `PATH` (or `OFFSTATE_REDIS_SERVER`) on
+//! free loopback ports. Containers run the image of `OFFSTATE_REDIS_IMAGE`
+//! (default `redis:7`): a standalone one is reached through a port
+//! published on 127.0.0.1 (or at its address on a test network); cluster
+//! nodes announce their own addresses, so they run on the host's network,
+//! listening on loopback as processes do (Linux only). No server keeps
+//! data on disk.
 
-use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offstate_core::SessionKey;
 use offstate_core::conformance::Harness;
-use offstate_redis::{ClusterMode, RedisConfig, RedisStore};
+use offstate_redis::redis::{Cmd, FromRedisValue, cmd};
+use offstate_redis::{ClusterMode, RedisConfig, RedisConnection, RedisStore};
 
-use crate::process::{ServerError, ServerProcess, find_program, free_port, run_command};
+use crate::container::{ContainerSpec, Reach};
+use crate::images;
+use crate::node::{Node, Readiness};
+use crate::process::{find_program, free_port};
+use crate::source::{
+    FixtureError, Options, Shared, Source, env_list, fixture_builder, required_env,
+};
+use crate::tls::{self, Tls};
 
-const SERVER_ENV: &str = "OFFSTATE_REDIS_SERVER";
-const CLI_ENV: &str = "OFFSTATE_REDIS_CLI";
-const READY: Duration = Duration::from_secs(15);
+/// A standalone server's URL (`redis://[user:pass@]host:port`).
+pub const REDIS_URL_ENV: &str = "OFFSTATE_TEST_REDIS_URL";
+/// A cluster's seed URLs, comma-separated.
+pub const REDIS_CLUSTER_URLS_ENV: &str = "OFFSTATE_TEST_REDIS_CLUSTER_URLS";
+/// The `redis-server` program (default: on `PATH`).
+pub const REDIS_SERVER_ENV: &str = "OFFSTATE_REDIS_SERVER";
 
-fn redis_server() -> Result<PathBuf, ServerError> {
-    find_program(
-        "redis-server",
-        SERVER_ENV,
-        &[PathBuf::from("/usr/bin/redis-server")],
-    )
-}
-
-fn redis_cli_program() -> Result<PathBuf, ServerError> {
-    find_program("redis-cli", CLI_ENV, &[PathBuf::from("/usr/bin/redis-cli")])
-}
+const PORT: u16 = 6379;
+/// How long servers and a forming cluster may take.
+const READY: Duration = Duration::from_secs(60);
+/// The timeouts of the fixture's own connections to single nodes: short,
+/// so that asking a killed node fails fast.
+const NODE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a test server authenticates clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RedisAuth {
     /// No authentication.
@@ -55,224 +69,189 @@ pub enum RedisAuth {
     },
 }
 
-/// `redis-cli` pointed at one server, with its credentials and TLS flags.
-#[derive(Debug, Clone)]
-pub struct RedisCli {
-    program: PathBuf,
-    base: Vec<String>,
+/// A standalone Redis, from the usual source (see [`crate::source`]).
+pub fn redis() -> RedisBuilder {
+    RedisBuilder::new(0)
 }
 
-impl RedisCli {
-    /// Runs `redis-cli <connection flags> <args>` and returns its output.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Setup`] when it cannot run or fails.
-    pub fn run(&self, args: &[&str]) -> Result<String, ServerError> {
-        let mut all = self.base.clone();
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        run_command(&self.program, &all)
-    }
+/// A Redis Cluster of three masters (no replicas unless
+/// [`with_replicas`](RedisBuilder::with_replicas)), from the usual source.
+pub fn redis_cluster() -> RedisBuilder {
+    RedisBuilder::new(3)
 }
 
-fn cli_base(port: u16, auth: &RedisAuth, tls: Option<&TlsFiles>, cluster: bool) -> Vec<String> {
-    let mut base = vec![
-        "-h".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-    ];
-    if cluster {
-        base.push("-c".into());
-    }
-    match auth {
-        RedisAuth::None => {}
-        RedisAuth::Password(p) => {
-            base.extend(["-a".into(), p.clone(), "--no-auth-warning".into()]);
-        }
-        RedisAuth::User { name, password } => {
-            base.extend([
-                "--user".into(),
-                name.clone(),
-                "--pass".into(),
-                password.clone(),
-                "--no-auth-warning".into(),
-            ]);
-        }
-    }
-    if let Some(tls) = tls {
-        base.extend([
-            "--tls".into(),
-            "--cacert".into(),
-            tls.ca_cert.display().to_string(),
-        ]);
-    }
-    base
-}
-
-/// Certificates for a TLS server: a fresh CA and a server certificate for
-/// 127.0.0.1 and localhost, in a private folder removed on drop.
-#[derive(Debug)]
-struct TlsFiles {
-    dir: PathBuf,
-    ca_cert: PathBuf,
-    ca_pem: Vec<u8>,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl TlsFiles {
-    fn generate() -> Result<Self, ServerError> {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let fail =
-            |what: &str, e: &dyn std::fmt::Display| ServerError::Setup(format!("{what}: {e}"));
-        let ca_key = KeyPair::generate().map_err(|e| fail("CA key", &e))?;
-        let mut ca_params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA params", &e))?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "offstate test CA");
-        let ca_cert = ca_params
-            .self_signed(&ca_key)
-            .map_err(|e| fail("CA cert", &e))?;
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().map_err(|e| fail("server key", &e))?;
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .map_err(|e| fail("server params", &e))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "localhost");
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| fail("server cert", &e))?;
-
-        let dir = unique_dir("redis-tls")?;
-        let files = Self {
-            ca_cert: dir.join("ca.pem"),
-            ca_pem: ca_cert.pem().into_bytes(),
-            cert: dir.join("server.pem"),
-            key: dir.join("server.key"),
-            dir,
-        };
-        let write = |path: &PathBuf, text: &[u8]| {
-            std::fs::write(path, text).map_err(|e| fail(&format!("write {}", path.display()), &e))
-        };
-        write(&files.ca_cert, &files.ca_pem)?;
-        write(&files.cert, cert.pem().as_bytes())?;
-        write(&files.key, key.serialize_pem().as_bytes())?;
-        Ok(files)
-    }
-}
-
-impl Drop for TlsFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn unique_dir(name: &str) -> Result<PathBuf, ServerError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("offstate-{name}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
-}
-
-/// One `redis-server` process on a free loopback port, without persistence.
-#[derive(Debug)]
-pub struct RedisServer {
-    process: ServerProcess,
-    port: u16,
+/// What Redis to start. `.await` it (or call [`start`](Self::start)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct RedisBuilder {
+    /// 0 for a standalone server.
+    masters: usize,
+    replicas: usize,
     auth: RedisAuth,
-    tls: Option<TlsFiles>,
-    args: Vec<String>,
+    tls: bool,
+    node_timeout: Duration,
+    options: Options,
 }
 
-impl RedisServer {
-    /// Starts a plain server with no authentication.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError`] when `redis-server` is missing or does not start.
-    pub fn start() -> Result<Self, ServerError> {
-        Self::launch(RedisAuth::None, false)
+impl RedisBuilder {
+    fn new(masters: usize) -> Self {
+        Self {
+            masters,
+            replicas: 0,
+            auth: RedisAuth::None,
+            tls: false,
+            node_timeout: Duration::from_secs(5),
+            options: Options::default(),
+        }
     }
 
-    /// Starts a server that requires AUTH with `password` (`requirepass`).
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError`] when `redis-server` is missing or does not start.
-    pub fn start_with_password(password: &str) -> Result<Self, ServerError> {
-        Self::launch(RedisAuth::Password(password.to_owned()), false)
+    /// Requires AUTH with `password` (`requirepass`).
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.auth = RedisAuth::Password(password.into());
+        self
     }
 
-    /// Starts a server whose only usable account is the ACL user `name`
-    /// (the default user is disabled).
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError`] when `redis-server` is missing or does not start.
-    pub fn start_with_user(name: &str, password: &str) -> Result<Self, ServerError> {
-        Self::launch(
-            RedisAuth::User {
-                name: name.to_owned(),
-                password: password.to_owned(),
-            },
-            false,
-        )
-    }
-
-    /// Starts a TLS-only server (`rediss://`) with a freshly generated CA.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError`] when `redis-server` is missing, was built without
-    /// TLS, or does not start.
-    pub fn start_tls() -> Result<Self, ServerError> {
-        Self::launch(RedisAuth::None, true)
-    }
-
-    fn launch(auth: RedisAuth, tls: bool) -> Result<Self, ServerError> {
-        let program = redis_server()?;
-        let port = free_port()?;
-        let tls = if tls {
-            Some(TlsFiles::generate()?)
-        } else {
-            None
+    /// Makes the ACL user `name` the only usable account.
+    pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = RedisAuth::User {
+            name: name.into(),
+            password: password.into(),
         };
-        let mut args = vec![
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--save".into(),
-            String::new(),
-            "--appendonly".into(),
-            "no".into(),
-        ];
-        match &tls {
-            Some(files) => args.extend([
+        self
+    }
+
+    /// Serves TLS only (`rediss://`), with a CA generated for the fixture
+    /// that its stores trust. Standalone servers only.
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Gives every cluster master `n` replicas, which take over when their
+    /// master dies. Cluster only.
+    pub fn with_replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// How long cluster nodes wait before they count a silent node as
+    /// failed (`cluster-node-timeout`; 5 s by default). Cluster only.
+    pub fn with_node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// Starts (or, when [`shared`](Self::shared), reuses) the servers and
+    /// connects a store.
+    ///
+    /// # Errors
+    ///
+    /// [`FixtureError`] saying what is missing or what failed.
+    pub async fn start(self) -> Result<Redis, FixtureError> {
+        static SHARED: Shared<RedisServers> = Shared::new();
+        let var = if self.masters == 0 {
+            REDIS_URL_ENV
+        } else {
+            REDIS_CLUSTER_URLS_ENV
+        };
+        let usual = (var, images::redis());
+        let start = |source| self.servers(source);
+        let (servers, _) = SHARED.servers(&self, &self.options, usual, start).await?;
+        let store = connect(servers.config.clone()).await?;
+        Ok(Redis { store, servers })
+    }
+
+    fn nodes(&self) -> usize {
+        if self.masters == 0 {
+            1
+        } else {
+            self.masters * (1 + self.replicas)
+        }
+    }
+
+    async fn servers(&self, source: Source) -> Result<RedisServers, FixtureError> {
+        if source == Source::Environment {
+            return RedisServers::external(self.masters > 0);
+        }
+        if self.tls && self.masters > 0 {
+            return Err(FixtureError::Unsupported {
+                what: "run a TLS cluster on",
+                from: source,
+            });
+        }
+        let tls = self.tls.then(Tls::generate).transpose()?;
+        let mut nodes = Vec::new();
+        for _ in 0..self.nodes() {
+            let node = match source {
+                Source::Container => self.container(tls.as_ref()).await?,
+                _ => self.process(tls.as_ref()).await?,
+            };
+            nodes.push(node);
+        }
+        let ca = tls.as_ref().map(|t| t.ca.clone());
+        let servers = RedisServers {
+            config: self.config(&nodes, ca.as_deref()),
+            nodes,
+            auth: self.auth.clone(),
+            ca,
+            cluster: self.masters > 0,
+            _tls: tls,
+        };
+        servers.wait_serving().await?;
+        if self.masters > 0 {
+            servers.form_cluster(self.masters, self.replicas).await?;
+        }
+        Ok(servers)
+    }
+
+    fn config(&self, nodes: &[Node], ca: Option<&[u8]>) -> RedisConfig {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let urls = nodes.iter().map(|n| format!("{scheme}://{}", n.address()));
+        let mode = if self.masters == 0 {
+            ClusterMode::Standalone
+        } else {
+            ClusterMode::Cluster
+        };
+        let config = with_auth(RedisConfig::with_urls(urls), &self.auth).with_cluster_mode(mode);
+        match ca {
+            Some(ca) => config.with_root_certificate_pem(ca.to_vec()),
+            None => config,
+        }
+    }
+
+    /// `redis-server` arguments for a server on `port`, with TLS files in
+    /// `tls_dir`.
+    fn args(&self, port: u16, loopback: bool, tls_dir: Option<&str>) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--save".into(), String::new()];
+        args.extend(["--appendonly".into(), "no".into()]);
+        if loopback {
+            args.extend(["--bind".into(), "127.0.0.1".into()]);
+        } else {
+            // Clients come through Docker's proxy or network, not loopback.
+            args.extend(["--protected-mode".into(), "no".into()]);
+        }
+        match tls_dir {
+            Some(dir) => args.extend([
                 "--port".into(),
                 "0".into(),
                 "--tls-port".into(),
                 port.to_string(),
                 "--tls-cert-file".into(),
-                files.cert.display().to_string(),
+                format!("{dir}/{}", tls::CERT),
                 "--tls-key-file".into(),
-                files.key.display().to_string(),
+                format!("{dir}/{}", tls::KEY),
                 "--tls-ca-cert-file".into(),
-                files.ca_cert.display().to_string(),
+                format!("{dir}/{}", tls::CA),
                 "--tls-auth-clients".into(),
                 "no".into(),
             ]),
             None => args.extend(["--port".into(), port.to_string()]),
         }
-        match &auth {
+        match &self.auth {
             RedisAuth::None => {}
-            RedisAuth::Password(p) => args.extend(["--requirepass".into(), p.clone()]),
+            RedisAuth::Password(password) => {
+                args.extend(["--requirepass".into(), password.clone()]);
+            }
             RedisAuth::User { name, password } => args.extend([
                 "--user".into(),
                 "default".into(),
@@ -286,129 +265,494 @@ impl RedisServer {
                 "+@all".into(),
             ]),
         }
-        let process = spawn_ready(&program, &args, port)?;
-        let server = Self {
-            process,
-            port,
-            auth,
-            tls,
-            args,
-        };
-        server.wait_until_serving()?;
-        Ok(server)
+        if self.masters > 0 {
+            args.extend([
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                self.node_timeout.as_millis().to_string(),
+                // A replica on a busy machine may look stale; let it take
+                // over anyway: tests are about what clients see.
+                "--cluster-replica-validity-factor".into(),
+                "0".into(),
+            ]);
+        }
+        args
     }
 
-    fn wait_until_serving(&self) -> Result<(), ServerError> {
-        let start = Instant::now();
-        loop {
-            match self.cli(&["PING"]) {
-                Ok(out) if out.trim() == "PONG" => return Ok(()),
-                Ok(_) | Err(_) if start.elapsed() < READY => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Ok(out) => {
-                    return Err(ServerError::Setup(format!(
-                        "redis-server answered PING with {out:?}"
-                    )));
-                }
-                Err(error) => return Err(error),
-            }
+    fn readiness(&self) -> Readiness {
+        // A TLS server does not answer plain text: connecting is all we can
+        // ask here; `wait_serving` then pings it over TLS.
+        let hello: &[u8] = if self.tls { b"" } else { b"PING\r\n" };
+        Readiness {
+            hello,
+            within: READY,
         }
     }
 
-    /// The server's port.
-    #[must_use]
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The server's URL, without credentials (`redis://` or `rediss://`).
-    #[must_use]
-    pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() {
-            "rediss"
+    fn port(&self) -> Result<u16, FixtureError> {
+        if self.masters == 0 {
+            Ok(free_port()?)
         } else {
-            "redis"
-        };
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    /// A standalone configuration for this server, with its credentials and
-    /// (for TLS) its CA.
-    #[must_use]
-    pub fn config(&self) -> RedisConfig {
-        let config = RedisConfig::new(self.url()).with_cluster_mode(ClusterMode::Standalone);
-        let config = with_auth(config, &self.auth);
-        match &self.tls {
-            Some(files) => config.with_root_certificate_pem(files.ca_pem.clone()),
-            None => config,
+            cluster_port()
         }
     }
 
-    /// A ready store on this server.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Setup`] when the store cannot be built.
-    pub async fn store(&self) -> Result<RedisStore, ServerError> {
-        connect(self.config()).await
+    async fn process(&self, tls: Option<&Tls>) -> Result<Node, FixtureError> {
+        let program = find_program(
+            "redis-server",
+            REDIS_SERVER_ENV,
+            &[PathBuf::from("/usr/bin/redis-server")],
+        )?;
+        let port = self.port()?;
+        let dir = tls.map(|t| t.dir().display().to_string());
+        let args = self.args(port, true, dir.as_deref());
+        Node::spawn("redis", program, args, port, self.readiness()).await
     }
 
-    /// `redis-cli` for this server.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Missing`] when `redis-cli` is not installed.
-    pub fn redis_cli(&self) -> Result<RedisCli, ServerError> {
-        Ok(RedisCli {
-            program: redis_cli_program()?,
-            base: cli_base(self.port, &self.auth, self.tls.as_ref(), false),
+    async fn container(&self, tls: Option<&Tls>) -> Result<Node, FixtureError> {
+        let dir = tls.map(|_| tls::CONTAINER_DIR);
+        let mut spec = if self.masters == 0 {
+            ContainerSpec::new(images::redis(), PORT)
+                .with_args(self.args(PORT, false, dir))
+                .with_reach(self.options.reach())
+        } else {
+            let port = self.port()?;
+            ContainerSpec::new(images::redis(), port)
+                .with_args(self.args(port, true, dir))
+                .with_reach(Reach::HostNetwork)
+        };
+        for (name, contents) in tls.iter().flat_map(|tls| tls.files()) {
+            spec = spec.with_file(format!("{}/{name}", tls::CONTAINER_DIR), contents.to_vec());
+        }
+        Node::run(spec, self.readiness()).await
+    }
+}
+
+fixture_builder!(RedisBuilder => Redis);
+
+/// The servers of a fixture, and how to reach each one.
+#[derive(Debug)]
+struct RedisServers {
+    config: RedisConfig,
+    nodes: Vec<Node>,
+    auth: RedisAuth,
+    ca: Option<Vec<u8>>,
+    cluster: bool,
+    // After the nodes: the files go once the servers are gone.
+    _tls: Option<Tls>,
+}
+
+impl RedisServers {
+    fn external(cluster: bool) -> Result<Self, FixtureError> {
+        let urls = if cluster {
+            env_list(REDIS_CLUSTER_URLS_ENV)?
+        } else {
+            vec![required_env(REDIS_URL_ENV)?]
+        };
+        let mode = if cluster {
+            ClusterMode::Cluster
+        } else {
+            ClusterMode::Standalone
+        };
+        Ok(Self {
+            nodes: urls
+                .iter()
+                .map(|url| Node::external(address_of(url)))
+                .collect(),
+            config: RedisConfig::with_urls(urls).with_cluster_mode(mode),
+            auth: RedisAuth::None,
+            ca: None,
+            cluster,
+            _tls: None,
         })
     }
 
-    /// Runs `redis-cli` against this server.
+    /// A configuration for node `i` alone, with short timeouts.
+    fn node_config(&self, i: usize) -> Option<RedisConfig> {
+        let url = self.config.urls().get(i)?;
+        let config = with_auth(RedisConfig::new(url.clone()), &self.auth)
+            .with_cluster_mode(ClusterMode::Standalone)
+            .with_connect_timeout(NODE_TIMEOUT)
+            .with_command_timeout(NODE_TIMEOUT);
+        Some(match &self.ca {
+            Some(ca) => config.with_root_certificate_pem(ca.clone()),
+            None => config,
+        })
+    }
+
+    async fn node_connection(&self, i: usize) -> Result<RedisConnection, FixtureError> {
+        let Some(config) = self.node_config(i) else {
+            return Err(FixtureError::store(
+                "a connection",
+                format!("node {i}"),
+                "no such node",
+            ));
+        };
+        let target = config.urls().join(",");
+        RedisConnection::connect(&config)
+            .await
+            .map_err(|e| FixtureError::store("a connection", target, e))
+    }
+
+    /// Waits until every node answers PING (over TLS, with credentials).
+    async fn wait_serving(&self) -> Result<(), FixtureError> {
+        let start = Instant::now();
+        for i in 0..self.nodes.len() {
+            loop {
+                let answer = match self.node_connection(i).await {
+                    Ok(conn) => conn
+                        .query::<String>(&cmd("PING"))
+                        .await
+                        .map_err(|e| FixtureError::store("PING", self.config.urls()[i].clone(), e)),
+                    Err(error) => Err(error),
+                };
+                match answer {
+                    Ok(_) => break,
+                    Err(error) if start.elapsed() > READY => return Err(error),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins the nodes, gives the masters a share of the slots each, makes
+    /// the others their replicas, and waits until every node reports the
+    /// cluster healthy and every replica is in sync.
+    async fn form_cluster(&self, masters: usize, replicas: usize) -> Result<(), FixtureError> {
+        let target = self.config.urls().join(",");
+        let fail = |what: &'static str| {
+            let target = target.clone();
+            move |e: offstate_core::StoreError| FixtureError::store(what, target, e)
+        };
+        let mut conns = Vec::new();
+        for i in 0..self.nodes.len() {
+            conns.push(self.node_connection(i).await?);
+        }
+        let Some((first, _)) = conns.split_first() else {
+            return Ok(());
+        };
+        for node in self.nodes.iter().skip(1) {
+            let (host, port) = split_address(node.address());
+            first
+                .query::<()>(cmd("CLUSTER").arg("MEET").arg(host).arg(port))
+                .await
+                .map_err(fail("CLUSTER MEET"))?;
+        }
+        let count = u32::try_from(masters).unwrap_or(1).max(1);
+        let per = 16_384 / count;
+        for (i, node) in (0u32..).zip(conns.iter().take(masters)) {
+            let lo = i * per;
+            let hi = if i + 1 == count { 16_383 } else { lo + per - 1 };
+            node.query::<()>(cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(lo).arg(hi))
+                .await
+                .map_err(fail("CLUSTER ADDSLOTSRANGE"))?;
+        }
+        let total = conns.len();
+        self.wait_for(&conns, |info, _| {
+            has(info, &format!("cluster_known_nodes:{total}"))
+        })
+        .await?;
+        for (r, replica) in conns.iter().enumerate().skip(masters) {
+            let master = &conns[(r - masters) / replicas.max(1)];
+            let id: String = master
+                .query(cmd("CLUSTER").arg("MYID"))
+                .await
+                .map_err(fail("CLUSTER MYID"))?;
+            replica
+                .query::<()>(cmd("CLUSTER").arg("REPLICATE").arg(id))
+                .await
+                .map_err(fail("CLUSTER REPLICATE"))?;
+        }
+        self.wait_for(&conns, |info, replication| {
+            has(info, "cluster_state:ok")
+                && has(info, "cluster_slots_ok:16384")
+                && (!has(replication, "role:slave") || has(replication, "master_link_status:up"))
+        })
+        .await
+    }
+
+    /// Waits until `healthy(CLUSTER INFO, INFO replication)` holds on
+    /// every node.
+    async fn wait_for(
+        &self,
+        conns: &[RedisConnection],
+        healthy: impl Fn(&str, &str) -> bool,
+    ) -> Result<(), FixtureError> {
+        let start = Instant::now();
+        for conn in conns {
+            loop {
+                let info: String = conn
+                    .query(cmd("CLUSTER").arg("INFO"))
+                    .await
+                    .unwrap_or_default();
+                let replication: String = conn
+                    .query(cmd("INFO").arg("replication"))
+                    .await
+                    .unwrap_or_default();
+                if healthy(&info, &replication) {
+                    break;
+                }
+                if start.elapsed() > READY {
+                    return Err(FixtureError::store(
+                        "a cluster",
+                        self.config.urls().join(","),
+                        format!("it did not form: {info}{replication}"),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an INFO text has this line.
+fn has(info: &str, line: &str) -> bool {
+    info.lines().any(|l| l.trim() == line)
+}
+
+/// A cluster node as a live node sees it (a line of `CLUSTER NODES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// Where it answers (`host:port`).
+    pub address: String,
+    /// Whether it is a master.
+    pub master: bool,
+    /// Whether the cluster counts it as failed.
+    pub failed: bool,
+    /// The slot ranges it serves (inclusive).
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    /// Whether it serves `slot`.
+    #[must_use]
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&slot))
+    }
+}
+
+/// Reads `CLUSTER NODES`: `id addr:port@bus flags master ping pong epoch
+/// link slot-ranges...`.
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let address = fields.get(1)?.split('@').next()?.to_owned();
+            let flags = fields.get(2)?;
+            let slots = fields
+                .iter()
+                .skip(8)
+                .filter_map(|range| {
+                    let mut ends = range.split('-');
+                    let lo = ends.next()?.parse().ok()?;
+                    let hi = ends.next().map_or(Some(lo), |h| h.parse().ok())?;
+                    Some((lo, hi))
+                })
+                .collect();
+            Some(ClusterNode {
+                address,
+                master: flags.contains("master"),
+                failed: flags.contains("fail"),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// A Redis server (or cluster) and a ready store on it. Dereferences to
+/// the store; dropping it stops the servers it started (unless another
+/// fixture shares them).
+#[derive(Debug)]
+pub struct Redis {
+    // First: the store's connections close before the servers go.
+    store: RedisStore,
+    servers: Arc<RedisServers>,
+}
+
+impl Redis {
+    /// The ready store.
+    #[must_use]
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    /// The store configuration (add timeouts or a clock, then
+    /// [`connect_with`](Self::connect_with)).
+    #[must_use]
+    pub fn config(&self) -> &RedisConfig {
+        &self.servers.config
+    }
+
+    /// A new store on these servers with `config` (usually
+    /// [`config`](Self::config) with changes).
     ///
     /// # Errors
     ///
-    /// [`ServerError`] when it cannot run or fails.
-    pub fn cli(&self, args: &[&str]) -> Result<String, ServerError> {
-        self.redis_cli()?.run(args)
+    /// [`FixtureError::Store`] when it cannot connect.
+    pub async fn connect_with(&self, config: RedisConfig) -> Result<RedisStore, FixtureError> {
+        connect(config).await
     }
 
-    /// The conformance harness on this server.
+    /// The (first) server URL (credentials only where the environment's
+    /// URL has them).
+    #[must_use]
+    pub fn url(&self) -> &str {
+        self.urls().first().map_or("", String::as_str)
+    }
+
+    /// Every server URL (one per node).
+    #[must_use]
+    pub fn urls(&self) -> &[String] {
+        self.servers.config.urls()
+    }
+
+    /// Where the servers come from.
+    #[must_use]
+    pub fn source(&self) -> Source {
+        self.servers
+            .nodes
+            .first()
+            .map_or(Source::Environment, Node::source)
+    }
+
+    /// The servers, one per node (masters first, then their replicas).
+    #[must_use]
+    pub fn nodes(&self) -> &[Node] {
+        &self.servers.nodes
+    }
+
+    /// Server `i`, to make faults on it.
+    ///
+    /// # Panics
+    ///
+    /// If there is no server `i`.
+    #[must_use]
+    pub fn node(&self, i: usize) -> &Node {
+        &self.servers.nodes[i]
+    }
+
+    /// A connection to server `i` alone (with its credentials; 2 s
+    /// timeouts).
     ///
     /// # Errors
     ///
-    /// [`ServerError::Missing`] when `redis-cli` is not installed.
-    pub fn harness(&self) -> Result<RedisHarness, ServerError> {
-        Ok(RedisHarness::new(self.config(), self.redis_cli()?))
+    /// [`FixtureError::Store`] when it cannot connect.
+    pub async fn node_connection(&self, i: usize) -> Result<RedisConnection, FixtureError> {
+        self.servers.node_connection(i).await
     }
 
-    /// Kills the server (SIGKILL), as a crash would. Its data is lost.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// Pauses the server (SIGSTOP): connections stay open, nothing answers.
-    pub fn pause(&self) {
-        self.process.pause();
-    }
-
-    /// Resumes a paused server.
-    pub fn resume(&self) {
-        self.process.resume();
-    }
-
-    /// Kills the server and starts a fresh, empty one on the same port with
-    /// the same settings.
+    /// Runs a command through the store's connection (routed by key on a
+    /// cluster).
     ///
     /// # Errors
     ///
-    /// [`ServerError`] when it does not come back.
-    pub fn restart(&mut self) -> Result<(), ServerError> {
-        self.process.kill();
-        self.process = spawn_ready(&redis_server()?, &self.args, self.port)?;
-        self.wait_until_serving()
+    /// The store's error, as a [`FixtureError::Store`].
+    pub async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, FixtureError> {
+        self.store
+            .connection()
+            .query(command)
+            .await
+            .map_err(|e| FixtureError::store("a command", self.url().to_owned(), e))
+    }
+
+    /// The cluster as the first node that answers and counts it healthy
+    /// sees it; empty when none does.
+    pub async fn cluster_nodes(&self) -> Vec<ClusterNode> {
+        for i in 0..self.servers.nodes.len() {
+            let Ok(conn) = self.node_connection(i).await else {
+                continue;
+            };
+            let info: String = conn
+                .query(cmd("CLUSTER").arg("INFO"))
+                .await
+                .unwrap_or_default();
+            if !has(&info, "cluster_state:ok") {
+                continue;
+            }
+            if let Ok(text) = conn.query::<String>(cmd("CLUSTER").arg("NODES")).await {
+                return parse_cluster_nodes(&text);
+            }
+        }
+        Vec::new()
+    }
+
+    /// The cluster slot of `key`.
+    ///
+    /// # Errors
+    ///
+    /// When the cluster cannot be asked.
+    pub async fn slot(&self, key: &str) -> Result<u16, FixtureError> {
+        self.query(cmd("CLUSTER").arg("KEYSLOT").arg(key)).await
+    }
+
+    /// Which server (index into [`nodes`](Self::nodes)) is at `address`.
+    #[must_use]
+    pub fn node_at(&self, address: &str) -> Option<usize> {
+        self.servers
+            .nodes
+            .iter()
+            .position(|n| n.address() == address)
+    }
+
+    /// Which server (index into [`nodes`](Self::nodes)) is the master
+    /// serving `key`.
+    ///
+    /// # Errors
+    ///
+    /// When the cluster cannot be asked or no known server serves it.
+    pub async fn node_serving(&self, key: &str) -> Result<usize, FixtureError> {
+        let slot = self.slot(key).await?;
+        self.cluster_nodes()
+            .await
+            .iter()
+            .find(|n| n.master && !n.failed && n.serves(slot))
+            .and_then(|n| self.node_at(&n.address))
+            .ok_or_else(|| FixtureError::store("a lookup", key.to_owned(), "no node serves it"))
+    }
+
+    /// Whether the servers form a cluster.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        self.servers.cluster
+    }
+}
+
+impl Deref for Redis {
+    type Target = RedisStore;
+
+    fn deref(&self) -> &RedisStore {
+        &self.store
+    }
+}
+
+impl Harness for Redis {
+    type Store = RedisStore;
+
+    #[allow(clippy::panic)] // The suite requires a harness to panic loudly on set-up failure.
+    async fn store(&self) -> RedisStore {
+        match connect(self.config().clone()).await {
+            Ok(store) => store,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    async fn corrupt(&self, key: &SessionKey) -> bool {
+        let hash = self.store.session_key(key);
+        self.query::<()>(cmd("HSET").arg(hash).arg("version").arg("notanumber"))
+            .await
+            .is_ok()
+    }
+
+    fn ttl_granularity(&self) -> Duration {
+        // PEXPIREAT is exact to the millisecond; allow for the expiry cycle.
+        Duration::from_millis(200)
     }
 }
 
@@ -420,344 +764,80 @@ fn with_auth(config: RedisConfig, auth: &RedisAuth) -> RedisConfig {
     }
 }
 
-async fn connect(config: RedisConfig) -> Result<RedisStore, ServerError> {
+async fn connect(config: RedisConfig) -> Result<RedisStore, FixtureError> {
+    let target = config.urls().join(",");
     RedisStore::connect(config)
         .await
-        .map_err(|e| ServerError::Setup(format!("cannot build a RedisStore: {e}")))
-}
-
-fn spawn_ready(
-    program: &std::path::Path,
-    args: &[String],
-    port: u16,
-) -> Result<ServerProcess, ServerError> {
-    let mut process = ServerProcess::spawn("redis", program, args)?;
-    process.wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)), READY)?;
-    Ok(process)
-}
-
-/// A Redis Cluster of three masters (no replicas), each a `redis-server`
-/// process on a free loopback port.
-#[derive(Debug)]
-pub struct RedisCluster {
-    nodes: Vec<ServerProcess>,
-    ports: Vec<u16>,
-}
-
-impl RedisCluster {
-    /// Starts three nodes, joins them with `redis-cli --cluster create`, and
-    /// waits until every node reports `cluster_state:ok`.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError`] when a program is missing or the cluster does not
-    /// form.
-    pub fn start() -> Result<Self, ServerError> {
-        let program = redis_server()?;
-        let cli = redis_cli_program()?;
-        let mut nodes = Vec::new();
-        let mut ports = Vec::new();
-        for _ in 0..3 {
-            let port = cluster_port(&ports)?;
-            let args: Vec<String> = [
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "5000",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            nodes.push(spawn_ready(&program, &args, port)?);
-            ports.push(port);
-        }
-        let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
-        create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        create.extend([
-            "--cluster-replicas".into(),
-            "0".into(),
-            "--cluster-yes".into(),
-        ]);
-        run_command(&cli, &create)?;
-        let cluster = Self { nodes, ports };
-        cluster.wait_until_ok()?;
-        Ok(cluster)
-    }
-
-    fn wait_until_ok(&self) -> Result<(), ServerError> {
-        let start = Instant::now();
-        for port in &self.ports {
-            loop {
-                let info = self
-                    .node_cli(*port)?
-                    .run(&["CLUSTER", "INFO"])
-                    .unwrap_or_default();
-                let ok = info.lines().any(|l| l.trim() == "cluster_state:ok")
-                    && info.lines().any(|l| l.trim() == "cluster_slots_ok:16384")
-                    && info.lines().any(|l| l.trim() == "cluster_known_nodes:3");
-                if ok {
-                    break;
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    return Err(ServerError::Setup(format!(
-                        "Redis Cluster node {port} not ready: {info}"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Ok(())
-    }
-
-    /// The nodes' ports.
-    #[must_use]
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
-    }
-
-    /// Seed URLs, one per node.
-    #[must_use]
-    pub fn urls(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    /// The first node's URL.
-    #[must_use]
-    pub fn url(&self) -> String {
-        self.urls().into_iter().next().unwrap_or_default()
-    }
-
-    /// A cluster-mode configuration with every node as a seed.
-    #[must_use]
-    pub fn config(&self) -> RedisConfig {
-        RedisConfig::with_urls(self.urls()).with_cluster_mode(ClusterMode::Cluster)
-    }
-
-    /// A ready store on this cluster.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Setup`] when the store cannot be built.
-    pub async fn store(&self) -> Result<RedisStore, ServerError> {
-        connect(self.config()).await
-    }
-
-    fn node_cli(&self, port: u16) -> Result<RedisCli, ServerError> {
-        Ok(RedisCli {
-            program: redis_cli_program()?,
-            base: cli_base(port, &RedisAuth::None, None, true),
-        })
-    }
-
-    /// `redis-cli -c` (following redirects) on the first node.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Missing`] when `redis-cli` is not installed.
-    pub fn redis_cli(&self) -> Result<RedisCli, ServerError> {
-        let port = self.ports.first().copied().unwrap_or_default();
-        self.node_cli(port)
-    }
-
-    /// Runs `redis-cli -c` against the cluster.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError`] when it cannot run or fails.
-    pub fn cli(&self, args: &[&str]) -> Result<String, ServerError> {
-        self.redis_cli()?.run(args)
-    }
-
-    /// Which node (index into [`ports`](Self::ports)) serves `key`.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError`] when the cluster cannot be asked.
-    pub fn node_of(&self, key: &str) -> Result<usize, ServerError> {
-        let slot: u16 = self
-            .cli(&["CLUSTER", "KEYSLOT", key])?
-            .trim()
-            .parse()
-            .map_err(|e| ServerError::Setup(format!("CLUSTER KEYSLOT: {e}")))?;
-        // Lines of CLUSTER NODES: id addr:port@bus flags master ping pong
-        // epoch link slot-ranges...
-        let nodes = self.cli(&["CLUSTER", "NODES"])?;
-        for line in nodes.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let Some(addr) = fields.get(1) else { continue };
-            let port: Option<u16> = addr
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok());
-            let serves = fields.iter().skip(8).any(|range| {
-                let mut ends = range.split('-').map(|n| n.parse::<u16>().ok());
-                match (ends.next().flatten(), ends.next()) {
-                    (Some(lo), None) => lo == slot,
-                    (Some(lo), Some(Some(hi))) => (lo..=hi).contains(&slot),
-                    _ => false,
-                }
-            });
-            if serves && let Some(i) = port.and_then(|p| self.ports.iter().position(|q| *q == p)) {
-                return Ok(i);
-            }
-        }
-        Err(ServerError::Setup(format!("no node serves {key}")))
-    }
-
-    /// Kills every node.
-    pub fn kill(&mut self) {
-        for node in &mut self.nodes {
-            node.kill();
-        }
-    }
-
-    /// The conformance harness on this cluster.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Missing`] when `redis-cli` is not installed.
-    pub fn harness(&self) -> Result<RedisHarness, ServerError> {
-        Ok(RedisHarness::new(self.config(), self.redis_cli()?))
-    }
+        .map_err(|e| FixtureError::store("a RedisStore", target, e))
 }
 
 /// A port whose cluster bus port (+10000) is free too.
-fn cluster_port(taken: &[u16]) -> Result<u16, ServerError> {
+fn cluster_port() -> Result<u16, FixtureError> {
     for _ in 0..100 {
         let port = free_port()?;
-        if port > 55_000 || taken.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port <= 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
             return Ok(port);
         }
     }
-    Err(ServerError::Setup(
-        "no free port pair for a cluster node".into(),
+    Err(FixtureError::store(
+        "a cluster node",
+        "127.0.0.1",
+        "no free port pair (port, port + 10000)",
     ))
 }
 
-/// The conformance suite's view of a Redis deployment: stores built from
-/// one configuration, and `redis-cli` to corrupt a record.
-#[derive(Debug, Clone)]
-pub struct RedisHarness {
-    config: RedisConfig,
-    cli: RedisCli,
-}
-
-impl RedisHarness {
-    /// A harness making stores from `config` and corrupting through `cli`.
-    #[must_use]
-    pub fn new(config: RedisConfig, cli: RedisCli) -> Self {
-        Self { config, cli }
-    }
-
-    /// The key prefix stores use (the default one).
-    fn session_key(&self, key: &SessionKey) -> String {
-        format!("{}s:{{{}}}", self.config.key_prefix(), key.as_str())
+/// `redis://[user:pass@]host:port[/db]` → `host:port`.
+fn address_of(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    if rest.contains(':') {
+        rest.to_owned()
+    } else {
+        format!("{rest}:{PORT}")
     }
 }
 
-impl Harness for RedisHarness {
-    type Store = RedisStore;
-
-    #[allow(clippy::panic)] // The suite requires a harness to panic loudly on set-up failure.
-    async fn store(&self) -> RedisStore {
-        match RedisStore::connect(self.config.clone()).await {
-            Ok(store) => store,
-            Err(error) => panic!("cannot connect a RedisStore to the test server: {error}"),
-        }
-    }
-
-    async fn corrupt(&self, key: &SessionKey) -> bool {
-        let key = self.session_key(key);
-        let cli = self.cli.clone();
-        // redis-cli blocks; keep it off the async workers.
-        let result =
-            tokio::task::spawn_blocking(move || cli.run(&["HSET", &key, "version", "notanumber"]))
-                .await;
-        matches!(result, Ok(Ok(_)))
-    }
-
-    fn ttl_granularity(&self) -> Duration {
-        // PEXPIREAT is exact to the millisecond; allow for the active
-        // expiry cycle, though loads check deadlines themselves anyway.
-        Duration::from_millis(200)
+/// `host:port` → (host, port).
+fn split_address(address: &str) -> (&str, u16) {
+    match address.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().unwrap_or(PORT)),
+        None => (address, PORT),
     }
 }
 
-/// Starts a fixture once per test binary, or panics naming what is missing.
-#[allow(clippy::panic)] // Tests that need the server must fail loudly, never skip.
-fn shared<T>(
-    cell: &'static OnceLock<T>,
-    start: impl FnOnce() -> Result<T, ServerError>,
-    what: &str,
-) -> &'static T {
-    cell.get_or_init(|| match start() {
-        Ok(fixture) => fixture,
-        Err(error) => panic!("cannot start {what}: {error}"),
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::{ClusterNode, address_of, parse_cluster_nodes, split_address};
 
-/// One plain `redis-server` shared by every test of this binary.
-///
-/// # Panics
-///
-/// When the server cannot be started (the message says what to install).
-#[must_use]
-pub fn shared_server() -> &'static RedisServer {
-    static CELL: OnceLock<RedisServer> = OnceLock::new();
-    shared(&CELL, RedisServer::start, "redis-server")
-}
+    #[test]
+    fn urls_give_node_addresses_with_and_without_credentials() {
+        assert_eq!(address_of("redis://172.17.0.2:6379"), "172.17.0.2:6379");
+        assert_eq!(address_of("rediss://u:p@h:7000/0"), "h:7000");
+        assert_eq!(address_of("redis://h"), "h:6379");
+        assert_eq!(split_address("127.0.0.1:7000"), ("127.0.0.1", 7000));
+    }
 
-/// One TLS `redis-server` shared by every test of this binary.
-///
-/// # Panics
-///
-/// When the server cannot be started.
-#[must_use]
-pub fn shared_tls_server() -> &'static RedisServer {
-    static CELL: OnceLock<RedisServer> = OnceLock::new();
-    shared(&CELL, RedisServer::start_tls, "a TLS redis-server")
-}
-
-/// One ACL-protected `redis-server` (user `offstate`) shared by every test of
-/// this binary.
-///
-/// # Panics
-///
-/// When the server cannot be started.
-#[must_use]
-pub fn shared_acl_server() -> &'static RedisServer {
-    static CELL: OnceLock<RedisServer> = OnceLock::new();
-    shared(
-        &CELL,
-        || RedisServer::start_with_user("offstate", "s3cret-acl-pass"),
-        "an ACL redis-server",
-    )
-}
-
-/// One Redis Cluster shared by every test of this binary.
-///
-/// # Panics
-///
-/// When the cluster cannot be started.
-#[must_use]
-pub fn shared_cluster() -> &'static RedisCluster {
-    static CELL: OnceLock<RedisCluster> = OnceLock::new();
-    shared(&CELL, RedisCluster::start, "a Redis Cluster")
+    #[test]
+    fn cluster_nodes_lines_give_roles_and_slots() {
+        let text = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 7000\n\
+                    b2 127.0.0.1:7001@17001 slave,fail a1 0 0 1 connected\n";
+        assert_eq!(
+            parse_cluster_nodes(text),
+            vec![
+                ClusterNode {
+                    address: "127.0.0.1:7000".into(),
+                    master: true,
+                    failed: false,
+                    slots: vec![(0, 5460), (7000, 7000)],
+                },
+                ClusterNode {
+                    address: "127.0.0.1:7001".into(),
+                    master: false,
+                    failed: true,
+                    slots: vec![],
+                },
+            ]
+        );
+    }
 }

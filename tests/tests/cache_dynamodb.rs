@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 use offstate_cache::CachedStore;
 use offstate_core::{SessionId, Sessions};
 use offstate_dynamodb::DynamoStore;
-use offstate_testing::fixture::dynamodb::{DynamoFixture, dynamodb};
+use offstate_testing::{DynamoDb, dynamodb};
 
 const SOON: Duration = Duration::from_secs(15);
 
-async fn fixture() -> DynamoFixture {
+async fn fixture() -> DynamoDb {
     dynamodb()
         .await
         .expect("a DynamoDB-compatible server (moto: run scripts/setup.sh)")
 }
 
-async fn store_on(dynamo: &DynamoFixture) -> DynamoStore {
+async fn store_on(dynamo: &DynamoDb) -> DynamoStore {
     dynamo
         .store_with(dynamo.config().clone())
         .await
@@ -116,7 +116,7 @@ async fn a_redis_channel_makes_caches_over_dynamodb_coherent() {
     // invalidations" must work.
     use offstate_redis::RedisInvalidationChannel;
     let dynamo = fixture().await;
-    let redis = offstate_testing::fixture::redis::redis()
+    let redis = offstate_testing::redis()
         .await
         .expect("a Redis server for the channel (install redis-server)");
     let mut caches = Vec::new();

@@ -19,8 +19,7 @@ use offstate_core::{
     Clock, CountingStore, Deadlines, ManualClock, Record, SessionId, SessionStore, Sessions,
 };
 use offstate_redis::{RedisConfig, RedisInvalidationChannel, RedisStore};
-use offstate_testing::fixture::redis::{RedisFixture, redis};
-use offstate_testing::redis::RedisServer;
+use offstate_testing::{Redis, redis};
 
 /// How often the channels of these tests check themselves.
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -30,13 +29,13 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 /// 2-core machine; a bug shows as never, not as late.
 const SOON: Duration = Duration::from_secs(15);
 
-async fn sessions_server() -> RedisFixture {
+async fn sessions_server() -> Redis {
     redis()
         .await
         .expect("a Redis server for sessions (install redis-server, see scripts/setup.sh)")
 }
 
-async fn store_on(redis: &RedisFixture) -> RedisStore {
+async fn store_on(redis: &Redis) -> RedisStore {
     redis
         .connect_with(redis.config().clone())
         .await
@@ -379,20 +378,19 @@ async fn a_lost_channel_falls_back_to_bounded_staleness_and_recovers() {
     let logs = captured_logs();
     let redis = sessions_server().await;
     // The channel lives on a server of its own, which the test breaks.
-    let mut channel_server = tokio::task::spawn_blocking(RedisServer::start)
+    let channel_server = offstate_testing::redis()
         .await
-        .unwrap()
-        .expect("a second redis-server for the channel");
+        .expect("a second Redis for the channel");
     let bound = Duration::from_millis(300);
     let a = coherent(
         store_on(&redis).await,
-        channel(&channel_server.config()).await,
+        channel(channel_server.config()).await,
         bound,
     )
     .await;
     let b = coherent(
         store_on(&redis).await,
-        channel(&channel_server.config()).await,
+        channel(channel_server.config()).await,
         bound,
     )
     .await;
@@ -410,17 +408,18 @@ async fn a_lost_channel_falls_back_to_bounded_staleness_and_recovers() {
     assert!(b.stats().invalidations_received > before);
     println!("coherent: B served A's change after {took:?}");
 
-    for (round, how) in ["pause (SIGSTOP)", "kill (SIGKILL)"].iter().enumerate() {
+    for (round, how) in ["pause", "kill"].iter().enumerate() {
         let round = round as u64 + 1;
         let fallback_logs = logs_contain(&logs, "falls back to bounded staleness");
         // Both caches hold the session under the coherent TTL.
         assert_eq!(value(&sb, &id).await, Some(n));
         assert_eq!(value(&sa, &id).await, Some(n));
 
+        let node = channel_server.node(0);
         if round == 1 {
-            channel_server.pause();
+            node.pause().await.expect("pause");
         } else {
-            channel_server.kill();
+            node.kill().await.expect("kill");
         }
         let detected = wait_until(SOON, || !a.is_coherent() && !b.is_coherent())
             .await
@@ -452,10 +451,11 @@ async fn a_lost_channel_falls_back_to_bounded_staleness_and_recovers() {
         assert!(!b.is_coherent());
 
         if round == 1 {
-            channel_server.resume();
+            node.resume().await.expect("resume");
         } else {
-            tokio::task::block_in_place(|| channel_server.restart())
-                .expect("the channel server restarts on its port");
+            node.restart()
+                .await
+                .expect("the channel server restarts on its address");
         }
         let back = wait_until(SOON, || a.is_coherent() && b.is_coherent())
             .await
@@ -544,7 +544,7 @@ async fn the_channel_works_on_a_redis_cluster() {
     // Why: classic PUBLISH is broadcast to every node, so a subscriber on
     // one seed node hears a publish routed to any other.
     use offstate_core::{ChannelEvent, Invalidation, InvalidationChannel};
-    let cluster = offstate_testing::fixture::redis::redis_cluster()
+    let cluster = offstate_testing::redis_cluster()
         .await
         .expect("a Redis Cluster (install redis-server)");
     let publisher = channel(cluster.config()).await;

@@ -11,17 +11,17 @@ use offstate_cache::CachedStore;
 use offstate_core::SessionKey;
 use offstate_core::conformance::Harness;
 use offstate_redis::{RedisInvalidationChannel, RedisStore};
-use offstate_testing::redis::{RedisServer, shared_server};
+use offstate_testing::Redis;
 
 struct CachedRedis {
-    server: &'static RedisServer,
+    server: Redis,
 }
 
 impl Harness for CachedRedis {
     type Store = CachedStore<RedisStore>;
 
     async fn store(&self) -> Self::Store {
-        let config = self.server.config();
+        let config = self.server.config().clone();
         let backend = RedisStore::connect(config.clone())
             .await
             .expect("a RedisStore on the test server");
@@ -58,6 +58,9 @@ impl Harness for CachedRedis {
 
 offstate_core::conformance_tests!(async {
     CachedRedis {
-        server: shared_server(),
+        server: offstate_testing::redis()
+            .shared()
+            .await
+            .expect("a Redis for the conformance suite"),
     }
 });

@@ -1,5 +1,5 @@
 //! Faults made through Docker, on Redis and memcached containers: a paused
-//! container, a stopped one, and one cut off its network. Each gives the
+//! container, a killed one, and one cut off its network. Each gives the
 //! store's typed outage errors (`Timeout` / `Unavailable`) within the
 //! configured bound, never a hang; the middleware's default fail-closed
 //! policy turns them into 503; and once the container is back the same
@@ -22,10 +22,9 @@ use offstate_core::{
     Clock, CreateOutcome, Deadlines, Record, SessionId, SessionKey, SessionStore, Sessions,
     StoreError, SystemClock,
 };
-use offstate_testing::container::{Container, Network};
-use offstate_testing::fixture::Source;
-use offstate_testing::fixture::memcached::{MemcachedFixture, memcached_on, memcached_via};
-use offstate_testing::fixture::redis::{RedisFixture, redis_on, redis_via};
+use offstate_testing::container::Network;
+use offstate_testing::node::Node;
+use offstate_testing::{Memcached, Redis, Source, memcached, redis};
 use offstate_tower::{Session, SessionLayer};
 use tower::ServiceExt as _;
 
@@ -39,35 +38,35 @@ const RECOVERY: Duration = Duration::from_secs(30);
 /// What is done to the container, and what it does to the data.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    /// `docker pause` / `unpause`: data survives.
+    /// Pause / unpause: data survives.
     Pause,
-    /// `docker stop` / `start`: the server comes back empty.
-    Stop,
-    /// `docker network disconnect` / `connect`: data survives.
+    /// Kill / start again: the server comes back empty.
+    Kill,
+    /// Network disconnect / connect: data survives.
     Disconnect,
 }
 
 impl Fault {
-    fn cut(self, container: &Container) {
+    async fn cut(self, node: &Node) {
         match self {
-            Self::Pause => container.pause(),
-            Self::Stop => container.stop(),
-            Self::Disconnect => container.disconnect(),
+            Self::Pause => node.pause().await,
+            Self::Kill => node.kill().await,
+            Self::Disconnect => node.disconnect().await,
         }
         .unwrap_or_else(|e| panic!("{self:?}: {e}"));
     }
 
-    fn restore(self, container: &Container) {
+    async fn restore(self, node: &Node) {
         match self {
-            Self::Pause => container.unpause(),
-            Self::Stop => container.start_again(),
-            Self::Disconnect => container.reconnect(),
+            Self::Pause => node.resume().await,
+            Self::Kill => node.restart().await,
+            Self::Disconnect => node.reconnect().await,
         }
         .unwrap_or_else(|e| panic!("undo {self:?}: {e}"));
     }
 
     fn keeps_data(self) -> bool {
-        !matches!(self, Self::Stop)
+        !matches!(self, Self::Kill)
     }
 }
 
@@ -140,8 +139,9 @@ async fn until_recovered<S: SessionStore>(store: &S, what: &str) {
 
 /// The whole story for one fault: data and a session before, typed errors
 /// and 503 during, recovery after.
-async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, fault: Fault) {
-    let what = format!("{fault:?} on {}", container.name());
+async fn fault_story<S: SessionStore + Clone>(store: S, node: &Node, fault: Fault) {
+    assert_eq!(node.source(), Source::Container);
+    let what = format!("{fault:?} on {}", node.address());
     let app = app(store.clone());
     let response = send(&app, "POST", "/write", None).await;
     assert_eq!(response.status(), StatusCode::OK, "{what}");
@@ -162,7 +162,7 @@ async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, f
         CreateOutcome::Created
     );
 
-    fault.cut(container);
+    fault.cut(node).await;
 
     // The store: a typed outage error, within its bound.
     for _ in 0..3 {
@@ -203,7 +203,7 @@ async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, f
     assert!(response.headers().get("set-cookie").is_none(), "{what}");
     assert_eq!(text(response).await, "session store unavailable");
 
-    fault.restore(container);
+    fault.restore(node).await;
     until_recovered(&store, &what).await;
 
     let loaded = store
@@ -225,13 +225,14 @@ async fn fault_story<S: SessionStore + Clone>(store: S, container: &Container, f
     assert_eq!(text(response).await, "n=1");
 }
 
-async fn redis_container() -> RedisFixture {
-    redis_via(Source::Container)
+async fn redis_container() -> Redis {
+    redis()
+        .via(Source::Container)
         .await
         .unwrap_or_else(|e| panic!("cannot start Redis in a container: {e}"))
 }
 
-async fn bounded_redis(fixture: &RedisFixture) -> offstate_redis::RedisStore {
+async fn bounded_redis(fixture: &Redis) -> offstate_redis::RedisStore {
     let config = fixture
         .config()
         .clone()
@@ -240,13 +241,14 @@ async fn bounded_redis(fixture: &RedisFixture) -> offstate_redis::RedisStore {
     fixture.connect_with(config).await.expect("store")
 }
 
-async fn memcached_container() -> MemcachedFixture {
-    memcached_via(Source::Container, 1)
+async fn memcached_container() -> Memcached {
+    memcached()
+        .via(Source::Container)
         .await
         .unwrap_or_else(|e| panic!("cannot start memcached in a container: {e}"))
 }
 
-fn bounded_memcached(fixture: &MemcachedFixture) -> offstate_memcached::MemcachedStore {
+fn bounded_memcached(fixture: &Memcached) -> offstate_memcached::MemcachedStore {
     let config = fixture
         .config()
         .clone()
@@ -255,96 +257,58 @@ fn bounded_memcached(fixture: &MemcachedFixture) -> offstate_memcached::Memcache
     fixture.store_with(config).expect("store")
 }
 
-fn network() -> Network {
-    Network::create().unwrap_or_else(|e| panic!("cannot create a Docker network: {e}"))
+async fn network() -> Network {
+    Network::create()
+        .await
+        .unwrap_or_else(|e| panic!("cannot create a Docker network: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_container() {
     let fixture = redis_container().await;
     let store = bounded_redis(&fixture).await;
-    fault_story(store, fixture.container().expect("container"), Fault::Pause).await;
+    fault_story(store, fixture.node(0), Fault::Pause).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_stopped_container() {
+async fn redis_killed_container() {
     let fixture = redis_container().await;
     let store = bounded_redis(&fixture).await;
-    fault_story(store, fixture.container().expect("container"), Fault::Stop).await;
+    fault_story(store, fixture.node(0), Fault::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_container_disconnected_from_its_network() {
-    let network = network();
-    let fixture = redis_on(&network)
+    let network = network().await;
+    let fixture = redis()
+        .on_network(&network)
         .await
         .unwrap_or_else(|e| panic!("cannot start Redis on a network: {e}"));
     let store = bounded_redis(&fixture).await;
-    fault_story(
-        store,
-        fixture.container().expect("container"),
-        Fault::Disconnect,
-    )
-    .await;
+    fault_story(store, fixture.node(0), Fault::Disconnect).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_paused_container() {
     let fixture = memcached_container().await;
     let store = bounded_memcached(&fixture);
-    fault_story(store, fixture.container().expect("container"), Fault::Pause).await;
+    fault_story(store, fixture.node(0), Fault::Pause).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memcached_stopped_container() {
+async fn memcached_killed_container() {
     let fixture = memcached_container().await;
     let store = bounded_memcached(&fixture);
-    fault_story(store, fixture.container().expect("container"), Fault::Stop).await;
+    fault_story(store, fixture.node(0), Fault::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_container_disconnected_from_its_network() {
-    let network = network();
-    let fixture = memcached_on(&network, 1)
+    let network = network().await;
+    let fixture = memcached()
+        .on_network(&network)
         .await
         .unwrap_or_else(|e| panic!("cannot start memcached on a network: {e}"));
     let store = bounded_memcached(&fixture);
-    fault_story(
-        store,
-        fixture.container().expect("container"),
-        Fault::Disconnect,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_test_still_removes_its_container() {
-    let id = std::thread::spawn(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runtime.block_on(async {
-                let fixture = memcached_container().await;
-                tx.send(fixture.container().expect("container").id().to_owned())
-                    .expect("send");
-                panic!("a failing test");
-            })
-        }));
-        assert!(outcome.is_err());
-        rx.recv().expect("id")
-    })
-    .join()
-    .expect("thread");
-    let left = offstate_testing::container::docker(&[
-        "ps",
-        "-aq",
-        "--no-trunc",
-        "--filter",
-        &format!("id={id}"),
-    ])
-    .expect("docker ps");
-    assert!(left.is_empty(), "container {id} outlived the panic");
+    fault_story(store, fixture.node(0), Fault::Disconnect).await;
 }

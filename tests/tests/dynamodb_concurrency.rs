@@ -10,22 +10,27 @@ use offstate_core::{
     Change, Clock, Deadlines, Record, SaveOutcome, SessionId, SessionStore, Sessions, SystemClock,
     Version,
 };
-use offstate_dynamodb::{DynamoConfig, DynamoStore};
-use offstate_testing::dynamodb::{moto, unique};
+use offstate_dynamodb::DynamoStore;
+use offstate_testing::DynamoDb;
 
 const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Two store instances (two app instances) on one fresh table of a moto
+/// shared by this binary's tests; the fixture keeps moto alive.
 #[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
-async fn two_stores(tag: &str) -> (DynamoStore, DynamoStore) {
-    let config = DynamoConfig::new(unique(tag));
-    let a = moto().store(config.clone()).await.expect("table");
-    let b = DynamoStore::from_client(moto().client(), config);
-    (a, b)
+async fn two_stores() -> (DynamoDb, DynamoStore, DynamoStore) {
+    let moto = offstate_testing::dynamodb()
+        .shared()
+        .await
+        .expect("moto (scripts/setup.sh installs it)");
+    let a = moto.store().clone();
+    let b = DynamoStore::from_client(moto.client(), moto.config().clone());
+    (moto, a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_saves_of_one_version_have_exactly_one_winner() {
-    let (a, b) = two_stores("race").await;
+    let (_moto, a, b) = two_stores().await;
     let key = SessionId::generate().key();
     let now = SystemClock.now();
     let record = Record::new(now, Deadlines::idle_at(now.saturating_add(HOUR)));
@@ -79,7 +84,7 @@ async fn concurrent_saves_of_one_version_have_exactly_one_winner() {
 async fn a_thousand_updates_through_two_instances_lose_nothing() {
     const TASKS: usize = 50;
     const UPDATES: usize = 20;
-    let (a, b) = two_stores("thousand").await;
+    let (_moto, a, b) = two_stores().await;
     let _clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let a = Sessions::new(a).with_max_attempts(10_000);
     let b = Sessions::new(b).with_max_attempts(10_000);

@@ -1,5 +1,11 @@
-//! The conformance suite on `DynamoStore`, against moto.
+//! The conformance suite on `DynamoStore`, against moto (one server shared
+//! by the cases, a table per case).
 
-use offstate_testing::dynamodb::DynamoHarness;
+#![allow(clippy::expect_used)]
 
-offstate_core::conformance_tests!(async { DynamoHarness::start().await });
+offstate_core::conformance_tests!(async {
+    offstate_testing::dynamodb()
+        .shared()
+        .await
+        .expect("moto for the conformance suite (scripts/setup.sh installs it)")
+});

@@ -7,7 +7,7 @@ use std::time::Duration;
 use offstate_core::{SessionId, SessionStore, StoreError};
 use offstate_dynamodb::aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use offstate_dynamodb::{DynamoConfig, DynamoStore};
-use offstate_testing::dynamodb::{Moto, unique};
+use offstate_testing::dynamodb::unique;
 use offstate_testing::free_port;
 
 fn bounded(table: &str) -> DynamoConfig {
@@ -24,17 +24,18 @@ fn bounded(table: &str) -> DynamoConfig {
 
 #[tokio::test]
 async fn a_paused_server_is_a_timeout_and_the_store_recovers() {
-    let moto = match Moto::start() {
+    // A server of its own: the test pauses it.
+    let moto = match offstate_testing::dynamodb().await {
         Ok(moto) => moto,
         Err(error) => panic!("cannot start moto: {error}"),
     };
     let config = bounded(&unique("paused"));
-    let store = moto.store(config).await.expect("table");
+    let store = moto.store_with(config).await.expect("table");
     let key = SessionId::generate().key();
 
-    moto.process().pause();
+    moto.node().pause().await.expect("pause");
     let outcome = store.load(&key, offstate_core::Timestamp::now()).await;
-    moto.process().resume();
+    moto.node().resume().await.expect("resume");
     match outcome {
         Err(error @ StoreError::Timeout(bound)) => {
             assert!(error.is_outage());
@@ -58,7 +59,10 @@ async fn a_paused_server_is_a_timeout_and_the_store_recovers() {
 #[tokio::test]
 async fn nothing_listening_is_unavailable() {
     let port = free_port().expect("port");
-    let moto = offstate_testing::dynamodb::moto();
+    let moto = match offstate_testing::dynamodb().shared().await {
+        Ok(moto) => moto,
+        Err(error) => panic!("cannot start moto: {error}"),
+    };
     let store = DynamoStore::from_client(
         moto.client(),
         bounded("nowhere").with_endpoint_url(format!("http://127.0.0.1:{port}")),

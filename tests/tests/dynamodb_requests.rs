@@ -12,10 +12,9 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use offstate_core::{ExpiryPolicy, ManualClock, Sessions};
+use offstate_dynamodb::DynamoStore;
 use offstate_dynamodb::aws_sdk_dynamodb::Client;
 use offstate_dynamodb::aws_sdk_dynamodb::config::{ConfigBag, RuntimeComponents};
-use offstate_dynamodb::{DynamoConfig, DynamoStore};
-use offstate_testing::dynamodb::{moto, unique};
 
 /// Counts operations by name.
 #[derive(Debug, Clone, Default)]
@@ -59,10 +58,13 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 
 #[tokio::test]
 async fn requests_per_session_operation() {
-    let config = DynamoConfig::new(unique("requests"));
-    moto().store(config.clone()).await.expect("table");
+    let moto = offstate_testing::dynamodb()
+        .shared()
+        .await
+        .expect("moto (scripts/setup.sh installs it)");
+    let config = moto.config().clone();
     let counter = RequestCounter::default();
-    let client = Client::from_conf(moto().client_config().interceptor(counter.clone()).build());
+    let client = Client::from_conf(moto.client_config().interceptor(counter.clone()).build());
     let clock = ManualClock::new();
     let store = DynamoStore::from_client(client, config);
     let sessions = Sessions::new(store)

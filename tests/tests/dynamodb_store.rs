@@ -12,14 +12,23 @@ use offstate_core::{
 use offstate_dynamodb::aws_sdk_dynamodb::config::{BehaviorVersion, Credentials};
 use offstate_dynamodb::aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use offstate_dynamodb::{DYNAMODB_MAX_ITEM_BYTES, DynamoConfig, DynamoStore};
-use offstate_testing::dynamodb::{REGION, moto, unique};
+use offstate_testing::DynamoDb;
+use offstate_testing::dynamodb::{REGION, unique};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// The moto shared by this binary's tests (each test keeps it alive).
 #[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
-async fn store_on(tag: &str, _clock: &ManualClock) -> DynamoStore {
-    moto()
-        .store(DynamoConfig::new(unique(tag)))
+async fn moto() -> DynamoDb {
+    offstate_testing::dynamodb()
+        .shared()
+        .await
+        .expect("moto (scripts/setup.sh installs it)")
+}
+
+#[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
+async fn store_on(moto: &DynamoDb, tag: &str) -> DynamoStore {
+    moto.store_with(DynamoConfig::new(unique(tag)))
         .await
         .expect("table")
 }
@@ -31,8 +40,9 @@ fn record(clock: &ManualClock, idle: Duration) -> Record {
 
 #[tokio::test]
 async fn an_expired_item_is_still_in_the_table_but_never_served() {
+    let moto = moto().await;
     let clock = ManualClock::new();
-    let store = store_on("expired", &clock).await;
+    let store = store_on(&moto, "expired").await;
     let key = SessionId::generate().key();
     let mut rec = record(&clock, Duration::from_millis(60_500));
     rec.data.insert("cart".into(), b"[1]".to_vec());
@@ -90,8 +100,9 @@ async fn an_expired_item_is_still_in_the_table_but_never_served() {
 
 #[tokio::test]
 async fn an_over_limit_save_is_too_large_and_leaves_the_session_as_it_was() {
+    let moto = moto().await;
     let clock = ManualClock::new();
-    let store = store_on("size", &clock).await;
+    let store = store_on(&moto, "size").await;
     let key = SessionId::generate().key();
     let mut rec = record(&clock, HOUR);
     rec.data.insert("a".into(), vec![b'a'; 250_000]);
@@ -148,9 +159,10 @@ async fn an_over_limit_save_is_too_large_and_leaves_the_session_as_it_was() {
 
 #[tokio::test]
 async fn a_configured_item_limit_is_checked_before_writing() {
+    let moto = moto().await;
     let clock = ManualClock::new();
-    let store = moto()
-        .store(DynamoConfig::new(unique("limit")).with_max_item_bytes(10_000))
+    let store = moto
+        .store_with(DynamoConfig::new(unique("limit")).with_max_item_bytes(10_000))
         .await
         .expect("table");
     let key = SessionId::generate().key();
@@ -189,8 +201,9 @@ async fn a_configured_item_limit_is_checked_before_writing() {
 
 #[tokio::test]
 async fn session_keys_of_any_shape_are_map_paths_of_their_own() {
+    let moto = moto().await;
     let clock = ManualClock::new();
-    let store = store_on("paths", &clock).await;
+    let store = store_on(&moto, "paths").await;
     let key = SessionId::generate().key();
     let odd = [
         "a.b",
@@ -251,14 +264,15 @@ async fn session_keys_of_any_shape_are_map_paths_of_their_own() {
 
 #[tokio::test]
 async fn key_prefixes_share_a_table_without_meeting() {
+    let moto = moto().await;
     let clock = ManualClock::new();
     let table = unique("shared");
-    let a = moto()
-        .store(DynamoConfig::new(table.clone()).with_key_prefix("app-a:"))
+    let a = moto
+        .store_with(DynamoConfig::new(table.clone()).with_key_prefix("app-a:"))
         .await
         .expect("table");
-    let b = moto()
-        .store(DynamoConfig::new(table).with_key_prefix("app-b:"))
+    let b = moto
+        .store_with(DynamoConfig::new(table).with_key_prefix("app-b:"))
         .await
         .expect("table");
     let principal = unique("user");
@@ -297,8 +311,9 @@ async fn key_prefixes_share_a_table_without_meeting() {
 
 #[tokio::test]
 async fn listing_and_revoking_skip_expired_sessions() {
+    let moto = moto().await;
     let clock = ManualClock::new();
-    let store = store_on("pages", &clock).await;
+    let store = store_on(&moto, "pages").await;
     let principal = unique("many");
     // Every third session expires; the index projects the deadlines, so
     // the listing drops them without reading the table.
@@ -344,12 +359,13 @@ async fn listing_and_revoking_skip_expired_sessions() {
 
 #[tokio::test]
 async fn ensure_table_is_idempotent_and_sets_up_ttl_and_the_index() {
+    let moto = moto().await;
     let table = unique("ensure");
-    let store = DynamoStore::from_client(moto().client(), DynamoConfig::new(table.clone()));
+    let store = DynamoStore::from_client(moto.client(), DynamoConfig::new(table.clone()));
     store.ensure_table().await.expect("first ensure_table");
     store.ensure_table().await.expect("second ensure_table");
     // A second instance racing the first is fine too.
-    let other = DynamoStore::from_client(moto().client(), DynamoConfig::new(table.clone()));
+    let other = DynamoStore::from_client(moto.client(), DynamoConfig::new(table.clone()));
     other
         .ensure_table()
         .await
@@ -380,8 +396,9 @@ async fn ensure_table_is_idempotent_and_sets_up_ttl_and_the_index() {
 
 #[tokio::test]
 async fn ensure_table_refuses_a_table_without_the_principal_index() {
+    let moto = moto().await;
     let table = unique("bare");
-    let client = moto().client();
+    let client = moto.client();
     use offstate_dynamodb::aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     };
@@ -417,9 +434,10 @@ async fn ensure_table_refuses_a_table_without_the_principal_index() {
 
 #[tokio::test]
 async fn connect_goes_through_aws_config_with_an_endpoint_override() {
+    let moto = moto().await;
     let credentials = Credentials::new("test", "test", None, None, "offstate-tests");
     let config = DynamoConfig::new(unique("connect"))
-        .with_endpoint_url(moto().endpoint())
+        .with_endpoint_url(moto.endpoint())
         .with_region(REGION)
         .with_max_attempts(2)
         .with_operation_timeout(Duration::from_secs(10));

@@ -11,10 +11,7 @@ use axum::routing::{get, post};
 use http::{Request, StatusCode, header};
 use offstate_core::SessionError;
 use offstate_core::{CountingStore, Limits, SessionStore, Sessions};
-use offstate_dynamodb::DynamoConfig;
-use offstate_testing::dynamodb::{moto, unique};
-use offstate_testing::memcached::MemcachedServer;
-use offstate_testing::redis::RedisServer;
+use offstate_redis::redis::cmd;
 use offstate_tower::{Session, SessionLayer};
 use tower::ServiceExt as _;
 
@@ -102,13 +99,13 @@ fn cookie_of(response: &http::Response<Body>) -> String {
 async fn exercise<S: SessionStore + Clone>(
     label: &str,
     store: S,
-    stored: impl Fn() -> Option<usize>,
+    stored: impl AsyncFn() -> Option<usize>,
 ) {
     let counted = CountingStore::new(store);
     let sessions = Sessions::new(counted.clone()).with_limits(limits());
     let layer = SessionLayer::new(sessions.clone()).with_max_value_len(64);
     let app = routes().layer(layer);
-    let before = stored();
+    let before = stored().await;
 
     // Anonymous flood on a read-only page: nothing reaches the store.
     for _ in 0..FLOOD {
@@ -125,7 +122,7 @@ async fn exercise<S: SessionStore + Clone>(
         "{label}: anonymous reads reached the store"
     );
     assert_eq!(
-        stored(),
+        stored().await,
         before,
         "{label}: anonymous reads stored something"
     );
@@ -144,7 +141,7 @@ async fn exercise<S: SessionStore + Clone>(
         0,
         "{label}: an over-limit write reached the store"
     );
-    assert_eq!(stored(), before, "{label}");
+    assert_eq!(stored().await, before, "{label}");
 
     // At the limit is fine; one over it on an existing session is 413,
     // and the stored session is unchanged.
@@ -153,7 +150,7 @@ async fn exercise<S: SessionStore + Clone>(
     let cookie = cookie_of(&response);
     if let Some(before) = before {
         assert_eq!(
-            stored(),
+            stored().await,
             Some(before + 1),
             "{label}: data created one session"
         );
@@ -192,36 +189,25 @@ async fn exercise<S: SessionStore + Clone>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_floods_on_redis() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
+    let redis = offstate_testing::redis()
         .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-    let store = server.store().await.unwrap();
-    let dbsize = || {
-        server
-            .cli(&["DBSIZE"])
-            .ok()
-            .and_then(|out| out.trim().parse().ok())
-    };
-    exercise("redis", store, dbsize).await;
+        .unwrap_or_else(|e| panic!("cannot start Redis: {e}"));
+    let dbsize = async || redis.query(&cmd("DBSIZE")).await.ok();
+    exercise("redis", redis.store().clone(), dbsize).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_floods_on_memcached() {
-    let server = tokio::task::spawn_blocking(MemcachedServer::start)
+    let memcached = offstate_testing::memcached()
         .await
-        .unwrap()
         .unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
-    let store = server.store();
-    exercise("memcached", store, || None).await;
+    exercise("memcached", memcached.store().clone(), async || None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_floods_on_dynamodb() {
-    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
-    let store = moto
-        .store(DynamoConfig::new(unique("limits")))
+    let dynamo = offstate_testing::dynamodb()
         .await
-        .unwrap();
-    exercise("dynamodb", store, || None).await;
+        .unwrap_or_else(|e| panic!("cannot start moto: {e}"));
+    exercise("dynamodb", dynamo.store().clone(), async || None).await;
 }

@@ -10,18 +10,19 @@ use std::sync::Arc;
 
 use offstate_core::conformance::fill_one_cart_concurrently;
 use offstate_core::{Clock, CountingStore, Sessions, SystemClock};
-use offstate_testing::memcached::MemcachedCluster;
 
 const TASKS: usize = 50;
 const UPDATES: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_updates_from_fifty_tasks_on_two_instances_lose_nothing() {
-    let cluster =
-        MemcachedCluster::start(2).unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
+    let cluster = offstate_testing::memcached_cluster(2)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
+    let store = || cluster.store_with(cluster.config().clone()).expect("store");
     let _clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store_a = CountingStore::new(cluster.store());
-    let store_b = CountingStore::new(cluster.store());
+    let store_a = CountingStore::new(store());
+    let store_b = CountingStore::new(store());
     let a = Sessions::new(store_a.clone()).with_max_attempts(100_000);
     let b = Sessions::new(store_b.clone()).with_max_attempts(100_000);
     let id = fill_one_cart_concurrently(&a, &b, TASKS, UPDATES).await;
@@ -42,7 +43,7 @@ async fn a_thousand_updates_from_fifty_tasks_on_two_instances_lose_nothing() {
         ca.load + cb.load
     );
 
-    let fresh = Sessions::new(cluster.store());
+    let fresh = Sessions::new(store());
     let cart: Vec<String> = fresh
         .load(&id)
         .await

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use offstate_memcached::{DiscoveryError, discover_nodes};
 use offstate_testing::free_port;
-use offstate_testing::memcached::MemcachedServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_memcached_is_not_a_configuration_endpoint() {
-    let server = MemcachedServer::start().unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
-    match discover_nodes(&server.node(), Duration::from_secs(2)).await {
+    let server = offstate_testing::memcached()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
+    match discover_nodes(server.url(), Duration::from_secs(2)).await {
         Err(DiscoveryError::Server { .. }) => {}
         other => panic!("plain memcached must answer with a server error, got {other:?}"),
     }

@@ -14,13 +14,21 @@ use offstate_core::{
     SystemClock, Version,
 };
 use offstate_memcached::MemcachedStore;
-use offstate_testing::memcached::{FIXTURE_TIMEOUT, MemcachedCluster};
+use offstate_testing::Memcached;
+use offstate_testing::memcached::FIXTURE_TIMEOUT;
 
 /// Far above the store's own timeouts: reaching it means the store hung.
 const HANG: Duration = Duration::from_secs(20);
 
-fn cluster() -> MemcachedCluster {
-    MemcachedCluster::start(2).unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
+async fn cluster() -> Memcached {
+    offstate_testing::memcached_cluster(2)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
+}
+
+/// A store instance of its own (empty pools), as another app would have.
+fn fresh_store(cluster: &Memcached) -> MemcachedStore {
+    cluster.store_with(cluster.config().clone()).expect("store")
 }
 
 fn record() -> Record {
@@ -32,7 +40,7 @@ fn record() -> Record {
 }
 
 /// A fresh session key that the store maps to server `node`.
-fn key_on(store: &MemcachedStore, cluster: &MemcachedCluster, node: usize) -> SessionKey {
+fn key_on(store: &MemcachedStore, cluster: &Memcached, node: usize) -> SessionKey {
     loop {
         let key = SessionId::generate().key();
         if cluster.index_of(store.node_for(&key)) == Some(node) {
@@ -44,7 +52,7 @@ fn key_on(store: &MemcachedStore, cluster: &MemcachedCluster, node: usize) -> Se
 /// Creates `per_node` sessions on each of the two nodes.
 async fn sessions_on_both(
     store: &MemcachedStore,
-    cluster: &MemcachedCluster,
+    cluster: &Memcached,
     per_node: usize,
 ) -> BTreeMap<usize, Vec<SessionKey>> {
     let mut by_node = BTreeMap::new();
@@ -77,7 +85,7 @@ fn assert_outage<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) 
     }
 }
 
-async fn assert_node_fails(store: &MemcachedStore, cluster: &MemcachedCluster, key: &SessionKey) {
+async fn assert_node_fails(store: &MemcachedStore, cluster: &Memcached, key: &SessionKey) {
     assert_outage(
         "load",
         bounded("load", store.load(key, offstate_core::Timestamp::now())).await,
@@ -143,10 +151,10 @@ async fn assert_node_works(store: &MemcachedStore, key: &SessionKey) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_fails_typed_and_the_other_keeps_working() {
-    let mut cluster = cluster();
-    let store = cluster.store();
+    let cluster = cluster().await;
+    let store = fresh_store(&cluster);
     let by_node = sessions_on_both(&store, &cluster, 5).await;
-    cluster.kill(1);
+    cluster.node(1).kill().await.expect("kill node 1");
     for key in &by_node[&0] {
         assert_node_works(&store, key).await;
     }
@@ -160,7 +168,7 @@ async fn killed_node_fails_typed_and_the_other_keeps_working() {
         .await
         .expect("create on the surviving node");
     // A fresh store instance (empty pools) behaves the same.
-    let fresh = cluster.store();
+    let fresh = fresh_store(&cluster);
     assert_node_works(&fresh, &by_node[&0][0]).await;
     assert_outage(
         "load",
@@ -174,10 +182,10 @@ async fn killed_node_fails_typed_and_the_other_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_node_times_out_and_recovers() {
-    let cluster = cluster();
-    let store = cluster.store();
+    let cluster = cluster().await;
+    let store = fresh_store(&cluster);
     let by_node = sessions_on_both(&store, &cluster, 3).await;
-    cluster.pause(1);
+    cluster.node(1).pause().await.expect("pause node 1");
     for key in &by_node[&1] {
         match bounded("load", store.load(key, offstate_core::Timestamp::now())).await {
             Err(StoreError::Timeout(after)) => assert_eq!(after, FIXTURE_TIMEOUT),
@@ -187,7 +195,7 @@ async fn hung_node_times_out_and_recovers() {
     for key in &by_node[&0] {
         assert_node_works(&store, key).await;
     }
-    cluster.resume(1);
+    cluster.node(1).resume().await.expect("resume node 1");
     // Timed-out connections were dropped, not reused mid-reply: the node
     // answers correctly again.
     for key in &by_node[&1] {
@@ -197,11 +205,11 @@ async fn hung_node_times_out_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_is_used_again_despite_stale_pooled_connections() {
-    let mut cluster = cluster();
-    let store = cluster.store();
+    let cluster = cluster().await;
+    let store = fresh_store(&cluster);
     let by_node = sessions_on_both(&store, &cluster, 3).await;
     // The pool to node 1 now holds connections; the restart kills them.
-    cluster.restart(1).expect("restart node 1");
+    cluster.node(1).restart().await.expect("restart node 1");
     // The restarted node is empty: its sessions are gone (not an error),
     // and the stale pooled connections are replaced transparently.
     for key in &by_node[&1] {

@@ -12,10 +12,12 @@ use offstate_core::{
     SessionKey, SessionStore, StoreError, SystemClock, TouchOutcome, Version,
 };
 use offstate_memcached::MemcachedStore;
-use offstate_testing::memcached::MemcachedCluster;
+use offstate_testing::Memcached;
 
-fn cluster() -> MemcachedCluster {
-    MemcachedCluster::start(2).unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
+async fn cluster() -> Memcached {
+    offstate_testing::memcached_cluster(2)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
 }
 
 fn principal() -> String {
@@ -55,10 +57,10 @@ async fn live(store: &MemcachedStore, key: &SessionKey) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let store = cluster.store();
     let alice = principal();
-    let old: Vec<SessionKey> = login_many(&store, &alice, 6).await;
+    let old: Vec<SessionKey> = login_many(store, &alice, 6).await;
     assert_eq!(
         store
             .revoke_principal(&alice, offstate_core::Timestamp::now())
@@ -68,7 +70,7 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
     );
 
     for key in &old {
-        assert!(!live(&store, key).await, "revoked session loads");
+        assert!(!live(store, key).await, "revoked session loads");
         let change = Change::new(Version::INITIAL, record(None).deadlines);
         assert_eq!(
             store
@@ -88,8 +90,8 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
     }
 
     // A login after the revoke is live, and the old ones stay dead.
-    let new = login(&store, &alice).await;
-    assert!(live(&store, &new).await);
+    let new = login(store, &alice).await;
+    assert!(live(store, &new).await);
     // So is a session that attaches the principal by a save.
     let anonymous = SessionId::generate().key();
     store
@@ -105,10 +107,10 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
             .expect("save"),
         SaveOutcome::Saved(_)
     ));
-    assert!(live(&store, &anonymous).await);
+    assert!(live(store, &anonymous).await);
     for key in &old {
         assert!(
-            !live(&store, key).await,
+            !live(store, key).await,
             "a new login revived a revoked session"
         );
     }
@@ -118,8 +120,8 @@ async fn revoked_sessions_cannot_be_saved_or_touched_and_new_logins_work() {
         .revoke_principal(&alice, offstate_core::Timestamp::now())
         .await
         .expect("revoke");
-    assert!(!live(&store, &new).await);
-    assert!(!live(&store, &anonymous).await);
+    assert!(!live(store, &new).await);
+    assert!(!live(store, &anonymous).await);
 }
 
 async fn login_many(store: &MemcachedStore, principal: &str, n: usize) -> Vec<SessionKey> {
@@ -132,31 +134,28 @@ async fn login_many(store: &MemcachedStore, principal: &str, n: usize) -> Vec<Se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let store = cluster.store();
     let bob = principal();
-    let revoked = login(&store, &bob).await;
+    let revoked = login(store, &bob).await;
     store
         .revoke_principal(&bob, offstate_core::Timestamp::now())
         .await
         .expect("revoke");
-    let current = login(&store, &bob).await;
-    assert!(live(&store, &current).await);
+    let current = login(store, &bob).await;
+    assert!(live(store, &current).await);
 
     // The epoch key is evicted (or its node replaced).
     let epoch_key = store.epoch_key(&bob);
     let mut removed = false;
     for i in 0..2 {
-        removed |= cluster
-            .server(i)
-            .raw_delete(&epoch_key)
-            .expect("raw delete");
+        removed |= cluster.raw_delete(i, &epoch_key).await.expect("raw delete");
     }
     assert!(removed, "the epoch key {epoch_key} was on no node");
 
     // Without its epoch no session of bob is live: logged out, not revived.
-    assert!(!live(&store, &current).await);
-    assert!(!live(&store, &revoked).await);
+    assert!(!live(store, &current).await);
+    assert!(!live(store, &revoked).await);
     // Revoking a principal without an epoch key is a harmless no-op.
     assert_eq!(
         store
@@ -168,19 +167,19 @@ async fn a_lost_epoch_key_fails_closed_and_never_revives_revoked_sessions() {
 
     // Logging in again recreates the epoch at a fresh random value, which
     // neither old session recorded.
-    let again = login(&store, &bob).await;
-    assert!(live(&store, &again).await);
-    assert!(!live(&store, &current).await);
-    assert!(!live(&store, &revoked).await);
+    let again = login(store, &bob).await;
+    assert!(live(store, &again).await);
+    assert!(!live(store, &current).await);
+    assert!(!live(store, &revoked).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_spares_other_principals_and_anonymous_sessions() {
-    let cluster = cluster();
+    let cluster = cluster().await;
     let store = cluster.store();
     let (carol, dave) = (principal(), principal());
-    let carols = login(&store, &carol).await;
-    let daves = login(&store, &dave).await;
+    let carols = login(store, &carol).await;
+    let daves = login(store, &dave).await;
     let anonymous = SessionId::generate().key();
     store
         .create(&anonymous, &record(None), offstate_core::Timestamp::now())
@@ -190,9 +189,9 @@ async fn revocation_spares_other_principals_and_anonymous_sessions() {
         .revoke_principal(&carol, offstate_core::Timestamp::now())
         .await
         .expect("revoke");
-    assert!(!live(&store, &carols).await);
-    assert!(live(&store, &daves).await);
-    assert!(live(&store, &anonymous).await);
+    assert!(!live(store, &carols).await);
+    assert!(live(store, &daves).await);
+    assert!(live(store, &anonymous).await);
     match store
         .list_principal(&dave, offstate_core::Timestamp::now())
         .await

@@ -12,12 +12,15 @@ use offstate_core::{
     SessionStore, StoreError, SystemClock,
 };
 use offstate_memcached::MemcachedStore;
-use offstate_testing::memcached::MemcachedServer;
+use offstate_testing::Memcached;
 
 const MIB: usize = 1024 * 1024;
 
-fn server(args: &[&str]) -> MemcachedServer {
-    MemcachedServer::start_with_args(args).unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
+async fn server(args: &[&str]) -> Memcached {
+    offstate_testing::memcached()
+        .with_args(args.iter().copied())
+        .await
+        .unwrap_or_else(|e| panic!("cannot start memcached: {e}"))
 }
 
 fn record(value_len: usize) -> Record {
@@ -100,25 +103,27 @@ async fn refuses_without_losing_anything(store: &MemcachedStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_limit_refuses_before_sending() {
     // The server would take 2 MB items; the library is configured for 1 MiB.
-    let server = server(&["-I", "2m"]);
+    let server = server(&["-I", "2m"]).await;
     let store = server.store();
     assert_eq!(store.config().max_item_size(), MIB);
-    refuses_without_losing_anything(&store).await;
+    refuses_without_losing_anything(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_limit_is_a_typed_error_too() {
     // The library is told 4 MiB, but the server runs with the default -I 1m:
     // the server's refusal must come back as TooLarge, not a backend error.
-    let server = server(&[]);
-    let store = MemcachedStore::new(server.config().with_max_item_size(4 * MIB)).expect("config");
+    let server = server(&[]).await;
+    let store =
+        MemcachedStore::new(server.config().clone().with_max_item_size(4 * MIB)).expect("config");
     refuses_without_losing_anything(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_matching_larger_limit_stores_large_records() {
-    let server = server(&["-I", "2m"]);
-    let store = MemcachedStore::new(server.config().with_max_item_size(2 * MIB)).expect("config");
+    let server = server(&["-I", "2m"]).await;
+    let store =
+        MemcachedStore::new(server.config().clone().with_max_item_size(2 * MIB)).expect("config");
     let key = SessionId::generate().key();
     let big = record(MIB + MIB / 2);
     assert_eq!(
@@ -142,7 +147,7 @@ async fn a_matching_larger_limit_stores_large_records() {
 async fn the_limit_counts_the_whole_item() {
     // A record just under 1 MiB of data does not fit once the encoding, the
     // key and memcached's item header are counted: refused up front.
-    let server = server(&[]);
+    let server = server(&[]).await;
     let store = server.store();
     let key = SessionId::generate().key();
     assert_too_large(

@@ -9,8 +9,14 @@ use offstate_core::{
     Change, Clock, Deadlines, PrincipalChange, Record, SessionId, SessionStore, SystemClock,
     Version,
 };
+use offstate_redis::redis::cmd;
 use offstate_redis::{ClusterMode, RedisConfig, RedisStore};
-use offstate_testing::redis::{RedisServer, shared_cluster};
+use offstate_testing::{Redis, redis, redis_cluster};
+
+#[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
+async fn cluster() -> Redis {
+    redis_cluster().shared().await.expect("a Redis Cluster")
+}
 
 fn record(principal: Option<&str>) -> Record {
     let now = SystemClock.now();
@@ -25,11 +31,11 @@ fn record(principal: Option<&str>) -> Record {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
-    let cluster = shared_cluster();
-    let store = cluster.store().await.expect("store");
+    let cluster = cluster().await;
+    let store = cluster.store();
     let principal = format!("user-{}", &SessionId::generate().to_string()[..10]);
     let index_key = store.principal_key(&principal);
-    let index_node = cluster.node_of(&index_key).expect("index node");
+    let index_node = cluster.node_serving(&index_key).await.expect("index node");
 
     // Sessions until at least two live on nodes other than the index's.
     let mut keys = BTreeSet::new();
@@ -37,7 +43,8 @@ async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
     while elsewhere < 2 || keys.len() < 4 {
         let key = SessionId::generate().key();
         if cluster
-            .node_of(&store.session_key(&key))
+            .node_serving(&store.session_key(&key))
+            .await
             .expect("session node")
             != index_node
         {
@@ -116,13 +123,16 @@ async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
             .expect("list")
             .is_empty()
     );
-    let left = cluster.cli(&["ZCARD", &index_key]).expect("ZCARD");
-    assert_eq!(left.trim(), "0", "revoke left index entries");
+    let left: u64 = cluster
+        .query(cmd("ZCARD").arg(&index_key))
+        .await
+        .expect("ZCARD");
+    assert_eq!(left, 0, "revoke left index entries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_mode_detects_cluster_and_standalone() {
-    let cluster = shared_cluster();
+    let cluster = cluster().await;
     let store =
         RedisStore::connect(RedisConfig::new(cluster.url()).with_cluster_mode(ClusterMode::Auto))
             .await
@@ -141,7 +151,7 @@ async fn auto_mode_detects_cluster_and_standalone() {
             .is_some()
     );
 
-    let server = RedisServer::start().expect("redis-server");
+    let server = redis().await.expect("a Redis");
     let store = RedisStore::connect(RedisConfig::new(server.url()))
         .await
         .expect("store");

@@ -3,16 +3,16 @@
 
 use offstate_core::Sessions;
 use offstate_core::conformance::{assert_cart_complete, fill_one_cart_concurrently};
-use offstate_testing::redis::RedisServer;
 
 const TASKS: usize = 50;
 const UPDATES: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_updates_from_two_instances_lose_nothing() {
-    let server = RedisServer::start().expect("redis-server");
-    let a = Sessions::new(server.store().await.expect("store")).with_max_attempts(100_000);
-    let b = Sessions::new(server.store().await.expect("store")).with_max_attempts(100_000);
+    let redis = offstate_testing::redis().await.expect("a Redis");
+    let store = || redis.connect_with(redis.config().clone());
+    let a = Sessions::new(store().await.expect("store")).with_max_attempts(100_000);
+    let b = Sessions::new(store().await.expect("store")).with_max_attempts(100_000);
     let id = fill_one_cart_concurrently(&a, &b, TASKS, UPDATES).await;
     assert_cart_complete(&b, &id, TASKS * UPDATES).await;
 }

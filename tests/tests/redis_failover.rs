@@ -2,9 +2,8 @@
 //! tasks add unique items to carts with `Session::update`; its replica is
 //! promoted, and sessions keep working.
 //!
-//! The fixture ([`ReplicatedCluster`], here because only this test needs
-//! it) is 3 masters + 3 replicas on loopback (`--cluster-replicas 1`) with
-//! `cluster-node-timeout 1000`.
+//! The cluster is the fixture's: 3 masters + 3 replicas
+//! (`with_replicas(1)`) with `cluster-node-timeout 1000`.
 //!
 //! What is checked: every operation is bounded by `tokio::time::timeout`
 //! and none outlives it (in-flight operations end with a typed error
@@ -18,246 +17,34 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use offstate_core::{SessionId, Sessions};
-use offstate_redis::{ClusterMode, RedisConfig, RedisStore};
-use offstate_testing::process::{ServerProcess, find_program, free_port, run_command};
+use offstate_testing::Redis;
+use offstate_testing::redis::ClusterNode;
 use tokio::sync::Mutex;
 
-const NODE_TIMEOUT_MS: u64 = 1000;
 /// The bound on every single operation; none may outlive it.
 const OP_BOUND: Duration = Duration::from_secs(10);
 const SESSIONS: usize = 24;
 const TASKS: usize = 24;
 
-/// 3 masters + 3 replicas, each a `redis-server` on a free loopback port.
-struct ReplicatedCluster {
-    nodes: Vec<Option<ServerProcess>>,
-    ports: Vec<u16>,
-    cli: PathBuf,
-}
-
-impl ReplicatedCluster {
-    fn start() -> Self {
-        let server = find_program(
-            "redis-server",
-            "OFFSTATE_REDIS_SERVER",
-            &[PathBuf::from("/usr/bin/redis-server")],
-        )
-        .unwrap_or_else(|e| panic!("cannot start the failover cluster: {e}"));
-        let cli = find_program(
-            "redis-cli",
-            "OFFSTATE_REDIS_CLI",
-            &[PathBuf::from("/usr/bin/redis-cli")],
-        )
-        .unwrap_or_else(|e| panic!("cannot start the failover cluster: {e}"));
-        let mut nodes = Vec::new();
-        let mut ports = Vec::new();
-        for _ in 0..6 {
-            let port = cluster_port(&ports);
-            let args: Vec<String> = [
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                &NODE_TIMEOUT_MS.to_string(),
-                // A replica on a busy machine may look stale; let it take
-                // over anyway, as the test is about what the client sees.
-                "--cluster-replica-validity-factor",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            let mut process = ServerProcess::spawn("redis-failover", &server, &args).unwrap();
-            process
-                .wait_for_port(
-                    SocketAddr::from(([127, 0, 0, 1], port)),
-                    Duration::from_secs(15),
-                )
-                .unwrap();
-            nodes.push(Some(process));
-            ports.push(port);
+/// Waits until the cluster, as a live node sees it, satisfies `done`.
+async fn wait_until(cluster: &Redis, done: impl Fn(&[ClusterNode]) -> bool) {
+    let start = Instant::now();
+    loop {
+        let view = cluster.cluster_nodes().await;
+        if !view.is_empty() && done(&view) {
+            return;
         }
-        let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
-        create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        create.extend([
-            "--cluster-replicas".into(),
-            "1".into(),
-            "--cluster-yes".into(),
-        ]);
-        run_command(&cli, &create).unwrap();
-        let cluster = Self { nodes, ports, cli };
-        cluster.wait_until(|nodes| {
-            let masters = nodes.iter().filter(|n| n.master && !n.failed).count();
-            let replicas = nodes.iter().filter(|n| !n.master && !n.failed).count();
-            masters == 3 && replicas == 3
-        });
-        cluster.wait_for_replication();
-        cluster
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the cluster did not reach the expected state: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    /// Waits until every replica has finished its initial sync, so a
-    /// failover has something to promote.
-    fn wait_for_replication(&self) {
-        let start = Instant::now();
-        loop {
-            let synced = self.ports.iter().all(|port| {
-                let Ok(info) = self.cli(*port, &["INFO", "replication"]) else {
-                    return false;
-                };
-                let replica = info.lines().any(|l| l.trim() == "role:slave");
-                !replica || info.lines().any(|l| l.trim() == "master_link_status:up")
-            });
-            if synced {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the replicas did not finish their initial sync"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn cli(&self, port: u16, args: &[&str]) -> Result<String, String> {
-        let mut all = vec![
-            "-h".to_owned(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        run_command(&self.cli, &all).map_err(|e| e.to_string())
-    }
-
-    /// The cluster as some live node sees it.
-    fn view(&self) -> Vec<Node> {
-        for (i, port) in self.ports.iter().enumerate() {
-            if self.nodes[i].is_none() {
-                continue;
-            }
-            let Ok(info) = self.cli(*port, &["CLUSTER", "INFO"]) else {
-                continue;
-            };
-            if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
-                continue;
-            }
-            if let Ok(text) = self.cli(*port, &["CLUSTER", "NODES"]) {
-                return parse_nodes(&text);
-            }
-        }
-        Vec::new()
-    }
-
-    fn wait_until(&self, done: impl Fn(&[Node]) -> bool) {
-        let start = Instant::now();
-        loop {
-            let view = self.view();
-            if !view.is_empty() && done(&view) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the cluster did not reach the expected state: {view:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn config(&self) -> RedisConfig {
-        RedisConfig::with_urls(self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")))
-            .with_cluster_mode(ClusterMode::Cluster)
-            // Short enough to see typed timeouts during the promotion, long
-            // enough that a busy 2-core machine (six servers syncing) does
-            // not time out the set-up.
-            .with_command_timeout(Duration::from_millis(2000))
-            .with_connect_timeout(Duration::from_millis(2000))
-    }
-
-    fn slot(&self, key: &str) -> u16 {
-        self.cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    /// SIGKILLs the node on `port`.
-    fn kill(&mut self, port: u16) {
-        let i = self.ports.iter().position(|p| *p == port).unwrap();
-        if let Some(mut node) = self.nodes[i].take() {
-            node.kill();
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Node {
-    port: u16,
-    master: bool,
-    failed: bool,
-    slots: Vec<(u16, u16)>,
-}
-
-fn parse_nodes(text: &str) -> Vec<Node> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let port = fields
-                .get(1)?
-                .split('@')
-                .next()?
-                .rsplit(':')
-                .next()?
-                .parse()
-                .ok()?;
-            let flags = fields.get(2)?;
-            let slots = fields
-                .iter()
-                .skip(8)
-                .filter_map(|range| {
-                    let mut ends = range.split('-');
-                    let lo = ends.next()?.parse().ok()?;
-                    let hi = ends.next().map_or(Some(lo), |h| h.parse().ok())?;
-                    Some((lo, hi))
-                })
-                .collect();
-            Some(Node {
-                port,
-                master: flags.contains("master"),
-                failed: flags.contains("fail"),
-                slots,
-            })
-        })
-        .collect()
-}
-
-fn cluster_port(taken: &[u16]) -> u16 {
-    for _ in 0..100 {
-        let port = free_port().unwrap();
-        if port > 55_000 || taken.contains(&port) {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port pair for a cluster node");
 }
 
 /// What the load saw.
@@ -277,14 +64,23 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_a_master_failover_under_load() {
-    let mut cluster = tokio::task::spawn_blocking(ReplicatedCluster::start)
+    let cluster = offstate_testing::redis_cluster()
+        .with_replicas(1)
+        .with_node_timeout(Duration::from_secs(1))
         .await
-        .unwrap();
-    let store = RedisStore::connect(cluster.config()).await.unwrap();
+        .expect("a Redis Cluster with replicas");
+    // Short enough to see typed timeouts during the promotion, long enough
+    // that a busy 2-core machine (six servers) does not time out.
+    let config = cluster
+        .config()
+        .clone()
+        .with_command_timeout(Duration::from_millis(2000))
+        .with_connect_timeout(Duration::from_millis(2000));
+    let store = cluster.connect_with(config).await.unwrap();
     let sessions = Sessions::new(store).with_max_attempts(64);
 
     // Sessions, and which master serves each.
-    let view = cluster.view();
+    let view = cluster.cluster_nodes().await;
     let victim = view
         .iter()
         .find(|n| n.master && !n.slots.is_empty())
@@ -297,11 +93,8 @@ async fn sessions_survive_a_master_failover_under_load() {
         session.insert("cart", &Vec::<u64>::new()).await.unwrap();
         session.save().await.unwrap();
         let id = session.id().unwrap();
-        let slot = cluster.slot(id.key().as_str());
-        let on_victim = victim
-            .slots
-            .iter()
-            .any(|(lo, hi)| (*lo..=*hi).contains(&slot));
+        let slot = cluster.slot(id.key().as_str()).await.unwrap();
+        let on_victim = victim.serves(slot);
         // Half on the victim, half elsewhere.
         let victims = affected.iter().filter(|a| **a).count();
         if on_victim && victims >= SESSIONS / 2 || !on_victim && ids.len() - victims >= SESSIONS / 2
@@ -399,20 +192,18 @@ async fn sessions_survive_a_master_failover_under_load() {
     let acked_before_kill: usize = tally.lock().await.acked.values().map(BTreeSet::len).sum();
     let kill_time = Instant::now();
     *killed_at.lock().unwrap() = Some(kill_time);
-    cluster.kill(victim.port);
+    let victim_node = cluster
+        .node_at(&victim.address)
+        .expect("the victim is a node");
+    cluster.node(victim_node).kill().await.expect("kill");
 
     // Wait for a replica to take over the victim's slots.
-    let cluster = tokio::task::spawn_blocking(move || {
-        let slots = victim.slots.clone();
-        cluster.wait_until(|nodes| {
-            nodes
-                .iter()
-                .any(|n| n.master && !n.failed && n.port != victim.port && n.slots == slots)
-        });
-        cluster
+    wait_until(&cluster, |nodes| {
+        nodes.iter().any(|n| {
+            n.master && !n.failed && n.address != victim.address && n.slots == victim.slots
+        })
     })
-    .await
-    .unwrap();
+    .await;
     let promoted_after = kill_time.elapsed();
 
     // Keep the load on until affected sessions have been written for a while.

@@ -13,8 +13,9 @@ use offstate_core::{
     Change, Clock, CreateOutcome, Deadlines, Record, SessionId, SessionStore, StoreError,
     SystemClock, TouchOutcome, Version,
 };
+use offstate_redis::redis::cmd;
 use offstate_redis::{RedisStore, SharedConnection};
-use offstate_testing::redis::RedisServer;
+use offstate_testing::{Redis, redis};
 
 const BOUND: Duration = Duration::from_millis(300);
 /// Far above the store's bound: only a store that hangs trips it.
@@ -32,12 +33,17 @@ fn record(data: &[(&str, &str)]) -> Record {
     record
 }
 
-async fn bounded_store(server: &RedisServer) -> RedisStore {
+async fn server() -> Redis {
+    redis().await.expect("a Redis")
+}
+
+async fn bounded_store(server: &Redis) -> RedisStore {
     let config = server
         .config()
+        .clone()
         .with_connect_timeout(BOUND)
         .with_command_timeout(BOUND);
-    RedisStore::connect(config).await.expect("store")
+    server.connect_with(config).await.expect("store")
 }
 
 fn is_outage(result: &Result<Option<Arc<Record>>, StoreError>) -> bool {
@@ -66,7 +72,12 @@ async fn until_recovered(store: &RedisStore) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
-    let mut server = RedisServer::start().expect("redis-server");
+    // A process: Docker cannot kill a frozen container without thawing it,
+    // which would let the calls in flight through.
+    let server = redis()
+        .via(offstate_testing::Source::Process)
+        .await
+        .expect("a Redis process");
     let store = bounded_store(&server).await;
     let key = SessionId::generate().key();
     assert_eq!(
@@ -82,7 +93,7 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
     );
 
     // A server that answers nothing: every call ends with Timeout.
-    server.pause();
+    server.node(0).pause().await.expect("pause");
     let mut in_flight = Vec::new();
     for _ in 0..20 {
         let store = store.clone();
@@ -105,7 +116,7 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
         "touch on a paused server: {touch:?}"
     );
     // While those are waiting, the server dies.
-    server.kill();
+    server.node(0).kill().await.expect("kill");
     for call in in_flight {
         let result = call
             .await
@@ -123,7 +134,7 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
     assert!(is_outage(&dead), "load on a dead server: {dead:?}");
 
     // Same port, fresh (empty) server: the same store instance recovers.
-    server.restart().expect("restart");
+    server.node(0).restart().await.expect("restart");
     until_recovered(&store).await;
     assert!(
         store
@@ -155,7 +166,7 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_between_calls_is_survived_by_pooled_connections() {
-    let mut server = RedisServer::start().expect("redis-server");
+    let server = server().await;
     let store = bounded_store(&server).await;
     // Fill the pool with connections that the restart will break.
     let mut warm = Vec::new();
@@ -173,7 +184,7 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
     for call in warm {
         call.await.expect("task").expect("load");
     }
-    server.restart().expect("restart");
+    server.node(0).restart().await.expect("restart");
     until_recovered(&store).await;
     // Every pooled connection was broken; none may surface as a failure now.
     for _ in 0..20 {
@@ -198,8 +209,8 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_hash_is_corrupt_for_that_session_only() {
-    let server = RedisServer::start().expect("redis-server");
-    let store = server.store().await.expect("store");
+    let server = server().await;
+    let store = server.store();
     let bad = SessionId::generate().key();
     let good = SessionId::generate().key();
     let original = record(&[("cart", "[1]")]);
@@ -213,8 +224,14 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
         .expect("create");
 
     server
-        .cli(&["HSET", &store.session_key(&bad), "version", "notanumber"])
-        .expect("redis-cli HSET");
+        .query::<()>(
+            cmd("HSET")
+                .arg(store.session_key(&bad))
+                .arg("version")
+                .arg("notanumber"),
+        )
+        .await
+        .expect("HSET");
     assert!(matches!(
         store.load(&bad, offstate_core::Timestamp::now()).await,
         Err(StoreError::Corrupt(_))
@@ -269,9 +286,13 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
     );
 
     // A value of another type at the session key is corrupt too, and delete clears it.
-    server.cli(&["DEL", &store.session_key(&bad)]).expect("DEL");
     server
-        .cli(&["SET", &store.session_key(&bad), "garbage"])
+        .query::<()>(cmd("DEL").arg(store.session_key(&bad)))
+        .await
+        .expect("DEL");
+    server
+        .query::<()>(cmd("SET").arg(store.session_key(&bad)).arg("garbage"))
+        .await
         .expect("SET");
     assert!(matches!(
         store.load(&bad, offstate_core::Timestamp::now()).await,
@@ -294,8 +315,11 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_auth_is_required_and_used() {
-    let server = RedisServer::start_with_password("p4ss-word").expect("redis-server");
-    let store = server.store().await.expect("store");
+    let server = redis()
+        .with_password("p4ss-word")
+        .await
+        .expect("a Redis with a password");
+    let store = server.store();
     let key = SessionId::generate().key();
     store
         .create(
@@ -331,8 +355,8 @@ async fn password_auth_is_required_and_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_is_reusable_for_other_commands() {
-    let server = RedisServer::start().expect("redis-server");
-    let store = server.store().await.expect("store");
+    let server = server().await;
+    let store = server.store();
     let conn = store.connection().clone();
     let pong: String = conn
         .query(&offstate_redis::redis::cmd("PING"))

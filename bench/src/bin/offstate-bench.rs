@@ -155,10 +155,10 @@ async fn icount_command(args: &[String]) -> Result<(), BenchError> {
     let redis_url = match option::<String>(args, "--redis")? {
         Some(url) => url,
         None if place == Place::Http => {
-            let redis = tokio::task::spawn_blocking(offstate_testing::redis::RedisServer::start)
-                .await
-                .map_err(|e| BenchError::Usage(format!("starting redis-server: {e}")))??;
-            let url = redis.url();
+            let redis = offstate_testing::redis()
+                .via(offstate_testing::Source::Process)
+                .await?;
+            let url = redis.url().to_owned();
             own_redis = Some(redis);
             url
         }

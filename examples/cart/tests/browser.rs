@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 use fantoccini::cookies::Cookie;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use offstate_testing::redis::RedisServer;
-use offstate_testing::{ServerProcess, find_program, free_port, workspace_root};
+use offstate_testing::{ServerProcess, Source, find_program, free_port, workspace_root};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -542,9 +541,11 @@ async fn the_cart_survives_instances_in_a_real_browser() {
         "OFFSTATE_CHROMEDRIVER",
         "/usr/bin/chromedriver",
     );
-    let redis = RedisServer::start()
+    let redis = offstate_testing::redis()
+        .via(Source::Process)
+        .await
         .unwrap_or_else(|e| panic!("the browser test needs redis-server: {e}; {INSTALL}"));
-    let store = redis.url();
+    let store = redis.url().to_owned();
     let mut instances: Vec<Instance> = (1..=3)
         .map(|i| start_instance(&format!("app-{i}"), &store))
         .collect();
