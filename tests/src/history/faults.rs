@@ -1,0 +1,89 @@
+//! The fault plan: store faults queued through
+//! [`FaultyStore`](offstate_core::testing::FaultyStore) at seeded steps of
+//! the client programs, and servers paused at seeded times while the
+//! clients run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use offstate_core::SessionStore;
+use offstate_core::testing::{Call, Fault, FaultyStore};
+
+use super::generator::Rng;
+use crate::node::Node;
+
+/// Something that queues store faults for the stores a target's instances
+/// use (a [`FaultyStore`] under them).
+pub trait Injector: Send + Sync {
+    /// Queues `fault` for the next `call`.
+    fn inject(&self, call: Call, fault: Fault);
+    /// Drops every queued fault.
+    fn clear(&self);
+}
+
+impl<S: SessionStore> Injector for FaultyStore<S> {
+    fn inject(&self, call: Call, fault: Fault) {
+        FaultyStore::inject(self, call, fault);
+    }
+
+    fn clear(&self) {
+        FaultyStore::clear(self);
+    }
+}
+
+/// Counts of the faults a history got.
+#[derive(Debug, Default)]
+pub struct FaultCount {
+    /// Store faults queued.
+    pub store: AtomicU64,
+    /// Server pauses.
+    pub pauses: AtomicU64,
+}
+
+impl FaultCount {
+    /// Store faults plus server pauses.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.store.load(Ordering::SeqCst) + self.pauses.load(Ordering::SeqCst)
+    }
+}
+
+/// Pauses one of `nodes` at a time, at seeded moments and for seeded
+/// lengths (some shorter than the store's command timeout, some longer),
+/// until `done` resolves; every node is running again when it returns.
+pub async fn pause_nodes(
+    nodes: &[&Node],
+    seed: u64,
+    timeout: Duration,
+    count: &FaultCount,
+    done: impl Future<Output = ()>,
+) {
+    if nodes.is_empty() {
+        done.await;
+        return;
+    }
+    let mut rng = Rng::new(seed);
+    let mut done = std::pin::pin!(done);
+    loop {
+        let wait = Duration::from_millis(200 + rng.below(800));
+        tokio::select! {
+            () = &mut done => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let node = nodes[rng.below(nodes.len() as u64) as usize];
+        // From a tenth of the timeout (answers just late) to twice it
+        // (requests time out, and land after the resume).
+        let length = timeout.mul_f64(0.1 + rng.below(20) as f64 / 10.0);
+        if let Err(error) = node.pause().await {
+            tracing::warn!(%error, "could not pause a server");
+            continue;
+        }
+        count.pauses.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(length).await;
+        // A node that will not resume ends the run with a loud error: the
+        // checks after it would only see an outage.
+        if let Err(error) = node.resume().await {
+            tracing::error!(%error, "could not resume a paused server");
+        }
+    }
+}
