@@ -21,6 +21,7 @@
 //!    created before that principal's last acknowledged revoke-all is live;
 //!    and after a final revoke-all of every principal, no handed-out ID
 //!    loads with a principal (nor does the store list one).
+//!    A pre-login ID (one an acknowledged login moved) is dead at the end.
 //! 4. **No fixation**: no ID ever loads with a principal other than the one
 //!    it was created with (an ID from before a login never carries the
 //!    login's principal).
@@ -243,6 +244,16 @@ pub(crate) async fn check(
     for (id, seen) in &last_state {
         if seen.live {
             fixation(&view, id, seen, "the final state", &mut findings);
+            if let Some(to) = view.next.get(id) {
+                findings.anomalies.push(format!(
+                    "the pre-login ID {} is still live at the end (as {:?}, {} items), though an acknowledged login moved it to {}; its events: {}",
+                    short(Some(id)),
+                    seen.principal,
+                    seen.cart.len(),
+                    short(Some(to)),
+                    lineage(&view, to)
+                ));
+            }
         }
     }
 
@@ -409,12 +420,17 @@ fn lineage(view: &View<'_>, id: &SessionId) -> String {
             }
         }
     }
+    let principals: Vec<&String> = ids
+        .iter()
+        .filter_map(|id| view.origin.get(id)?.principal.as_ref())
+        .collect();
     let mut lines: Vec<&Event> = view
         .events
         .iter()
         .filter(|e| {
             e.presented.as_ref().is_some_and(|p| ids.contains(p))
                 || e.result.as_ref().is_some_and(|r| ids.contains(r))
+                || (e.kind == OpKind::RevokeAll && principals.contains(&&e.user))
         })
         .collect();
     lines.sort_by_key(|e| e.invoked);

@@ -65,7 +65,7 @@ pub async fn pause_nodes(
     let mut rng = Rng::new(seed);
     let mut done = std::pin::pin!(done);
     loop {
-        let wait = Duration::from_millis(200 + rng.below(800));
+        let wait = Duration::from_millis(30 + rng.below(300));
         tokio::select! {
             () = &mut done => return,
             () = tokio::time::sleep(wait) => {}
