@@ -1,13 +1,18 @@
 //! The fault plan: store faults queued through
 //! [`FaultyStore`](offstate_core::testing::FaultyStore) at seeded steps of
 //! the client programs, and servers paused at seeded times while the
-//! clients run.
+//! clients run; and [`Jitter`], scheduling noise so requests interleave
+//! at every store call.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use offstate_core::SessionStore;
 use offstate_core::testing::{Call, Fault, FaultyStore};
+use offstate_core::{
+    Capabilities, Change, CreateOutcome, DeleteOutcome, Record, SaveOutcome, SessionKey,
+    SessionStore, StoreError, Timestamp, TouchOutcome, Version,
+};
 
 use super::generator::Rng;
 use crate::node::Node;
@@ -85,5 +90,113 @@ pub async fn pause_nodes(
         if let Err(error) = node.resume().await {
             tracing::error!(%error, "could not resume a paused server");
         }
+    }
+}
+
+/// A store that lets other tasks run before each call (a few yields, now
+/// and then a millisecond's sleep), so that requests on one session
+/// interleave at every store call even over a store that never waits
+/// (memory). Scheduling noise, not a fault: every call goes through.
+#[derive(Debug, Clone)]
+pub struct Jitter<S> {
+    inner: Arc<S>,
+    noise: Arc<AtomicU64>,
+}
+
+impl<S: SessionStore> Jitter<S> {
+    /// Wraps `inner`; `seed` starts the noise.
+    pub fn new(inner: S, seed: u64) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            noise: Arc::new(AtomicU64::new(seed)),
+        }
+    }
+
+    async fn shake(&self) {
+        let n = Rng::new(self.noise.fetch_add(1, Ordering::Relaxed)).next_u64();
+        for _ in 0..n % 4 {
+            tokio::task::yield_now().await;
+        }
+        if n % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl<S: SessionStore> SessionStore for Jitter<S> {
+    async fn load(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Record>>, StoreError> {
+        self.shake().await;
+        self.inner.load(key, now).await
+    }
+
+    async fn create(
+        &self,
+        key: &SessionKey,
+        record: &Record,
+        now: Timestamp,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.shake().await;
+        self.inner.create(key, record, now).await
+    }
+
+    async fn save(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.shake().await;
+        self.inner.save(key, change, now).await
+    }
+
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        idle_deadline: Timestamp,
+        now: Timestamp,
+    ) -> Result<TouchOutcome, StoreError> {
+        self.shake().await;
+        self.inner.touch(key, idle_deadline, now).await
+    }
+
+    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
+        self.shake().await;
+        self.inner.delete(key, now).await
+    }
+
+    async fn delete_if_version(
+        &self,
+        key: &SessionKey,
+        expected: Version,
+        now: Timestamp,
+    ) -> Result<DeleteOutcome, StoreError> {
+        self.shake().await;
+        self.inner.delete_if_version(key, expected, now).await
+    }
+
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
+        self.shake().await;
+        self.inner.list_principal(principal, now).await
+    }
+
+    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
+        self.shake().await;
+        self.inner.revoke_principal(principal, now).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
     }
 }

@@ -24,6 +24,9 @@
 //! fault plan (the interleaving is the scheduler's); without it a random
 //! seed is drawn and printed. `OFFSTATE_HISTORY_OPS` sets the number of
 //! requests per backend (a short pass by default; a long run on demand).
+//! A violation that a known core finding explains
+//! ([`checker::KNOWN_LOGIN`]) is reported and counted apart;
+//! `OFFSTATE_HISTORY_STRICT=1` makes it an anomaly.
 //!
 //! # Layout
 //!
@@ -58,6 +61,8 @@ use crate::node::Node;
 pub const SEED_ENV: &str = "OFFSTATE_HISTORY_SEED";
 /// Environment variable with the number of requests per backend.
 pub const OPS_ENV: &str = "OFFSTATE_HISTORY_OPS";
+/// Environment variable that, set to `1`, makes known findings anomalies.
+pub const STRICT_ENV: &str = "OFFSTATE_HISTORY_STRICT";
 /// Requests per backend when [`OPS_ENV`] is not set: a short pass.
 pub const DEFAULT_OPS: usize = 1200;
 
@@ -78,12 +83,21 @@ pub struct Config {
     pub fault_rate: f64,
     /// A request that takes longer is a hang (an anomaly).
     pub deadline: Duration,
+    /// Known findings count as anomalies ([`STRICT_ENV`] set to 1).
+    pub strict: bool,
 }
 
 impl Config {
     /// The default shape, with the seed and size from the environment.
     #[must_use]
     pub fn from_env() -> Self {
+        Self::from_env_or(DEFAULT_OPS)
+    }
+
+    /// As [`from_env`](Self::from_env), with `ops` requests when
+    /// [`OPS_ENV`] is not set (a slow backend's short pass).
+    #[must_use]
+    pub fn from_env_or(ops: usize) -> Self {
         let seed = std::env::var(SEED_ENV)
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -91,7 +105,7 @@ impl Config {
         let ops = std::env::var(OPS_ENV)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(DEFAULT_OPS);
+            .unwrap_or(ops);
         Self {
             seed,
             ops,
@@ -100,6 +114,7 @@ impl Config {
             users: 4,
             fault_rate: 0.15,
             deadline: Duration::from_secs(30),
+            strict: std::env::var(STRICT_ENV).is_ok_and(|v| v.trim() == "1"),
         }
     }
 
@@ -224,6 +239,9 @@ pub struct Report {
     pub max_stale: Duration,
     /// Wall time.
     pub elapsed: Duration,
+    /// Violations explained by a known finding
+    /// ([`checker::KNOWN_LOGIN`]); anomalies in strict mode.
+    pub known: Vec<String>,
     /// Violations (must be none).
     pub anomalies: Vec<String>,
 }
@@ -262,7 +280,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "history_{}: seed {} | {} histories, {} operations ({} ok, {} gone, {} unknown), faults {} ({} store, {} server pauses), {} sessions / {} adds checked, max stale read {:?}, {:.1?} | anomalies {}",
+            "history_{}: seed {} | {} histories, {} operations ({} ok, {} gone, {} unknown), faults {} ({} store, {} server pauses), {} sessions / {} adds checked, max stale read {:?}, {:.1?} | known findings {} | anomalies {}",
             self.name,
             self.seed,
             self.histories,
@@ -277,6 +295,7 @@ impl fmt::Display for Report {
             self.adds_checked,
             self.max_stale,
             self.elapsed,
+            self.known.len(),
             self.anomalies.len()
         )
     }
@@ -368,6 +387,15 @@ pub async fn run(config: &Config, target: Target<'_>) -> Report {
         report.adds_checked += findings.adds_checked;
         report.max_stale = report.max_stale.max(findings.max_stale);
         report.anomalies.extend(panics);
+        let known = findings
+            .known
+            .into_iter()
+            .map(|a| format!("history {history} (seed {seed}): {a}"));
+        if config.strict {
+            report.anomalies.extend(known);
+        } else {
+            report.known.extend(known);
+        }
         report.anomalies.extend(
             findings
                 .anomalies
