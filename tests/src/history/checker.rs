@@ -51,11 +51,12 @@ pub struct Findings {
 }
 
 /// The known core finding: a login whose decisive step got no answer, and
-/// that found the old ID gone, stands, even when a concurrent logout or
-/// revoke-all (not the login) ended the old ID. The new session then lives
-/// on with a copy made before the logout, which may miss an acknowledged
-/// add. Reproduced in offstate-core's `tests/login_lost_answer.rs`.
-pub const KNOWN_LOGIN: &str = "login stood over a concurrent logout/revoke after a lost answer (session-core/tests/login_lost_answer.rs)";
+/// that found the old ID gone, stands, even when something else (a logout,
+/// a revoke-all, another login from the same ID) deleted the old ID. The
+/// new session then lives on with a copy that may miss an acknowledged add
+/// (and, after a logout or revoke, outlives it). Reproduced in
+/// offstate-core's `tests/login_lost_answer.rs`.
+pub const KNOWN_LOGIN: &str = "a login stood over another deletion of its old ID after a lost answer (session-core/tests/login_lost_answer.rs)";
 
 /// Where an ID came from: the acknowledged event that handed it out, and
 /// the principal it was created with.
@@ -143,12 +144,19 @@ impl<'a> View<'a> {
                     && e.presented.as_ref() == Some(&at)
                     && e.result.as_ref() == Some(next)
             })?;
-            let overlaps = |e: &Event| e.invoked < login.completed && e.completed > login.invoked;
+            // Something else that may have deleted the old ID after the
+            // add started and before the login finished: a logout of it,
+            // a revoke-all of its user, or another login from it.
             let ended = self.events.iter().any(|e| {
                 e.outcome.maybe_applied()
-                    && overlaps(e)
-                    && ((e.kind == OpKind::Logout && e.presented.as_ref() == Some(&at))
-                        || (e.kind == OpKind::RevokeAll && e.user == login.user))
+                    && e.invoked < login.completed
+                    && e.completed > add.invoked
+                    && !std::ptr::eq(e, login)
+                    && match e.kind {
+                        OpKind::Logout | OpKind::Login => e.presented.as_ref() == Some(&at),
+                        OpKind::RevokeAll => e.user == login.user,
+                        _ => false,
+                    }
             });
             if ended && add.completed < login.completed {
                 return Some(login);
