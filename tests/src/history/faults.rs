@@ -117,7 +117,7 @@ impl<S: SessionStore> Jitter<S> {
         for _ in 0..n % 4 {
             tokio::task::yield_now().await;
         }
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
