@@ -226,7 +226,7 @@ async fn history_dynamodb_cached() {
         .expect("store");
     verdict(
         &history::run(
-            &Config::from_env(),
+            &Config::from_env_or(DYNAMODB_OPS),
             cached_bounded("dynamodb_cached", store),
         )
         .await,

@@ -111,7 +111,7 @@ impl Config {
             ops,
             ops_per_history: 400,
             clients: 12,
-            users: 4,
+            users: 6,
             fault_rate: 0.15,
             deadline: Duration::from_secs(30),
             strict: std::env::var(STRICT_ENV).is_ok_and(|v| v.trim() == "1"),
