@@ -138,6 +138,12 @@ async fn redis_target<'a>(
     let target = Target::new(name, instances, Arc::new(faulty))
         .with_probe(Sessions::new(store))
         .with_nodes(nodes(redis.nodes()), TIMEOUT);
+    // A restarted cluster node would not rejoin its cluster.
+    let target = if redis.is_cluster() {
+        target
+    } else {
+        target.with_restarts()
+    };
     if cached {
         // A lost channel is noticed within the heartbeat and its timeout;
         // then the staleness bound applies (the cache's documented bound).
@@ -182,7 +188,9 @@ async fn memcached_target<'a>(
     } else {
         bare(name, store)
     };
-    target.with_nodes(nodes(memcached.nodes()), TIMEOUT)
+    target
+        .with_nodes(nodes(memcached.nodes()), TIMEOUT)
+        .with_restarts()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,8 @@ pub struct Findings {
     pub sessions_checked: usize,
     /// Acknowledged adds found where they belong.
     pub adds_checked: usize,
+    /// Sessions gone at the end that only a server restart explains.
+    pub lost_to_restarts: usize,
     /// Violations explained by a known core finding (see [`KNOWN_LOGIN`]):
     /// reported, counted apart, anomalies only in strict mode.
     pub known: Vec<String>,
@@ -197,13 +199,15 @@ struct End<'a> {
 
 /// Checks `events` and the final state; `handed_out` is every ID a
 /// response gave a client; `staleness` the cache's allowance for other
-/// instances (`None`: no cache, every read is strict).
+/// instances (`None`: no cache, every read is strict); `lossy` when a
+/// server restarted empty during the history.
 pub(crate) async fn check(
     events: &[Event],
     handed_out: &[SessionId],
     users: &[String],
     probe: &Sessions,
     staleness: Option<Duration>,
+    lossy: bool,
 ) -> Findings {
     let mut findings = Findings::default();
     let view = View::new(events);
@@ -326,7 +330,11 @@ pub(crate) async fn check(
         };
         let adds = expected.get(id).map(Vec::as_slice).unwrap_or_default();
         if !seen.live {
-            if !view.may_have_ended(id) {
+            if lossy && !view.may_have_ended(id) {
+                // A server restarted empty: losing whole sessions is what
+                // a crash of a non-persistent store does.
+                findings.lost_to_restarts += 1;
+            } else if !view.may_have_ended(id) {
                 findings.anomalies.push(format!(
                     "session {} is gone though no logout, revoke or failed login may have ended it ({} acknowledged adds lost); its events: {}",
                     short(Some(id)),

@@ -1,7 +1,7 @@
 //! The fault plan: store faults queued through
 //! [`FaultyStore`](offstate_core::testing::FaultyStore) at seeded steps of
-//! the client programs, and servers paused at seeded times while the
-//! clients run; and [`Jitter`], scheduling noise so requests interleave
+//! the client programs, and servers paused (or killed and restarted) at
+//! seeded times while the clients run; and [`Jitter`], scheduling noise so requests interleave
 //! at every store call.
 
 use std::sync::Arc;
@@ -43,23 +43,31 @@ pub struct FaultCount {
     pub store: AtomicU64,
     /// Server pauses.
     pub pauses: AtomicU64,
+    /// Servers killed and restarted empty.
+    pub restarts: AtomicU64,
 }
 
 impl FaultCount {
-    /// Store faults plus server pauses.
+    /// Store faults plus server pauses and restarts.
     #[must_use]
     pub fn total(&self) -> u64 {
-        self.store.load(Ordering::SeqCst) + self.pauses.load(Ordering::SeqCst)
+        self.store.load(Ordering::SeqCst)
+            + self.pauses.load(Ordering::SeqCst)
+            + self.restarts.load(Ordering::SeqCst)
     }
 }
 
-/// Pauses one of `nodes` at a time, at seeded moments and for seeded
-/// lengths (some shorter than the store's command timeout, some longer),
-/// until `done` resolves; every node is running again when it returns.
-pub async fn pause_nodes(
+/// Disturbs one of `nodes` at a time, at seeded moments, until `done`
+/// resolves: mostly a pause of seeded length (from a tenth of the store's
+/// command `timeout`, answers just late, to twice it, requests time out
+/// and land after the resume); with `restarts`, one time in four a kill
+/// and a restart empty (a crash: everything it held is lost). Every node
+/// is running again when it returns.
+pub async fn disturb_nodes(
     nodes: &[&Node],
     seed: u64,
     timeout: Duration,
+    restarts: bool,
     count: &FaultCount,
     done: impl Future<Output = ()>,
 ) {
@@ -76,9 +84,19 @@ pub async fn pause_nodes(
             () = tokio::time::sleep(wait) => {}
         }
         let node = nodes[rng.below(nodes.len() as u64) as usize];
-        // From a tenth of the timeout (answers just late) to twice it
-        // (requests time out, and land after the resume).
         let length = timeout.mul_f64(0.1 + rng.below(20) as f64 / 10.0);
+        if restarts && rng.chance(0.25) {
+            if let Err(error) = node.kill().await {
+                tracing::warn!(%error, "could not kill a server");
+                continue;
+            }
+            count.restarts.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(length).await;
+            if let Err(error) = node.restart().await {
+                tracing::error!(%error, "could not restart a killed server");
+            }
+            continue;
+        }
         if let Err(error) = node.pause().await {
             tracing::warn!(%error, "could not pause a server");
             continue;

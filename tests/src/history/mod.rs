@@ -151,6 +151,9 @@ pub struct Target<'a> {
     pub staleness: Option<Duration>,
     /// Servers to pause while the clients run.
     pub nodes: Vec<&'a Node>,
+    /// Whether servers are also killed and restarted empty (standalone
+    /// servers only: a restarted cluster node would not rejoin).
+    pub restarts: bool,
     /// The store's command timeout (pauses run from a tenth of it to twice it).
     pub timeout: Duration,
 }
@@ -179,8 +182,19 @@ impl<'a> Target<'a> {
             probe,
             staleness: None,
             nodes: Vec::new(),
+            restarts: false,
             timeout: Duration::from_secs(1),
         }
+    }
+
+    /// Also kills servers and restarts them empty (a crash). Sessions
+    /// that vanish in a history with a restart are counted, not anomalies;
+    /// everything else must still hold (nothing revoked or logged out comes
+    /// back, no fixation, no partial session).
+    #[must_use]
+    pub fn with_restarts(mut self) -> Self {
+        self.restarts = true;
+        self
     }
 
     /// Reads the final state through `probe` (the backend under any cache).
@@ -231,6 +245,10 @@ pub struct Report {
     pub store_faults: u64,
     /// Server pauses.
     pub pauses: u64,
+    /// Servers killed and restarted empty.
+    pub restarts: u64,
+    /// Sessions gone at the end with nothing to end them but a restart.
+    pub lost_to_restarts: usize,
     /// Sessions whose final state was checked.
     pub sessions_checked: usize,
     /// Acknowledged adds found where they belong.
@@ -280,7 +298,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "history_{}: seed {} | {} histories, {} operations ({} ok, {} gone, {} unknown), faults {} ({} store, {} server pauses), {} sessions / {} adds checked, max stale read {:?}, {:.1?} | known findings {} | anomalies {}",
+            "history_{}: seed {} | {} histories, {} operations ({} ok, {} gone, {} unknown), faults {} ({} store, {} server pauses, {} restarts; {} sessions lost to restarts), {} sessions / {} adds checked, max stale read {:?}, {:.1?} | known findings {} | anomalies {}",
             self.name,
             self.seed,
             self.histories,
@@ -288,9 +306,11 @@ impl fmt::Display for Report {
             self.acknowledged,
             self.refused,
             self.unknown,
-            self.store_faults + self.pauses,
+            self.store_faults + self.pauses + self.restarts,
             self.store_faults,
             self.pauses,
+            self.restarts,
+            self.lost_to_restarts,
             self.sessions_checked,
             self.adds_checked,
             self.max_stale,
@@ -355,10 +375,11 @@ pub async fn run(config: &Config, target: Target<'_>) -> Report {
             }
             let _ = done.send(());
         };
-        let pauses = faults::pause_nodes(
+        let pauses = faults::disturb_nodes(
             &target.nodes,
             Rng::derive(seed, 0xFA17),
             target.timeout,
+            target.restarts,
             &faults,
             async {
                 let _ = finished.await;
@@ -371,7 +392,8 @@ pub async fn run(config: &Config, target: Target<'_>) -> Report {
             tokio::time::sleep(target.timeout).await;
         }
         let (events, ids) = shared.recorder.finish();
-        let findings = checker::check(&events, &ids, &users, &probe, target.staleness).await;
+        let lossy = faults.restarts.load(Ordering::SeqCst) > 0;
+        let findings = checker::check(&events, &ids, &users, &probe, target.staleness, lossy).await;
         report.histories += 1;
         report.operations += events.len();
         for event in &events {
@@ -383,6 +405,8 @@ pub async fn run(config: &Config, target: Target<'_>) -> Report {
         }
         report.store_faults += faults.store.load(Ordering::SeqCst);
         report.pauses += faults.pauses.load(Ordering::SeqCst);
+        report.restarts += faults.restarts.load(Ordering::SeqCst);
+        report.lost_to_restarts += findings.lost_to_restarts;
         report.sessions_checked += findings.sessions_checked;
         report.adds_checked += findings.adds_checked;
         report.max_stale = report.max_stale.max(findings.max_stale);
