@@ -366,7 +366,12 @@ impl SessionStore for MemcachedStore {
                 Read::Missing | Read::Dead(_) => return Ok(TouchOutcome::Gone),
             };
             let mut next = current.record;
-            next.deadlines.idle = Some(idle_deadline);
+            let deadlines = next.deadlines.extended_to(Some(idle_deadline));
+            if deadlines == next.deadlines {
+                // A later (or no) idle deadline is stored: nothing to move.
+                return Ok(TouchOutcome::Touched);
+            }
+            next.deadlines = deadlines;
             match self
                 .replace(&item, &next, current.epoch, current.cas)
                 .await?

@@ -46,6 +46,22 @@ local function each_chunk(cmd, key, args, first, last)
   end
 end
 
+-- Deadlines never move backwards: the later of the stored and the asked
+-- idle deadline; no idle deadline ('' or nil) counts as the latest.
+local function later_idle(stored, asked)
+  if not stored or stored == '' or asked == '' then return '' end
+  if tonumber(asked) > tonumber(stored) then return asked end
+  return stored
+end
+
+-- When a session with these idle and absolute deadlines ends ('' = never).
+local function ends_at(idle, abs)
+  if idle == '' then return abs end
+  if abs == '' then return idle end
+  if tonumber(abs) < tonumber(idle) then return abs end
+  return idle
+end
+
 local function expire_at(key, at)
   if at == '' then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, at) end
 end
@@ -63,11 +79,13 @@ expire_at(KEYS[1], ARGV[2])
 return 1
 ";
 
-/// KEYS: session. ARGV: now, expected version, next version, expire-at,
-/// idle, abs, principal op ('k' keep, 's' set, 'c' clear), principal,
-/// number of set arguments N, N field/value arguments, fields to remove.
-/// Returns {0} gone, {1, hash} conflict, {2, old principal} saved,
-/// {3} corrupt.
+/// KEYS: session. ARGV: now, expected version, next version, (unused),
+/// asked idle deadline ('' = none), (unused), principal op ('k' keep, 's'
+/// set, 'c' clear), principal, number of set arguments N, N field/value
+/// arguments, fields to remove. Deadlines never move backwards: the idle
+/// deadline becomes the later of the stored and the asked one, the
+/// absolute one stays. Returns {0} gone, {1, hash} conflict, {2, old
+/// principal, expires-at ('' = none)} saved, {3} corrupt.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
@@ -87,8 +105,8 @@ local function put(field, value)
     sets[#sets + 1] = value
   end
 end
-put('idle', ARGV[5])
-put('abs', ARGV[6])
+local idle = later_idle(m[2], ARGV[5])
+put('idle', idle)
 if ARGV[7] == 's' then
   sets[#sets + 1] = 'principal'
   sets[#sets + 1] = ARGV[8]
@@ -99,21 +117,22 @@ sets[#sets + 1] = 'version'
 sets[#sets + 1] = ARGV[3]
 if #dels > 0 then each_chunk('HDEL', KEYS[1], dels, 1, #dels) end
 each_chunk('HSET', KEYS[1], sets, 1, #sets)
-expire_at(KEYS[1], ARGV[4])
-return {2, m[4] or ''}
+local at = ends_at(idle, m[3] or '')
+expire_at(KEYS[1], at)
+return {2, m[4] or '', at}
 ";
 
-/// KEYS: session. ARGV: now, new idle deadline. Rewrites only `idle` and
-/// the TTL. Returns {0} gone, {1, principal, expires-at} touched, {3}
-/// corrupt.
+/// KEYS: session. ARGV: now, asked idle deadline. Rewrites only `idle`
+/// (when the asked one is later) and the TTL. Returns {0} gone, {1,
+/// principal, expires-at ('' = none)} touched, {3} corrupt.
 const TOUCH: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
-redis.call('HSET', KEYS[1], 'idle', ARGV[2])
-local at = ARGV[2]
-if m[3] and tonumber(m[3]) < tonumber(at) then at = m[3] end
-redis.call('PEXPIREAT', KEYS[1], at)
+local idle = later_idle(m[2], ARGV[2])
+if idle ~= '' and idle ~= m[2] then redis.call('HSET', KEYS[1], 'idle', idle) end
+local at = ends_at(idle, m[3] or '')
+expire_at(KEYS[1], at)
 return {1, m[4] or '', at}
 ";
 

@@ -210,7 +210,7 @@ impl SessionStore for RedisStore {
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
         let expires = change.deadlines.expires_at();
-        let (outcome, old_principal) = self
+        let (outcome, old_principal, ends) = self
             .conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
@@ -228,9 +228,9 @@ impl SessionStore for RedisStore {
                     .arg(now.as_millis())
                     .arg(change.expected.get())
                     .arg(change.expected.next().get())
-                    .arg(expire_arg(expires))
+                    .arg("")
                     .arg(expire_arg(change.deadlines.idle))
-                    .arg(expire_arg(change.deadlines.absolute))
+                    .arg("")
                     .arg(op)
                     .arg(principal)
                     .arg(change.set.len() * 2);
@@ -247,21 +247,24 @@ impl SessionStore for RedisStore {
                 let mut reply = array(reply, "save")?.into_iter();
                 let code = int(reply.next().as_ref());
                 match code {
-                    Some(0) => Ok((SaveOutcome::Gone, String::new())),
+                    Some(0) => Ok((SaveOutcome::Gone, String::new(), None)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
                         let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
                         match codec::decode(pairs).map_err(StoreError::corrupt)? {
-                            Some(current) => {
-                                Ok((SaveOutcome::Conflict(Arc::new(current)), String::new()))
-                            }
-                            None => Ok((SaveOutcome::Gone, String::new())),
+                            Some(current) => Ok((
+                                SaveOutcome::Conflict(Arc::new(current)),
+                                String::new(),
+                                None,
+                            )),
+                            None => Ok((SaveOutcome::Gone, String::new(), None)),
                         }
                     }
-                    Some(2) => Ok((
-                        SaveOutcome::Saved(change.expected.next()),
-                        text(reply.next()),
-                    )),
+                    Some(2) => {
+                        let old = text(reply.next());
+                        let ends = text(reply.next()).parse().ok().map(Timestamp::from_millis);
+                        Ok((SaveOutcome::Saved(change.expected.next()), old, ends))
+                    }
                     Some(3) => Err(corrupt_here(key)),
                     other => Err(UnexpectedReply::store_error(format!(
                         "save returned {other:?}"
@@ -269,13 +272,22 @@ impl SessionStore for RedisStore {
                 }
             })
             .await?;
-        if matches!(outcome, SaveOutcome::Saved(_)) && !old_principal.is_empty() {
-            match &change.principal {
-                PrincipalChange::Set(p) if *p == old_principal => {}
-                PrincipalChange::Set(_) | PrincipalChange::Clear => {
-                    self.after_write_unindex(&old_principal, key).await;
+        if matches!(outcome, SaveOutcome::Saved(_)) {
+            // The session may end later than the writer asked (deadlines
+            // never move backwards): the index follows where it really ends.
+            if let PrincipalChange::Set(p) = &change.principal
+                && ends != expires
+            {
+                self.after_write_bump(p, key, ends).await;
+            }
+            if !old_principal.is_empty() {
+                match &change.principal {
+                    PrincipalChange::Set(p) if *p == old_principal => {}
+                    PrincipalChange::Set(_) | PrincipalChange::Clear => {
+                        self.after_write_unindex(&old_principal, key).await;
+                    }
+                    _ => self.after_write_bump(&old_principal, key, ends).await,
                 }
-                _ => self.after_write_bump(&old_principal, key, expires).await,
             }
         }
         Ok(outcome)
