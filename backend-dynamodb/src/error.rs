@@ -12,6 +12,17 @@ use std::time::Duration;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use offstate_core::StoreError;
 
+/// A store that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No AWS region in the environment, the profile or the configuration.
+    #[error(
+        "no AWS region configured: set AWS_REGION, a profile region, or DynamoDbConfig::with_region"
+    )]
+    NoRegion,
+}
+
 /// Error codes DynamoDB uses for throttling and server-side trouble.
 const OUTAGE_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",

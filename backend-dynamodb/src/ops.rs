@@ -24,7 +24,7 @@ use offstate_core::{
 use crate::config::DYNAMODB_MAX_ITEM_BYTES;
 use crate::error::{is_item_too_large, map_sdk, map_service};
 use crate::item::{self, Item, NUMBER_BYTES};
-use crate::store::DynamoStore;
+use crate::store::DynamoDbStore;
 
 /// The liveness half of every write condition: no deadline has passed.
 const LIVE: &str =
@@ -60,7 +60,7 @@ impl Expr {
     }
 }
 
-impl DynamoStore {
+impl DynamoDbStore {
     fn sdk<E, R>(&self, error: SdkError<E, R>) -> StoreError
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata
@@ -74,7 +74,7 @@ impl DynamoStore {
     }
 
     fn key_value(&self, key: &SessionKey) -> AttributeValue {
-        AttributeValue::S(self.item_key(key))
+        AttributeValue::S(self.store_key(key))
     }
 
     /// Names and values every conditional write uses: key, deadlines, now.
@@ -122,11 +122,11 @@ impl DynamoStore {
             PrincipalChange::Set(p) => names.principal.len() + p.len(),
             _ => 0,
         };
-        names.key.len() + self.item_key(key).len() + names.data.len() + data + fixed + principal
+        names.key.len() + self.store_key(key).len() + names.data.len() + data + fixed + principal
     }
 }
 
-impl SessionStore for DynamoStore {
+impl SessionStore for DynamoDbStore {
     async fn load(
         &self,
         key: &SessionKey,
@@ -158,7 +158,7 @@ impl SessionStore for DynamoStore {
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
         let s = &self.settings;
-        let encoded = item::encode(&s.names, &self.item_key(key), record);
+        let encoded = item::encode(&s.names, &self.store_key(key), record);
         let size = item::item_size(&encoded);
         if size > self.limit() {
             return Err(StoreError::TooLarge {
@@ -394,7 +394,7 @@ impl SessionStore for DynamoStore {
     }
 }
 
-impl DynamoStore {
+impl DynamoDbStore {
     /// Tells a failed save's cause from the item DynamoDB returned.
     /// One conditional save that writes the idle deadline `idle`.
     async fn save_once(

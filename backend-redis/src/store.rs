@@ -90,7 +90,7 @@ impl RedisStore {
 
     /// The Redis key of a session's hash (for operators and tests).
     #[must_use]
-    pub fn session_key(&self, key: &SessionKey) -> String {
+    pub fn store_key(&self, key: &SessionKey) -> String {
         self.keys.session(key)
     }
 
