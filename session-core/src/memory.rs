@@ -616,6 +616,26 @@ mod tests {
         assert!(store.is_empty());
     }
 
+    #[tokio::test]
+    async fn expired_sessions_are_freed_without_traffic() {
+        let store = MemoryStore::new();
+        let now = Timestamp::now();
+        for _ in 0..100 {
+            let key = crate::SessionId::generate().key();
+            store
+                .create(&key, &record(now, Duration::from_millis(50)), now)
+                .await
+                .unwrap();
+        }
+        // No more calls: only the background purge can free them. It runs
+        // every half second; allow it ten times that.
+        let deadline = Instant::now() + PURGE_EVERY * 10;
+        while !store.is_empty() {
+            assert!(Instant::now() < deadline, "{} records never freed", store.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[test]
     fn the_purge_clock_moves_on_from_the_latest_now() {
         let clock = PurgeClock::new();
