@@ -31,6 +31,8 @@
 //! - [`container`]: containers and networks through testcontainers,
 //!   labelled, removed on drop, never pulled unless asked;
 //! - [`images`]: which image each backend uses (`OFFSTATE_*_IMAGE`);
+//! - [`history`]: the randomized history checker (clients, faults, and
+//!   the invariants of login, logout and revocation), for any backend;
 //! - [`mod@redis`], [`mod@memcached`], [`mod@dynamodb`]: the fixtures (one
 //!   feature each).
 //!
@@ -38,6 +40,7 @@
 //! which variable to set: tests that need it fail loudly, never skip.
 
 pub mod container;
+pub mod history;
 pub mod images;
 pub mod node;
 pub mod process;
