@@ -30,6 +30,9 @@ cargo fmt --all -- --check
 step "cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "docs: rustdoc with warnings denied, long files explained"
+bash scripts/check-docs.sh
+
 step "cargo test (all crates, real servers)"
 cargo test --workspace --no-fail-fast
 

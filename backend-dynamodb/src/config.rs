@@ -1,8 +1,8 @@
-//! How a [`DynamoStore`](crate::DynamoStore) is set up: the table and its
+//! How a [`DynamoDbStore`](crate::DynamoDbStore) is set up: the table and its
 //! attribute names, read consistency, the item size limit, and the SDK's
 //! endpoint, region, retry and timeout settings.
 //!
-//! Everything has a default, so `DynamoConfig::new("sessions")` is a
+//! Everything has a default, so `DynamoDbConfig::new("sessions")` is a
 //! working configuration; the AWS region and credentials come from
 //! aws-config's normal chain (environment, profile, instance metadata).
 
@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+
+/// The prefix in front of every partition key unless
+/// [`DynamoDbConfig::with_key_prefix`] sets another, as on every backend.
+pub const DEFAULT_KEY_PREFIX: &str = "offstate:";
 
 /// DynamoDB's own limit on the size of one item: 400 KB.
 pub const DYNAMODB_MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -121,22 +125,22 @@ impl AttributeNames {
     }
 }
 
-/// The configuration of a [`DynamoStore`](crate::DynamoStore).
+/// The configuration of a [`DynamoDbStore`](crate::DynamoDbStore).
 ///
 /// ```
 /// use std::time::Duration;
-/// use offstate_dynamodb::DynamoConfig;
+/// use offstate_dynamodb::DynamoDbConfig;
 ///
-/// let config = DynamoConfig::new("sessions")
+/// let config = DynamoDbConfig::new("sessions")
 ///     .with_key_prefix("shop:")
 ///     .with_endpoint_url("http://127.0.0.1:8000")
 ///     .with_region("us-east-1")
 ///     .with_max_attempts(5)
-///     .with_operation_timeout(Duration::from_secs(2));
+///     .with_command_timeout(Duration::from_secs(2));
 /// assert_eq!(config.table(), "sessions");
 /// ```
 #[derive(Debug, Clone)]
-pub struct DynamoConfig {
+pub struct DynamoDbConfig {
     pub(crate) table: String,
     pub(crate) key_prefix: String,
     pub(crate) attributes: AttributeNames,
@@ -150,14 +154,14 @@ pub struct DynamoConfig {
     pub(crate) table_wait: Duration,
 }
 
-impl DynamoConfig {
+impl DynamoDbConfig {
     /// A configuration for sessions in `table`, with default attribute
     /// names, strongly consistent reads and DynamoDB's 400 KB item limit.
     #[must_use]
     pub fn new(table: impl Into<String>) -> Self {
         Self {
             table: table.into(),
-            key_prefix: String::new(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             attributes: AttributeNames::default(),
             consistent_reads: true,
             max_item_bytes: DYNAMODB_MAX_ITEM_BYTES,
@@ -183,8 +187,9 @@ impl DynamoConfig {
         self
     }
 
-    /// Puts `prefix` in front of every partition key, so several apps (or
-    /// tests) can share one table. Listing a principal only returns keys
+    /// Puts `prefix` in front of every partition key (default
+    /// [`DEFAULT_KEY_PREFIX`]), so several apps (or tests) can share one
+    /// table. Listing a principal only returns keys
     /// under this prefix.
     #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -266,13 +271,22 @@ impl DynamoConfig {
     /// answers [`StoreError::Timeout`](offstate_core::StoreError::Timeout).
     /// Keeps the other timeouts of the configuration (or the defaults).
     #[must_use]
-    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
         let base = self.timeouts.take().unwrap_or_else(default_timeouts);
         self.timeouts = Some(base.to_builder().operation_timeout(timeout).build());
         self
     }
 
-    /// How long [`ensure_table`](crate::DynamoStore::ensure_table) waits for
+    /// Bounds connecting to the endpoint. Keeps the other timeouts of the
+    /// configuration (or the defaults).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        let base = self.timeouts.take().unwrap_or_else(default_timeouts);
+        self.timeouts = Some(base.to_builder().connect_timeout(timeout).build());
+        self
+    }
+
+    /// How long [`ensure_table`](crate::DynamoDbStore::ensure_table) waits for
     /// the table to become active (default five minutes).
     #[must_use]
     pub fn with_table_wait(mut self, wait: Duration) -> Self {

@@ -12,6 +12,17 @@ use std::time::Duration;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use offstate_core::StoreError;
 
+/// A store that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No AWS region in the environment, the profile or the configuration.
+    #[error(
+        "no AWS region configured: set AWS_REGION, a profile region, or DynamoDbConfig::with_region"
+    )]
+    NoRegion,
+}
+
 /// Error codes DynamoDB uses for throttling and server-side trouble.
 const OUTAGE_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
@@ -33,15 +44,25 @@ where
         SdkError::DispatchFailure(failure) if failure.is_timeout() => StoreError::Timeout(timeout),
         SdkError::DispatchFailure(failure) if failure.is_user() => StoreError::backend(error),
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => StoreError::unavailable(error),
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or_default();
-            if OUTAGE_CODES.contains(&code) {
-                StoreError::unavailable(error)
-            } else {
-                StoreError::backend(error)
-            }
+        SdkError::ServiceError(service)
+            if OUTAGE_CODES.contains(&service.err().code().unwrap_or_default()) =>
+        {
+            StoreError::unavailable(error)
         }
         _ => StoreError::backend(error),
+    }
+}
+
+/// Maps a service error already taken out of its [`SdkError`]: throttling
+/// and server-side trouble are an outage, the rest a backend error.
+pub(crate) fn map_service<E>(error: E) -> StoreError
+where
+    E: ProvideErrorMetadata + Error + Send + Sync + 'static,
+{
+    if OUTAGE_CODES.contains(&error.code().unwrap_or_default()) {
+        StoreError::unavailable(error)
+    } else {
+        StoreError::backend(error)
     }
 }
 

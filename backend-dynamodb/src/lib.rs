@@ -4,30 +4,30 @@
 //!
 //! # Layout
 //!
-//! - [`DynamoConfig`] and [`AttributeNames`] (module `config`): table,
+//! - [`DynamoDbConfig`] and [`AttributeNames`] (module `config`): table,
 //!   attribute names, read consistency, item limit, and the SDK's endpoint,
 //!   region, profile, retry and timeout settings.
-//! - [`DynamoStore`] (module `store`): built from aws-config's chain
-//!   ([`DynamoStore::connect`]), a prepared loader, or an existing client
-//!   ([`DynamoStore::from_client`]); `with_clock` injects time.
+//! - [`DynamoDbStore`] (module `store`): built from aws-config's chain
+//!   ([`DynamoDbStore::connect`]), a prepared loader, or an existing client
+//!   ([`DynamoDbStore::from_client`]).
 //! - `ops`: the [`SessionStore`](offstate_core::SessionStore) operations.
-//! - `table`: [`DynamoStore::ensure_table`].
+//! - `table`: [`DynamoDbStore::ensure_table`].
 //! - `item`: the item form of a record, its decoding ([`DecodeError`]) and
-//!   size estimate; `error`: SDK errors mapped to
+//!   size estimate; `error`: [`ConnectError`] and SDK errors mapped to
 //!   [`StoreError`](offstate_core::StoreError).
 //! - [`aws_sdk_dynamodb`] is re-exported, for raw access to the table, and
-//!   [`aws_config`], for [`DynamoStore::connect_with`]'s loader.
+//!   [`aws_config`], for [`DynamoDbStore::connect_with`]'s loader.
 //!
 //! # Example
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use offstate_core::Sessions;
-//! use offstate_dynamodb::{DynamoConfig, DynamoStore};
+//! use offstate_dynamodb::{DynamoDbConfig, DynamoDbStore};
 //!
 //! // Region and credentials come from the environment or a profile.
-//! let store = DynamoStore::connect(
-//!     DynamoConfig::new("sessions").with_key_prefix("shop:"),
+//! let store = DynamoDbStore::connect(
+//!     DynamoDbConfig::new("sessions").with_key_prefix("shop:"),
 //! )
 //! .await?;
 //! store.ensure_table().await?; // or create it as code, see below
@@ -62,7 +62,7 @@
 //! # Semantics
 //!
 //! - **Load** is one `GetItem`, strongly consistent by default
-//!   ([`DynamoConfig::with_consistent_reads`]). DynamoDB's TTL deletes
+//!   ([`DynamoDbConfig::with_consistent_reads`]). DynamoDB's TTL deletes
 //!   expired items only eventually (typically within days), so the
 //!   deadlines are checked on every read against the store's clock: an
 //!   expired item is never served.
@@ -91,23 +91,23 @@
 //! - **Size**: an item holds at most 400 KB. Creates are measured
 //!   (attribute names plus values) and refused with
 //!   [`StoreError::TooLarge`](offstate_core::StoreError::TooLarge) above
-//!   [`DynamoConfig::with_max_item_bytes`]. A save only knows the entries it
+//!   [`DynamoDbConfig::with_max_item_bytes`]. A save only knows the entries it
 //!   changes (the rest stays on the server, unread), so it is refused early
 //!   when those alone exceed the limit, and otherwise DynamoDB's own
 //!   400 KB check refuses it atomically, also as `TooLarge`. To hold
 //!   sessions to a lower limit, set the session handle's `Limits`, which see
 //!   the whole record. Nothing is written in either case.
 //! - **Errors**: throttling and transient failures are retried by the SDK
-//!   ([`DynamoConfig::with_max_attempts`], [`DynamoConfig::with_retry_config`]);
-//!   timeouts ([`DynamoConfig::with_operation_timeout`],
-//!   [`DynamoConfig::with_timeout_config`]; by default 2 s per attempt,
+//!   ([`DynamoDbConfig::with_max_attempts`], [`DynamoDbConfig::with_retry_config`]);
+//!   timeouts ([`DynamoDbConfig::with_command_timeout`],
+//!   [`DynamoDbConfig::with_timeout_config`]; by default 2 s per attempt,
 //!   5 s per operation) become `StoreError::Timeout`, an unreachable
 //!   endpoint `StoreError::Unavailable`, an undecodable item
 //!   `StoreError::Corrupt` (for that session only).
 //!
 //! # The table as code
 //!
-//! [`DynamoStore::ensure_table`] creates the table below; operators can
+//! [`DynamoDbStore::ensure_table`] creates the table below; operators can
 //! create it with CloudFormation instead (same names as the defaults):
 //!
 //! ```yaml
@@ -179,8 +179,9 @@ mod table;
 
 pub use aws_config;
 pub use aws_sdk_dynamodb;
-pub use config::{AttributeNames, DYNAMODB_MAX_ITEM_BYTES, DynamoConfig};
+pub use config::{AttributeNames, DEFAULT_KEY_PREFIX, DYNAMODB_MAX_ITEM_BYTES, DynamoDbConfig};
+pub use error::ConnectError;
 pub use item::DecodeError;
 #[doc(hidden)]
 pub use item::{decode_item, encode_item};
-pub use store::DynamoStore;
+pub use store::DynamoDbStore;

@@ -22,13 +22,26 @@ use offstate_core::{
 };
 
 use crate::config::DYNAMODB_MAX_ITEM_BYTES;
-use crate::error::{is_item_too_large, map_sdk};
+use crate::error::{is_item_too_large, map_sdk, map_service};
 use crate::item::{self, Item, NUMBER_BYTES};
-use crate::store::DynamoStore;
+use crate::store::DynamoDbStore;
 
 /// The liveness half of every write condition: no deadline has passed.
 const LIVE: &str =
     "(attribute_not_exists(#i) OR #i > :now) AND (attribute_not_exists(#a) OR #a > :now)";
+
+/// How often a save is sent again because the stored idle deadline was
+/// later than the one it asked for.
+const SAVE_ATTEMPTS: usize = 4;
+
+/// What one conditional save found.
+enum Attempt {
+    /// A final outcome.
+    Done(SaveOutcome),
+    /// The session is live at the expected version but keeps this idle
+    /// deadline (later than asked, or none): send the save again with it.
+    LaterIdle(Option<Timestamp>),
+}
 
 /// Expression attribute names and values under construction.
 #[derive(Default)]
@@ -47,7 +60,7 @@ impl Expr {
     }
 }
 
-impl DynamoStore {
+impl DynamoDbStore {
     fn sdk<E, R>(&self, error: SdkError<E, R>) -> StoreError
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata
@@ -61,7 +74,7 @@ impl DynamoStore {
     }
 
     fn key_value(&self, key: &SessionKey) -> AttributeValue {
-        AttributeValue::S(self.item_key(key))
+        AttributeValue::S(self.store_key(key))
     }
 
     /// Names and values every conditional write uses: key, deadlines, now.
@@ -109,11 +122,11 @@ impl DynamoStore {
             PrincipalChange::Set(p) => names.principal.len() + p.len(),
             _ => 0,
         };
-        names.key.len() + self.item_key(key).len() + names.data.len() + data + fixed + principal
+        names.key.len() + self.store_key(key).len() + names.data.len() + data + fixed + principal
     }
 }
 
-impl SessionStore for DynamoStore {
+impl SessionStore for DynamoDbStore {
     async fn load(
         &self,
         key: &SessionKey,
@@ -145,7 +158,7 @@ impl SessionStore for DynamoStore {
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
         let s = &self.settings;
-        let encoded = item::encode(&s.names, &self.item_key(key), record);
+        let encoded = item::encode(&s.names, &self.store_key(key), record);
         let size = item::item_size(&encoded);
         if size > self.limit() {
             return Err(StoreError::TooLarge {
@@ -190,7 +203,6 @@ impl SessionStore for DynamoStore {
         change: &Change,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let s = &self.settings;
         let floor = self.save_size_floor(key, change);
         if floor > self.limit() {
             return Err(StoreError::TooLarge {
@@ -198,100 +210,20 @@ impl SessionStore for DynamoStore {
                 limit: self.limit(),
             });
         }
-        let mut expr = self.base_expr(now);
-        let mut set = Vec::new();
-        let mut remove = Vec::new();
-        let removals: Vec<&String> = change
-            .remove
-            .iter()
-            .filter(|k| !change.set.contains_key(*k))
-            .collect();
-        if !change.set.is_empty() || !removals.is_empty() {
-            expr.name("#d", &s.names.data);
-        }
-        // Map entries by path, with a placeholder per key: session keys may
-        // be any string, reserved words and dots included.
-        for (n, (k, v)) in change.set.iter().enumerate() {
-            expr.name(&format!("#s{n}"), &item::entry_name(k));
-            expr.value(&format!(":s{n}"), AttributeValue::B(Blob::new(v.clone())));
-            set.push(format!("#d.#s{n} = :s{n}"));
-        }
-        for (n, k) in removals.iter().enumerate() {
-            expr.name(&format!("#r{n}"), &item::entry_name(k));
-            remove.push(format!("#d.#r{n}"));
-        }
-        expr.name("#v", &s.names.version);
-        expr.value(":expected", item::number(change.expected.get()));
-        expr.value(":next", item::number(change.expected.next().get()));
-        set.push("#v = :next".to_owned());
-        match change.deadlines.idle {
-            Some(at) => {
-                expr.value(":idle", item::number(at.as_millis()));
-                set.push("#i = :idle".to_owned());
+        // An update expression cannot take a maximum, so the write is
+        // conditional on the stored idle deadline not being later; when it
+        // is (a touch, or a writer whose clock runs ahead, got there first)
+        // the save is sent again with that deadline. Rare, and bounded.
+        let mut idle = change.deadlines.idle;
+        for _ in 0..SAVE_ATTEMPTS {
+            match self.save_once(key, change, idle, now).await? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::LaterIdle(stored) => idle = stored,
             }
-            None => remove.push("#i".to_owned()),
         }
-        match change.deadlines.absolute {
-            Some(at) => {
-                expr.value(":abs", item::number(at.as_millis()));
-                set.push("#a = :abs".to_owned());
-            }
-            None => remove.push("#a".to_owned()),
-        }
-        expr.name("#t", &s.names.ttl);
-        match change.deadlines.expires_at() {
-            Some(at) => {
-                expr.value(":ttl", item::number(at.as_secs_ceil()));
-                set.push("#t = :ttl".to_owned());
-            }
-            None => remove.push("#t".to_owned()),
-        }
-        match &change.principal {
-            PrincipalChange::Set(p) => {
-                expr.name("#p", &s.names.principal);
-                expr.value(":p", AttributeValue::S(p.clone()));
-                set.push("#p = :p".to_owned());
-            }
-            PrincipalChange::Clear => {
-                expr.name("#p", &s.names.principal);
-                remove.push("#p".to_owned());
-            }
-            _ => {}
-        }
-        let mut update = format!("SET {}", set.join(", "));
-        if !remove.is_empty() {
-            update.push_str(" REMOVE ");
-            update.push_str(&remove.join(", "));
-        }
-        let result = self
-            .client
-            .update_item()
-            .table_name(&s.table)
-            .key(&s.names.key, self.key_value(key))
-            .update_expression(update)
-            .condition_expression(format!(
-                "attribute_exists(#k) AND #v = :expected AND {LIVE}"
-            ))
-            .set_expression_attribute_names(Some(expr.names))
-            .set_expression_attribute_values(Some(expr.values))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(SaveOutcome::Saved(change.expected.next())),
-            Err(SdkError::ServiceError(e)) => match e.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => {
-                    self.failed_save(failed.item, change, now)
-                }
-                other if is_item_too_large(&other) => Err(StoreError::TooLarge {
-                    // DynamoDB does not say by how much: at least one byte.
-                    size: DYNAMODB_MAX_ITEM_BYTES + 1,
-                    limit: self.limit().min(DYNAMODB_MAX_ITEM_BYTES),
-                }),
-                other => Err(StoreError::backend(other)),
-            },
-            Err(e) => Err(self.sdk(e)),
-        }
+        Err(StoreError::backend(
+            "the stored idle deadline kept moving during a save",
+        ))
     }
 
     async fn touch(
@@ -307,24 +239,33 @@ impl SessionStore for DynamoStore {
         // The absolute deadline may be earlier; the TTL then fires late,
         // which is harmless (reads check deadlines), never early.
         expr.value(":ttl", item::number(idle_deadline.as_secs_ceil()));
+        // Only over an earlier idle deadline: a late touch never shortens
+        // a session, and one without an idle deadline keeps having none.
         let result = self
             .client
             .update_item()
             .table_name(&s.table)
             .key(&s.names.key, self.key_value(key))
             .update_expression("SET #i = :idle, #t = :ttl")
-            .condition_expression(format!("attribute_exists(#k) AND {LIVE}"))
+            .condition_expression(format!(
+                "attribute_exists(#k) AND {LIVE} AND attribute_exists(#i) AND #i < :idle"
+            ))
             .set_expression_attribute_names(Some(expr.names))
             .set_expression_attribute_values(Some(expr.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(TouchOutcome::Touched),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(TouchOutcome::Gone)
-            }
+            Err(SdkError::ServiceError(e)) => match e.into_err() {
+                // Refused: gone, or live with a later (or no) idle deadline,
+                // which is a touch that had nothing to do.
+                UpdateItemError::ConditionalCheckFailedException(failed) => Ok(match failed.item {
+                    Some(item) if self.is_live(&item, now) => TouchOutcome::Touched,
+                    _ => TouchOutcome::Gone,
+                }),
+                other => Err(map_service(other)),
+            },
             Err(e) => Err(self.sdk(e)),
         }
     }
@@ -384,7 +325,7 @@ impl SessionStore for DynamoStore {
                         ))
                     }
                 }
-                other => Err(StoreError::backend(other)),
+                other => Err(map_service(other)),
             },
             Err(e) => Err(self.sdk(e)),
         }
@@ -453,25 +394,129 @@ impl SessionStore for DynamoStore {
     }
 }
 
-impl DynamoStore {
+impl DynamoDbStore {
     /// Tells a failed save's cause from the item DynamoDB returned.
+    /// One conditional save that writes the idle deadline `idle`.
+    async fn save_once(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        idle: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Attempt, StoreError> {
+        let s = &self.settings;
+        let mut expr = self.base_expr(now);
+        let mut set = Vec::new();
+        let mut remove = Vec::new();
+        let removals: Vec<&String> = change
+            .remove
+            .iter()
+            .filter(|k| !change.set.contains_key(*k))
+            .collect();
+        if !change.set.is_empty() || !removals.is_empty() {
+            expr.name("#d", &s.names.data);
+        }
+        // Map entries by path, with a placeholder per key: session keys may
+        // be any string, reserved words and dots included.
+        for (n, (k, v)) in change.set.iter().enumerate() {
+            expr.name(&format!("#s{n}"), &item::entry_name(k));
+            expr.value(&format!(":s{n}"), AttributeValue::B(Blob::new(v.clone())));
+            set.push(format!("#d.#s{n} = :s{n}"));
+        }
+        for (n, k) in removals.iter().enumerate() {
+            expr.name(&format!("#r{n}"), &item::entry_name(k));
+            remove.push(format!("#d.#r{n}"));
+        }
+        expr.name("#v", &s.names.version);
+        expr.value(":expected", item::number(change.expected.get()));
+        expr.value(":next", item::number(change.expected.next().get()));
+        set.push("#v = :next".to_owned());
+        // The absolute deadline is never rewritten. A new idle deadline is
+        // written only over an earlier one (no idle deadline is the latest).
+        let mut condition = format!("attribute_exists(#k) AND #v = :expected AND {LIVE}");
+        match idle {
+            Some(at) => {
+                expr.value(":idle", item::number(at.as_millis()));
+                set.push("#i = :idle".to_owned());
+                condition.push_str(" AND attribute_exists(#i) AND #i <= :idle");
+            }
+            None => remove.push("#i".to_owned()),
+        }
+        // The TTL follows the idle deadline (late when the absolute one is
+        // earlier, which is harmless: reads check deadlines), never early.
+        expr.name("#t", &s.names.ttl);
+        match idle.or(change.deadlines.absolute) {
+            Some(at) => {
+                expr.value(":ttl", item::number(at.as_secs_ceil()));
+                set.push("#t = :ttl".to_owned());
+            }
+            None => remove.push("#t".to_owned()),
+        }
+        match &change.principal {
+            PrincipalChange::Set(p) => {
+                expr.name("#p", &s.names.principal);
+                expr.value(":p", AttributeValue::S(p.clone()));
+                set.push("#p = :p".to_owned());
+            }
+            PrincipalChange::Clear => {
+                expr.name("#p", &s.names.principal);
+                remove.push("#p".to_owned());
+            }
+            _ => {}
+        }
+        let mut update = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            update.push_str(" REMOVE ");
+            update.push_str(&remove.join(", "));
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&s.table)
+            .key(&s.names.key, self.key_value(key))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values(Some(expr.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Attempt::Done(SaveOutcome::Saved(change.expected.next()))),
+            Err(SdkError::ServiceError(e)) => match e.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    self.failed_save(failed.item, change, now)
+                }
+                other if is_item_too_large(&other) => Err(StoreError::TooLarge {
+                    // DynamoDB does not say by how much: at least one byte.
+                    size: DYNAMODB_MAX_ITEM_BYTES + 1,
+                    limit: self.limit().min(DYNAMODB_MAX_ITEM_BYTES),
+                }),
+                other => Err(map_service(other)),
+            },
+            Err(e) => Err(self.sdk(e)),
+        }
+    }
+
     fn failed_save(
         &self,
         current: Option<Item>,
         change: &Change,
         now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
+    ) -> Result<Attempt, StoreError> {
         let Some(current) = current else {
-            return Ok(SaveOutcome::Gone);
+            return Ok(Attempt::Done(SaveOutcome::Gone));
         };
         let record = item::decode(&self.settings.names, &current).map_err(StoreError::corrupt)?;
         if record.is_expired(now) {
-            Ok(SaveOutcome::Gone)
+            Ok(Attempt::Done(SaveOutcome::Gone))
         } else if record.version != change.expected {
-            Ok(SaveOutcome::Conflict(Arc::new(record)))
+            Ok(Attempt::Done(SaveOutcome::Conflict(Arc::new(record))))
         } else {
-            Err(StoreError::backend(
-                "DynamoDB refused a save on a live record of the expected version",
+            // Live at the expected version: the stored idle deadline is
+            // later than the one asked for (or there is none). Keep it.
+            Ok(Attempt::LaterIdle(
+                record.deadlines.extended_to(change.deadlines.idle).idle,
             ))
         }
     }

@@ -1,4 +1,4 @@
-//! `DynamoStore`: the handle on one sessions table, and how it is built
+//! `DynamoDbStore`: the handle on one sessions table, and how it is built
 //! (from aws-config's chain, a custom loader, or an existing client).
 
 use std::sync::Arc;
@@ -7,9 +7,10 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, ConfigLoader};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::Region;
-use offstate_core::{SessionKey, StoreError};
+use offstate_core::SessionKey;
 
-use crate::config::{AttributeNames, DynamoConfig};
+use crate::config::{AttributeNames, DynamoDbConfig};
+use crate::error::ConnectError;
 
 /// Sessions in a DynamoDB table. Clones share the client and settings.
 ///
@@ -17,15 +18,15 @@ use crate::config::{AttributeNames, DynamoConfig};
 /// semantics of each operation.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), offstate_core::StoreError> {
-/// use offstate_dynamodb::{DynamoConfig, DynamoStore};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use offstate_dynamodb::{DynamoDbConfig, DynamoDbStore};
 ///
-/// let store = DynamoStore::connect(DynamoConfig::new("sessions")).await?;
+/// let store = DynamoDbStore::connect(DynamoDbConfig::new("sessions")).await?;
 /// store.ensure_table().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct DynamoStore {
+pub struct DynamoDbStore {
     pub(crate) client: Client,
     pub(crate) settings: Arc<Settings>,
 }
@@ -38,12 +39,12 @@ pub(crate) struct Settings {
     pub(crate) names: AttributeNames,
     pub(crate) consistent_reads: bool,
     pub(crate) max_item_bytes: usize,
-    /// The bound reported in [`StoreError::Timeout`].
+    /// The bound reported in [`StoreError::Timeout`](offstate_core::StoreError::Timeout).
     pub(crate) timeout: Duration,
     pub(crate) table_wait: Duration,
 }
 
-impl DynamoStore {
+impl DynamoDbStore {
     /// Connects through aws-config's default chain (environment, shared
     /// config and credentials files, container and instance metadata), with
     /// the region, profile, endpoint, retry and timeout settings of
@@ -51,8 +52,8 @@ impl DynamoStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Backend`] when no region is configured anywhere.
-    pub async fn connect(config: DynamoConfig) -> Result<Self, StoreError> {
+    /// [`ConnectError::NoRegion`] when no region is configured anywhere.
+    pub async fn connect(config: DynamoDbConfig) -> Result<Self, ConnectError> {
         Self::connect_with(aws_config::defaults(BehaviorVersion::latest()), config).await
     }
 
@@ -62,11 +63,11 @@ impl DynamoStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Backend`] when no region is configured anywhere.
+    /// [`ConnectError::NoRegion`] when no region is configured anywhere.
     pub async fn connect_with(
         loader: ConfigLoader,
-        config: DynamoConfig,
-    ) -> Result<Self, StoreError> {
+        config: DynamoDbConfig,
+    ) -> Result<Self, ConnectError> {
         let mut loader = loader
             .retry_config(config.effective_retry())
             .timeout_config(config.effective_timeouts());
@@ -81,9 +82,7 @@ impl DynamoStore {
         }
         let sdk = loader.load().await;
         if sdk.region().is_none() {
-            return Err(StoreError::backend(
-                "no AWS region configured: set AWS_REGION, a profile region, or DynamoConfig::with_region",
-            ));
+            return Err(ConnectError::NoRegion);
         }
         Ok(Self::build(Client::new(&sdk), config))
     }
@@ -91,9 +90,15 @@ impl DynamoStore {
     /// Uses an existing client. The endpoint, region, retry and timeout
     /// settings of `config` are applied on top of the client's own when
     /// they were set explicitly; the profile cannot be (the client's
-    /// credentials are already resolved).
+    /// credentials are already resolved). A client without an operation
+    /// timeout gets the default ones: every store call has a bound, so a
+    /// dead endpoint is a timeout, never a hang.
     #[must_use]
-    pub fn from_client(client: Client, config: DynamoConfig) -> Self {
+    pub fn from_client(client: Client, mut config: DynamoDbConfig) -> Self {
+        let unbounded = operation_timeout(&client).is_none();
+        if unbounded && config.timeouts.is_none() {
+            config.timeouts = Some(config.effective_timeouts());
+        }
         let overrides = config.endpoint_url.is_some()
             || config.region.is_some()
             || config.retry.is_some()
@@ -119,15 +124,8 @@ impl DynamoStore {
         Self::build(client, config)
     }
 
-    fn build(client: Client, config: DynamoConfig) -> Self {
-        let timeout = client
-            .config()
-            .timeout_config()
-            .and_then(|t| {
-                t.operation_timeout()
-                    .or_else(|| t.operation_attempt_timeout())
-            })
-            .unwrap_or(Duration::ZERO);
+    fn build(client: Client, config: DynamoDbConfig) -> Self {
+        let timeout = operation_timeout(&client).unwrap_or(Duration::ZERO);
         Self {
             client,
             settings: Arc::new(Settings {
@@ -163,7 +161,15 @@ impl DynamoStore {
     /// The partition key value a session is stored under: the prefix plus
     /// the hashed session key.
     #[must_use]
-    pub fn item_key(&self, key: &SessionKey) -> String {
+    pub fn store_key(&self, key: &SessionKey) -> String {
         format!("{}{}", self.settings.prefix, key.as_str())
     }
+}
+
+/// The bound a client puts on one operation (or one attempt), if any.
+fn operation_timeout(client: &Client) -> Option<Duration> {
+    client.config().timeout_config().and_then(|t| {
+        t.operation_timeout()
+            .or_else(|| t.operation_attempt_timeout())
+    })
 }

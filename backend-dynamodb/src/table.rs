@@ -15,9 +15,9 @@ use aws_sdk_dynamodb::types::{
 use offstate_core::StoreError;
 
 use crate::error::map_sdk;
-use crate::store::DynamoStore;
+use crate::store::DynamoDbStore;
 
-impl DynamoStore {
+impl DynamoDbStore {
     /// Creates the table if it does not exist: on-demand billing
     /// (`PAY_PER_REQUEST`), the string partition key, TTL on the TTL
     /// attribute, and the principal index (partition key the principal,

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 /// The default key prefix.
-pub const DEFAULT_PREFIX: &str = "offstate:";
+pub const DEFAULT_KEY_PREFIX: &str = "offstate:";
 
 /// Memcached's default item size limit (`-I 1m`).
-pub const DEFAULT_MAX_ITEM_SIZE: usize = 1024 * 1024;
+pub const DEFAULT_MAX_ITEM_BYTES: usize = 1024 * 1024;
 
 /// Memcached's longest key.
 pub(crate) const MAX_KEY_LEN: usize = 250;
@@ -25,7 +25,7 @@ const LONGEST_SUFFIX: usize = "epoch:".len() + 43;
 /// let config = MemcachedConfig::new(["cache-1.example:11211", "cache-2.example:11211"])
 ///     .with_key_prefix("shop:")
 ///     .with_command_timeout(Duration::from_millis(250))
-///     .with_max_item_size(2 * 1024 * 1024); // the servers run with -I 2m
+///     .with_max_item_bytes(2 * 1024 * 1024); // the servers run with -I 2m
 /// assert_eq!(config.nodes().len(), 2);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub struct MemcachedConfig {
     key_prefix: String,
     connect_timeout: Duration,
     command_timeout: Duration,
-    max_item_size: usize,
-    max_connections_per_node: usize,
+    max_item_bytes: usize,
+    pool_size: usize,
 }
 
 impl MemcachedConfig {
@@ -50,11 +50,11 @@ impl MemcachedConfig {
     {
         Self {
             nodes: nodes.into_iter().map(Into::into).collect(),
-            key_prefix: DEFAULT_PREFIX.to_owned(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
-            max_item_size: DEFAULT_MAX_ITEM_SIZE,
-            max_connections_per_node: 32,
+            max_item_bytes: DEFAULT_MAX_ITEM_BYTES,
+            pool_size: 32,
         }
     }
 
@@ -84,15 +84,15 @@ impl MemcachedConfig {
     /// The servers' item size limit (their `-I` setting). Records that
     /// would not fit are refused before anything is sent.
     #[must_use]
-    pub fn with_max_item_size(mut self, bytes: usize) -> Self {
-        self.max_item_size = bytes;
+    pub fn with_max_item_bytes(mut self, bytes: usize) -> Self {
+        self.max_item_bytes = bytes;
         self
     }
 
     /// The most connections kept open to one node at a time.
     #[must_use]
-    pub fn with_max_connections_per_node(mut self, connections: usize) -> Self {
-        self.max_connections_per_node = connections.max(1);
+    pub fn with_pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections.max(1);
         self
     }
 
@@ -122,14 +122,14 @@ impl MemcachedConfig {
 
     /// The item size limit.
     #[must_use]
-    pub fn max_item_size(&self) -> usize {
-        self.max_item_size
+    pub fn max_item_bytes(&self) -> usize {
+        self.max_item_bytes
     }
 
     /// The connection cap per node.
     #[must_use]
-    pub fn max_connections_per_node(&self) -> usize {
-        self.max_connections_per_node
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
     }
 
     /// Checks the configuration.
@@ -196,7 +196,7 @@ mod tests {
         let config = MemcachedConfig::new(["127.0.0.1:11211"]);
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.key_prefix(), "offstate:");
-        assert_eq!(config.max_item_size(), 1 << 20);
+        assert_eq!(config.max_item_bytes(), 1 << 20);
     }
 
     #[test]

@@ -89,7 +89,7 @@
 //!
 //! # Size
 //!
-//! A record whose item would exceed [`MemcachedConfig::with_max_item_size`]
+//! A record whose item would exceed [`MemcachedConfig::with_max_item_bytes`]
 //! (default 1 MiB, memcached's `-I` default) is refused with
 //! `StoreError::TooLarge` before anything is sent; if the server's limit is
 //! smaller than configured, its refusal gives the same error. Either way the
@@ -129,6 +129,6 @@ mod protocol;
 mod ring;
 mod store;
 
-pub use config::{ConfigError, DEFAULT_MAX_ITEM_SIZE, DEFAULT_PREFIX, MemcachedConfig};
+pub use config::{ConfigError, DEFAULT_KEY_PREFIX, DEFAULT_MAX_ITEM_BYTES, MemcachedConfig};
 pub use discovery::{DiscoveryError, discover_nodes};
 pub use store::MemcachedStore;

@@ -87,9 +87,9 @@ impl MemcachedStore {
         let limits = PoolLimits {
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
-            max_connections: config.max_connections_per_node(),
+            max_connections: config.pool_size(),
             // Nothing we wrote is larger; refuse to buffer more than twice it.
-            max_value: config.max_item_size().saturating_mul(2),
+            max_value: config.max_item_bytes().saturating_mul(2),
         };
         let cluster = Cluster::new(config.nodes(), limits);
         Ok(Self {
@@ -105,7 +105,7 @@ impl MemcachedStore {
 
     /// The memcached key a session is stored under: prefix and session key.
     #[must_use]
-    pub fn item_key(&self, key: &SessionKey) -> String {
+    pub fn store_key(&self, key: &SessionKey) -> String {
         format!("{}{}", self.inner.config.key_prefix(), key.as_str())
     }
 
@@ -119,7 +119,7 @@ impl MemcachedStore {
     /// and tests: which sessions does losing a node affect?).
     #[must_use]
     pub fn node_for(&self, key: &SessionKey) -> &str {
-        self.cluster().node_addr(&self.item_key(key))
+        self.cluster().node_addr(&self.store_key(key))
     }
 
     fn cluster(&self) -> &Cluster {
@@ -202,7 +202,7 @@ impl MemcachedStore {
     fn blob(&self, item: &str, record: &Record, epoch: Option<u64>) -> Result<Vec<u8>, StoreError> {
         let blob = encoding::encode(record, epoch);
         let size = blob.len() + item.len() + ITEM_OVERHEAD;
-        let limit = self.inner.config.max_item_size();
+        let limit = self.inner.config.max_item_bytes();
         if size > limit {
             return Err(StoreError::TooLarge { size, limit });
         }
@@ -220,10 +220,10 @@ impl MemcachedStore {
         match self.cluster().store(command, item, exptime, data).await {
             Ok(reply) => Ok(reply),
             Err(WriteError::TooLarge(error)) => {
-                tracing::warn!(%error, size = data.len(), "memcached refused a session as too large; is max_item_size above the server's -I?");
+                tracing::warn!(%error, size = data.len(), "memcached refused a session as too large; is max_item_bytes above the server's -I?");
                 Err(StoreError::TooLarge {
                     size: data.len() + item.len() + ITEM_OVERHEAD,
-                    limit: self.inner.config.max_item_size(),
+                    limit: self.inner.config.max_item_bytes(),
                 })
             }
             Err(WriteError::Store(error)) => Err(error),
@@ -257,7 +257,7 @@ impl SessionStore for MemcachedStore {
         key: &SessionKey,
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
-        match self.read(&self.item_key(key), None, now).await?.0 {
+        match self.read(&self.store_key(key), None, now).await?.0 {
             Read::Live(current) => Ok(Some(Arc::new(current.record))),
             Read::Missing | Read::Dead(_) => Ok(None),
         }
@@ -269,7 +269,7 @@ impl SessionStore for MemcachedStore {
         record: &Record,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        let item = self.item_key(key);
+        let item = self.store_key(key);
         let epoch = match &record.principal {
             Some(principal) => Some(self.ensure_epoch(principal).await?),
             None => None,
@@ -316,7 +316,7 @@ impl SessionStore for MemcachedStore {
         change: &Change,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let item = self.item_key(key);
+        let item = self.store_key(key);
         let attach = match &change.principal {
             PrincipalChange::Set(principal) => Some(principal.as_str()),
             _ => None,
@@ -359,14 +359,19 @@ impl SessionStore for MemcachedStore {
         // Memcached's own `touch` only moves the item's exptime; the idle
         // deadline lives inside the blob (reads check it), so a touch is a
         // `gets` and a `cas` of the same record with the new deadline.
-        let item = self.item_key(key);
+        let item = self.store_key(key);
         for _ in 0..MAX_RACES {
             let current = match self.read(&item, None, now).await?.0 {
                 Read::Live(current) => current,
                 Read::Missing | Read::Dead(_) => return Ok(TouchOutcome::Gone),
             };
             let mut next = current.record;
-            next.deadlines.idle = Some(idle_deadline);
+            let deadlines = next.deadlines.extended_to(Some(idle_deadline));
+            if deadlines == next.deadlines {
+                // A later (or no) idle deadline is stored: nothing to move.
+                return Ok(TouchOutcome::Touched);
+            }
+            next.deadlines = deadlines;
             match self
                 .replace(&item, &next, current.epoch, current.cas)
                 .await?
@@ -380,7 +385,7 @@ impl SessionStore for MemcachedStore {
     }
 
     async fn delete(&self, key: &SessionKey, _now: Timestamp) -> Result<bool, StoreError> {
-        self.cluster().delete(&self.item_key(key)).await
+        self.cluster().delete(&self.store_key(key)).await
     }
 
     async fn delete_if_version(
@@ -393,7 +398,7 @@ impl SessionStore for MemcachedStore {
         // is a `cas` of a tombstone (a record that ended at the epoch) over
         // exactly the version read; the plain delete after it only frees
         // the memory early.
-        let item = self.item_key(key);
+        let item = self.store_key(key);
         for _ in 0..MAX_RACES {
             let current = match self.read(&item, None, now).await?.0 {
                 Read::Live(current) => current,

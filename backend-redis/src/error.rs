@@ -25,8 +25,44 @@ pub enum ConnectError {
     Detect(#[source] StoreError),
 }
 
-/// Maps a client error to the store's error kinds: timeouts and lost or
-/// refused connections are outages; a value of the wrong type at a session
+/// Server error codes that mean "try again later": the server is out of
+/// memory under `noeviction` (`OOM`), busy running a script (`BUSY`),
+/// loading its data (`LOADING`), a replica whose master is down
+/// (`MASTERDOWN`), a replica after a failover (`READONLY`), without enough
+/// replicas for `min-replicas-to-write` (`NOREPLICAS`), or a cluster that
+/// is resharding or down (`TRYAGAIN`, `CLUSTERDOWN`).
+const OUTAGE_CODES: &[&str] = &[
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "MASTERDOWN",
+    "READONLY",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+];
+
+/// Whether a server error means "try again later". A command that fails
+/// inside a Lua script comes back with the script's error wrapped around
+/// it (`ERR ... OOM command not allowed ...` on older servers), so the
+/// message is checked for the codes' texts too.
+fn is_overload(error: &RedisError) -> bool {
+    if error
+        .code()
+        .is_some_and(|code| OUTAGE_CODES.contains(&code))
+    {
+        return true;
+    }
+    let detail = error.detail().unwrap_or_default();
+    detail.contains("OOM command not allowed")
+        || detail.contains("-BUSY ")
+        || detail.contains("NOREPLICAS")
+        || detail.contains("-READONLY ")
+}
+
+/// Maps a client error to the store's error kinds: timeouts, lost or
+/// refused connections and "try again later" answers (see
+/// [`OUTAGE_CODES`]) are outages; a value of the wrong type at a session
 /// key is a corrupt record; anything else is a backend failure.
 pub(crate) fn from_redis(error: RedisError, bound: Duration) -> StoreError {
     if error.is_timeout() {
@@ -36,6 +72,7 @@ pub(crate) fn from_redis(error: RedisError, bound: Duration) -> StoreError {
         return StoreError::corrupt(error);
     }
     let outage = error.is_io_error()
+        || is_overload(&error)
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || matches!(

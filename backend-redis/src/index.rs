@@ -16,16 +16,33 @@
 //!   delete) removes the entry *after* the session write. If that removal
 //!   is lost, the stale entry is again filtered by the check.
 //! - **Scores only grow** (`ZADD GT`). Touches and saves raise the score to
-//!   the new deadline, after the write. If that raise is lost, the session
-//!   stays listed anyway: an entry is trimmed only when its score has passed
-//!   *and* the session is not live for this principal. The index key
-//!   expires with its highest score, so the one window left is a session
-//!   whose deadline moved past the index key's TTL while every raise since
-//!   failed; the next successful write or touch closes it.
-//! - **Revoke** deletes each listed session with a one-key script that
-//!   checks the session still belongs to the principal, then removes the
-//!   entries it processed. It never deletes the whole set, so an entry added
-//!   by a login racing with the revoke survives for the next revoke.
+//!   the new deadline, after the write. The raise also *adds* the entry
+//!   when it is missing, so an entry (or a whole index) lost to eviction,
+//!   a failover or a failed earlier update is back after the session's
+//!   next successful write or touch.
+//! - **Bounded.** Every add trims the entries whose score (the session's
+//!   end) has passed, so an index holds about as many entries as its
+//!   principal has live sessions, however many sessions a client without
+//!   a cookie jar makes. The one cost: a session whose raise was lost (the
+//!   write succeeded, the index update after it failed) keeps its old
+//!   score, and once that has passed, the next add of the same principal
+//!   may trim it while it still lives; the session's next write or touch
+//!   adds it back. Until then a revoke misses it. On a standalone Redis
+//!   the window needs a failed index command right after a successful
+//!   script on the same server.
+//! - **Revoke** works in batches of [`REVOKE_BATCH`] entries: it deletes
+//!   each listed session with a one-key script that checks the session
+//!   still belongs to the principal, then removes the entries it
+//!   processed, batch by batch. A revoke cut short by its time bound has
+//!   removed what it processed, and a retry continues with the rest. On a
+//!   standalone Redis each session's entry leaves in the same script that
+//!   deletes it; on a cluster (other slot) after its batch, so a revoke cut
+//!   inside a batch may leave up to one batch of entries whose sessions it
+//!   deleted: a retry checks them again (one script each) and keeps them
+//!   until their score passes, as it must keep any entry of a session that
+//!   does not exist yet (a racing login writes its entry first). It never
+//!   deletes the whole set, so an entry added by a login racing with the
+//!   revoke survives for the next revoke.
 //!
 //! Nothing here uses `KEYS`, `SCAN` or cross-slot multi-key commands.
 
@@ -43,16 +60,20 @@ struct Entry {
     score: f64,
 }
 
+/// How many index entries a revoke reads and processes per round trip.
+pub(crate) const REVOKE_BATCH: usize = 100;
+
 impl RedisStore {
-    /// Adds (or raises, with `existing_only`, only raises) an index entry
-    /// and extends the index key's TTL to its latest session.
+    /// Adds an index entry or raises its score, trims the entries that
+    /// ended before `now`, and extends the index key's TTL to its latest
+    /// session.
     pub(crate) async fn index_add(
         &self,
         conn: &mut PooledConnection,
         principal: &str,
         key: &SessionKey,
         expires: Option<Timestamp>,
-        existing_only: bool,
+        now: Timestamp,
     ) -> Result<(), StoreError> {
         let _: Value = self
             .scripts()
@@ -60,31 +81,32 @@ impl RedisStore {
             .key(self.keys().principal(principal))
             .arg(score(expires))
             .arg(key.as_str())
-            .arg(if existing_only { "xx" } else { "" })
+            .arg(now.as_millis())
             .invoke_async(conn)
             .await
             .map_err(|e| self.conn().error(e))?;
         Ok(())
     }
 
-    /// Raises the score of an existing entry after a write; failures are
-    /// logged, not returned, because the write itself succeeded.
+    /// Raises (or re-adds) the entry after a write; failures are logged,
+    /// not returned, because the write itself succeeded.
     pub(crate) async fn after_write_bump(
         &self,
         principal: &str,
         key: &SessionKey,
         expires: Option<Timestamp>,
+        now: Timestamp,
     ) {
         let result = self
             .conn()
             .bounded(async {
                 let mut conn = self.conn().get().await?;
-                self.index_add(&mut conn, principal, key, expires, true)
+                self.index_add(&mut conn, principal, key, expires, now)
                     .await
             })
             .await;
         if let Err(error) = result {
-            tracing::warn!(%error, "session written, but its principal index entry was not extended");
+            tracing::warn!(%error, "session written, but its principal index entry was not updated");
         }
     }
 
@@ -98,13 +120,16 @@ impl RedisStore {
         }
     }
 
+    /// The entries at ranks `from..=to` (`-1`: the last).
     async fn entries(
         &self,
         conn: &mut PooledConnection,
         index: &str,
+        from: isize,
+        to: isize,
     ) -> Result<Vec<Entry>, StoreError> {
         let mut cmd = redis::cmd("ZRANGE");
-        cmd.arg(index).arg(0).arg(-1).arg("WITHSCORES");
+        cmd.arg(index).arg(from).arg(to).arg("WITHSCORES");
         let pairs: Vec<(String, f64)> = cmd
             .query_async(conn)
             .await
@@ -144,7 +169,7 @@ impl RedisStore {
         self.conn()
             .bounded(async {
                 let mut conn = self.conn().get().await?;
-                let entries = self.entries(&mut conn, &index).await?;
+                let entries = self.entries(&mut conn, &index, 0, -1).await?;
                 let checks = entries.iter().map(|entry| {
                     let conn = conn.shared();
                     async move { self.belongs(conn, &entry.member, principal, now).await }
@@ -207,8 +232,8 @@ impl RedisStore {
     }
 
     /// Deletes every session of `principal` (checking each still belongs to
-    /// it), then removes the processed entries. Returns how many live
-    /// sessions were deleted.
+    /// it), batch by batch, removing the processed entries after each
+    /// batch. Returns how many live sessions were deleted.
     pub(crate) async fn revoke_indexed(
         &self,
         principal: &str,
@@ -218,55 +243,101 @@ impl RedisStore {
         self.conn()
             .bounded(async {
                 let mut conn = self.conn().get().await?;
-                let entries = self.entries(&mut conn, &index).await?;
-                let revokes = entries.iter().map(|entry| {
-                    let mut conn = conn.shared();
-                    async move {
-                        let Ok(key) = SessionKey::from_stored(&entry.member) else {
-                            // Not a session key at all: drop the entry.
-                            return Ok(2);
-                        };
-                        let reply: Value = self
-                            .scripts()
-                            .revoke_one
-                            .key(self.keys().session(&key))
-                            .arg(now.as_millis())
-                            .arg(principal)
-                            .invoke_async(&mut conn)
-                            .await
-                            .map_err(|e| self.conn().error(e))?;
-                        Ok::<_, StoreError>(int(Some(&reply)).unwrap_or(0))
-                    }
-                });
-                let results = join_all(revokes).await;
                 let mut revoked = 0;
-                let mut done = Vec::new();
-                let mut first_error = None;
-                for (entry, result) in entries.iter().zip(results) {
-                    match result {
-                        Ok(1) => {
-                            revoked += 1;
-                            done.push(entry.member.as_str());
-                        }
-                        Ok(2) => done.push(entry.member.as_str()),
-                        // No session (yet) or another principal's: keep a
-                        // fresh entry (a racing login may be writing it),
-                        // trim an old one.
-                        Ok(_) if entry.score <= now.as_millis() as f64 => {
-                            done.push(entry.member.as_str())
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            first_error.get_or_insert(error);
-                        }
+                loop {
+                    let pass = self.revoke_pass(&mut conn, &index, principal, now).await?;
+                    revoked += pass.revoked;
+                    // Entries kept in place (a racing login's) shift the
+                    // ranks; if another client removed entries meanwhile,
+                    // one may have slid below the ranks already read. A
+                    // pass that kept some and removed some runs again.
+                    if pass.kept == 0 || pass.removed == 0 {
+                        return Ok(revoked);
                     }
-                }
-                self.trim(&mut conn, &index, &done).await?;
-                match first_error {
-                    Some(error) => Err(error),
-                    None => Ok(revoked),
                 }
             })
             .await
     }
+
+    /// One pass over the index, [`REVOKE_BATCH`] entries at a time.
+    async fn revoke_pass(
+        &self,
+        conn: &mut PooledConnection,
+        index: &str,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Pass, StoreError> {
+        let mut pass = Pass::default();
+        loop {
+            // Processed entries leave the set; kept ones stay before the
+            // next batch.
+            let from = isize::try_from(pass.kept).unwrap_or(isize::MAX);
+            let to = from.saturating_add(REVOKE_BATCH as isize - 1);
+            let entries = self.entries(conn, index, from, to).await?;
+            let revokes = entries.iter().map(|entry| {
+                let mut conn = conn.shared();
+                async move {
+                    let Ok(key) = SessionKey::from_stored(&entry.member) else {
+                        // Not a session key at all: drop the entry.
+                        return Ok(2);
+                    };
+                    let mut call = self.scripts().revoke_one.prepare_invoke();
+                    call.key(self.keys().session(&key));
+                    if !self.conn().is_cluster() {
+                        // One server: the entry goes in the same step.
+                        call.key(index);
+                    }
+                    let reply: Value = call
+                        .arg(now.as_millis())
+                        .arg(principal)
+                        .arg(self.announcements())
+                        .arg(key.as_str())
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| self.conn().error(e))?;
+                    Ok::<_, StoreError>(int(Some(&reply)).unwrap_or(0))
+                }
+            });
+            let results = join_all(revokes).await;
+            let mut done = Vec::new();
+            let mut first_error = None;
+            for (entry, result) in entries.iter().zip(results) {
+                match result {
+                    Ok(1) => {
+                        pass.revoked += 1;
+                        done.push(entry.member.as_str());
+                    }
+                    Ok(2) => done.push(entry.member.as_str()),
+                    // No session (yet) or another principal's: keep a fresh
+                    // entry (a racing login may be writing it), trim an old
+                    // one.
+                    Ok(_) if entry.score <= now.as_millis() as f64 => {
+                        done.push(entry.member.as_str())
+                    }
+                    Ok(_) => pass.kept += 1,
+                    Err(error) => {
+                        pass.kept += 1;
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            // What this batch did stays done, even if it failed in part.
+            self.trim(conn, index, &done).await?;
+            pass.removed += done.len();
+            if let Some(error) = first_error {
+                return Err(error);
+            }
+            if entries.len() < REVOKE_BATCH {
+                return Ok(pass);
+            }
+        }
+    }
+}
+
+/// What one revoke pass did.
+#[derive(Default)]
+struct Pass {
+    revoked: usize,
+    kept: usize,
+    removed: usize,
 }

@@ -9,7 +9,9 @@
 //! - [`RedisConnection`]: the bounded connection pool (standalone or
 //!   cluster, on `deadpool`), reusable by other Redis users such as the
 //!   cache layer.
-//! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore).
+//! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore);
+//!   with [`RedisStore::with_announcements`] every write also announces
+//!   itself to the caches, inside its own script.
 //! - [`RedisInvalidationChannel`]: the cache layer's
 //!   [`InvalidationChannel`](offstate_core::InvalidationChannel) on Redis
 //!   pub/sub (channel `<prefix>invalidations`), with a heartbeat that
@@ -42,7 +44,15 @@
 //!   `<prefix>principal:{<sha256 of the name>}`; see the `index` module's
 //!   docs for the ordering that keeps revocation complete across slots.
 //!   A write of a session with a principal costs one more command (the
-//!   index update); a write without one is one script call.
+//!   index update, which also re-adds an entry that was lost and trims
+//!   the entries of ended sessions); a write without one is one script
+//!   call. A revoke works in batches of 100 entries and keeps what each
+//!   batch did, so a revoke cut short by its bound is continued by a retry.
+//! - **Announcements** (optional, [`RedisStore::with_announcements`]):
+//!   save, touch, delete, delete-if-version and every session a revoke
+//!   deletes `PUBLISH` their invalidation from inside the same script, so
+//!   a cached write is one round trip and no subscriber can hear of it
+//!   after the writer's client did.
 //! - **Timeouts**: every call is bounded by `tokio::time::timeout` (connect
 //!   timeout + command timeout; a write that also updates the index may take
 //!   that bound twice). A slow or dead server gives `StoreError::Timeout` or
@@ -64,10 +74,15 @@
 //!   private CA can be added with [`RedisConfig::with_root_certificate_pem`].
 //! - **AUTH**: an AUTH token is [`RedisConfig::with_password`]; an RBAC user
 //!   is [`RedisConfig::with_user`]. The user needs `+@hash +@sortedset
-//!   +@scripting +@keyspace +ping +info` on `~<prefix>*`.
+//!   +@scripting +@keyspace +ping +info` on `~<prefix>*` (and `+publish`
+//!   on the channel with announcements).
 //! - Memory policy: sessions carry TTLs, so `volatile-lru` or
-//!   `volatile-ttl` evicts them only under memory pressure; `noeviction`
-//!   makes writes fail instead (`StoreError::Backend`).
+//!   `volatile-ttl` evicts them only under memory pressure (an evicted
+//!   index is rebuilt entry by entry by the sessions' next writes and
+//!   touches); `noeviction` makes writes fail instead, as an outage
+//!   (`StoreError::Unavailable`, 503 through the middleware), like every
+//!   other "try again later" answer (`BUSY`, `LOADING`, `MASTERDOWN`,
+//!   `READONLY`, `NOREPLICAS`, `TRYAGAIN`, `CLUSTERDOWN`).
 //!
 //! # Failover
 //!

@@ -6,6 +6,14 @@
 //! Each script touches exactly one key, so it runs in Redis Cluster too
 //! (the principal index lives in another slot and has its own script).
 //! `redis::Script` sends `EVALSHA` and loads the script on `NOSCRIPT`.
+//!
+//! **Announcements.** Every script that changes or ends a session takes a
+//! channel name and the session's key (as the caches know it); when the
+//! channel is not empty, the script `PUBLISH`es the invalidation on it in
+//! the wire form of [`offstate_core::Invalidation`] (`k <key> <version>`,
+//! `k <key> -`). The write and its announcement are one atomic step: Redis
+//! queues the message for every subscriber while it runs the script, before
+//! it replies to the writer.
 
 use redis::Script;
 
@@ -46,8 +54,30 @@ local function each_chunk(cmd, key, args, first, last)
   end
 end
 
+-- Deadlines never move backwards: the later of the stored and the asked
+-- idle deadline; no idle deadline ('' or nil) counts as the latest.
+local function later_idle(stored, asked)
+  if not stored or stored == '' or asked == '' then return '' end
+  if tonumber(asked) > tonumber(stored) then return asked end
+  return stored
+end
+
+-- When a session with these idle and absolute deadlines ends ('' = never).
+local function ends_at(idle, abs)
+  if idle == '' then return abs end
+  if abs == '' then return idle end
+  if tonumber(abs) < tonumber(idle) then return abs end
+  return idle
+end
+
 local function expire_at(key, at)
   if at == '' then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, at) end
+end
+
+-- Announces a write ('<version>') or an end ('-') of session `member` on
+-- `channel`, unless no channel is configured ('').
+local function announce(channel, member, version)
+  if channel ~= '' then redis.call('PUBLISH', channel, 'k ' .. member .. ' ' .. version) end
 end
 
 ";
@@ -63,11 +93,14 @@ expire_at(KEYS[1], ARGV[2])
 return 1
 ";
 
-/// KEYS: session. ARGV: now, expected version, next version, expire-at,
-/// idle, abs, principal op ('k' keep, 's' set, 'c' clear), principal,
-/// number of set arguments N, N field/value arguments, fields to remove.
-/// Returns {0} gone, {1, hash} conflict, {2, old principal} saved,
-/// {3} corrupt.
+/// KEYS: session. ARGV: now, expected version, next version, announcement
+/// channel ('' = none), asked idle deadline ('' = none), session key (for
+/// the announcement), principal op ('k' keep, 's'
+/// set, 'c' clear), principal, number of set arguments N, N field/value
+/// arguments, fields to remove. Deadlines never move backwards: the idle
+/// deadline becomes the later of the stored and the asked one, the
+/// absolute one stays. Returns {0} gone, {1, hash} conflict, {2, old
+/// principal, expires-at ('' = none)} saved, {3} corrupt.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
@@ -87,8 +120,8 @@ local function put(field, value)
     sets[#sets + 1] = value
   end
 end
-put('idle', ARGV[5])
-put('abs', ARGV[6])
+local idle = later_idle(m[2], ARGV[5])
+put('idle', idle)
 if ARGV[7] == 's' then
   sets[#sets + 1] = 'principal'
   sets[#sets + 1] = ARGV[8]
@@ -99,28 +132,35 @@ sets[#sets + 1] = 'version'
 sets[#sets + 1] = ARGV[3]
 if #dels > 0 then each_chunk('HDEL', KEYS[1], dels, 1, #dels) end
 each_chunk('HSET', KEYS[1], sets, 1, #sets)
-expire_at(KEYS[1], ARGV[4])
-return {2, m[4] or ''}
+local at = ends_at(idle, m[3] or '')
+expire_at(KEYS[1], at)
+announce(ARGV[4], ARGV[6], ARGV[3])
+return {2, m[4] or '', at}
 ";
 
-/// KEYS: session. ARGV: now, new idle deadline. Rewrites only `idle` and
-/// the TTL. Returns {0} gone, {1, principal, expires-at} touched, {3}
-/// corrupt.
+/// KEYS: session. ARGV: now, asked idle deadline, announcement channel,
+/// session key. Rewrites only `idle` (when the asked one is later) and the
+/// TTL; announces the unchanged version. Returns {0} gone, {1, principal,
+/// expires-at ('' = none)} touched, {3} corrupt.
 const TOUCH: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
-redis.call('HSET', KEYS[1], 'idle', ARGV[2])
-local at = ARGV[2]
-if m[3] and tonumber(m[3]) < tonumber(at) then at = m[3] end
-redis.call('PEXPIREAT', KEYS[1], at)
+local idle = later_idle(m[2], ARGV[2])
+if idle ~= '' and idle ~= m[2] then redis.call('HSET', KEYS[1], 'idle', idle) end
+local at = ends_at(idle, m[3] or '')
+expire_at(KEYS[1], at)
+announce(ARGV[3], ARGV[4], m[1])
 return {1, m[4] or '', at}
 ";
 
-/// KEYS: session. ARGV: now. Returns {1 if something live or undecodable
-/// was deleted else 0, principal}.
+/// KEYS: session. ARGV: now, announcement channel, session key. Announces
+/// the end even when nothing was there (a peer may still have it cached).
+/// Returns {1 if something live or undecodable was deleted else 0,
+/// principal}.
 const DELETE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
+announce(ARGV[2], ARGV[3], '-')
 if st == 'absent' then return {0, ''} end
 redis.call('DEL', KEYS[1])
 local was = 0
@@ -128,39 +168,50 @@ if st == 'live' or st == 'corrupt' then was = 1 end
 return {was, m[4] or ''}
 ";
 
-/// KEYS: session. ARGV: now, expected version. Deletes a live session only
-/// at that version. Returns {0} gone, {1, hash} conflict, {2, principal}
-/// deleted, {3} corrupt.
+/// KEYS: session. ARGV: now, expected version, announcement channel,
+/// session key. Deletes a live session only at that version; announces the
+/// end when it deleted or found nothing live. Returns {0} gone, {1, hash}
+/// conflict, {2, principal} deleted, {3} corrupt.
 const DELETE_IF_VERSION: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
-if st == 'absent' or st == 'expired' then return {0} end
+if st == 'absent' or st == 'expired' then
+  announce(ARGV[3], ARGV[4], '-')
+  return {0}
+end
 if st == 'corrupt' then return {3} end
 if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
 redis.call('DEL', KEYS[1])
+announce(ARGV[3], ARGV[4], '-')
 return {2, m[4] or ''}
 ";
 
-/// KEYS: session. ARGV: now, principal. Deletes the session only if it
-/// (still) belongs to the principal. Returns 1 deleted a live session,
-/// 2 deleted an expired one, 0 no session, -1 another principal's or none.
+/// KEYS: session, and on a standalone Redis the principal's index. ARGV:
+/// now, principal, announcement channel, session key. Deletes (and
+/// announces the end of) the session only if it (still) belongs to the
+/// principal; with the index given, removes the session's entry in the
+/// same step, so a revoke cut short between the two never leaves an entry
+/// behind for a session it deleted. Returns 1 deleted a live session, 2
+/// deleted an expired one, 0 no session, -1 another principal's or none.
 const REVOKE_ONE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' then return 0 end
 if m[4] ~= ARGV[2] then return -1 end
 redis.call('DEL', KEYS[1])
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[4]) end
+announce(ARGV[3], ARGV[4], '-')
 if st == 'live' then return 1 end
 return 2
 ";
 
-/// KEYS: principal index. ARGV: score (ms or '+inf'), member, 'xx' to only
-/// raise an existing entry. Scores only grow (GT); the index expires with
-/// its latest session.
+/// KEYS: principal index. ARGV: score (ms or '+inf'), member, now (ms).
+/// Adds the entry when it is missing (its entry or the whole index may have
+/// been lost: eviction, failover, a failed earlier update) and otherwise
+/// only raises its score (GT). Every add also trims the entries whose
+/// session ended before `now`, so the index holds no more than the
+/// principal's live sessions. The index expires with its latest session.
 const INDEX_ADD: &str = r"
-if ARGV[3] == 'xx' then
-  redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[1], ARGV[2])
-else
-  redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
-end
+redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if not top[2] then return 0 end
 if top[2] == 'inf' then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIREAT', KEYS[1], top[2]) end

@@ -36,6 +36,8 @@ pub struct RedisStore {
     conn: RedisConnection,
     keys: Arc<KeySpace>,
     scripts: Arc<Scripts>,
+    /// The channel every write announces itself on ("" for none).
+    announcements: Arc<str>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("conn", &self.conn)
             .field("keys", &self.keys)
+            .field("announcements", &self.announcements)
             .finish_non_exhaustive()
     }
 }
@@ -79,7 +82,68 @@ impl RedisStore {
             conn,
             keys: Arc::new(KeySpace::new(&config.key_prefix)),
             scripts: Arc::new(Scripts::new()),
+            announcements: Arc::from(""),
         })
+    }
+
+    /// Makes every write that changes or ends a session (save, touch,
+    /// delete, delete-if-version, and each session a revoke deletes) also
+    /// announce it on the Redis pub/sub channel `channel`, inside the same
+    /// script as the write, in the wire form of
+    /// [`Invalidation`](offstate_core::Invalidation) that
+    /// [`RedisInvalidationChannel`](crate::RedisInvalidationChannel)
+    /// subscribers decode. [`capabilities`](SessionStore::capabilities)
+    /// then says `announces_writes`, and a cache in front of this store
+    /// publishes nothing itself: a cached write is one round trip.
+    ///
+    /// Use the name of the channel the caches subscribe to
+    /// ([`RedisInvalidationChannel::channel_name`](crate::RedisInvalidationChannel::channel_name),
+    /// by default `<key prefix>invalidations`). An empty name turns
+    /// announcements off.
+    ///
+    /// # Why atomic, and what it costs
+    ///
+    /// Redis runs a script as one step and queues a `PUBLISH`ed message to
+    /// every subscriber of the node in that step, before the writer's reply
+    /// is sent: no peer subscribed to a healthy channel can miss a write or
+    /// hear of it only after the writer's client was answered (a peer may
+    /// still have the message in its socket buffer, unread). On Redis
+    /// Cluster a `PUBLISH` is forwarded over the cluster bus to every node,
+    /// so a subscriber on any node hears it; the cost is one bus message
+    /// per node per write, which on a large cluster (tens of nodes) adds up
+    /// to noticeable bus traffic and CPU on every node. Sharded pub/sub
+    /// (`SPUBLISH`, Redis 7) stays on the shard that owns the channel's
+    /// slot and would be cheaper, but a script may only `SPUBLISH` to a
+    /// channel in its own key's slot, so every instance would have to
+    /// subscribe to one channel per slot (16,384) on every shard and follow
+    /// resharding; offstate uses classic `PUBLISH` for one channel that
+    /// every instance can subscribe to on any node.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use offstate_redis::{RedisConfig, RedisInvalidationChannel, RedisStore};
+    ///
+    /// let config = RedisConfig::new("redis://127.0.0.1:6379");
+    /// let channel = RedisInvalidationChannel::connect(&config).await?;
+    /// let store = RedisStore::connect(config)
+    ///     .await?
+    ///     .with_announcements(channel.channel_name());
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_announcements(mut self, channel: impl Into<String>) -> Self {
+        self.announcements = Arc::from(channel.into());
+        self
+    }
+
+    /// The channel writes are announced on, if any.
+    #[must_use]
+    pub fn announcement_channel(&self) -> Option<&str> {
+        (!self.announcements.is_empty()).then_some(&*self.announcements)
+    }
+
+    pub(crate) fn announcements(&self) -> &str {
+        &self.announcements
     }
 
     /// The connection pool, to share with other Redis users (the cache layer).
@@ -90,7 +154,7 @@ impl RedisStore {
 
     /// The Redis key of a session's hash (for operators and tests).
     #[must_use]
-    pub fn session_key(&self, key: &SessionKey) -> String {
+    pub fn store_key(&self, key: &SessionKey) -> String {
         self.keys.session(key)
     }
 
@@ -180,7 +244,7 @@ impl SessionStore for RedisStore {
                 // never misses it. A create that then finds the key taken
                 // leaves a harmless entry (listings verify each member).
                 if let Some(principal) = &record.principal {
-                    self.index_add(&mut conn, principal, key, expires, false)
+                    self.index_add(&mut conn, principal, key, expires, now)
                         .await?;
                 }
                 let mut call = self.scripts.create.prepare_invoke();
@@ -210,14 +274,14 @@ impl SessionStore for RedisStore {
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
         let expires = change.deadlines.expires_at();
-        let (outcome, old_principal) = self
+        let (outcome, old_principal, ends) = self
             .conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
                 let (op, principal) = match &change.principal {
                     PrincipalChange::Set(p) => {
                         // Index first, as for create.
-                        self.index_add(&mut conn, p, key, expires, false).await?;
+                        self.index_add(&mut conn, p, key, expires, now).await?;
                         ("s", p.as_str())
                     }
                     PrincipalChange::Clear => ("c", ""),
@@ -228,9 +292,9 @@ impl SessionStore for RedisStore {
                     .arg(now.as_millis())
                     .arg(change.expected.get())
                     .arg(change.expected.next().get())
-                    .arg(expire_arg(expires))
+                    .arg(&*self.announcements)
                     .arg(expire_arg(change.deadlines.idle))
-                    .arg(expire_arg(change.deadlines.absolute))
+                    .arg(key.as_str())
                     .arg(op)
                     .arg(principal)
                     .arg(change.set.len() * 2);
@@ -247,21 +311,24 @@ impl SessionStore for RedisStore {
                 let mut reply = array(reply, "save")?.into_iter();
                 let code = int(reply.next().as_ref());
                 match code {
-                    Some(0) => Ok((SaveOutcome::Gone, String::new())),
+                    Some(0) => Ok((SaveOutcome::Gone, String::new(), None)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
                         let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
                         match codec::decode(pairs).map_err(StoreError::corrupt)? {
-                            Some(current) => {
-                                Ok((SaveOutcome::Conflict(Arc::new(current)), String::new()))
-                            }
-                            None => Ok((SaveOutcome::Gone, String::new())),
+                            Some(current) => Ok((
+                                SaveOutcome::Conflict(Arc::new(current)),
+                                String::new(),
+                                None,
+                            )),
+                            None => Ok((SaveOutcome::Gone, String::new(), None)),
                         }
                     }
-                    Some(2) => Ok((
-                        SaveOutcome::Saved(change.expected.next()),
-                        text(reply.next()),
-                    )),
+                    Some(2) => {
+                        let old = text(reply.next());
+                        let ends = text(reply.next()).parse().ok().map(Timestamp::from_millis);
+                        Ok((SaveOutcome::Saved(change.expected.next()), old, ends))
+                    }
                     Some(3) => Err(corrupt_here(key)),
                     other => Err(UnexpectedReply::store_error(format!(
                         "save returned {other:?}"
@@ -269,13 +336,22 @@ impl SessionStore for RedisStore {
                 }
             })
             .await?;
-        if matches!(outcome, SaveOutcome::Saved(_)) && !old_principal.is_empty() {
-            match &change.principal {
-                PrincipalChange::Set(p) if *p == old_principal => {}
-                PrincipalChange::Set(_) | PrincipalChange::Clear => {
-                    self.after_write_unindex(&old_principal, key).await;
+        if matches!(outcome, SaveOutcome::Saved(_)) {
+            // The session may end later than the writer asked (deadlines
+            // never move backwards): the index follows where it really ends.
+            if let PrincipalChange::Set(p) = &change.principal
+                && ends != expires
+            {
+                self.after_write_bump(p, key, ends, now).await;
+            }
+            if !old_principal.is_empty() {
+                match &change.principal {
+                    PrincipalChange::Set(p) if *p == old_principal => {}
+                    PrincipalChange::Set(_) | PrincipalChange::Clear => {
+                        self.after_write_unindex(&old_principal, key).await;
+                    }
+                    _ => self.after_write_bump(&old_principal, key, ends, now).await,
                 }
-                _ => self.after_write_bump(&old_principal, key, expires).await,
             }
         }
         Ok(outcome)
@@ -297,6 +373,8 @@ impl SessionStore for RedisStore {
                     .key(self.keys.session(key))
                     .arg(now.as_millis())
                     .arg(idle_deadline.as_millis())
+                    .arg(&*self.announcements)
+                    .arg(key.as_str())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
@@ -316,7 +394,7 @@ impl SessionStore for RedisStore {
             })
             .await?;
         if !principal.is_empty() {
-            self.after_write_bump(&principal, key, expires).await;
+            self.after_write_bump(&principal, key, expires, now).await;
         }
         Ok(outcome)
     }
@@ -331,6 +409,8 @@ impl SessionStore for RedisStore {
                     .delete
                     .key(self.keys.session(key))
                     .arg(now.as_millis())
+                    .arg(&*self.announcements)
+                    .arg(key.as_str())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
@@ -361,6 +441,8 @@ impl SessionStore for RedisStore {
                     .key(self.keys.session(key))
                     .arg(now.as_millis())
                     .arg(expected.get())
+                    .arg(&*self.announcements)
+                    .arg(key.as_str())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
@@ -404,7 +486,7 @@ impl SessionStore for RedisStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::full()
+        Capabilities::full().with_announces_writes(!self.announcements.is_empty())
     }
 
     fn name(&self) -> &'static str {

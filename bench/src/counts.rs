@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use hyper::Method;
 use offstate_core::{CallCounts, CountingStore, SessionStore, Sessions};
-use offstate_dynamodb::DynamoStore;
+use offstate_dynamodb::DynamoDbStore;
 use offstate_dynamodb::aws_sdk_dynamodb;
 use offstate_dynamodb::aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use offstate_dynamodb::aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -266,7 +266,7 @@ pub async fn dynamodb() -> Result<BackendCounts, BenchError> {
         .interceptor(RequestCounter(Arc::clone(&count)))
         .build();
     let client = aws_sdk_dynamodb::Client::from_conf(config);
-    let store = DynamoStore::from_client(client, fixture.config().clone());
+    let store = DynamoDbStore::from_client(client, fixture.config().clone());
     let counts = measure(
         "DynamoDB (moto)",
         "HTTP requests",

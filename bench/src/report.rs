@@ -1,5 +1,8 @@
 //! The markdown report: the goals first, met or missed with their numbers,
 //! then each measurement's table and what it means.
+//!
+//! Why this file is long: the report is one document; its sections share
+//! the formatting helpers and the goal table at the top.
 
 use std::fmt::Write as _;
 use std::path::Path;

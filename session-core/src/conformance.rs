@@ -1,6 +1,10 @@
 //! The public conformance suite: one async function per behaviour of the
 //! [`SessionStore`] contract, run by every store.
 //!
+//! Why this file is long: it is the contract's executable form, one short
+//! function per behaviour; split across files, a store author would have to
+//! read several to see what a store must do.
+//!
 //! A store's tests implement [`Harness`] (how to make a store over a shared
 //! backend, and how to corrupt a record in it) and call
 //! [`conformance_tests!`](crate::conformance_tests), which writes one test

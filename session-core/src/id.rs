@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 /// Number of random bytes in a session ID (192 bits; the floor is 128).
 const ID_BYTES: usize = 24;
 
-/// Length of an ID's text form: base64url without padding of [`ID_BYTES`].
+/// Length of an ID's text form: base64url without padding of its 24 bytes.
 pub const SESSION_ID_LEN: usize = 32;
 
 /// A session ID: 192 bits from the operating system's CSPRNG.

@@ -1,7 +1,33 @@
 //! `MemoryStore`: the embedded default, for one process, tests and workers.
+//!
+//! Built to hold millions of sessions without a pause:
+//!
+//! - **Shards.** Records live in [`SHARDS`] maps, each behind its own lock,
+//!   chosen by the session key (already a uniform hash), so requests for
+//!   different sessions rarely wait for each other and no map grows so large
+//!   that one resize stalls everybody.
+//! - **An expiry index per shard**, ordered by deadline. Expired records are
+//!   freed from its front, so the cost is proportional to what expires, never
+//!   a scan of what is live: every write frees up to [`SWEEP_PER_WRITE`]
+//!   records of its shard, and a background thread frees the rest in short
+//!   batches (at most [`PURGE_BATCH`] per lock), also when there is no
+//!   traffic at all.
+//! - **The principal index** has a lock of its own, taken only when a
+//!   session gains, loses or is revoked by a principal, always before a
+//!   shard's lock (one lock order, so no deadlock), which makes a revoke and
+//!   a login on another thread never leave a revoked principal behind.
+//!
+//! Stores keep no clock: the background purge's "now" is the latest `now`
+//! a call gave the store, moved on by the real time that has passed since.
+//! With the system clock that is the present; with a manual clock it never
+//! runs ahead of the time the tests have set by more than the real time
+//! they take.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
 use crate::id::SessionKey;
@@ -10,9 +36,19 @@ use crate::store::{
     Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
 };
 
-/// Sweep expired records once per this many writes, so memory stays bounded
-/// by live sessions without a background task.
-const SWEEP_EVERY: u64 = 1024;
+/// How many independently locked maps hold the records: enough that at a
+/// million sessions no single map is large enough for its resize to stall
+/// the writes waiting for it.
+const SHARDS: usize = 128;
+
+/// How many expired records a write frees in its shard, at most.
+const SWEEP_PER_WRITE: usize = 8;
+
+/// How many expired records the background purge frees per lock taken.
+const PURGE_BATCH: usize = 256;
+
+/// How often the background purge runs.
+const PURGE_EVERY: Duration = Duration::from_millis(500);
 
 /// Sessions in this process's memory. Clones share the same sessions.
 ///
@@ -34,61 +70,267 @@ const SWEEP_EVERY: u64 = 1024;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
-    records: HashMap<SessionKey, Arc<Record>>,
-    principals: HashMap<String, HashSet<SessionKey>>,
-    writes: u64,
+    shards: Box<[Mutex<Shard>]>,
+    principals: Mutex<HashMap<String, HashSet<SessionKey>>>,
+    clock: PurgeClock,
+    purger: OnceLock<()>,
 }
 
-impl Shared {
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            principals: Mutex::default(),
+            clock: PurgeClock::new(),
+            purger: OnceLock::new(),
+        }
+    }
+}
+
+/// One shard: its records and their deadlines in order.
+#[derive(Debug, Default)]
+struct Shard {
+    records: HashMap<SessionKey, Arc<Record>, BuildHasherDefault<KeyHasher>>,
+    expiries: BTreeSet<(Timestamp, SessionKey)>,
+}
+
+impl Shard {
     fn live(&self, key: &SessionKey, now: Timestamp) -> Option<&Arc<Record>> {
         self.records.get(key).filter(|r| !r.is_expired(now))
     }
 
-    fn index(&mut self, key: &SessionKey, principal: Option<&String>) {
-        if let Some(p) = principal {
-            self.principals
-                .entry(p.clone())
-                .or_default()
-                .insert(key.clone());
-        }
-    }
-
-    fn unindex(&mut self, key: &SessionKey, principal: Option<&String>) {
-        if let Some(p) = principal
-            && let Some(keys) = self.principals.get_mut(p)
-        {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.principals.remove(p);
+    /// Puts `record` under `key`, keeping the expiry index in step.
+    fn put(&mut self, key: &SessionKey, record: Arc<Record>) {
+        let at = record.deadlines.expires_at();
+        if let Some(old) = self.records.insert(key.clone(), record) {
+            if old.deadlines.expires_at() == at {
+                return;
             }
+            if let Some(old_at) = old.deadlines.expires_at() {
+                self.expiries.remove(&(old_at, key.clone()));
+            }
+        }
+        if let Some(at) = at {
+            self.expiries.insert((at, key.clone()));
         }
     }
 
     fn remove(&mut self, key: &SessionKey) -> Option<Arc<Record>> {
         let record = self.records.remove(key)?;
-        self.unindex(key, record.principal.as_ref());
+        if let Some(at) = record.deadlines.expires_at() {
+            self.expiries.remove(&(at, key.clone()));
+        }
         Some(record)
     }
 
-    fn wrote(&mut self, now: Timestamp) {
-        self.writes += 1;
-        if self.writes.is_multiple_of(SWEEP_EVERY) {
-            let expired: Vec<SessionKey> = self
-                .records
-                .iter()
-                .filter(|(_, r)| r.is_expired(now))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in expired {
-                self.remove(&key);
+    /// Frees up to `most` records expired at `now`, earliest first, and
+    /// returns the principals they had, to be unindexed.
+    fn sweep(&mut self, now: Timestamp, most: usize) -> Vec<(SessionKey, String)> {
+        let mut unindex = Vec::new();
+        for _ in 0..most {
+            match self.expiries.first() {
+                Some((at, _)) if *at <= now => {}
+                _ => break,
+            }
+            let Some((_, key)) = self.expiries.pop_first() else {
+                break;
+            };
+            if let Some(record) = self.records.remove(&key)
+                && let Some(principal) = &record.principal
+            {
+                unindex.push((key, principal.clone()));
+            }
+        }
+        unindex
+    }
+}
+
+/// The purge's reading of time: the latest `now` the store was given, plus
+/// the real time since.
+#[derive(Debug)]
+struct PurgeClock {
+    start: Instant,
+    /// Latest `now` seen, in ms.
+    latest: AtomicU64,
+    /// When it was seen, in ms since `start`.
+    seen: AtomicU64,
+}
+
+impl PurgeClock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            latest: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    fn saw(&self, now: Timestamp) {
+        let millis = now.as_millis();
+        // Relaxed loads first: most calls see no newer time than the last.
+        if millis > self.latest.load(Ordering::Relaxed) {
+            self.latest.fetch_max(millis, Ordering::Relaxed);
+            self.seen.store(self.elapsed(), Ordering::Relaxed);
+        }
+    }
+
+    fn elapsed(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn now(&self) -> Option<Timestamp> {
+        let latest = self.latest.load(Ordering::Relaxed);
+        if latest == 0 {
+            return None;
+        }
+        let since = self
+            .elapsed()
+            .saturating_sub(self.seen.load(Ordering::Relaxed));
+        Some(Timestamp::from_millis(latest.saturating_add(since)))
+    }
+}
+
+impl Shared {
+    fn shard(&self, key: &SessionKey) -> MutexGuard<'_, Shard> {
+        let index = shard_of(key);
+        lock(&self.shards[index])
+    }
+
+    fn principals(&self) -> MutexGuard<'_, HashMap<String, HashSet<SessionKey>>> {
+        lock(&self.principals)
+    }
+
+    /// A write happened at `now`: free a few expired records of the shard,
+    /// and make sure the background purge runs.
+    fn wrote(self: &Arc<Self>, shard: &mut Shard, now: Timestamp) -> Vec<(SessionKey, String)> {
+        self.clock.saw(now);
+        self.purger.get_or_init(|| start_purger(Arc::downgrade(self)));
+        shard.sweep(now, SWEEP_PER_WRITE)
+    }
+
+    /// Removes index entries of records that were freed, unless the key
+    /// is live under the same principal again (keys are random: only a
+    /// test reuses one). Takes the index lock, then each shard's: the one
+    /// lock order.
+    fn unindex_freed(&self, freed: Vec<(SessionKey, String)>, now: Timestamp) {
+        if freed.is_empty() {
+            return;
+        }
+        let mut principals = self.principals();
+        for (key, principal) in freed {
+            let back = self
+                .shard(&key)
+                .live(&key, now)
+                .is_some_and(|r| r.principal.as_ref() == Some(&principal));
+            if back {
+                continue;
+            }
+            if let Some(keys) = principals.get_mut(&principal) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    principals.remove(&principal);
+                }
             }
         }
     }
+
+    /// One pass of the background purge over every shard.
+    fn purge(&self) {
+        let Some(now) = self.clock.now() else {
+            return;
+        };
+        for shard in &*self.shards {
+            loop {
+                let freed = lock(shard).sweep(now, PURGE_BATCH);
+                let more = freed.len() == PURGE_BATCH;
+                self.unindex_freed(freed, now);
+                if !more {
+                    break;
+                }
+            }
+            // Give back the table of a shard that has emptied out (after a
+            // burst of sessions has expired), but not on every small dip.
+            let mut shard = lock(shard);
+            if shard.records.capacity() > 4 * shard.records.len() + 1024 {
+                shard.records.shrink_to_fit();
+            }
+        }
+    }
+}
+
+/// The background purge: a thread per store that lives as long as the
+/// store does (it holds only a weak reference) and wakes every
+/// [`PURGE_EVERY`].
+fn start_purger(shared: Weak<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("offstate-memory-purge".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PURGE_EVERY);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.purge();
+            }
+        });
+    if let Err(error) = spawned {
+        // Writes still free expired records; only idle memory is kept.
+        tracing::warn!(%error, "no thread for the memory store's purge");
+    }
+}
+
+/// Hashes a [`SessionKey`] by its first bytes. The key is already the
+/// output of a cryptographic hash of a server-generated ID, so hashing it
+/// again (SipHash, on every lookup) buys nothing; clients cannot choose
+/// the keys that get stored, so they cannot crowd one bucket either.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // Spread the key's text (a few bits of each byte carry entropy)
+        // over all 64 bits, top bits included (the map uses them).
+        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.0 == 0 && bytes.len() >= 8 {
+            let mut first = [0_u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(first);
+        } else {
+            for b in bytes {
+                self.0 = self.0.rotate_left(5) ^ u64::from(*b);
+            }
+        }
+    }
+}
+
+fn shard_of(key: &SessionKey) -> usize {
+    // The key is a hash already: its last bytes are as good as any.
+    let bytes = key.as_str().as_bytes();
+    let tail = bytes
+        .iter()
+        .rev()
+        .take(4)
+        .fold(0_usize, |acc, b| acc.wrapping_mul(31).wrapping_add(usize::from(*b)));
+    tail % SHARDS
+}
+
+// std Mutexes, not tokio's: never held across an await, and the critical
+// sections are a few map operations. A poisoned lock only means another
+// thread panicked mid-operation; each operation leaves the maps whole
+// before unlocking, so they are still served.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl MemoryStore {
@@ -98,10 +340,14 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// How many records are held, live or not yet swept.
+    /// How many records are held, live or not yet freed.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.lock().records.len()
+        self.shared
+            .shards
+            .iter()
+            .map(|s| lock(s).records.len())
+            .sum()
     }
 
     /// Whether no records are held.
@@ -110,14 +356,41 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    // A std Mutex, not tokio's: it is never held across an await, and the
-    // critical sections are a few map operations. A poisoned lock only means
-    // another thread panicked mid-operation; the maps are still consistent
-    // enough to serve (each operation leaves them whole before unlocking).
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Frees every record expired at `now` at once, as the background purge
+    /// does a little at a time. For tests and for a process that wants
+    /// memory back at a moment of its choosing.
+    pub fn purge_expired(&self, now: Timestamp) {
+        self.shared.clock.saw(now);
+        for shard in &*self.shared.shards {
+            let freed = lock(shard).sweep(now, usize::MAX);
+            self.shared.unindex_freed(freed, now);
+        }
+    }
+
+    /// Indexes `key` under `principal`. Called with the index lock held.
+    fn index(principals: &mut HashMap<String, HashSet<SessionKey>>, key: &SessionKey, p: &str) {
+        principals.entry(p.to_owned()).or_default().insert(key.clone());
+    }
+
+    fn unindex(principals: &mut HashMap<String, HashSet<SessionKey>>, key: &SessionKey, p: &str) {
+        if let Some(keys) = principals.get_mut(p) {
+            keys.remove(key);
+            if keys.is_empty() {
+                principals.remove(p);
+            }
+        }
+    }
+
+    /// Removes `key` and its index entry; whether a live record was there.
+    fn remove_live(&self, key: &SessionKey, now: Timestamp) -> bool {
+        let removed = self.shared.shard(key).remove(key);
+        let Some(record) = removed else {
+            return false;
+        };
+        if let Some(p) = &record.principal {
+            self.shared.unindex_freed(vec![(key.clone(), p.clone())], now);
+        }
+        !record.is_expired(now)
     }
 }
 
@@ -127,14 +400,9 @@ impl SessionStore for MemoryStore {
         key: &SessionKey,
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
-        let mut shared = self.lock();
-        match shared.records.get(key) {
-            Some(record) if record.is_expired(now) => {
-                shared.remove(key);
-                Ok(None)
-            }
-            other => Ok(other.cloned()),
-        }
+        // Reads free nothing (an expired record is simply not returned): a
+        // read takes one shard lock and clones one Arc.
+        Ok(self.shared.shard(key).live(key, now).cloned())
     }
 
     async fn create(
@@ -143,14 +411,25 @@ impl SessionStore for MemoryStore {
         record: &Record,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        let mut shared = self.lock();
-        if shared.live(key, now).is_some() {
-            return Ok(CreateOutcome::Exists);
-        }
-        shared.remove(key);
-        shared.index(key, record.principal.as_ref());
-        shared.records.insert(key.clone(), Arc::new(record.clone()));
-        shared.wrote(now);
+        let mut principals = record.principal.as_ref().map(|_| self.shared.principals());
+        let freed = {
+            let mut shard = self.shared.shard(key);
+            if shard.live(key, now).is_some() {
+                return Ok(CreateOutcome::Exists);
+            }
+            // An expired record under the same key (only tests reuse keys)
+            // leaves the index with the records this write frees.
+            let old = shard.remove(key).and_then(|r| r.principal.clone());
+            if let (Some(index), Some(p)) = (principals.as_deref_mut(), &record.principal) {
+                Self::index(index, key, p);
+            }
+            shard.put(key, Arc::new(record.clone()));
+            let mut freed = self.shared.wrote(&mut shard, now);
+            freed.extend(old.map(|p| (key.clone(), p)));
+            freed
+        };
+        drop(principals);
+        self.shared.unindex_freed(freed, now);
         Ok(CreateOutcome::Created)
     }
 
@@ -160,22 +439,32 @@ impl SessionStore for MemoryStore {
         change: &Change,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let mut shared = self.lock();
-        let Some(current) = shared.live(key, now) else {
-            return Ok(SaveOutcome::Gone);
+        // A principal change takes the index lock first (the one order).
+        let mut principals =
+            (change.principal != PrincipalChange::Keep).then(|| self.shared.principals());
+        let (version, freed) = {
+            let mut shard = self.shared.shard(key);
+            let Some(current) = shard.live(key, now) else {
+                return Ok(SaveOutcome::Gone);
+            };
+            if current.version != change.expected {
+                return Ok(SaveOutcome::Conflict(Arc::clone(current)));
+            }
+            let next = change.apply_to(current);
+            if let Some(index) = principals.as_deref_mut() {
+                if let Some(old) = &current.principal {
+                    Self::unindex(index, key, old);
+                }
+                if let Some(new) = &next.principal {
+                    Self::index(index, key, new);
+                }
+            }
+            let version = next.version;
+            shard.put(key, Arc::new(next));
+            (version, self.shared.wrote(&mut shard, now))
         };
-        if current.version != change.expected {
-            return Ok(SaveOutcome::Conflict(Arc::clone(current)));
-        }
-        let next = change.apply_to(current);
-        if change.principal != PrincipalChange::Keep {
-            let old = current.principal.clone();
-            shared.unindex(key, old.as_ref());
-            shared.index(key, next.principal.as_ref());
-        }
-        let version = next.version;
-        shared.records.insert(key.clone(), Arc::new(next));
-        shared.wrote(now);
+        drop(principals);
+        self.shared.unindex_freed(freed, now);
         Ok(SaveOutcome::Saved(version))
     }
 
@@ -185,24 +474,26 @@ impl SessionStore for MemoryStore {
         idle_deadline: Timestamp,
         now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
-        let mut shared = self.lock();
-        match shared.records.get_mut(key) {
-            Some(record) if !record.is_expired(now) => {
-                let deadlines = record.deadlines.extended_to(Some(idle_deadline));
-                if deadlines != record.deadlines {
-                    Arc::make_mut(record).deadlines = deadlines;
-                }
-                Ok(TouchOutcome::Touched)
+        let freed = {
+            let mut shard = self.shared.shard(key);
+            let Some(current) = shard.live(key, now) else {
+                return Ok(TouchOutcome::Gone);
+            };
+            let deadlines = current.deadlines.extended_to(Some(idle_deadline));
+            if deadlines == current.deadlines {
+                return Ok(TouchOutcome::Touched);
             }
-            _ => Ok(TouchOutcome::Gone),
-        }
+            let mut next = Record::clone(current);
+            next.deadlines = deadlines;
+            shard.put(key, Arc::new(next));
+            self.shared.wrote(&mut shard, now)
+        };
+        self.shared.unindex_freed(freed, now);
+        Ok(TouchOutcome::Touched)
     }
 
     async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
-        let mut shared = self.lock();
-        let live = shared.live(key, now).is_some();
-        shared.remove(key);
-        Ok(live)
+        Ok(self.remove_live(key, now))
     }
 
     async fn delete_if_version(
@@ -211,17 +502,20 @@ impl SessionStore for MemoryStore {
         expected: Version,
         now: Timestamp,
     ) -> Result<DeleteOutcome, StoreError> {
-        let mut shared = self.lock();
-        match shared.live(key, now) {
-            None => Ok(DeleteOutcome::Gone),
-            Some(current) if current.version != expected => {
-                Ok(DeleteOutcome::Conflict(Arc::clone(current)))
+        let removed = {
+            let mut shard = self.shared.shard(key);
+            match shard.live(key, now) {
+                None => return Ok(DeleteOutcome::Gone),
+                Some(current) if current.version != expected => {
+                    return Ok(DeleteOutcome::Conflict(Arc::clone(current)));
+                }
+                Some(_) => shard.remove(key),
             }
-            Some(_) => {
-                shared.remove(key);
-                Ok(DeleteOutcome::Deleted)
-            }
+        };
+        if let Some(p) = removed.as_ref().and_then(|r| r.principal.clone()) {
+            self.shared.unindex_freed(vec![(key.clone(), p)], now);
         }
+        Ok(DeleteOutcome::Deleted)
     }
 
     async fn list_principal(
@@ -229,13 +523,12 @@ impl SessionStore for MemoryStore {
         principal: &str,
         now: Timestamp,
     ) -> Result<Vec<SessionKey>, StoreError> {
-        let shared = self.lock();
-        let mut keys: Vec<SessionKey> = shared
-            .principals
+        let principals = self.shared.principals();
+        let mut keys: Vec<SessionKey> = principals
             .get(principal)
             .into_iter()
             .flatten()
-            .filter(|k| shared.live(k, now).is_some())
+            .filter(|k| self.shared.shard(k).live(k, now).is_some())
             .cloned()
             .collect();
         keys.sort();
@@ -243,19 +536,113 @@ impl SessionStore for MemoryStore {
     }
 
     async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
-        let mut shared = self.lock();
-        let keys = shared.principals.remove(principal).unwrap_or_default();
+        // The index lock stays held while the sessions go: a login that
+        // would attach the principal waits for it, and lands after.
+        let mut principals = self.shared.principals();
+        let keys = principals.remove(principal).unwrap_or_default();
         let mut revoked = 0;
         for key in keys {
-            if shared.live(&key, now).is_some() {
+            let mut shard = self.shared.shard(&key);
+            let theirs = shard
+                .records
+                .get(&key)
+                .is_some_and(|r| r.principal.as_deref() == Some(principal));
+            if theirs
+                && let Some(record) = shard.remove(&key)
+                && !record.is_expired(now)
+            {
                 revoked += 1;
             }
-            shared.records.remove(&key);
         }
         Ok(revoked)
     }
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Deadlines;
+
+    fn record(now: Timestamp, idle: Duration) -> Record {
+        Record::new(now, Deadlines::idle_at(now.saturating_add(idle)))
+    }
+
+    #[tokio::test]
+    async fn writes_free_expired_records_of_their_shard_a_few_at_a_time() {
+        let store = MemoryStore::new();
+        let t0 = Timestamp::from_millis(1_000);
+        let keys: Vec<SessionKey> = (0..2_000)
+            .map(|_| crate::SessionId::generate().key())
+            .collect();
+        for key in &keys {
+            store
+                .create(key, &record(t0, Duration::from_secs(1)), t0)
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.len(), 2_000);
+        let later = t0.saturating_add(Duration::from_secs(2));
+        for _ in 0..50 {
+            let key = crate::SessionId::generate().key();
+            store
+                .create(&key, &record(later, Duration::from_secs(60)), later)
+                .await
+                .unwrap();
+        }
+        let held = store.len();
+        assert!(held < 2_000, "writes freed nothing: {held}");
+        assert!(
+            held >= 2_050 - 50 * SWEEP_PER_WRITE,
+            "a write freed more than its share: {held}"
+        );
+        store.purge_expired(later);
+        assert_eq!(store.len(), 50);
+    }
+
+    #[tokio::test]
+    async fn freed_sessions_leave_the_principal_index() {
+        let store = MemoryStore::new();
+        let t0 = Timestamp::from_millis(1_000);
+        let key = crate::SessionId::generate().key();
+        let mut r = record(t0, Duration::from_secs(1));
+        r.principal = Some("alice".into());
+        store.create(&key, &r, t0).await.unwrap();
+        store.purge_expired(t0.saturating_add(Duration::from_secs(5)));
+        assert!(store.shared.principals().is_empty());
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_freed_without_traffic() {
+        let store = MemoryStore::new();
+        let now = Timestamp::now();
+        for _ in 0..100 {
+            let key = crate::SessionId::generate().key();
+            store
+                .create(&key, &record(now, Duration::from_millis(50)), now)
+                .await
+                .unwrap();
+        }
+        // No more calls: only the background purge can free them. It runs
+        // every half second; allow it ten times that.
+        let deadline = Instant::now() + PURGE_EVERY * 10;
+        while !store.is_empty() {
+            assert!(Instant::now() < deadline, "{} records never freed", store.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_purge_clock_moves_on_from_the_latest_now() {
+        let clock = PurgeClock::new();
+        assert_eq!(clock.now(), None);
+        clock.saw(Timestamp::from_millis(5_000));
+        clock.saw(Timestamp::from_millis(4_000));
+        let now = clock.now().unwrap().as_millis();
+        assert!((5_000..6_000).contains(&now), "{now}");
     }
 }

@@ -3,6 +3,10 @@
 //! container, networks with a fixed subnet, leftovers of dead test
 //! processes).
 //!
+//! Why this file is long: every direct use of Docker (testcontainers and
+//! bollard) is kept in this one file, so the rest of the fixtures never
+//! touch the engine's API.
+//!
 //! # Cleaning up
 //!
 //! - Dropping a [`Container`] or [`Network`] removes it, also while a

@@ -1,5 +1,5 @@
 //! DynamoDB fixtures: a DynamoDB-compatible endpoint from the environment,
-//! a container or a local moto process, and a ready [`DynamoStore`] on a
+//! a container or a local moto process, and a ready [`DynamoDbStore`] on a
 //! fresh table of its own.
 //!
 //! ```no_run
@@ -37,7 +37,7 @@ use offstate_core::{SessionId, SessionKey};
 use offstate_dynamodb::aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use offstate_dynamodb::aws_sdk_dynamodb::types::AttributeValue;
 use offstate_dynamodb::aws_sdk_dynamodb::{self, Client};
-use offstate_dynamodb::{DynamoConfig, DynamoStore};
+use offstate_dynamodb::{DynamoDbConfig, DynamoDbStore};
 
 use crate::container::ContainerSpec;
 use crate::images;
@@ -90,7 +90,7 @@ impl DynamoBuilder {
             Source::Environment => required_env(DYNAMODB_ENDPOINT_ENV)?,
             _ => format!("http://{}", node.address()),
         };
-        let config = DynamoConfig::new(unique("offstate-fixture"));
+        let config = DynamoDbConfig::new(unique("offstate-fixture"));
         let store = ensure(&endpoint, config.clone()).await?;
         Ok(DynamoDb {
             store,
@@ -171,8 +171,8 @@ fn python_of(program: &Path) -> Option<PathBuf> {
     }
 }
 
-async fn ensure(endpoint: &str, config: DynamoConfig) -> Result<DynamoStore, FixtureError> {
-    let store = DynamoStore::from_client(client_for(endpoint), config);
+async fn ensure(endpoint: &str, config: DynamoDbConfig) -> Result<DynamoDbStore, FixtureError> {
+    let store = DynamoDbStore::from_client(client_for(endpoint), config);
     store
         .ensure_table()
         .await
@@ -219,8 +219,8 @@ pub fn unique(tag: &str) -> String {
 /// (unless another fixture shares it).
 #[derive(Debug)]
 pub struct DynamoDb {
-    store: DynamoStore,
-    config: DynamoConfig,
+    store: DynamoDbStore,
+    config: DynamoDbConfig,
     endpoint: String,
     node: Arc<Node>,
 }
@@ -228,13 +228,13 @@ pub struct DynamoDb {
 impl DynamoDb {
     /// The ready store.
     #[must_use]
-    pub fn store(&self) -> &DynamoStore {
+    pub fn store(&self) -> &DynamoDbStore {
         &self.store
     }
 
     /// The store configuration (its table exists).
     #[must_use]
-    pub fn config(&self) -> &DynamoConfig {
+    pub fn config(&self) -> &DynamoDbConfig {
         &self.config
     }
 
@@ -243,7 +243,7 @@ impl DynamoDb {
     /// # Errors
     ///
     /// [`FixtureError::Store`] when the table cannot be created.
-    pub async fn store_with(&self, config: DynamoConfig) -> Result<DynamoStore, FixtureError> {
+    pub async fn store_with(&self, config: DynamoDbConfig) -> Result<DynamoDbStore, FixtureError> {
         ensure(&self.endpoint, config).await
     }
 
@@ -289,7 +289,7 @@ impl DynamoDb {
             .client()
             .put_item()
             .table_name(self.store.table())
-            .item(&names.key, AttributeValue::S(self.store.item_key(key)))
+            .item(&names.key, AttributeValue::S(self.store.store_key(key)))
             .item(&names.data, AttributeValue::S("not a map".into()))
             .item(&names.version, AttributeValue::S("one".into()))
             .send()
@@ -300,18 +300,18 @@ impl DynamoDb {
 }
 
 impl Deref for DynamoDb {
-    type Target = DynamoStore;
+    type Target = DynamoDbStore;
 
-    fn deref(&self) -> &DynamoStore {
+    fn deref(&self) -> &DynamoDbStore {
         &self.store
     }
 }
 
 impl Harness for DynamoDb {
-    type Store = DynamoStore;
+    type Store = DynamoDbStore;
 
-    async fn store(&self) -> DynamoStore {
-        DynamoStore::from_client(self.client(), self.config.clone())
+    async fn store(&self) -> DynamoDbStore {
+        DynamoDbStore::from_client(self.client(), self.config.clone())
     }
 
     #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.

@@ -295,7 +295,7 @@ impl Harness for Memcached {
 
     #[allow(clippy::panic)] // A harness that cannot corrupt must fail the case, not skip it.
     async fn corrupt(&self, key: &SessionKey) -> bool {
-        let item = self.store.item_key(key);
+        let item = self.store.store_key(key);
         let Some(i) = self.index_of(self.store.node_for(key)) else {
             panic!("the store mapped {item} to a node outside the fixture");
         };

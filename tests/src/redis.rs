@@ -2,6 +2,10 @@
 //! or a Redis Cluster (masters, and replicas if asked), from the
 //! environment, containers or local processes, with a ready [`RedisStore`].
 //!
+//! Why this file is long: standalone, TLS, ACL and cluster set-ups share one
+//! builder and one guard type, so a user learns one fixture; the process and
+//! container halves of each set-up sit next to each other on purpose.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), offstate_testing::FixtureError> {
 //! let redis = offstate_testing::redis().await?;
@@ -744,7 +748,7 @@ impl Harness for Redis {
     }
 
     async fn corrupt(&self, key: &SessionKey) -> bool {
-        let hash = self.store.session_key(key);
+        let hash = self.store.store_key(key);
         self.query::<()>(cmd("HSET").arg(hash).arg("version").arg("notanumber"))
             .await
             .is_ok()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use offstate_cache::CachedStore;
 use offstate_core::{SessionId, Sessions};
-use offstate_dynamodb::DynamoStore;
+use offstate_dynamodb::DynamoDbStore;
 use offstate_testing::{DynamoDb, dynamodb};
 
 const SOON: Duration = Duration::from_secs(15);
@@ -24,7 +24,7 @@ async fn fixture() -> DynamoDb {
         .expect("a DynamoDB-compatible server (moto: run scripts/setup.sh)")
 }
 
-async fn store_on(dynamo: &DynamoDb) -> DynamoStore {
+async fn store_on(dynamo: &DynamoDb) -> DynamoDbStore {
     dynamo
         .store_with(dynamo.config().clone())
         .await

@@ -10,7 +10,7 @@ use offstate_core::{
     Change, Clock, Deadlines, Record, SaveOutcome, SessionId, SessionStore, Sessions, SystemClock,
     Version,
 };
-use offstate_dynamodb::DynamoStore;
+use offstate_dynamodb::DynamoDbStore;
 use offstate_testing::DynamoDb;
 
 const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -18,13 +18,13 @@ const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Two store instances (two app instances) on one fresh table of a moto
 /// shared by this binary's tests; the fixture keeps moto alive.
 #[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
-async fn two_stores() -> (DynamoDb, DynamoStore, DynamoStore) {
+async fn two_stores() -> (DynamoDb, DynamoDbStore, DynamoDbStore) {
     let moto = offstate_testing::dynamodb()
         .shared()
         .await
         .expect("moto (scripts/setup.sh installs it)");
     let a = moto.store().clone();
-    let b = DynamoStore::from_client(moto.client(), moto.config().clone());
+    let b = DynamoDbStore::from_client(moto.client(), moto.config().clone());
     (moto, a, b)
 }
 

@@ -1,4 +1,4 @@
-//! The conformance suite on `DynamoStore`, against moto (one server shared
+//! The conformance suite on `DynamoDbStore`, against moto (one server shared
 //! by the cases, a table per case).
 
 #![allow(clippy::expect_used)]

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use offstate_core::{SessionId, SessionStore, StoreError};
 use offstate_dynamodb::aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use offstate_dynamodb::{DynamoConfig, DynamoStore};
+use offstate_dynamodb::{DynamoDbConfig, DynamoDbStore};
 use offstate_testing::dynamodb::unique;
 use offstate_testing::free_port;
 
-fn bounded(table: &str) -> DynamoConfig {
-    DynamoConfig::new(table)
+fn bounded(table: &str) -> DynamoDbConfig {
+    DynamoDbConfig::new(table)
         .with_max_attempts(2)
         .with_timeout_config(
             TimeoutConfig::builder()
@@ -63,7 +63,7 @@ async fn nothing_listening_is_unavailable() {
         Ok(moto) => moto,
         Err(error) => panic!("cannot start moto: {error}"),
     };
-    let store = DynamoStore::from_client(
+    let store = DynamoDbStore::from_client(
         moto.client(),
         bounded("nowhere").with_endpoint_url(format!("http://127.0.0.1:{port}")),
     );

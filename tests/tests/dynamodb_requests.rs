@@ -12,7 +12,7 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use offstate_core::{ExpiryPolicy, ManualClock, Sessions};
-use offstate_dynamodb::DynamoStore;
+use offstate_dynamodb::DynamoDbStore;
 use offstate_dynamodb::aws_sdk_dynamodb::Client;
 use offstate_dynamodb::aws_sdk_dynamodb::config::{ConfigBag, RuntimeComponents};
 
@@ -66,7 +66,7 @@ async fn requests_per_session_operation() {
     let counter = RequestCounter::default();
     let client = Client::from_conf(moto.client_config().interceptor(counter.clone()).build());
     let clock = ManualClock::new();
-    let store = DynamoStore::from_client(client, config);
+    let store = DynamoDbStore::from_client(client, config);
     let sessions = Sessions::new(store)
         .with_clock(Arc::new(clock.clone()))
         .with_expiry(

@@ -11,7 +11,7 @@ use offstate_core::{
 };
 use offstate_dynamodb::aws_sdk_dynamodb::config::{BehaviorVersion, Credentials};
 use offstate_dynamodb::aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
-use offstate_dynamodb::{DYNAMODB_MAX_ITEM_BYTES, DynamoConfig, DynamoStore};
+use offstate_dynamodb::{DYNAMODB_MAX_ITEM_BYTES, DynamoDbConfig, DynamoDbStore};
 use offstate_testing::DynamoDb;
 use offstate_testing::dynamodb::{REGION, unique};
 
@@ -27,8 +27,8 @@ async fn moto() -> DynamoDb {
 }
 
 #[allow(clippy::expect_used)] // A test helper: a failure here fails the test.
-async fn store_on(moto: &DynamoDb, tag: &str) -> DynamoStore {
-    moto.store_with(DynamoConfig::new(unique(tag)))
+async fn store_on(moto: &DynamoDb, tag: &str) -> DynamoDbStore {
+    moto.store_with(DynamoDbConfig::new(unique(tag)))
         .await
         .expect("table")
 }
@@ -58,7 +58,7 @@ async fn an_expired_item_is_still_in_the_table_but_never_served() {
         .client()
         .get_item()
         .table_name(store.table())
-        .key("pk", AttributeValue::S(store.item_key(&key)))
+        .key("pk", AttributeValue::S(store.store_key(&key)))
         .consistent_read(true)
         .send()
         .await
@@ -162,7 +162,7 @@ async fn a_configured_item_limit_is_checked_before_writing() {
     let moto = moto().await;
     let clock = ManualClock::new();
     let store = moto
-        .store_with(DynamoConfig::new(unique("limit")).with_max_item_bytes(10_000))
+        .store_with(DynamoDbConfig::new(unique("limit")).with_max_item_bytes(10_000))
         .await
         .expect("table");
     let key = SessionId::generate().key();
@@ -268,11 +268,11 @@ async fn key_prefixes_share_a_table_without_meeting() {
     let clock = ManualClock::new();
     let table = unique("shared");
     let a = moto
-        .store_with(DynamoConfig::new(table.clone()).with_key_prefix("app-a:"))
+        .store_with(DynamoDbConfig::new(table.clone()).with_key_prefix("app-a:"))
         .await
         .expect("table");
     let b = moto
-        .store_with(DynamoConfig::new(table).with_key_prefix("app-b:"))
+        .store_with(DynamoDbConfig::new(table).with_key_prefix("app-b:"))
         .await
         .expect("table");
     let principal = unique("user");
@@ -361,11 +361,11 @@ async fn listing_and_revoking_skip_expired_sessions() {
 async fn ensure_table_is_idempotent_and_sets_up_ttl_and_the_index() {
     let moto = moto().await;
     let table = unique("ensure");
-    let store = DynamoStore::from_client(moto.client(), DynamoConfig::new(table.clone()));
+    let store = DynamoDbStore::from_client(moto.client(), DynamoDbConfig::new(table.clone()));
     store.ensure_table().await.expect("first ensure_table");
     store.ensure_table().await.expect("second ensure_table");
     // A second instance racing the first is fine too.
-    let other = DynamoStore::from_client(moto.client(), DynamoConfig::new(table.clone()));
+    let other = DynamoDbStore::from_client(moto.client(), DynamoDbConfig::new(table.clone()));
     other
         .ensure_table()
         .await
@@ -423,7 +423,7 @@ async fn ensure_table_refuses_a_table_without_the_principal_index() {
         .send()
         .await
         .expect("create bare table");
-    let store = DynamoStore::from_client(client, DynamoConfig::new(table));
+    let store = DynamoDbStore::from_client(client, DynamoDbConfig::new(table));
     match store.ensure_table().await {
         Err(StoreError::Backend(error)) => {
             assert!(error.to_string().contains("principal-index"), "{error}")
@@ -436,12 +436,12 @@ async fn ensure_table_refuses_a_table_without_the_principal_index() {
 async fn connect_goes_through_aws_config_with_an_endpoint_override() {
     let moto = moto().await;
     let credentials = Credentials::new("test", "test", None, None, "offstate-tests");
-    let config = DynamoConfig::new(unique("connect"))
+    let config = DynamoDbConfig::new(unique("connect"))
         .with_endpoint_url(moto.endpoint())
         .with_region(REGION)
         .with_max_attempts(2)
-        .with_operation_timeout(Duration::from_secs(10));
-    let store = DynamoStore::connect_with(
+        .with_command_timeout(Duration::from_secs(10));
+    let store = DynamoDbStore::connect_with(
         aws_config_loader().credentials_provider(credentials),
         config,
     )

@@ -105,7 +105,7 @@ async fn the_configured_limit_refuses_before_sending() {
     // The server would take 2 MB items; the library is configured for 1 MiB.
     let server = server(&["-I", "2m"]).await;
     let store = server.store();
-    assert_eq!(store.config().max_item_size(), MIB);
+    assert_eq!(store.config().max_item_bytes(), MIB);
     refuses_without_losing_anything(store).await;
 }
 
@@ -115,7 +115,7 @@ async fn the_server_limit_is_a_typed_error_too() {
     // the server's refusal must come back as TooLarge, not a backend error.
     let server = server(&[]).await;
     let store =
-        MemcachedStore::new(server.config().clone().with_max_item_size(4 * MIB)).expect("config");
+        MemcachedStore::new(server.config().clone().with_max_item_bytes(4 * MIB)).expect("config");
     refuses_without_losing_anything(&store).await;
 }
 
@@ -123,7 +123,7 @@ async fn the_server_limit_is_a_typed_error_too() {
 async fn a_matching_larger_limit_stores_large_records() {
     let server = server(&["-I", "2m"]).await;
     let store =
-        MemcachedStore::new(server.config().clone().with_max_item_size(2 * MIB)).expect("config");
+        MemcachedStore::new(server.config().clone().with_max_item_bytes(2 * MIB)).expect("config");
     let key = SessionId::generate().key();
     let big = record(MIB + MIB / 2);
     assert_eq!(

@@ -43,7 +43,7 @@ async fn principal_index_lists_and_revokes_sessions_on_other_nodes() {
     while elsewhere < 2 || keys.len() < 4 {
         let key = SessionId::generate().key();
         if cluster
-            .node_serving(&store.session_key(&key))
+            .node_serving(&store.store_key(&key))
             .await
             .expect("session node")
             != index_node

@@ -226,7 +226,7 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
     server
         .query::<()>(
             cmd("HSET")
-                .arg(store.session_key(&bad))
+                .arg(store.store_key(&bad))
                 .arg("version")
                 .arg("notanumber"),
         )
@@ -287,11 +287,11 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
 
     // A value of another type at the session key is corrupt too, and delete clears it.
     server
-        .query::<()>(cmd("DEL").arg(store.session_key(&bad)))
+        .query::<()>(cmd("DEL").arg(store.store_key(&bad)))
         .await
         .expect("DEL");
     server
-        .query::<()>(cmd("SET").arg(store.session_key(&bad)).arg("garbage"))
+        .query::<()>(cmd("SET").arg(store.store_key(&bad)).arg("garbage"))
         .await
         .expect("SET");
     assert!(matches!(

@@ -3,6 +3,9 @@
 //! offstate-example-cart` just works.
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use offstate_core::ExpiryPolicy;
 
 /// Settings of one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +25,13 @@ pub struct Settings {
     /// Whether a local cache sits in front of the store (`--cache`,
     /// `OFFSTATE_CACHE=true`; default off).
     pub cache: bool,
+    /// How long a session lives without a request (`--idle-timeout SECS`,
+    /// `OFFSTATE_IDLE_TIMEOUT`; `0` for none; default 30 minutes).
+    pub idle_timeout: Option<Duration>,
+    /// How long a session lives at most, whatever its traffic
+    /// (`--absolute-timeout SECS`, `OFFSTATE_ABSOLUTE_TIMEOUT`; `0` for
+    /// none; default 24 hours).
+    pub absolute_timeout: Option<Duration>,
     /// Secret for signed session IDs (`OFFSTATE_SIGNING_KEY`, at least 32
     /// bytes; every instance needs the same one). Environment only, so it
     /// does not show in `ps`.
@@ -56,7 +66,8 @@ pub const USAGE: &str = "\
 offstate-example-cart: a shopping cart whose sessions live outside the instance
 
 USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--cache]
-                             [--secure-cookies BOOL]
+                             [--secure-cookies BOOL] [--idle-timeout SECS]
+                             [--absolute-timeout SECS]
 
   --listen ADDR          listen address (env OFFSTATE_LISTEN, default 127.0.0.1:3000)
   --instance NAME        name shown on every page (env OFFSTATE_INSTANCE, default hostname:port)
@@ -71,6 +82,11 @@ USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--
                          (env OFFSTATE_CACHE=true)
   --secure-cookies BOOL  Secure cookie attribute (env OFFSTATE_SECURE_COOKIES,
                          default false on loopback, true elsewhere)
+  --idle-timeout SECS    a session ends after this long without a request
+                         (env OFFSTATE_IDLE_TIMEOUT, 0 = never, default 1800)
+  --absolute-timeout SECS  a session ends this long after it began, whatever
+                         its traffic (env OFFSTATE_ABSOLUTE_TIMEOUT, 0 = never,
+                         default 86400)
   env OFFSTATE_SIGNING_KEY  sign session IDs with this secret (>= 32 bytes)";
 
 impl Settings {
@@ -111,6 +127,10 @@ impl Settings {
         let mut cache = var("OFFSTATE_CACHE").map(|v| ("OFFSTATE_CACHE".to_owned(), v));
         let mut secure =
             var("OFFSTATE_SECURE_COOKIES").map(|v| ("OFFSTATE_SECURE_COOKIES".to_owned(), v));
+        let mut idle =
+            var("OFFSTATE_IDLE_TIMEOUT").map(|v| ("OFFSTATE_IDLE_TIMEOUT".to_owned(), v));
+        let mut absolute =
+            var("OFFSTATE_ABSOLUTE_TIMEOUT").map(|v| ("OFFSTATE_ABSOLUTE_TIMEOUT".to_owned(), v));
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -133,6 +153,8 @@ impl Settings {
                 "--instance" => instance = Some(value()?),
                 "--store" => store = Some(value()?),
                 "--secure-cookies" => secure = Some((flag.clone(), value()?)),
+                "--idle-timeout" => idle = Some((flag.clone(), value()?)),
+                "--absolute-timeout" => absolute = Some((flag.clone(), value()?)),
                 // A switch: `--cache` alone, or `--cache=BOOL`.
                 "--cache" => cache = Some((flag.clone(), inline.unwrap_or_else(|| "true".into()))),
                 _ => return Err(SettingsError::Unknown(arg)),
@@ -161,9 +183,46 @@ impl Settings {
             store: store.unwrap_or_else(|| "memory://".to_owned()),
             secure_cookies,
             cache,
+            idle_timeout: idle.map(seconds).transpose()?,
+            absolute_timeout: absolute.map(seconds).transpose()?,
             signing_key: var("OFFSTATE_SIGNING_KEY").filter(|k| !k.is_empty()),
         })
     }
+}
+
+impl Settings {
+    /// The default expiry policy with the timeouts these settings give.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use offstate_example_cart::config::Settings;
+    ///
+    /// let s = Settings::parse(["--idle-timeout=60", "--absolute-timeout=0"].map(String::from), |_| None).unwrap();
+    /// let expiry = s.expiry();
+    /// assert_eq!(expiry.idle(), Some(Duration::from_secs(60)));
+    /// assert_eq!(expiry.absolute(), None);
+    /// ```
+    #[must_use]
+    pub fn expiry(&self) -> ExpiryPolicy {
+        let mut expiry = ExpiryPolicy::default();
+        let or_none = |d: Duration| (!d.is_zero()).then_some(d);
+        if let Some(idle) = self.idle_timeout {
+            expiry = expiry.with_idle(or_none(idle));
+        }
+        if let Some(absolute) = self.absolute_timeout {
+            expiry = expiry.with_absolute(or_none(absolute));
+        }
+        expiry
+    }
+}
+
+/// A whole number of seconds.
+fn seconds((name, value): (String, String)) -> Result<Duration, SettingsError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| SettingsError::BadValue { name, value })
 }
 
 /// A yes/no value.
@@ -217,6 +276,25 @@ mod tests {
         assert!(!s.cache);
         let env = |name: &str| (name == "OFFSTATE_CACHE").then(|| "yes".to_owned());
         assert!(Settings::parse(args(&[]), env).unwrap().cache);
+    }
+
+    #[test]
+    fn timeouts_come_from_flags_or_the_environment() {
+        let env = |name: &str| match name {
+            "OFFSTATE_IDLE_TIMEOUT" => Some("90".to_owned()),
+            "OFFSTATE_ABSOLUTE_TIMEOUT" => Some("3600".to_owned()),
+            _ => None,
+        };
+        let s = Settings::parse(args(&["--idle-timeout", "5"]), env).unwrap();
+        assert_eq!(s.expiry().idle(), Some(Duration::from_secs(5)));
+        assert_eq!(s.expiry().absolute(), Some(Duration::from_secs(3600)));
+        let s = Settings::parse(args(&[]), |_| None).unwrap();
+        assert_eq!(s.expiry(), ExpiryPolicy::default());
+        assert!(matches!(
+            Settings::parse(args(&["--idle-timeout", "soon"]), |_| None),
+            Err(SettingsError::BadValue { .. })
+        ));
+        assert!(USAGE.contains("--idle-timeout") && USAGE.contains("--absolute-timeout"));
     }
 
     #[test]

@@ -32,7 +32,8 @@ async fn run() -> Result<(), String> {
     let options = store::StoreOptions::default().with_cache(settings.cache);
     let sessions = store::sessions_with(&settings.store, &options)
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| error_chain(&e))?
+        .with_expiry(settings.expiry());
     let mut config = AppConfig::new(settings.instance.clone())
         .with_secure_cookies(settings.secure_cookies)
         .with_store_label(if settings.cache {

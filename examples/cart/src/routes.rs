@@ -211,14 +211,18 @@ struct CartJson {
 async fn api_cart(
     State(app): State<AppState>,
     session: Session,
-) -> Result<Json<CartJson>, SessionError> {
+) -> Result<impl IntoResponse, SessionError> {
     let items: Cart = session.get(CART_KEY).await?.unwrap_or_default();
-    Ok(Json(CartJson {
-        count: cart::count(&items),
-        items,
-        user: session.principal().await?,
-        instance: app.instance.to_string(),
-    }))
+    // One user's cart: no shared or browser cache may keep it.
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(CartJson {
+            count: cart::count(&items),
+            items,
+            user: session.principal().await?,
+            instance: app.instance.to_string(),
+        }),
+    ))
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! |-----|-------|
 //! | `memory://` | [`MemoryStore`]: this process only (the default) |
 //! | `redis://host:port`, `rediss://...` | [`RedisStore`] (standalone or cluster, TLS with `rediss`) |
-//! | `dynamodb://host:port/table` | [`DynamoStore`] on a local endpoint (moto, DynamoDB Local) |
-//! | `dynamodb:///table` | [`DynamoStore`] on AWS (region and credentials from the environment) |
+//! | `dynamodb://host:port/table` | [`DynamoDbStore`] on a local endpoint (moto, DynamoDB Local) |
+//! | `dynamodb:///table` | [`DynamoDbStore`] on AWS (region and credentials from the environment) |
 //! | `memcached://host:port,host:port` | [`MemcachedStore`] over those nodes |
 //!
 //! With `--cache` the store is wrapped in a [`CachedStore`]. On Redis the
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use offstate_cache::CachedStore;
 use offstate_core::{MemoryStore, SessionStore, Sessions};
-use offstate_dynamodb::{DynamoConfig, DynamoStore};
+use offstate_dynamodb::{DynamoDbConfig, DynamoDbStore};
 use offstate_memcached::{MemcachedConfig, MemcachedStore};
 use offstate_redis::{RedisConfig, RedisInvalidationChannel, RedisStore};
 
@@ -137,7 +137,7 @@ pub async fn sessions_with(url: &str, options: &StoreOptions) -> Result<Sessions
         }
         "dynamodb" => {
             let target = dynamo_target(rest)?;
-            let mut config = DynamoConfig::new(target.table);
+            let mut config = DynamoDbConfig::new(target.table);
             if let Some(endpoint) = target.endpoint {
                 config = config.with_endpoint_url(endpoint);
                 if std::env::var_os("AWS_REGION").is_none()
@@ -146,7 +146,7 @@ pub async fn sessions_with(url: &str, options: &StoreOptions) -> Result<Sessions
                     config = config.with_region(LOCAL_REGION);
                 }
             }
-            let store = DynamoStore::connect(config)
+            let store = DynamoDbStore::connect(config)
                 .await
                 .map_err(|e| connect(Box::new(e)))?;
             // Instances started together may all try to create the table:

@@ -116,7 +116,13 @@ async fn adding_items_shows_them_in_the_cart() {
     )
     .await;
     redirects_home(&response);
-    let json = text(call(&shop.router, get("/api/cart", Some(&session))).await).await;
+    let response = call(&shop.router, get("/api/cart", Some(&session))).await;
+    assert_eq!(
+        response.headers()[header::CACHE_CONTROL],
+        "no-store",
+        "one user's cart must not be cached"
+    );
+    let json = text(response).await;
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["items"]["apple"], 1);
     assert_eq!(json["count"], 2);
@@ -220,4 +226,28 @@ async fn logout_everywhere_ends_the_other_devices_too() {
     // Anonymous: nothing to revoke, just back to the page.
     let response = call(&shop.router, post("/logout-everywhere", "", None)).await;
     redirects_home(&response);
+}
+
+#[tokio::test]
+async fn the_idle_timeout_flag_ends_a_quiet_session() {
+    let settings = offstate_example_cart::config::Settings::parse(
+        ["--idle-timeout", "60"].map(String::from),
+        |_| None,
+    )
+    .unwrap();
+    let clock = ManualClock::new();
+    let sessions = Sessions::new(MemoryStore::new())
+        .with_clock(Arc::new(clock.clone()))
+        .with_expiry(settings.expiry());
+    let router = app(sessions, AppConfig::new("test-instance"));
+    let session = cookie(&call(&router, post("/cart/add", "item=tea", None)).await).unwrap();
+    clock.advance(Duration::from_secs(59));
+    let page = text(call(&router, get("/", Some(&session))).await).await;
+    assert!(page.contains("1 × Green tea"), "{page}");
+    clock.advance(Duration::from_secs(61));
+    let page = text(call(&router, get("/", Some(&session))).await).await;
+    assert!(
+        !page.contains("Tea"),
+        "the session outlived its idle timeout: {page}"
+    );
 }
