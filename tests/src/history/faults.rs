@@ -1,8 +1,7 @@
-//! The fault plan: store faults queued through
-//! [`FaultyStore`](offstate_core::testing::FaultyStore) at seeded steps of
-//! the client programs, and servers paused (or killed and restarted) at
-//! seeded times while the clients run; and [`Jitter`], scheduling noise so requests interleave
-//! at every store call.
+//! The fault plan: store faults queued through [`FaultyStore`] at seeded
+//! steps of the client programs, and servers paused (or killed and
+//! restarted) at seeded times while the clients run; and [`Jitter`],
+//! scheduling noise so requests interleave at every store call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
