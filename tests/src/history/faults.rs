@@ -85,7 +85,7 @@ pub async fn disturb_nodes(
     let mut rng = Rng::new(seed);
     let mut done = std::pin::pin!(done);
     loop {
-        let wait = Duration::from_millis(30 + rng.below(300));
+        let wait = Duration::from_millis(20 + rng.below(200));
         tokio::select! {
             () = &mut done => return,
             () = tokio::time::sleep(wait) => {}
