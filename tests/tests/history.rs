@@ -16,7 +16,7 @@ use offstate_cache::{CachedStore, DEFAULT_STALENESS};
 use offstate_core::testing::FaultyStore;
 use offstate_core::{LocalChannel, MemoryStore, SessionStore, Sessions};
 use offstate_redis::RedisInvalidationChannel;
-use offstate_testing::history::faults::Jitter;
+use offstate_testing::history::faults::{Jitter, Witness};
 use offstate_testing::history::{self, Config, Report, Target};
 use offstate_testing::node::Node;
 
@@ -44,7 +44,7 @@ fn verdict(report: &Report) {
 
 /// Bare instances over `store`, faults injected under them.
 fn bare<S: SessionStore + Clone>(name: &'static str, store: S) -> Target<'static> {
-    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
+    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
     let instances = (0..INSTANCES)
         .map(|_| Sessions::new(faulty.clone()))
         .collect();
@@ -54,7 +54,7 @@ fn bare<S: SessionStore + Clone>(name: &'static str, store: S) -> Target<'static
 /// Instances behind caches in bounded mode (no channel), faults between
 /// the caches and `store`.
 fn cached_bounded<S: SessionStore + Clone>(name: &'static str, store: S) -> Target<'static> {
-    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
+    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
     let instances = (0..INSTANCES)
         .map(|_| {
             Sessions::new(
@@ -84,7 +84,7 @@ async fn history_memory_cached() {
     // Coherent mode on an in-process channel: a peer evicts as soon as the
     // message arrives; the allowance is the documented staleness bound.
     let store = MemoryStore::new();
-    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
+    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
     let channel = LocalChannel::new();
     let instances = (0..INSTANCES)
         .map(|_| {
@@ -108,7 +108,7 @@ async fn redis_target<'a>(
 ) -> Target<'a> {
     let config = redis.config().clone().with_command_timeout(TIMEOUT);
     let store = redis.connect_with(config.clone()).await.expect("store");
-    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
+    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
     let mut instances = Vec::new();
     for _ in 0..INSTANCES {
         let sessions = if cached {
@@ -238,5 +238,165 @@ async fn history_dynamodb_cached() {
             cached_bounded("dynamodb_cached", store),
         )
         .await,
+    );
+}
+
+/// How a [`Liar`] store breaks its promises.
+#[derive(Debug, Clone, Copy)]
+enum Lie {
+    /// Every fifth save is acknowledged but not written.
+    LosesSaves,
+    /// Deletes are acknowledged but not done.
+    KeepsDeleted,
+    /// Revoke-all is acknowledged but not done.
+    IgnoresRevoke,
+}
+
+/// A store that lies in one way, to show the checker catches it.
+#[derive(Debug, Clone)]
+struct Liar {
+    inner: MemoryStore,
+    lie: Lie,
+    saves: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SessionStore for Liar {
+    async fn load(
+        &self,
+        key: &offstate_core::SessionKey,
+        now: offstate_core::Timestamp,
+    ) -> Result<Option<Arc<offstate_core::Record>>, offstate_core::StoreError> {
+        self.inner.load(key, now).await
+    }
+
+    async fn create(
+        &self,
+        key: &offstate_core::SessionKey,
+        record: &offstate_core::Record,
+        now: offstate_core::Timestamp,
+    ) -> Result<offstate_core::CreateOutcome, offstate_core::StoreError> {
+        self.inner.create(key, record, now).await
+    }
+
+    async fn save(
+        &self,
+        key: &offstate_core::SessionKey,
+        change: &offstate_core::Change,
+        now: offstate_core::Timestamp,
+    ) -> Result<offstate_core::SaveOutcome, offstate_core::StoreError> {
+        let n = self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if matches!(self.lie, Lie::LosesSaves) && n % 5 == 4 {
+            return Ok(offstate_core::SaveOutcome::Saved(change.expected.next()));
+        }
+        self.inner.save(key, change, now).await
+    }
+
+    async fn touch(
+        &self,
+        key: &offstate_core::SessionKey,
+        idle_deadline: offstate_core::Timestamp,
+        now: offstate_core::Timestamp,
+    ) -> Result<offstate_core::TouchOutcome, offstate_core::StoreError> {
+        self.inner.touch(key, idle_deadline, now).await
+    }
+
+    async fn delete(
+        &self,
+        key: &offstate_core::SessionKey,
+        now: offstate_core::Timestamp,
+    ) -> Result<bool, offstate_core::StoreError> {
+        if matches!(self.lie, Lie::KeepsDeleted) {
+            return Ok(true);
+        }
+        self.inner.delete(key, now).await
+    }
+
+    async fn delete_if_version(
+        &self,
+        key: &offstate_core::SessionKey,
+        expected: offstate_core::Version,
+        now: offstate_core::Timestamp,
+    ) -> Result<offstate_core::DeleteOutcome, offstate_core::StoreError> {
+        self.inner.delete_if_version(key, expected, now).await
+    }
+
+    async fn list_principal(
+        &self,
+        principal: &str,
+        now: offstate_core::Timestamp,
+    ) -> Result<Vec<offstate_core::SessionKey>, offstate_core::StoreError> {
+        self.inner.list_principal(principal, now).await
+    }
+
+    async fn revoke_principal(
+        &self,
+        principal: &str,
+        now: offstate_core::Timestamp,
+    ) -> Result<usize, offstate_core::StoreError> {
+        if matches!(self.lie, Lie::IgnoresRevoke) {
+            return Ok(0);
+        }
+        self.inner.revoke_principal(principal, now).await
+    }
+
+    fn capabilities(&self) -> offstate_core::Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn name(&self) -> &'static str {
+        "liar"
+    }
+}
+
+/// Runs a short history over a store that lies as `lie` says, and returns
+/// the anomalies the checker found.
+async fn caught(lie: Lie, name: &'static str) -> Vec<String> {
+    let memory = MemoryStore::new();
+    let liar = Liar {
+        inner: memory.clone(),
+        lie,
+        saves: Arc::default(),
+    };
+    let faulty = Witness::new(FaultyStore::new(Jitter::new(liar, 1)));
+    let instances = (0..INSTANCES)
+        .map(|_| Sessions::new(faulty.clone()))
+        .collect();
+    let target = Target::new(name, instances, Arc::new(faulty)).with_probe(Sessions::new(memory));
+    let mut config = Config::from_env_or(2400);
+    config.fault_rate = 0.0;
+    let report = history::run(&config, target).await;
+    println!("{report}");
+    for anomaly in report.anomalies.iter().take(2) {
+        println!("  caught: {}", anomaly.lines().next().unwrap_or_default());
+    }
+    report.anomalies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_acknowledged_saves_that_were_not_written() {
+    let anomalies = caught(Lie::LosesSaves, "liar_loses_saves").await;
+    assert!(
+        anomalies.iter().any(|a| a.contains("acknowledged add")),
+        "a store that loses acknowledged saves went unnoticed: {anomalies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_logged_out_sessions_that_still_load() {
+    let anomalies = caught(Lie::KeepsDeleted, "liar_keeps_deleted").await;
+    assert!(
+        anomalies
+            .iter()
+            .any(|a| a.contains("after an acknowledged logout")),
+        "a store that keeps logged-out sessions went unnoticed: {anomalies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_revoked_sessions_that_still_load() {
+    let anomalies = caught(Lie::IgnoresRevoke, "liar_ignores_revoke").await;
+    assert!(
+        anomalies.iter().any(|a| a.contains("revoke-all")),
+        "a store that ignores revoke-all went unnoticed: {anomalies:?}"
     );
 }

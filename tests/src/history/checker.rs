@@ -137,7 +137,11 @@ impl<'a> View<'a> {
     /// The acknowledged login that carried `add`'s session forward while
     /// a logout or revoke-all that may have run overlapped it: the known
     /// finding ([`KNOWN_LOGIN`]) explains an add missing after it.
-    fn login_over_an_end(&self, add: &Event) -> Option<&Event> {
+    fn login_over_an_end(
+        &self,
+        add: &Event,
+        decisive_failed: &dyn Fn(&SessionId) -> bool,
+    ) -> Option<&Event> {
         let mut at = add.result.clone()?;
         while let Some(next) = self.next.get(&at) {
             let login = self.events.iter().find(|e| {
@@ -160,7 +164,7 @@ impl<'a> View<'a> {
                         _ => false,
                     }
             });
-            if ended && add.completed < login.completed {
+            if ended && add.completed < login.completed && decisive_failed(&at) {
                 return Some(login);
             }
             at = next.clone();
@@ -200,7 +204,8 @@ struct End<'a> {
 /// Checks `events` and the final state; `handed_out` is every ID a
 /// response gave a client; `staleness` the cache's allowance for other
 /// instances (`None`: no cache, every read is strict); `lossy` when a
-/// server restarted empty during the history.
+/// server restarted empty during the history; `decisive_failed` whether
+/// a login's decisive call on an ID failed (the known finding needs it).
 pub(crate) async fn check(
     events: &[Event],
     handed_out: &[SessionId],
@@ -208,6 +213,7 @@ pub(crate) async fn check(
     probe: &Sessions,
     staleness: Option<Duration>,
     lossy: bool,
+    decisive_failed: &dyn Fn(&SessionId) -> bool,
 ) -> Findings {
     let mut findings = Findings::default();
     let view = View::new(events);
@@ -349,7 +355,7 @@ pub(crate) async fn check(
             let item = add.item.as_deref().unwrap_or_default();
             if seen.cart.iter().any(|i| i == item) {
                 findings.adds_checked += 1;
-            } else if let Some(login) = view.login_over_an_end(add) {
+            } else if let Some(login) = view.login_over_an_end(add, decisive_failed) {
                 findings.known.push(format!(
                     "{KNOWN_LOGIN}: acknowledged add {item} ({add}) is missing from {} after {login}",
                     short(Some(id))

@@ -393,7 +393,19 @@ pub async fn run(config: &Config, target: Target<'_>) -> Report {
         }
         let (events, ids) = shared.recorder.finish();
         let lossy = faults.restarts.load(Ordering::SeqCst) > 0;
-        let findings = checker::check(&events, &ids, &users, &probe, target.staleness, lossy).await;
+        let injector = Arc::clone(&target.injector);
+        let decisive_failed =
+            move |id: &offstate_core::SessionId| injector.decisive_failed(&id.key());
+        let findings = checker::check(
+            &events,
+            &ids,
+            &users,
+            &probe,
+            target.staleness,
+            lossy,
+            &decisive_failed,
+        )
+        .await;
         report.histories += 1;
         report.operations += events.len();
         for event in &events {
