@@ -32,6 +32,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "docs: rustdoc with warnings denied, long files explained"
 bash scripts/check-docs.sh
+# The public API is committed (api/*.txt): a change to it shows in review.
+python3 scripts/public-api.py --check
 
 step "cargo test (all crates, real servers)"
 cargo test --workspace --no-fail-fast

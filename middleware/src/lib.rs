@@ -3,7 +3,7 @@
 //! whatever [`SessionStore`](offstate_core::SessionStore) the
 //! [`Sessions`](offstate_core::Sessions) were built on. The middleware knows
 //! nothing about backends. Handlers take the core
-//! [`Session`](offstate_core::Session) (re-exported here) as an axum
+//! [`Session`] (re-exported here) as an axum
 //! extractor; there is no second session type.
 //!
 //! # Layout
