@@ -103,8 +103,9 @@ pub enum Backend {
     Redis {
         /// The store.
         store: RedisStore,
-        /// Its configuration (for the cache's invalidation channel).
-        config: RedisConfig,
+        /// Its configuration (for the cache's invalidation channel);
+        /// boxed, it is most of the enum's size.
+        config: Box<RedisConfig>,
     },
     /// `dynamodb://`.
     DynamoDb(DynamoStore),
@@ -206,7 +207,10 @@ pub async fn connect(url: &str, options: &StoreOptions) -> Result<Backend, Store
             let store = RedisStore::connect(config.clone())
                 .await
                 .map_err(|e| connect(Box::new(e)))?;
-            Ok(Backend::Redis { store, config })
+            Ok(Backend::Redis {
+                store,
+                config: Box::new(config),
+            })
         }
         "dynamodb" => {
             let target = dynamo_target(rest)?;
