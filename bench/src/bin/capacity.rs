@@ -27,7 +27,7 @@ use axum::body::Body;
 use axum::http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use axum::http::{Method, Request};
 use http_body_util::BodyExt as _;
-use offstate_bench::redis_stats::{CommandStats, client_commands};
+use offstate_bench::redis_stats::CommandStats;
 use offstate_cache::CachedStore;
 use offstate_core::{
     CallCounts, CountingStore, ManualClock, SessionId, SessionStore, Sessions, Timestamp,
@@ -111,9 +111,17 @@ enum Counter {
 }
 
 impl Counter {
+    /// Redis: calls per command name so far (other backends: empty).
+    async fn detail(&mut self) -> Result<BTreeMap<String, u64>, Error> {
+        Ok(match self {
+            Self::Redis(stats) => stats.calls().await?,
+            _ => BTreeMap::new(),
+        })
+    }
+
     async fn total(&mut self) -> Result<u64, Error> {
         Ok(match self {
-            Self::Redis(stats) => client_commands(&stats.calls().await?),
+            Self::Redis(stats) => round_trips(&stats.calls().await?),
             Self::Memcached(nodes) => {
                 let mut total = 0;
                 for node in nodes.iter() {
@@ -124,6 +132,29 @@ impl Counter {
             Self::Dynamo(ops) => ops.snapshot().values().sum(),
         })
     }
+}
+
+/// Commands a Redis client sends itself, each a round trip: offstate's
+/// store sends `HGETALL` (load) and `EVALSHA` (every write, with a one-time
+/// `SCRIPT LOAD` per script and server); the cache's invalidation channel
+/// sends `PUBLISH` and `SUBSCRIBE`. Every other command in `INFO
+/// commandstats` (`HMGET`, `HSET`, `EXISTS`, `DEL`, `ZADD`...) runs inside
+/// a script and costs Redis CPU, not a round trip.
+fn round_trips(calls: &BTreeMap<String, u64>) -> u64 {
+    const SENT: &[&str] = &[
+        "hgetall",
+        "evalsha",
+        "eval",
+        "script|load",
+        "publish",
+        "subscribe",
+        "ping",
+    ];
+    calls
+        .iter()
+        .filter(|(name, _)| SENT.contains(&name.as_str()))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Sum of a memcached node's request counters.
@@ -161,6 +192,8 @@ struct Row {
     calls: f64,
     call_detail: String,
     round_trips: f64,
+    /// Redis: commands by name (scripts' inner commands included).
+    commands: BTreeMap<String, f64>,
     ops: BTreeMap<String, f64>,
     /// DynamoDB: read and write capacity units per request.
     rcu: f64,
@@ -403,6 +436,7 @@ impl<S: SessionStore + Clone> Rig<S> {
             let ops_before = self.ops.as_ref().map(Ops::snapshot).unwrap_or_default();
             let counted = self.counting.counts();
             let trips = self.counter.total().await?;
+            let commands_before = self.counter.detail().await?;
             let c = cookie.as_deref();
             let left = match kind {
                 k if k.starts_with("anonymous") => {
@@ -422,6 +456,12 @@ impl<S: SessionStore + Clone> Rig<S> {
                 _ => request(app, Method::POST, "/logout", c, None).await?,
             };
             row.round_trips += (self.counter.total().await? - trips) as f64;
+            for (name, n) in self.counter.detail().await? {
+                let d = n - commands_before.get(&name).copied().unwrap_or(0);
+                if d > 0 && name != "info" && name != "config" {
+                    *row.commands.entry(name).or_default() += d as f64;
+                }
+            }
             let after_counts = self.counting.counts();
             calls.load += after_counts.load - counted.load;
             calls.create += after_counts.create - counted.create;
@@ -454,6 +494,9 @@ impl<S: SessionStore + Clone> Rig<S> {
         let n = N as f64;
         row.round_trips /= n;
         row.rcu /= n;
+        for v in row.commands.values_mut() {
+            *v /= n;
+        }
         row.wcu /= n;
         for v in row.ops.values_mut() {
             *v /= n;
@@ -537,8 +580,8 @@ fn print_table(title: &str, unit: &str, rows: &[Row], dynamo: bool) {
         println!("| request | store calls | {unit} | operations | RCU | WCU | item bytes |");
         println!("|---|---|---|---|---|---|---|");
     } else {
-        println!("| request | store calls | {unit} | record bytes |");
-        println!("|---|---|---|---|");
+        println!("| request | store calls | {unit} | record bytes | commands |");
+        println!("|---|---|---|---|---|");
     }
     for (kind, row) in KINDS.iter().zip(rows) {
         if dynamo {
@@ -561,11 +604,17 @@ fn print_table(title: &str, unit: &str, rows: &[Row], dynamo: bool) {
                 row.item_bytes
             );
         } else {
+            let commands: Vec<String> = row
+                .commands
+                .iter()
+                .map(|(c, n)| format!("{} {c}", fmt(*n)))
+                .collect();
             println!(
-                "| {kind} | {} | {} | {} |",
+                "| {kind} | {} | {} | {} | {} |",
                 row.call_detail,
                 fmt(row.round_trips),
-                row.record_bytes
+                row.record_bytes,
+                commands.join(" + ")
             );
         }
     }
