@@ -39,20 +39,50 @@ pub(crate) async fn collect(backend: &Backend, bar: &ProgressBar) -> Result<Repo
         ),
         Backend::Redis { store, config } => {
             let conn = store.connection();
-            let info: String = conn
+            // One node answers text; a cluster fans INFO out to every
+            // primary and answers a map of node to text.
+            let info: redis::Value = conn
                 .query(&redis::cmd("INFO"))
                 .await
                 .map_err(|e| offstate_admin::ops::error_line(&e))?;
-            for (name, value) in info
-                .lines()
-                .filter_map(|line| line.split_once(':'))
-                .filter(|(name, _)| REDIS_FIELDS.contains(name))
-            {
-                report.figures.insert((*name).to_owned(), number(value));
+            let nodes: Vec<(Option<String>, String)> =
+                if let Ok(text) = redis::from_redis_value::<String>(info.clone()) {
+                    vec![(None, text)]
+                } else {
+                    redis::from_redis_value::<BTreeMap<String, String>>(info)
+                        .map_err(|e| format!("unexpected INFO answer: {e}"))?
+                        .into_iter()
+                        .map(|(node, text)| (Some(node), text))
+                        .collect()
+                };
+            let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+            for (node, text) in &nodes {
+                for (name, value) in text
+                    .lines()
+                    .filter_map(|line| line.trim().split_once(':'))
+                    .filter(|(name, _)| REDIS_FIELDS.contains(name))
+                {
+                    let label = match node {
+                        Some(node) => format!("node.{node}.{name}"),
+                        None => (*name).to_owned(),
+                    };
+                    report.figures.insert(label, number(value));
+                    if node.is_some()
+                        && let Ok(n) = value.trim().parse::<u64>()
+                        && let Some(field) = REDIS_FIELDS.iter().find(|f| **f == name)
+                    {
+                        *totals.entry(field).or_default() += n;
+                    }
+                }
+            }
+            for (name, total) in totals {
+                if REDIS_SUMMED.contains(&name) {
+                    report.figures.insert(format!("total.{name}"), json!(total));
+                }
             }
             if conn.is_cluster() {
                 report.notes.push(
-                    "cluster: INFO is one node's; count keys per node with redis-cli --cluster info"
+                    "cluster: figures per primary and totals; session keys are not counted (SCAN is per node: redis-cli --cluster info counts keys)"
                         .to_owned(),
                 );
             } else {
@@ -161,6 +191,19 @@ const REDIS_FIELDS: &[&str] = &[
     "used_memory_peak",
     "maxmemory",
     "maxmemory_policy",
+    "instantaneous_ops_per_sec",
+    "total_commands_processed",
+    "keyspace_hits",
+    "keyspace_misses",
+    "expired_keys",
+    "evicted_keys",
+    "rejected_connections",
+];
+
+/// The Redis figures that add up across a cluster's primaries.
+const REDIS_SUMMED: &[&str] = &[
+    "connected_clients",
+    "used_memory",
     "instantaneous_ops_per_sec",
     "total_commands_processed",
     "keyspace_hits",

@@ -291,3 +291,33 @@ fn memory_store_pings_and_has_nothing_to_list() {
     ]));
     assert_eq!(list["sessions"], Value::Array(vec![]));
 }
+
+/// A Redis cluster through one seed URL: the same sessions and revokes;
+/// stats reads one node's INFO and says so instead of counting keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cluster_sessions_revoke_stats() {
+    let redis = offstate_testing::redis_cluster()
+        .await
+        .expect("redis cluster");
+    let url = redis.url().to_owned();
+    let sessions = Sessions::new(redis.store().clone());
+    sessions_and_revoke(&sessions, &url).await;
+
+    let stats = json(&offstate(&["--store", &url, "--json", "stats"]));
+    assert!(
+        stats["figures"]["total.used_memory"].as_u64().is_some(),
+        "{stats}"
+    );
+    for url in redis.urls() {
+        let node = url.trim_start_matches("redis://").trim_end_matches('/');
+        assert!(
+            stats["figures"][format!("node.{node}.used_memory")].is_u64(),
+            "no figures for {node}: {stats}"
+        );
+    }
+    assert!(stats["figures"]["sessions"].is_null(), "{stats}");
+    assert!(
+        stats["notes"][0].as_str().unwrap().starts_with("cluster"),
+        "{stats}"
+    );
+}
