@@ -272,6 +272,11 @@ async fn health_is_503_when_the_store_does_not_answer() {
     let (status, body) = call(&app, Method::GET, "/admin/principals/a/sessions", true).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "store_unavailable");
+    // A store that does not answer in time is a 504 with its own code.
+    store.inject(Call::RevokePrincipal, Fault::TimeoutBefore);
+    let (status, body) = call(&app, Method::DELETE, "/admin/principals/a/sessions", true).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body["error"], "store_timeout");
     // The probe is a read: nothing was written.
     assert!(
         store
