@@ -571,6 +571,12 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         outcome
     }
 
+    // The backend's answer, never the cache's: a health probe must not be
+    // served from memory while the store is down.
+    async fn ping(&self, now: Timestamp) -> Result<(), StoreError> {
+        self.inner.ping(now).await
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }

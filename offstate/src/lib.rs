@@ -13,6 +13,7 @@
 //! - [`redis`], [`dynamodb`], [`memcached`] (features of those names): stores.
 //! - [`cache`] (feature `cache`): the local cache in front of any store.
 //! - [`conformance`] (feature `conformance`): the suite every store passes.
+//! - [`connect`] (feature `connect`): store URLs to connected stores.
 //!
 //! # Example
 //!
@@ -58,6 +59,11 @@ pub mod memcached {
 pub mod cache {
     pub use offstate_cache::*;
 }
+
+/// Store URLs to connected stores (`redis://`, `dynamodb://`,
+/// `memcached://`, `memory://`).
+#[cfg(feature = "connect")]
+pub mod connect;
 
 // The README's examples are compiled and run as doc tests, so it cannot go stale.
 #[cfg(doctest)]

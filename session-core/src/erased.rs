@@ -63,6 +63,7 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
         principal: &'a str,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
+    fn ping(&self, now: Timestamp) -> BoxFuture<'_, Result<(), StoreError>>;
     fn capabilities(&self) -> Capabilities;
     fn name(&self) -> &'static str;
 }
@@ -127,6 +128,9 @@ impl<S: SessionStore> ErasedStore for S {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(SessionStore::revoke_principal(self, principal, now))
+    }
+    fn ping(&self, now: Timestamp) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(SessionStore::ping(self, now))
     }
     fn capabilities(&self) -> Capabilities {
         SessionStore::capabilities(self)

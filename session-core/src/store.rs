@@ -347,6 +347,24 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
+    /// Checks that the store answers: `Ok` when it served a request just
+    /// now. For health checks and the admin API; nothing is written.
+    ///
+    /// The default loads a random key that no session has, which costs
+    /// one read; stores with a cheaper probe (Redis `PING`) may override it.
+    /// Wrappers (a cache, a counter) should pass it to the store they wrap,
+    /// so the answer is the backend's.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store does not answer or fails.
+    fn ping(&self, now: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let probe = crate::id::SessionId::generate().key();
+            self.load(&probe, now).await.map(|_| ())
+        }
+    }
+
     /// What this store can do beyond the required contract.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()

@@ -12,7 +12,7 @@ use crate::erased::SharedStore;
 use crate::error::SessionError;
 use crate::expiry::ExpiryPolicy;
 use crate::id::{SessionId, SessionKey};
-use crate::record::Timestamp;
+use crate::record::{Record, Timestamp};
 use crate::store::{Capabilities, SessionStore};
 
 #[derive(Debug, Clone)]
@@ -263,6 +263,49 @@ impl Sessions {
     /// store that cannot list (memcached), and store errors.
     pub async fn list_principal(&self, principal: &str) -> Result<Vec<SessionKey>, SessionError> {
         Ok(calls::list_principal(self, principal).await?)
+    }
+
+    /// The stored record under `key`, if it is live: for operators (the
+    /// admin API, the command-line tool), who find keys through
+    /// [`list_principal`](Self::list_principal) and never see IDs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), offstate_core::SessionError> {
+    /// # use offstate_core::{MemoryStore, Sessions};
+    /// let sessions = Sessions::new(MemoryStore::new());
+    /// let session = sessions.new_session();
+    /// session.insert("cart", &vec!["apple"]).await?;
+    /// session.save().await?;
+    /// let key = session.id().expect("saved").key();
+    /// let record = sessions.inspect(&key).await?.expect("live");
+    /// assert!(record.data.contains_key("cart"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails.
+    pub async fn inspect(&self, key: &SessionKey) -> Result<Option<Arc<Record>>, SessionError> {
+        Ok(calls::load(self, key).await?)
+    }
+
+    /// Ends the one session stored under `key`, on every instance. Returns
+    /// whether a live one was there.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails.
+    pub async fn revoke_key(&self, key: &SessionKey) -> Result<bool, SessionError> {
+        Ok(calls::delete(self, key).await?)
+    }
+
+    /// Checks that the store answers ([`SessionStore::ping`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when it does not.
+    pub async fn ping(&self) -> Result<(), SessionError> {
+        Ok(self.store.ping(self.now()).await?)
     }
 
     pub(crate) fn now(&self) -> Timestamp {
