@@ -8,6 +8,7 @@
 //! | `idle`       | idle deadline in ms (absent: none)      |
 //! | `abs`        | absolute deadline in ms (absent: none)  |
 //! | `principal`  | the principal's name (absent: none)     |
+//! | `ix`         | its index key (standalone Redis only; written and read by the scripts, not part of the record) |
 //! | `d:<key>`    | the serialized value of data key `<key>`|
 //!
 //! Data fields are prefixed so no data key can collide with metadata.
