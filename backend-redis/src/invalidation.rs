@@ -116,14 +116,14 @@ impl RedisInvalidationChannel {
     ///
     /// # Errors
     ///
-    /// [`ConnectError::Config`] when `config` has no URL or one that does
-    /// not parse.
+    /// [`ConnectError::NoUrl`] when `config` has no URL, and
+    /// [`ConnectError::Client`] for one that does not parse.
     pub fn from_connection(
         publisher: RedisConnection,
         config: &RedisConfig,
     ) -> Result<Self, ConnectError> {
         if config.urls.is_empty() {
-            return Err(ConnectError::Config("no Redis URL given".into()));
+            return Err(ConnectError::NoUrl);
         }
         for url in &config.urls {
             connection_info(config, url)?;

@@ -7,8 +7,8 @@
 //! - [`RedisConfig`] and [`ClusterMode`]: URLs (`redis://`, `rediss://` for
 //!   TLS), credentials, timeouts, pool size, key prefix, clock.
 //! - [`RedisConnection`]: the bounded connection pool (standalone or
-//!   cluster, on `deadpool`), reusable by other Redis users such as the
-//!   cache layer.
+//!   cluster, on `deadpool`), shared with the invalidation channel, and
+//!   open to commands of your own ([`RedisConnection::query`]).
 //! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore);
 //!   with [`RedisStore::with_announcements`] every write also announces
 //!   itself to the caches, inside its own script.
@@ -133,10 +133,11 @@ mod keys;
 mod scripts;
 mod store;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use codec::{decode_reply, encode_fields};
 pub use config::{ClusterMode, DEFAULT_KEY_PREFIX, RedisConfig};
-pub use connection::{IDLE_PING, PooledConnection, RedisConnection, SharedConnection};
+pub use connection::RedisConnection;
 pub use error::ConnectError;
 pub use invalidation::{DEFAULT_CHANNEL_SUFFIX, DEFAULT_HEARTBEAT, RedisInvalidationChannel};
 pub use store::RedisStore;

@@ -67,16 +67,15 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`ConnectError::Config`] when the key prefix contains `{` or `}`.
+    /// [`ConnectError::KeyPrefix`] when the key prefix contains `{` or `}`.
     pub fn from_connection(
         conn: RedisConnection,
         config: &RedisConfig,
     ) -> Result<Self, ConnectError> {
         if config.key_prefix.contains(['{', '}']) {
-            return Err(ConnectError::Config(
-                "the key prefix must not contain '{' or '}' (they delimit the cluster hash tag)"
-                    .into(),
-            ));
+            return Err(ConnectError::KeyPrefix {
+                prefix: config.key_prefix.clone(),
+            });
         }
         Ok(Self {
             conn,

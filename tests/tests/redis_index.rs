@@ -158,7 +158,11 @@ async fn plant_sessions(server: &Redis, store: &RedisStore, principal: &str, n: 
         .as_millis()
         .to_string();
     let index = store.principal_key(principal);
-    let mut conn = store.connection().get().await.expect("connection");
+    let client = Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
     let mut planted = 0;
     while planted < n {
         let mut batch = pipe();
