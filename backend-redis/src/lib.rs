@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`RedisConfig`] and [`ClusterMode`]: URLs (`redis://`, `rediss://` for
-//!   TLS), credentials, timeouts, pool size, key prefix, clock.
+//!   TLS), credentials, timeouts, pool size, key prefix. (The clock is the
+//!   `Sessions`' own: every store call is given "now".)
 //! - [`RedisConnection`]: the bounded connection pool (standalone or
 //!   cluster, on `deadpool`), shared with the invalidation channel, and
 //!   open to commands of your own ([`RedisConnection::query`]).
@@ -32,11 +33,11 @@
 //! scripts can keep the index in step (see the `index` module).
 //!
 //! - **Load** is one `HGETALL`; the record's deadlines are checked against
-//!   the store's [`Clock`](offstate_core::Clock) whatever the server TTL
+//!   the caller's "now" (the `Sessions`' clock) whatever the server TTL
 //!   did. Fields that do not decode give `StoreError::Corrupt`.
 //! - **Every write is one Lua script** (`EVALSHA`, loading the script on
 //!   `NOSCRIPT`) that atomically checks existence, expected version and
-//!   expiry (with "now" passed from the store's clock, never the server's
+//!   expiry (with "now" passed by the caller, never the server's
 //!   `TIME`), applies only the changed fields (`HSET`/`HDEL`), raises the
 //!   version and sets `PEXPIREAT` to the record's end (or `PERSIST`). A
 //!   version mismatch returns the current hash, so a conflict costs no extra

@@ -1,7 +1,7 @@
 //! The server-side Lua scripts: every session write is one script, so its
 //! check (exists, version, not expired) and its effect happen atomically.
 //!
-//! "Now" is always an argument, taken from the store's injected clock, never
+//! "Now" is always an argument, the caller's clock reading, never
 //! the server's `TIME`: deadlines are decided by the same clock everywhere.
 //! Each script touches exactly one key, so it runs in Redis Cluster too
 //! (the principal index lives in another slot and has its own script).

@@ -62,8 +62,8 @@ impl RedisStore {
         Self::from_connection(conn, &config)
     }
 
-    /// A store over an existing connection pool, with the key prefix and
-    /// clock of `config`.
+    /// A store over an existing connection pool, with the key prefix of
+    /// `config`.
     ///
     /// # Errors
     ///
