@@ -464,3 +464,68 @@ async fn a_session_without_its_index_key_field_is_still_indexed_by_a_touch() {
     );
     assert!(store.load(&key, now()).await.expect("load").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_redis_busy_with_a_script_are_an_outage() {
+    // A server of its own: it is kept busy.
+    let server = redis_fixture().await.expect("a Redis");
+    let store = server.store();
+    let key = create(store, None).await;
+    let _: () = server
+        .query(cmd("CONFIG").arg("SET").arg("busy-reply-threshold").arg(20))
+        .await
+        .expect("CONFIG SET");
+
+    // A script that never ends, on a connection of its own; Redis answers
+    // every other command BUSY once it has run for the threshold.
+    let client = Client::open(server.url()).expect("client");
+    let mut busy = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let spinning = tokio::spawn(async move {
+        cmd("EVAL")
+            .arg("while true do end")
+            .arg(0)
+            .query_async::<()>(&mut busy)
+            .await
+    });
+
+    // Until the script runs, a save may still go through; once Redis is
+    // busy, it is refused as an outage.
+    let mut version = Version::INITIAL;
+    let refusal = loop {
+        assert!(!spinning.is_finished(), "the script ended by itself");
+        let mut change = Change::new(version, record(None).deadlines);
+        change.set.insert("k".into(), b"2".to_vec());
+        match store.save(&key, &change, now()).await {
+            Ok(SaveOutcome::Saved(next)) => version = next,
+            Ok(other) => panic!("save: {other:?}"),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(refusal, StoreError::Unavailable(_)),
+        "save: {refusal:?}"
+    );
+
+    let mut killer = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let _: () = cmd("SCRIPT")
+        .arg("KILL")
+        .query_async(&mut killer)
+        .await
+        .expect("SCRIPT KILL");
+    assert!(
+        spinning.await.expect("task").is_err(),
+        "the script was killed"
+    );
+    let mut change = Change::new(version, record(None).deadlines);
+    change.set.insert("k".into(), b"3".to_vec());
+    assert!(matches!(
+        store.save(&key, &change, now()).await.expect("save"),
+        SaveOutcome::Saved(_)
+    ));
+}
