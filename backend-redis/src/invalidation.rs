@@ -16,6 +16,11 @@
 //! Classic `PUBLISH` is broadcast to every node of a Redis Cluster, so the
 //! subscription needs one node only (any seed URL that answers); publishes
 //! go through a pooled [`RedisConnection`] (standalone or cluster).
+//!
+//! A [`RedisStore`](crate::RedisStore) given this channel's name with
+//! [`with_announcements`](crate::RedisStore::with_announcements) publishes
+//! on it from inside its write scripts, in the same wire form; a cache in
+//! front of such a store then never publishes itself.
 
 use std::fmt;
 use std::pin::pin;
