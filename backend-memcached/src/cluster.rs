@@ -152,13 +152,16 @@ fn unexpected(node: &Node, response: &Response) -> StoreError {
     })
 }
 
-/// Maps a node failure to the store's error: timeouts and broken
-/// connections are outages; anything the server said is a backend error.
+/// Maps a node failure to the store's error: timeouts, broken connections
+/// and "try again later" answers (out of memory, too many connections) are
+/// outages; anything else the server said is a backend error.
 pub(crate) fn store_error(error: NodeError) -> StoreError {
     match error {
         NodeError::Timeout { after, .. } => StoreError::Timeout(after),
         NodeError::Connect { .. } => StoreError::unavailable(error),
-        NodeError::Protocol { ref source, .. } if source.is_connection() => {
+        NodeError::Protocol { ref source, .. }
+            if source.is_connection() || source.is_overload() =>
+        {
             StoreError::unavailable(error)
         }
         NodeError::Protocol { .. } => StoreError::backend(error),

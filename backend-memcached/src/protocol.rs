@@ -31,6 +31,11 @@ pub(crate) enum ProtocolError {
     /// The server refused the item as too large for its item size limit.
     #[error("memcached refused the item as too large: {0}")]
     TooLarge(String),
+    /// The server answered "try again later": out of memory (`-M`, or no
+    /// page left for the item's slab class), too many connections, busy or
+    /// temporarily unavailable.
+    #[error("memcached is out of capacity: {0}")]
+    Overloaded(String),
     /// The server answered `ERROR`, `CLIENT_ERROR` or `SERVER_ERROR`.
     #[error("memcached answered with an error: {0}")]
     Server(String),
@@ -45,6 +50,11 @@ impl ProtocolError {
     /// just have been stale.
     pub(crate) fn is_connection(&self) -> bool {
         matches!(self, Self::Io(_) | Self::Closed)
+    }
+
+    /// Whether the server said to try again later (an outage, not a bug).
+    pub(crate) fn is_overload(&self) -> bool {
+        matches!(self, Self::Overloaded(_))
     }
 }
 
@@ -334,11 +344,23 @@ fn parse_value_header(line: &str) -> Result<ValueHeader, ProtocolError> {
 
 /// Classifies a reply line that is not the expected answer.
 fn error_line(line: &str) -> ProtocolError {
-    if let Some(message) = line.strip_prefix("SERVER_ERROR ") {
-        if message.contains("too large") {
-            return ProtocolError::TooLarge(message.to_owned());
+    if let Some(message) = line.strip_prefix("SERVER_ERROR ")
+        && message.contains("too large")
+    {
+        return ProtocolError::TooLarge(message.to_owned());
+    }
+    if line.starts_with("SERVER_ERROR") || line.starts_with("ERROR") {
+        // memcached refuses a connection over `-c` with `ERROR Too many
+        // open connections`, and a store without memory (`-M`, or no page
+        // left for the item's slab class) with `SERVER_ERROR out of memory
+        // storing object`.
+        let lower = line.to_ascii_lowercase();
+        if ["out of memory", "too many", "busy", "temporar"]
+            .iter()
+            .any(|m| lower.contains(m))
+        {
+            return ProtocolError::Overloaded(line.to_owned());
         }
-        return ProtocolError::Server(line.to_owned());
     }
     if line == "ERROR" || line.starts_with("CLIENT_ERROR") || line.starts_with("SERVER_ERROR") {
         return ProtocolError::Server(line.to_owned());
@@ -368,8 +390,19 @@ mod tests {
             error_line("SERVER_ERROR object too large for cache"),
             ProtocolError::TooLarge(_)
         ));
+        for overload in [
+            "SERVER_ERROR out of memory storing object",
+            "SERVER_ERROR Out of memory allocating space",
+            "SERVER_ERROR out of memory",
+            "SERVER_ERROR too many open connections",
+            "SERVER_ERROR temporary failure",
+            "ERROR Too many open connections",
+        ] {
+            let error = error_line(overload);
+            assert!(error.is_overload(), "{overload}: {error:?}");
+        }
         assert!(matches!(
-            error_line("SERVER_ERROR out of memory storing object"),
+            error_line("SERVER_ERROR bad command line format"),
             ProtocolError::Server(_)
         ));
         assert!(matches!(

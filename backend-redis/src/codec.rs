@@ -8,6 +8,7 @@
 //! | `idle`       | idle deadline in ms (absent: none)      |
 //! | `abs`        | absolute deadline in ms (absent: none)  |
 //! | `principal`  | the principal's name (absent: none)     |
+//! | `ix`         | its index key (standalone Redis only; written and read by the scripts, not part of the record) |
 //! | `d:<key>`    | the serialized value of data key `<key>`|
 //!
 //! Data fields are prefixed so no data key can collide with metadata.
@@ -112,6 +113,7 @@ pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
 /// # Errors
 ///
 /// The corruption's description, for a reply that is not a session hash.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn decode_reply(reply: Value) -> Result<Option<Record>, String> {
     hash_pairs(reply)
@@ -121,6 +123,7 @@ pub fn decode_reply(reply: Value) -> Result<Option<Record>, String> {
 
 /// The field/value pairs the store writes for `record`, for the fuzz
 /// targets. Not part of the API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 #[must_use]
 pub fn encode_fields(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -11,7 +11,7 @@
 //! root certificate. Here a connection remembers whether a request on it
 //! failed at the connection level (I/O error, dropped, timed out); such a
 //! connection is discarded at its next checkout, and one idle for longer
-//! than [`IDLE_PING`] is checked with a `PING`. So the pool heals by itself
+//! than `IDLE_PING` is checked with a `PING`. So the pool heals by itself
 //! after a server restart without paying a round trip per request.
 
 use std::future::Future;
@@ -35,7 +35,7 @@ use crate::error::{ConnectError, from_pool, from_redis};
 
 /// A pooled connection idle for longer than this is checked with a `PING`
 /// before it is handed out again.
-pub const IDLE_PING: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_PING: Duration = Duration::from_secs(30);
 
 /// A pool of connections to Redis or Redis Cluster, with every call bounded
 /// in time. Clones share the pool.
@@ -79,7 +79,7 @@ impl RedisConnection {
     /// found no server.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
         if config.urls.is_empty() {
-            return Err(ConnectError::Config("no Redis URL given".into()));
+            return Err(ConnectError::NoUrl);
         }
         if config.uses_tls() {
             // rustls needs a process-wide crypto provider. If the app (or
@@ -100,10 +100,7 @@ impl RedisConnection {
         let connector = if cluster {
             Connector::Cluster(cluster_client(config, infos)?)
         } else {
-            let info = infos
-                .into_iter()
-                .next()
-                .ok_or_else(|| ConnectError::Config("no Redis URL given".into()))?;
+            let info = infos.into_iter().next().ok_or(ConnectError::NoUrl)?;
             Connector::Standalone {
                 client: Client::open(info).map_err(ConnectError::Client)?,
                 config: async_config(config),
@@ -120,7 +117,7 @@ impl RedisConnection {
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.command_timeout))
             .build()
-            .map_err(|e| ConnectError::Pool(e.to_string()))?;
+            .map_err(|e| ConnectError::Pool(Box::new(e)))?;
         Ok(Self {
             pool,
             cluster,
@@ -149,7 +146,7 @@ impl RedisConnection {
     ///
     /// [`StoreError::Timeout`] or [`StoreError::Unavailable`] when no
     /// connection can be had in time.
-    pub async fn get(&self) -> Result<PooledConnection, StoreError> {
+    pub(crate) async fn get(&self) -> Result<PooledConnection, StoreError> {
         let bound = self.connect_timeout;
         // The checkout is momentary: the pool hands out a clone of one of
         // its multiplexed connections and takes the connection back at once,
@@ -177,7 +174,7 @@ impl RedisConnection {
     /// # Errors
     ///
     /// What `work` returns, or [`StoreError::Timeout`].
-    pub async fn bounded<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(crate) async fn bounded<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, StoreError>>,
     {
@@ -203,7 +200,7 @@ impl RedisConnection {
 
     /// Maps a client error from a command on this connection.
     #[must_use]
-    pub fn error(&self, error: RedisError) -> StoreError {
+    pub(crate) fn error(&self, error: RedisError) -> StoreError {
         from_redis(error, self.command_timeout)
     }
 }
@@ -212,7 +209,7 @@ impl RedisConnection {
 /// pool's multiplexed connections, which other requests use at the same
 /// time. [`shared`](Self::shared) gives another handle for sending
 /// requests concurrently.
-pub struct PooledConnection(SharedConnection);
+pub(crate) struct PooledConnection(SharedConnection);
 
 impl std::fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,7 +220,7 @@ impl std::fmt::Debug for PooledConnection {
 impl PooledConnection {
     /// A handle on the same multiplexed connection, for concurrent requests.
     #[must_use]
-    pub fn shared(&self) -> SharedConnection {
+    pub(crate) fn shared(&self) -> SharedConnection {
         self.0.clone()
     }
 }
@@ -251,7 +248,7 @@ impl ConnectionLike for PooledConnection {
 /// at once (each on its own clone). A connection-level failure on any clone
 /// marks the pooled connection for replacement.
 #[derive(Clone)]
-pub struct SharedConnection {
+pub(crate) struct SharedConnection {
     raw: Raw,
     broken: Arc<AtomicBool>,
 }

@@ -11,15 +11,24 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The configuration is unusable (no URL, a prefix with braces...).
-    #[error("invalid Redis configuration: {0}")]
-    Config(String),
+    /// The configuration names no Redis URL.
+    #[error("no Redis URL given")]
+    NoUrl,
+    /// The key prefix contains `{` or `}`, which delimit the cluster hash
+    /// tag.
+    #[error(
+        "the key prefix {prefix:?} must not contain '{{' or '}}' (they delimit the cluster hash tag)"
+    )]
+    KeyPrefix {
+        /// The prefix given.
+        prefix: String,
+    },
     /// The Redis client refused the URLs or TLS settings.
     #[error("invalid Redis connection settings")]
     Client(#[source] RedisError),
     /// The connection pool could not be built.
-    #[error("could not build the Redis connection pool: {0}")]
-    Pool(String),
+    #[error("could not build the Redis connection pool")]
+    Pool(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Cluster mode detection needed a server, and none answered.
     #[error("could not detect whether Redis runs in cluster mode")]
     Detect(#[source] StoreError),

@@ -1,9 +1,20 @@
 //! The principal index: one sorted set per principal, member = session key,
 //! score = the session's end (ms; `+inf` for none).
 //!
-//! In Redis Cluster the index lives in another slot than the session hash,
-//! so no script can change both. The order of the separate commands is
-//! what keeps revocation complete:
+//! **On a standalone Redis** every key is on the one server, so each
+//! session script updates the index in the same step as the session: the
+//! session hash remembers its principal's index key (field `ix`, written
+//! when the principal is set), and create, save, touch, delete and revoke
+//! add, raise, re-add or remove the entry themselves. A write of a
+//! logged-in session is then one round trip, and the index never lags its
+//! sessions. (A session written before `ix` existed has its index updated
+//! by a separate command, as on a cluster, until its principal is set
+//! again.)
+//!
+//! **In Redis Cluster** the index lives in another slot than the session
+//! hash, so no script can change both, and the index update is one more
+//! round trip per write of a logged-in session. The order of the separate
+//! commands is what keeps revocation complete:
 //!
 //! - **Index first.** A create or save that attaches a principal adds the
 //!   index entry *before* the session write. A session therefore never
@@ -28,8 +39,7 @@
 //!   score, and once that has passed, the next add of the same principal
 //!   may trim it while it still lives; the session's next write or touch
 //!   adds it back. Until then a revoke misses it. On a standalone Redis
-//!   the window needs a failed index command right after a successful
-//!   script on the same server.
+//!   there is no such window: the update is part of the write.
 //! - **Revoke** works in batches of [`REVOKE_BATCH`] entries: it deletes
 //!   each listed session with a one-key script that checks the session
 //!   still belongs to the principal, then removes the entries it
@@ -283,7 +293,7 @@ impl RedisStore {
                     };
                     let mut call = self.scripts().revoke_one.prepare_invoke();
                     call.key(self.keys().session(&key));
-                    if !self.conn().is_cluster() {
+                    if self.folds() {
                         // One server: the entry goes in the same step.
                         call.key(index);
                     }

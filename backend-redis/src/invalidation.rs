@@ -16,6 +16,11 @@
 //! Classic `PUBLISH` is broadcast to every node of a Redis Cluster, so the
 //! subscription needs one node only (any seed URL that answers); publishes
 //! go through a pooled [`RedisConnection`] (standalone or cluster).
+//!
+//! A [`RedisStore`](crate::RedisStore) given this channel's name with
+//! [`with_announcements`](crate::RedisStore::with_announcements) publishes
+//! on it from inside its write scripts, in the same wire form; a cache in
+//! front of such a store then never publishes itself.
 
 use std::fmt;
 use std::pin::pin;
@@ -116,14 +121,14 @@ impl RedisInvalidationChannel {
     ///
     /// # Errors
     ///
-    /// [`ConnectError::Config`] when `config` has no URL or one that does
-    /// not parse.
+    /// [`ConnectError::NoUrl`] when `config` has no URL, and
+    /// [`ConnectError::Client`] for one that does not parse.
     pub fn from_connection(
         publisher: RedisConnection,
         config: &RedisConfig,
     ) -> Result<Self, ConnectError> {
         if config.urls.is_empty() {
-            return Err(ConnectError::Config("no Redis URL given".into()));
+            return Err(ConnectError::NoUrl);
         }
         for url in &config.urls {
             connection_info(config, url)?;

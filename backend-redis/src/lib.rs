@@ -5,10 +5,11 @@
 //! # Layout
 //!
 //! - [`RedisConfig`] and [`ClusterMode`]: URLs (`redis://`, `rediss://` for
-//!   TLS), credentials, timeouts, pool size, key prefix, clock.
+//!   TLS), credentials, timeouts, pool size, key prefix. (The clock is the
+//!   `Sessions`' own: every store call is given "now".)
 //! - [`RedisConnection`]: the bounded connection pool (standalone or
-//!   cluster, on `deadpool`), reusable by other Redis users such as the
-//!   cache layer.
+//!   cluster, on `deadpool`), shared with the invalidation channel, and
+//!   open to commands of your own ([`RedisConnection::query`]).
 //! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore);
 //!   with [`RedisStore::with_announcements`] every write also announces
 //!   itself to the caches, inside its own script.
@@ -27,14 +28,16 @@
 //! One hash per session at `<prefix>s:{<session key>}` (default prefix
 //! `offstate:`): one field `d:<key>` per data key, and metadata fields
 //! `version`, `created`, `idle`, `abs`, `principal`. The `{...}` hash tag
-//! keeps everything of one session in one cluster slot.
+//! keeps everything of one session in one cluster slot. On a standalone
+//! Redis the hash also holds `ix`, its principal's index key, so the
+//! scripts can keep the index in step (see the `index` module).
 //!
 //! - **Load** is one `HGETALL`; the record's deadlines are checked against
-//!   the store's [`Clock`](offstate_core::Clock) whatever the server TTL
+//!   the caller's "now" (the `Sessions`' clock) whatever the server TTL
 //!   did. Fields that do not decode give `StoreError::Corrupt`.
 //! - **Every write is one Lua script** (`EVALSHA`, loading the script on
 //!   `NOSCRIPT`) that atomically checks existence, expected version and
-//!   expiry (with "now" passed from the store's clock, never the server's
+//!   expiry (with "now" passed by the caller, never the server's
 //!   `TIME`), applies only the changed fields (`HSET`/`HDEL`), raises the
 //!   version and sets `PEXPIREAT` to the record's end (or `PERSIST`). A
 //!   version mismatch returns the current hash, so a conflict costs no extra
@@ -43,21 +46,24 @@
 //! - **Principal index**: a sorted set per principal at
 //!   `<prefix>principal:{<sha256 of the name>}`; see the `index` module's
 //!   docs for the ordering that keeps revocation complete across slots.
-//!   A write of a session with a principal costs one more command (the
-//!   index update, which also re-adds an entry that was lost and trims
-//!   the entries of ended sessions); a write without one is one script
-//!   call. A revoke works in batches of 100 entries and keeps what each
-//!   batch did, so a revoke cut short by its bound is continued by a retry.
+//!   On a standalone Redis every write is one script call, the index
+//!   update included; on a cluster a write of a session with a principal
+//!   costs one more command (the index update, in the index's slot). The
+//!   update also re-adds an entry that was lost and trims the entries of
+//!   ended sessions. A revoke works in batches of 100 entries and keeps
+//!   what each batch did, so a revoke cut short by its bound is continued
+//!   by a retry.
 //! - **Announcements** (optional, [`RedisStore::with_announcements`]):
 //!   save, touch, delete, delete-if-version and every session a revoke
 //!   deletes `PUBLISH` their invalidation from inside the same script, so
 //!   a cached write is one round trip and no subscriber can hear of it
 //!   after the writer's client did.
 //! - **Timeouts**: every call is bounded by `tokio::time::timeout` (connect
-//!   timeout + command timeout; a write that also updates the index may take
-//!   that bound twice). A slow or dead server gives `StoreError::Timeout` or
-//!   `StoreError::Unavailable`; broken connections are replaced at their
-//!   next use, so the store recovers by itself when the server is back.
+//!   timeout + command timeout; on a cluster, a write that also updates the
+//!   index may take that bound twice). A slow or dead server gives
+//!   `StoreError::Timeout` or `StoreError::Unavailable`; broken connections
+//!   are replaced at their next use, so the store recovers by itself when
+//!   the server is back.
 //!
 //! # ElastiCache
 //!
@@ -128,10 +134,11 @@ mod keys;
 mod scripts;
 mod store;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use codec::{decode_reply, encode_fields};
 pub use config::{ClusterMode, DEFAULT_KEY_PREFIX, RedisConfig};
-pub use connection::{IDLE_PING, PooledConnection, RedisConnection, SharedConnection};
+pub use connection::RedisConnection;
 pub use error::ConnectError;
 pub use invalidation::{DEFAULT_CHANNEL_SUFFIX, DEFAULT_HEARTBEAT, RedisInvalidationChannel};
 pub use store::RedisStore;

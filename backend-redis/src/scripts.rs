@@ -1,7 +1,7 @@
 //! The server-side Lua scripts: every session write is one script, so its
 //! check (exists, version, not expired) and its effect happen atomically.
 //!
-//! "Now" is always an argument, taken from the store's injected clock, never
+//! "Now" is always an argument, the caller's clock reading, never
 //! the server's `TIME`: deadlines are decided by the same clock everywhere.
 //! Each script touches exactly one key, so it runs in Redis Cluster too
 //! (the principal index lives in another slot and has its own script).
@@ -21,12 +21,14 @@ use redis::Script;
 ///
 /// `state` classifies the session hash at `now`: `absent`, `expired`,
 /// `corrupt` (not a hash, or metadata that does not parse) or `live`, and
-/// returns `version, idle, abs, principal`.
+/// returns `version, idle, abs, principal, ix` (`ix`: the name of the
+/// principal's index, kept on a standalone Redis so that the scripts can
+/// update the index in the same step; see the `index` module).
 const PRELUDE: &str = r"
 local function state(key, now)
   -- One HMGET on the common path; a wrong type comes back as an error
   -- reply (not raised), and EXISTS runs only when there is no version.
-  local m = redis.pcall('HMGET', key, 'version', 'idle', 'abs', 'principal')
+  local m = redis.pcall('HMGET', key, 'version', 'idle', 'abs', 'principal', 'ix')
   if type(m) == 'table' and m.err then return 'corrupt', {} end
   if not m[1] then
     if redis.call('EXISTS', key) == 0 then return 'absent', {} end
@@ -74,6 +76,37 @@ local function expire_at(key, at)
   if at == '' then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, at) end
 end
 
+-- The principal index (see INDEX_ADD): adds or raises `member` to the
+-- score of a session ending at `at` ('' = never), trims what ended before
+-- `now`, and lets the index expire with its latest session.
+local function index_add(index, member, at, now)
+  local score = at
+  if score == '' then score = '+inf' end
+  redis.call('ZADD', index, 'GT', score, member)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
+  local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+  if not top[2] then return end
+  if top[2] == 'inf' then redis.call('PERSIST', index) else redis.call('PEXPIREAT', index, top[2]) end
+end
+
+-- Keeps the index of a session that keeps its principal in step (`fold`
+-- is '1' on a standalone Redis). Returns 1 when done here, 0 when the
+-- client has to do it (a cluster, or a session written before `ix`).
+local function follow(fold, m, member, at, now)
+  if not m[4] or m[4] == '' then return 1 end
+  if fold ~= '1' or not m[5] then return 0 end
+  index_add(m[5], member, at, now)
+  return 1
+end
+
+-- Removes the entry of a session that left its principal, where it can.
+local function unfollow(fold, m, member)
+  if not m[4] or m[4] == '' then return 1 end
+  if fold ~= '1' or not m[5] then return 0 end
+  redis.call('ZREM', m[5], member)
+  return 1
+end
+
 -- Announces a write ('<version>') or an end ('-') of session `member` on
 -- `channel`, unless no channel is configured ('').
 local function announce(channel, member, version)
@@ -82,36 +115,45 @@ end
 
 ";
 
-/// KEYS: session. ARGV: now, expire-at ('' = none), field/value pairs.
-/// Returns 1 when created, 0 when a live (or undecodable) hash is there.
+/// KEYS: session, and on a standalone Redis the principal's index when the
+/// record has a principal. ARGV: now, expire-at ('' = none), session key,
+/// field/value pairs. With the index, the entry is added in the same step
+/// and the hash remembers the index (`ix`). Returns 1 when created, 0 when
+/// a live (or undecodable) hash is there.
 const CREATE: &str = r"
 local st = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'live' or st == 'corrupt' then return 0 end
 if st == 'expired' then redis.call('DEL', KEYS[1]) end
-each_chunk('HSET', KEYS[1], ARGV, 3, #ARGV)
+each_chunk('HSET', KEYS[1], ARGV, 4, #ARGV)
+if KEYS[2] then
+  redis.call('HSET', KEYS[1], 'ix', KEYS[2])
+  index_add(KEYS[2], ARGV[3], ARGV[2], ARGV[1])
+end
 expire_at(KEYS[1], ARGV[2])
 return 1
 ";
 
-/// KEYS: session. ARGV: now, expected version, next version, announcement
-/// channel ('' = none), asked idle deadline ('' = none), session key (for
-/// the announcement), principal op ('k' keep, 's'
-/// set, 'c' clear), principal, number of set arguments N, N field/value
-/// arguments, fields to remove. Deadlines never move backwards: the idle
-/// deadline becomes the later of the stored and the asked one, the
-/// absolute one stays. Returns {0} gone, {1, hash} conflict, {2, old
-/// principal, expires-at ('' = none)} saved, {3} corrupt.
+/// KEYS: session, and on a standalone Redis with principal op 's' the new
+/// principal's index. ARGV: now, expected version, next version,
+/// announcement channel ('' = none), asked idle deadline ('' = none),
+/// session key, principal op ('k' keep, 's' set, 'c' clear), principal,
+/// fold ('1' on a standalone Redis: update the index here), number of set
+/// arguments N, N field/value arguments, fields to remove. Deadlines never
+/// move backwards: the idle deadline becomes the later of the stored and
+/// the asked one, the absolute one stays. Returns {0} gone, {1, hash}
+/// conflict, {2, old principal, expires-at ('' = none), 1 if the index was
+/// updated here} saved, {3} corrupt.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
 if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
-local nset = tonumber(ARGV[9])
+local nset = tonumber(ARGV[10])
 -- Gather every field written or removed, so the write is one HSET (and at
 -- most one HDEL) however many keys, deadlines and principal changed.
 local sets, dels = {}, {}
-for i = 10, 9 + nset do sets[#sets + 1] = ARGV[i] end
-for i = 10 + nset, #ARGV do dels[#dels + 1] = ARGV[i] end
+for i = 11, 10 + nset do sets[#sets + 1] = ARGV[i] end
+for i = 11 + nset, #ARGV do dels[#dels + 1] = ARGV[i] end
 local function put(field, value)
   if value == '' then
     dels[#dels + 1] = field
@@ -125,8 +167,15 @@ put('idle', idle)
 if ARGV[7] == 's' then
   sets[#sets + 1] = 'principal'
   sets[#sets + 1] = ARGV[8]
+  if KEYS[2] then
+    sets[#sets + 1] = 'ix'
+    sets[#sets + 1] = KEYS[2]
+  else
+    dels[#dels + 1] = 'ix'
+  end
 elseif ARGV[7] == 'c' then
   dels[#dels + 1] = 'principal'
+  dels[#dels + 1] = 'ix'
 end
 sets[#sets + 1] = 'version'
 sets[#sets + 1] = ARGV[3]
@@ -134,14 +183,29 @@ if #dels > 0 then each_chunk('HDEL', KEYS[1], dels, 1, #dels) end
 each_chunk('HSET', KEYS[1], sets, 1, #sets)
 local at = ends_at(idle, m[3] or '')
 expire_at(KEYS[1], at)
+local folded = 0
+if ARGV[7] == 'k' then
+  folded = follow(ARGV[9], m, ARGV[6], at, ARGV[1])
+elseif ARGV[7] == 'c' then
+  folded = unfollow(ARGV[9], m, ARGV[6])
+elseif KEYS[2] then
+  index_add(KEYS[2], ARGV[6], at, ARGV[1])
+  if m[4] == ARGV[8] then
+    folded = 1
+  else
+    folded = unfollow(ARGV[9], m, ARGV[6])
+  end
+end
 announce(ARGV[4], ARGV[6], ARGV[3])
-return {2, m[4] or '', at}
+return {2, m[4] or '', at, folded}
 ";
 
 /// KEYS: session. ARGV: now, asked idle deadline, announcement channel,
-/// session key. Rewrites only `idle` (when the asked one is later) and the
-/// TTL; announces the unchanged version. Returns {0} gone, {1, principal,
-/// expires-at ('' = none)} touched, {3} corrupt.
+/// session key, fold ('1' on a standalone Redis). Rewrites only `idle`
+/// (when the asked one is later) and the TTL; announces the unchanged
+/// version; with fold, raises (or re-adds) the index entry in the same
+/// step. Returns {0} gone, {1, principal, expires-at ('' = none), 1 if the
+/// index was updated here} touched, {3} corrupt.
 const TOUCH: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
@@ -150,28 +214,31 @@ local idle = later_idle(m[2], ARGV[2])
 if idle ~= '' and idle ~= m[2] then redis.call('HSET', KEYS[1], 'idle', idle) end
 local at = ends_at(idle, m[3] or '')
 expire_at(KEYS[1], at)
+local folded = follow(ARGV[5], m, ARGV[4], at, ARGV[1])
 announce(ARGV[3], ARGV[4], m[1])
-return {1, m[4] or '', at}
+return {1, m[4] or '', at, folded}
 ";
 
-/// KEYS: session. ARGV: now, announcement channel, session key. Announces
-/// the end even when nothing was there (a peer may still have it cached).
+/// KEYS: session. ARGV: now, announcement channel, session key, fold.
+/// Announces the end even when nothing was there (a peer may still have
+/// it cached); with fold, removes the index entry in the same step.
 /// Returns {1 if something live or undecodable was deleted else 0,
-/// principal}.
+/// principal, 1 if the index was updated here}.
 const DELETE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 announce(ARGV[2], ARGV[3], '-')
-if st == 'absent' then return {0, ''} end
+if st == 'absent' then return {0, '', 1} end
 redis.call('DEL', KEYS[1])
 local was = 0
 if st == 'live' or st == 'corrupt' then was = 1 end
-return {was, m[4] or ''}
+return {was, m[4] or '', unfollow(ARGV[4], m, ARGV[3])}
 ";
 
 /// KEYS: session. ARGV: now, expected version, announcement channel,
-/// session key. Deletes a live session only at that version; announces the
-/// end when it deleted or found nothing live. Returns {0} gone, {1, hash}
-/// conflict, {2, principal} deleted, {3} corrupt.
+/// session key, fold. Deletes a live session only at that version;
+/// announces the end when it deleted or found nothing live. Returns {0}
+/// gone, {1, hash} conflict, {2, principal, 1 if the index was updated
+/// here} deleted, {3} corrupt.
 const DELETE_IF_VERSION: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then
@@ -182,7 +249,7 @@ if st == 'corrupt' then return {3} end
 if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
 redis.call('DEL', KEYS[1])
 announce(ARGV[3], ARGV[4], '-')
-return {2, m[4] or ''}
+return {2, m[4] or '', unfollow(ARGV[5], m, ARGV[4])}
 ";
 
 /// KEYS: session, and on a standalone Redis the principal's index. ARGV:
@@ -210,11 +277,7 @@ return 2
 /// session ended before `now`, so the index holds no more than the
 /// principal's live sessions. The index expires with its latest session.
 const INDEX_ADD: &str = r"
-redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if not top[2] then return 0 end
-if top[2] == 'inf' then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIREAT', KEYS[1], top[2]) end
+index_add(KEYS[1], ARGV[2], ARGV[1], ARGV[3])
 return 1
 ";
 
@@ -240,7 +303,7 @@ impl Scripts {
             delete: session(DELETE),
             delete_if_version: session(DELETE_IF_VERSION),
             revoke_one: session(REVOKE_ONE),
-            index_add: Script::new(INDEX_ADD),
+            index_add: session(INDEX_ADD),
         }
     }
 }

@@ -62,21 +62,20 @@ impl RedisStore {
         Self::from_connection(conn, &config)
     }
 
-    /// A store over an existing connection pool, with the key prefix and
-    /// clock of `config`.
+    /// A store over an existing connection pool, with the key prefix of
+    /// `config`.
     ///
     /// # Errors
     ///
-    /// [`ConnectError::Config`] when the key prefix contains `{` or `}`.
+    /// [`ConnectError::KeyPrefix`] when the key prefix contains `{` or `}`.
     pub fn from_connection(
         conn: RedisConnection,
         config: &RedisConfig,
     ) -> Result<Self, ConnectError> {
         if config.key_prefix.contains(['{', '}']) {
-            return Err(ConnectError::Config(
-                "the key prefix must not contain '{' or '}' (they delimit the cluster hash tag)"
-                    .into(),
-            ));
+            return Err(ConnectError::KeyPrefix {
+                prefix: config.key_prefix.clone(),
+            });
         }
         Ok(Self {
             conn,
@@ -144,6 +143,17 @@ impl RedisStore {
 
     pub(crate) fn announcements(&self) -> &str {
         &self.announcements
+    }
+
+    /// Whether the scripts update the principal index themselves: on a
+    /// standalone Redis every key is on the one server, so a script may
+    /// write the session and its principal's index in one step.
+    pub(crate) fn folds(&self) -> bool {
+        !self.conn.is_cluster()
+    }
+
+    fn fold_arg(&self) -> &'static str {
+        if self.folds() { "1" } else { "0" }
     }
 
     /// The connection pool, to share with other Redis users (the cache layer).
@@ -240,17 +250,24 @@ impl SessionStore for RedisStore {
         self.conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
-                // Index first: a session never exists unindexed, so a revoke
-                // never misses it. A create that then finds the key taken
-                // leaves a harmless entry (listings verify each member).
-                if let Some(principal) = &record.principal {
-                    self.index_add(&mut conn, principal, key, expires, now)
-                        .await?;
-                }
                 let mut call = self.scripts.create.prepare_invoke();
-                call.key(self.keys.session(key))
-                    .arg(now.as_millis())
-                    .arg(expire_arg(expires));
+                call.key(self.keys.session(key));
+                if let Some(principal) = &record.principal {
+                    if self.folds() {
+                        // One server: the entry is added by the script.
+                        call.key(self.keys.principal(principal));
+                    } else {
+                        // Index first: a session never exists unindexed, so
+                        // a revoke never misses it. A create that then finds
+                        // the key taken leaves a harmless entry (listings
+                        // verify each member).
+                        self.index_add(&mut conn, principal, key, expires, now)
+                            .await?;
+                    }
+                }
+                call.arg(now.as_millis())
+                    .arg(expire_arg(expires))
+                    .arg(key.as_str());
                 for (field, value) in codec::encode(record) {
                     call.arg(field).arg(value);
                 }
@@ -274,22 +291,26 @@ impl SessionStore for RedisStore {
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
         let expires = change.deadlines.expires_at();
-        let (outcome, old_principal, ends) = self
+        let (outcome, old_principal, ends, folded) = self
             .conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
+                let mut call = self.scripts.save.prepare_invoke();
+                call.key(self.keys.session(key));
                 let (op, principal) = match &change.principal {
                     PrincipalChange::Set(p) => {
-                        // Index first, as for create.
-                        self.index_add(&mut conn, p, key, expires, now).await?;
+                        if self.folds() {
+                            call.key(self.keys.principal(p));
+                        } else {
+                            // Index first, as for create.
+                            self.index_add(&mut conn, p, key, expires, now).await?;
+                        }
                         ("s", p.as_str())
                     }
                     PrincipalChange::Clear => ("c", ""),
                     _ => ("k", ""),
                 };
-                let mut call = self.scripts.save.prepare_invoke();
-                call.key(self.keys.session(key))
-                    .arg(now.as_millis())
+                call.arg(now.as_millis())
                     .arg(change.expected.get())
                     .arg(change.expected.next().get())
                     .arg(&*self.announcements)
@@ -297,6 +318,7 @@ impl SessionStore for RedisStore {
                     .arg(key.as_str())
                     .arg(op)
                     .arg(principal)
+                    .arg(self.fold_arg())
                     .arg(change.set.len() * 2);
                 for (k, value) in &change.set {
                     call.arg(data_field(k)).arg(value.as_slice());
@@ -311,7 +333,7 @@ impl SessionStore for RedisStore {
                 let mut reply = array(reply, "save")?.into_iter();
                 let code = int(reply.next().as_ref());
                 match code {
-                    Some(0) => Ok((SaveOutcome::Gone, String::new(), None)),
+                    Some(0) => Ok((SaveOutcome::Gone, String::new(), None, true)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
                         let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
@@ -320,14 +342,21 @@ impl SessionStore for RedisStore {
                                 SaveOutcome::Conflict(Arc::new(current)),
                                 String::new(),
                                 None,
+                                true,
                             )),
-                            None => Ok((SaveOutcome::Gone, String::new(), None)),
+                            None => Ok((SaveOutcome::Gone, String::new(), None, true)),
                         }
                     }
                     Some(2) => {
                         let old = text(reply.next());
                         let ends = text(reply.next()).parse().ok().map(Timestamp::from_millis);
-                        Ok((SaveOutcome::Saved(change.expected.next()), old, ends))
+                        let folded = int(reply.next().as_ref()) == Some(1);
+                        Ok((
+                            SaveOutcome::Saved(change.expected.next()),
+                            old,
+                            ends,
+                            folded,
+                        ))
                     }
                     Some(3) => Err(corrupt_here(key)),
                     other => Err(UnexpectedReply::store_error(format!(
@@ -336,7 +365,7 @@ impl SessionStore for RedisStore {
                 }
             })
             .await?;
-        if matches!(outcome, SaveOutcome::Saved(_)) {
+        if matches!(outcome, SaveOutcome::Saved(_)) && !folded {
             // The session may end later than the writer asked (deadlines
             // never move backwards): the index follows where it really ends.
             if let PrincipalChange::Set(p) = &change.principal
@@ -363,7 +392,7 @@ impl SessionStore for RedisStore {
         idle_deadline: Timestamp,
         now: Timestamp,
     ) -> Result<TouchOutcome, StoreError> {
-        let (outcome, principal, expires) = self
+        let (outcome, principal, expires, folded) = self
             .conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
@@ -375,16 +404,18 @@ impl SessionStore for RedisStore {
                     .arg(idle_deadline.as_millis())
                     .arg(&*self.announcements)
                     .arg(key.as_str())
+                    .arg(self.fold_arg())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
                 let mut reply = array(reply, "touch")?.into_iter();
                 match int(reply.next().as_ref()) {
-                    Some(0) => Ok((TouchOutcome::Gone, String::new(), None)),
+                    Some(0) => Ok((TouchOutcome::Gone, String::new(), None, true)),
                     Some(1) => {
                         let principal = text(reply.next());
                         let expires = text(reply.next()).parse().ok().map(Timestamp::from_millis);
-                        Ok((TouchOutcome::Touched, principal, expires))
+                        let folded = int(reply.next().as_ref()) == Some(1);
+                        Ok((TouchOutcome::Touched, principal, expires, folded))
                     }
                     Some(3) => Err(corrupt_here(key)),
                     other => Err(UnexpectedReply::store_error(format!(
@@ -393,14 +424,14 @@ impl SessionStore for RedisStore {
                 }
             })
             .await?;
-        if !principal.is_empty() {
+        if !principal.is_empty() && !folded {
             self.after_write_bump(&principal, key, expires, now).await;
         }
         Ok(outcome)
     }
 
     async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
-        let (was, principal) = self
+        let (was, principal, folded) = self
             .conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
@@ -411,15 +442,18 @@ impl SessionStore for RedisStore {
                     .arg(now.as_millis())
                     .arg(&*self.announcements)
                     .arg(key.as_str())
+                    .arg(self.fold_arg())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
                 let mut reply = array(reply, "delete")?.into_iter();
                 let was = int(reply.next().as_ref()) == Some(1);
-                Ok((was, text(reply.next())))
+                let principal = text(reply.next());
+                let folded = int(reply.next().as_ref()) == Some(1);
+                Ok((was, principal, folded))
             })
             .await?;
-        if !principal.is_empty() {
+        if !principal.is_empty() && !folded {
             self.after_write_unindex(&principal, key).await;
         }
         Ok(was)
@@ -431,7 +465,7 @@ impl SessionStore for RedisStore {
         expected: Version,
         now: Timestamp,
     ) -> Result<DeleteOutcome, StoreError> {
-        let (outcome, principal) = self
+        let (outcome, principal, folded) = self
             .conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
@@ -443,23 +477,30 @@ impl SessionStore for RedisStore {
                     .arg(expected.get())
                     .arg(&*self.announcements)
                     .arg(key.as_str())
+                    .arg(self.fold_arg())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
                 let mut reply = array(reply, "delete_if_version")?.into_iter();
                 match int(reply.next().as_ref()) {
-                    Some(0) => Ok((DeleteOutcome::Gone, String::new())),
+                    Some(0) => Ok((DeleteOutcome::Gone, String::new(), true)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
                         let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
                         match codec::decode(pairs).map_err(StoreError::corrupt)? {
-                            Some(current) => {
-                                Ok((DeleteOutcome::Conflict(Arc::new(current)), String::new()))
-                            }
-                            None => Ok((DeleteOutcome::Gone, String::new())),
+                            Some(current) => Ok((
+                                DeleteOutcome::Conflict(Arc::new(current)),
+                                String::new(),
+                                true,
+                            )),
+                            None => Ok((DeleteOutcome::Gone, String::new(), true)),
                         }
                     }
-                    Some(2) => Ok((DeleteOutcome::Deleted, text(reply.next()))),
+                    Some(2) => {
+                        let principal = text(reply.next());
+                        let folded = int(reply.next().as_ref()) == Some(1);
+                        Ok((DeleteOutcome::Deleted, principal, folded))
+                    }
                     Some(3) => Err(corrupt_here(key)),
                     other => Err(UnexpectedReply::store_error(format!(
                         "delete_if_version returned {other:?}"
@@ -467,7 +508,7 @@ impl SessionStore for RedisStore {
                 }
             })
             .await?;
-        if !principal.is_empty() {
+        if !principal.is_empty() && !folded {
             self.after_write_unindex(&principal, key).await;
         }
         Ok(outcome)

@@ -157,3 +157,98 @@ async fn auto_mode_detects_cluster_and_standalone() {
         .expect("store");
     assert!(!store.connection().is_cluster());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_index_is_rebuilt_by_the_next_touch_and_save_on_a_cluster() {
+    let cluster = cluster().await;
+    let store = cluster.store();
+    let principal = format!("lost-{}", &SessionId::generate().to_string()[..10]);
+    let index_key = store.principal_key(&principal);
+    let touched = SessionId::generate().key();
+    let saved = SessionId::generate().key();
+    for key in [&touched, &saved] {
+        store
+            .create(
+                key,
+                &record(Some(&principal)),
+                offstate_core::Timestamp::now(),
+            )
+            .await
+            .expect("create");
+    }
+    // The whole index is lost (eviction, failover...).
+    let _: i64 = cluster
+        .query(cmd("DEL").arg(&index_key))
+        .await
+        .expect("DEL");
+
+    let idle = SystemClock.now().saturating_add(Duration::from_secs(7200));
+    store
+        .touch(&touched, idle, offstate_core::Timestamp::now())
+        .await
+        .expect("touch");
+    let mut change = Change::new(Version::INITIAL, record(None).deadlines);
+    change.set.insert("k".into(), b"2".to_vec());
+    store
+        .save(&saved, &change, offstate_core::Timestamp::now())
+        .await
+        .expect("save");
+
+    assert_eq!(
+        store
+            .revoke_principal(&principal, offstate_core::Timestamp::now())
+            .await
+            .expect("revoke"),
+        2
+    );
+    for key in [&touched, &saved] {
+        assert!(
+            store
+                .load(key, offstate_core::Timestamp::now())
+                .await
+                .expect("load")
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_over_several_batches_on_a_cluster_deletes_every_session() {
+    let cluster = cluster().await;
+    let store = cluster.store();
+    let principal = format!("many-{}", &SessionId::generate().to_string()[..10]);
+    let mut keys = Vec::new();
+    for _ in 0..230 {
+        let key = SessionId::generate().key();
+        store
+            .create(
+                &key,
+                &record(Some(&principal)),
+                offstate_core::Timestamp::now(),
+            )
+            .await
+            .expect("create");
+        keys.push(key);
+    }
+    assert_eq!(
+        store
+            .revoke_principal(&principal, offstate_core::Timestamp::now())
+            .await
+            .expect("revoke"),
+        keys.len()
+    );
+    for key in &keys {
+        assert!(
+            store
+                .load(key, offstate_core::Timestamp::now())
+                .await
+                .expect("load")
+                .is_none()
+        );
+    }
+    let left: u64 = cluster
+        .query(cmd("ZCARD").arg(store.principal_key(&principal)))
+        .await
+        .expect("ZCARD");
+    assert_eq!(left, 0);
+}

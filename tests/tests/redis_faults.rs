@@ -13,8 +13,8 @@ use offstate_core::{
     Change, Clock, CreateOutcome, Deadlines, Record, SessionId, SessionStore, StoreError,
     SystemClock, TouchOutcome, Version,
 };
+use offstate_redis::RedisStore;
 use offstate_redis::redis::cmd;
-use offstate_redis::{RedisStore, SharedConnection};
 use offstate_testing::{Redis, redis};
 
 const BOUND: Duration = Duration::from_millis(300);
@@ -363,11 +363,8 @@ async fn the_connection_is_reusable_for_other_commands() {
         .await
         .expect("PING");
     assert_eq!(pong, "PONG");
-    let pooled = conn.get().await.expect("pooled connection");
-    let mut shared: SharedConnection = pooled.shared();
-    let echoed: String = offstate_redis::redis::cmd("ECHO")
-        .arg("hi")
-        .query_async(&mut shared)
+    let echoed: String = conn
+        .query(offstate_redis::redis::cmd("ECHO").arg("hi"))
         .await
         .expect("ECHO");
     assert_eq!(echoed, "hi");

@@ -2,19 +2,24 @@
 //! answers: a lost index entry (or a lost index) comes back with the
 //! session's next write or touch, every add trims what has ended, a revoke
 //! cut short by its time bound keeps what it did and a retry finishes it,
-//! and a Redis out of memory is an outage, not a bug.
+//! on a standalone Redis every write of a logged-in session is one round
+//! trip (the index update is in the script), and a Redis out of memory is
+//! an outage, not a bug.
 
 // Test helpers: failing loudly is the point.
 #![allow(clippy::expect_used, clippy::panic)]
 
+use std::future::Future;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use offstate_core::{
     Change, Clock, CreateOutcome, Deadlines, PrincipalChange, Record, SaveOutcome, SessionId,
     SessionKey, SessionStore, StoreError, SystemClock, Timestamp, TouchOutcome, Version,
 };
 use offstate_redis::RedisStore;
-use offstate_redis::redis::{cmd, pipe};
+use offstate_redis::redis::{Client, cmd, pipe};
 use offstate_testing::{Redis, redis as redis_fixture};
 
 async fn shared() -> Redis {
@@ -153,7 +158,11 @@ async fn plant_sessions(server: &Redis, store: &RedisStore, principal: &str, n: 
         .as_millis()
         .to_string();
     let index = store.principal_key(principal);
-    let mut conn = store.connection().get().await.expect("connection");
+    let client = Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
     let mut planted = 0;
     while planted < n {
         let mut batch = pipe();
@@ -334,6 +343,189 @@ async fn writes_to_a_redis_out_of_memory_are_an_outage() {
     detach.principal = PrincipalChange::Clear;
     assert!(matches!(
         store.save(&key, &detach, now()).await.expect("save"),
+        SaveOutcome::Saved(_)
+    ));
+}
+
+/// The commands clients (not scripts) sent while `work` ran, as MONITOR
+/// shows them: the command names, upper case.
+async fn client_commands(server: &Redis, work: impl Future<Output = ()>) -> Vec<String> {
+    let client = Client::open(server.url()).expect("client");
+    let mut monitor = client.get_async_monitor().await.expect("MONITOR");
+    let sentinel = unique("sentinel");
+    work.await;
+    let _: String = server
+        .query(cmd("ECHO").arg(&sentinel))
+        .await
+        .expect("ECHO");
+    let mut lines = monitor.on_message::<String>();
+    let mut commands = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
+            .await
+            .expect("MONITOR line")
+            .expect("MONITOR stream");
+        if line.contains(&sentinel) {
+            return commands;
+        }
+        if line.contains(" lua] ") {
+            continue;
+        }
+        // `<time> [<db> <client>] "COMMAND" "arg" ...`
+        let name = line
+            .split("] \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        commands.push(name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_writes_of_a_logged_in_session_are_one_round_trip_each() {
+    // A server of its own: MONITOR sees only this test.
+    let server = redis_fixture().await.expect("a Redis");
+    let store = server.store();
+    let principal = unique("one-trip");
+    let index = store.principal_key(&principal);
+    // Every script loaded once (a first call may add SCRIPT LOAD).
+    let warm = create(store, Some(&principal)).await;
+    let idle = now().saturating_add(Duration::from_secs(7200));
+    store.touch(&warm, idle, now()).await.expect("touch");
+    let mut change = Change::new(Version::INITIAL, record(None).deadlines);
+    change.set.insert("k".into(), b"2".to_vec());
+    store.save(&warm, &change, now()).await.expect("save");
+    store.delete(&warm, now()).await.expect("delete");
+
+    let key = SessionId::generate().key();
+    let commands = client_commands(&server, async {
+        let created = store
+            .create(&key, &record(Some(&principal)), now())
+            .await
+            .expect("create");
+        assert_eq!(created, CreateOutcome::Created);
+        assert!(matches!(
+            store.save(&key, &change, now()).await.expect("save"),
+            SaveOutcome::Saved(_)
+        ));
+        let later = idle.saturating_add(Duration::from_secs(60));
+        assert_eq!(
+            store.touch(&key, later, now()).await.expect("touch"),
+            TouchOutcome::Touched
+        );
+    })
+    .await;
+    assert_eq!(commands, ["EVALSHA"; 3], "create, save, touch");
+    let score: Option<f64> = server
+        .query(cmd("ZSCORE").arg(&index).arg(key.as_str()))
+        .await
+        .expect("ZSCORE");
+    let later = idle.saturating_add(Duration::from_secs(60));
+    assert_eq!(
+        score,
+        Some(later.as_millis() as f64),
+        "the entry follows the touch"
+    );
+
+    let commands = client_commands(&server, async {
+        assert!(store.delete(&key, now()).await.expect("delete"));
+    })
+    .await;
+    assert_eq!(commands, ["EVALSHA"], "delete");
+    assert_eq!(zcard(&server, &index).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_its_index_key_field_is_still_indexed_by_a_touch() {
+    // As written by an earlier version: no `ix` field in the hash.
+    let server = shared().await;
+    let store = server.store();
+    let principal = unique("legacy");
+    let key = create(store, Some(&principal)).await;
+    let _: i64 = server
+        .query(cmd("HDEL").arg(store.store_key(&key)).arg("ix"))
+        .await
+        .expect("HDEL");
+    let index = store.principal_key(&principal);
+    let _: i64 = server.query(cmd("DEL").arg(&index)).await.expect("DEL");
+
+    let idle = now().saturating_add(Duration::from_secs(7200));
+    assert_eq!(
+        store.touch(&key, idle, now()).await.expect("touch"),
+        TouchOutcome::Touched
+    );
+    assert_eq!(
+        store
+            .revoke_principal(&principal, now())
+            .await
+            .expect("revoke"),
+        1
+    );
+    assert!(store.load(&key, now()).await.expect("load").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_redis_busy_with_a_script_are_an_outage() {
+    // A server of its own: it is kept busy.
+    let server = redis_fixture().await.expect("a Redis");
+    let store = server.store();
+    let key = create(store, None).await;
+    let _: () = server
+        .query(cmd("CONFIG").arg("SET").arg("busy-reply-threshold").arg(20))
+        .await
+        .expect("CONFIG SET");
+
+    // A script that never ends, on a connection of its own; Redis answers
+    // every other command BUSY once it has run for the threshold.
+    let client = Client::open(server.url()).expect("client");
+    let mut busy = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let spinning = tokio::spawn(async move {
+        cmd("EVAL")
+            .arg("while true do end")
+            .arg(0)
+            .query_async::<()>(&mut busy)
+            .await
+    });
+
+    // Until the script runs, a save may still go through; once Redis is
+    // busy, it is refused as an outage.
+    let mut version = Version::INITIAL;
+    let refusal = loop {
+        assert!(!spinning.is_finished(), "the script ended by itself");
+        let mut change = Change::new(version, record(None).deadlines);
+        change.set.insert("k".into(), b"2".to_vec());
+        match store.save(&key, &change, now()).await {
+            Ok(SaveOutcome::Saved(next)) => version = next,
+            Ok(other) => panic!("save: {other:?}"),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(refusal, StoreError::Unavailable(_)),
+        "save: {refusal:?}"
+    );
+
+    let mut killer = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let _: () = cmd("SCRIPT")
+        .arg("KILL")
+        .query_async(&mut killer)
+        .await
+        .expect("SCRIPT KILL");
+    assert!(
+        spinning.await.expect("task").is_err(),
+        "the script was killed"
+    );
+    let mut change = Change::new(version, record(None).deadlines);
+    change.set.insert("k".into(), b"3".to_vec());
+    assert!(matches!(
+        store.save(&key, &change, now()).await.expect("save"),
         SaveOutcome::Saved(_)
     ));
 }
