@@ -85,6 +85,7 @@
 //! ```
 
 mod coherence;
+mod shared;
 mod stats;
 mod store;
 
