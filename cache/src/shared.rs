@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::Expiry;
+use moka::ops::compute::Op;
 use offstate_core::{Invalidation, Record, SessionKey, StoreError, Timestamp};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -204,8 +205,19 @@ impl Shared {
             return;
         }
         let until = Instant::now() + ttl;
+        let version = record.version;
         let entry = Entry { record, until, ttl };
-        self.cache.insert(key.clone(), entry).await;
+        // Never replace a newer version: a slow load that read version 5
+        // must not overwrite the 6 a local write cached meanwhile.
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                std::future::ready(match current {
+                    Some(current) if current.value().record.version > version => Op::Nop,
+                    _ => Op::Put(entry),
+                })
+            })
+            .await;
         // An invalidation may have landed between the check and the insert,
         // its eviction running before the insert: check again. (Fences are
         // set before their eviction runs, so one of the two sees the other.)
