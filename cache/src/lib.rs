@@ -85,6 +85,8 @@
 //! ```
 
 mod coherence;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod shared;
 mod stats;
 mod store;

@@ -64,3 +64,48 @@ mod bounded {
         }
     });
 }
+
+/// The cache conformance suite on memory: instances share one
+/// `MemoryStore` and, coherent, one `LocalChannel`.
+mod cache_suite {
+    use offstate_cache::conformance::CacheHarness;
+    use offstate_core::{LocalChannel, MemoryStore};
+
+    struct Local {
+        backend: MemoryStore,
+        channel: Option<LocalChannel>,
+    }
+
+    impl CacheHarness for Local {
+        type Store = MemoryStore;
+        type Channel = LocalChannel;
+
+        async fn store(&self) -> MemoryStore {
+            self.backend.clone()
+        }
+
+        async fn channel(&self) -> Option<LocalChannel> {
+            self.channel.clone()
+        }
+    }
+
+    mod coherent {
+        use super::*;
+        offstate_cache::cache_conformance_tests!(async {
+            Local {
+                backend: MemoryStore::new(),
+                channel: Some(LocalChannel::new()),
+            }
+        });
+    }
+
+    mod bounded {
+        use super::*;
+        offstate_cache::cache_conformance_tests!(async {
+            Local {
+                backend: MemoryStore::new(),
+                channel: None,
+            }
+        });
+    }
+}
