@@ -153,6 +153,15 @@ impl Shared {
         self.cache.run_pending_tasks().await;
     }
 
+    /// Evicts what `message` names, on this instance.
+    pub(crate) async fn forget_message(&self, message: &Invalidation) {
+        match message {
+            Invalidation::Key { key, .. } => self.forget(key).await,
+            Invalidation::Principal(principal) => self.forget_principal(principal).await,
+            _ => self.clear(),
+        }
+    }
+
     /// Empties the cache and fences off every load that started before now
     /// (`invalidate_all` alone keeps entries inserted after it, such as a
     /// load in flight finishing with the coherent TTL just after a fall-back).

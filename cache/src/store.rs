@@ -284,6 +284,32 @@ impl<S: SessionStore> CachedStore<S> {
     }
 }
 
+impl<S> CachedStore<S> {
+    /// After a write whose outcome is unknown, on a store that does not
+    /// announce its writes: the write may land after the invalidation sent
+    /// for it, and a peer may reload the old version in between. A second
+    /// invalidation, one staleness bound later, catches a write that lands
+    /// within that time; this instance itself caches under the staleness
+    /// bound meanwhile.
+    fn announce_again_later(&self, message: Invalidation) {
+        if self.shared.publisher.is_none() {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let delay = self.shared.staleness;
+        let again = async move {
+            tokio::time::sleep(delay).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.forget_message(&message).await;
+                shared.announce(message).await;
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(again);
+        }
+    }
+}
+
 impl<S: SessionStore> SessionStore for CachedStore<S> {
     async fn load(
         &self,
@@ -376,12 +402,12 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
                 // version, and neither may this instance.
                 shared.forget(key).await;
                 shared.unsure();
-                shared
-                    .announce(Invalidation::Key {
-                        key: key.clone(),
-                        version: None,
-                    })
-                    .await;
+                let message = Invalidation::Key {
+                    key: key.clone(),
+                    version: None,
+                };
+                self.announce_again_later(message.clone());
+                shared.announce(message).await;
             }
         }
         outcome
@@ -419,15 +445,15 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         // Again: a load that started during the delete may have read the
         // record before it went.
         shared.forget(key).await;
+        let message = Invalidation::Key {
+            key: key.clone(),
+            version: None,
+        };
         if outcome.is_err() {
             shared.unsure();
+            self.announce_again_later(message.clone());
         }
-        shared
-            .announce(Invalidation::Key {
-                key: key.clone(),
-                version: None,
-            })
-            .await;
+        shared.announce(message).await;
         outcome
     }
 
@@ -443,6 +469,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         shared.forget(key).await;
         if outcome.is_err() {
             shared.unsure();
+            self.announce_again_later(Invalidation::Key {
+                key: key.clone(),
+                version: None,
+            });
         }
         if let Ok(DeleteOutcome::Deleted) | Err(_) = outcome {
             shared
@@ -472,12 +502,12 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         // And after it: a load that read a session before the revoke
         // reached it must not be served from now on.
         shared.forget_principal(principal).await;
+        let message = Invalidation::Principal(principal.to_owned());
         if outcome.is_err() {
             shared.unsure();
+            self.announce_again_later(message.clone());
         }
-        shared
-            .announce(Invalidation::Principal(principal.to_owned()))
-            .await;
+        shared.announce(message).await;
         outcome
     }
 

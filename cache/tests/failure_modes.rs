@@ -742,3 +742,121 @@ async fn a_slow_load_never_replaces_a_newer_cached_version() {
     // The cache still has version 2.
     assert_eq!(n_of(&a, &key).await.as_deref(), Some("1"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_whose_outcome_is_unknown_is_announced_again_after_the_staleness_bound() {
+    let board = Board::default();
+    let (backend, faulty) = backend();
+    let a = instance(backend.clone(), &board).await;
+    let b = instance(backend.clone(), &board).await;
+    let key = created(&a, None).await;
+    // The save's answer is lost; its invalidation reaches B...
+    faulty.inject(Call::Save, Fault::TimeoutBefore);
+    assert!(
+        a.save(&key, &change_to(Version::new(1), "1"), Timestamp::now())
+            .await
+            .is_err()
+    );
+    board.deliver().await;
+    // ...which reloads the version before it, and caches it coherently...
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    // ...before the write lands, late and unannounced.
+    backend
+        .get_ref()
+        .get_ref()
+        .save(&key, &change_to(Version::new(1), "late"), Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    // One staleness bound after the timeout, A says it again.
+    tokio::time::sleep(STALENESS).await;
+    board.settle().await;
+    assert_eq!(
+        board.outbox(),
+        vec![Invalidation::Key {
+            key: key.clone(),
+            version: None
+        }]
+    );
+    board.deliver().await;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("late"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_evicts_locally_before_the_backend_call() {
+    let board = Board::default();
+    let (backend, faulty) = backend();
+    let a = instance(backend.clone(), &board).await;
+    let key = created(&a, None).await;
+    assert_eq!(n_of(&a, &key).await.as_deref(), Some("0"));
+    let gate = faulty.gate(Call::Delete);
+    let deleting = tokio::spawn({
+        let (a, key) = (a.clone(), key.clone());
+        async move { a.delete(&key, Timestamp::now()).await }
+    });
+    gate.reached().await;
+    let hits = a.stats().hits;
+    n_of(&a, &key).await;
+    assert_eq!(a.stats().hits, hits, "served from memory during a delete");
+    gate.open();
+    assert!(deleting.await.unwrap().unwrap());
+    assert_eq!(n_of(&a, &key).await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_in_flight_when_the_invalidation_lands_is_not_cached() {
+    let board = Board::default();
+    let store = SlowAnswer::default();
+    let b = instance(store.clone(), &board).await;
+    let key = created(&store, None).await;
+    // B reads version 1 and is slow to answer...
+    let gate = Gate::new();
+    *store.gate.lock().unwrap() = Some(gate.clone());
+    let loading = tokio::spawn({
+        let (b, key) = (b.clone(), key.clone());
+        async move { n_of(&b, &key).await }
+    });
+    gate.reached().await;
+    // ...while a peer deletes the session and B hears of it.
+    store.delete(&key, Timestamp::now()).await.unwrap();
+    board
+        .send(ChannelEvent::Message(Invalidation::Key {
+            key: key.clone(),
+            version: None,
+        }))
+        .await;
+    gate.open();
+    // The load answers what it read, but does not cache it.
+    assert_eq!(loading.await.unwrap().as_deref(), Some("0"));
+    assert_eq!(
+        n_of(&b, &key).await,
+        None,
+        "a fenced load refilled the cache"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn until_a_peer_reads_the_message_it_may_still_serve_the_session() {
+    // The residual window: A's logout has returned and its message is on
+    // its way (here: in the outbox, as on B's socket), but B has not read
+    // it yet. Until it does, B serves the session from memory.
+    let board = Board::default();
+    let (backend, _) = backend();
+    let a = instance(backend.clone(), &board).await;
+    let b = instance(backend.clone(), &board).await;
+    let key = created(&a, None).await;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    a.delete(&key, Timestamp::now()).await.unwrap();
+    assert_eq!(n_of(&a, &key).await, None);
+    assert_eq!(
+        n_of(&b, &key).await.as_deref(),
+        Some("0"),
+        "the window closed without the message"
+    );
+    board.deliver().await;
+    assert_eq!(
+        n_of(&b, &key).await,
+        None,
+        "B served a session after reading its logout"
+    );
+}
