@@ -45,9 +45,10 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Two modes, chosen by whether a channel is given:
 ///
 /// 1. **Coherent** ([`CachedStoreBuilder::with_channel`]): every save,
-///    delete and revoke publishes an [`Invalidation`]; every instance evicts
-///    on receipt. A change on instance A is seen by B as soon as the
-///    message arrives (about one network hop). If the channel drops, the
+///    delete and revoke is announced as an [`Invalidation`], by the store
+///    itself when it [announces its writes](Capabilities::announces_writes),
+///    else by the cache before the call returns; every instance evicts on
+///    receipt. If the channel drops, or this instance's publishes fail, the
 ///    cache empties itself and runs in bounded mode until it is back,
 ///    counting a fallback and logging it.
 /// 2. **Bounded staleness** (no channel): an entry is served for at most
