@@ -3,10 +3,17 @@
 //! Rules that keep it safe without sticky routing:
 //! - the cache is never ahead of the store: every write goes to the
 //!   backend first, and only a successful write updates the cache;
-//! - a conflict, a `Gone`, or an error evicts the entry;
+//! - a conflict, a `Gone`, or an error evicts the entry; a delete or a
+//!   revoke evicts before the backend call and again after it;
+//! - every write that changes or ends a session is announced before the
+//!   call returns: by the store itself when it announces its writes, else
+//!   by the cache (see `Shared::announce`);
+//! - a write whose outcome is unknown puts this instance on the staleness
+//!   bound for the coherent TTL and is announced again one bound later;
 //! - an entry lives at most until the session's own deadline and at most
 //!   the staleness bound of the current mode;
-//! - a load that raced with an invalidation does not fill the cache.
+//! - a load that raced with an invalidation does not fill the cache, and
+//!   never replaces a newer version.
 
 use std::collections::VecDeque;
 use std::fmt;
