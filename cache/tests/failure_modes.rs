@@ -728,19 +728,24 @@ async fn a_slow_load_never_replaces_a_newer_cached_version() {
     // A load reads version 1 and is slow to answer...
     let gate = Gate::new();
     *store.gate.lock().unwrap() = Some(gate.clone());
-    let loading = tokio::spawn({
+    let slow = tokio::spawn({
         let (a, key) = (a.clone(), key.clone());
         async move { n_of(&a, &key).await }
     });
     gate.reached().await;
-    // ...while a local write caches version 2.
-    let mut change = change_to(Version::new(1), "1");
-    change.set.insert("other".into(), b"x".to_vec());
-    a.save(&key, &change, Timestamp::now()).await.unwrap();
-    gate.open();
-    assert_eq!(loading.await.unwrap().as_deref(), Some("0"));
-    // The cache still has version 2.
+    // ...a peer writes version 2 (its message still on the way), and a
+    // second load reads and caches it.
+    store
+        .save(&key, &change_to(Version::new(1), "1"), Timestamp::now())
+        .await
+        .unwrap();
     assert_eq!(n_of(&a, &key).await.as_deref(), Some("1"));
+    gate.open();
+    assert_eq!(slow.await.unwrap().as_deref(), Some("0"));
+    // The cache still has version 2, from memory.
+    let hits = a.stats().hits;
+    assert_eq!(n_of(&a, &key).await.as_deref(), Some("1"));
+    assert_eq!(a.stats().hits, hits + 1);
 }
 
 #[tokio::test(start_paused = true)]
