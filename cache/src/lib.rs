@@ -48,7 +48,11 @@
 //!   In front of any other store, the cache publishes after the write and
 //!   answers only once the publish was sent or failed
 //!   (`a_write_returns_only_after_its_invalidation_is_sent`). Either way,
-//!   the client hears "logged out" after the message left for every peer.
+//!   the client hears "logged out" after the message left for every peer,
+//!   and an instance shutting down right after a logout has already sent
+//!   it. The price, without a store that announces its writes: a write
+//!   waits for its publish, so a slow channel server slows writes down to
+//!   the channel's publish timeout, after which the instance falls back.
 //!
 //! **On the other instances, with a live channel (coherent mode)**
 //!
