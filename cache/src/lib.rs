@@ -52,7 +52,10 @@
 //!   and an instance shutting down right after a logout has already sent
 //!   it. The price, without a store that announces its writes: a write
 //!   waits for its publish, so a slow channel server slows writes down to
-//!   the channel's publish timeout, after which the instance falls back.
+//!   the channel's publish timeout. A dead one costs one write one publish
+//!   timeout: after that failure the instance falls back, and writes stop
+//!   waiting, their messages queued and sent in the background
+//!   (`a_dead_channel_costs_one_publish_timeout_not_one_per_write`).
 //!
 //! **On the other instances, with a live channel (coherent mode)**
 //!

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) publisher: Option<Publisher>,
     /// Invalidations whose publish failed, sent again before the next one.
     pub(crate) unsent: Mutex<VecDeque<Invalidation>>,
+    /// True while a background task sends what is queued.
+    pub(crate) retrying: AtomicBool,
     pub(crate) task: Mutex<Option<AbortHandle>>,
 }
 
@@ -273,9 +275,54 @@ impl Shared {
     /// Nothing is sent when the store announces its writes itself. A
     /// failed publish is kept and sent again before the next one, and
     /// until a publish succeeds this instance runs on bounded staleness
-    /// (counted in `publish_failures` and `fallbacks`).
-    pub(crate) async fn announce(&self, message: Invalidation) {
-        self.send(Some(message)).await;
+    /// (counted in `publish_failures` and `fallbacks`). Meanwhile writes do
+    /// not wait for the channel: their messages queue behind the lost one
+    /// and go out in the background, so a dead channel costs one publish
+    /// timeout, not one per write.
+    pub(crate) async fn announce(self: &Arc<Self>, message: Invalidation) {
+        if self.publisher.is_none() {
+            return;
+        }
+        if !self.publish_failing.load(Ordering::SeqCst) {
+            self.send(Some(message)).await;
+            return;
+        }
+        self.queue(std::iter::once(message));
+        if !self.retrying.swap(true, Ordering::SeqCst) {
+            let shared = Arc::clone(self);
+            let retry = async move {
+                loop {
+                    shared.send(None).await;
+                    let done = shared.publish_failing.load(Ordering::SeqCst)
+                        || shared
+                            .unsent
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .is_empty();
+                    if done {
+                        break;
+                    }
+                }
+                shared.retrying.store(false, Ordering::SeqCst);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(retry);
+                }
+                Err(_) => self.retrying.store(false, Ordering::SeqCst),
+            }
+        }
+    }
+
+    /// Keeps messages to send later, dropping the oldest past the cap.
+    fn queue(&self, messages: impl IntoIterator<Item = Invalidation>) {
+        let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
+        for message in messages {
+            if unsent.len() == UNSENT_MAX {
+                unsent.pop_front();
+            }
+            unsent.push_back(message);
+        }
     }
 
     /// Sends what is waiting to be sent, if anything (on reconnect).
@@ -302,14 +349,7 @@ impl Shared {
             if let Err(error) = publish(message.clone()).await {
                 tracing::warn!(%error, "could not publish a session invalidation");
                 self.counters.bump(Counter::PublishFailure);
-                let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
-                for message in std::iter::once(message).chain(pending) {
-                    if unsent.len() == UNSENT_MAX {
-                        unsent.pop_front();
-                    }
-                    unsent.push_back(message);
-                }
-                drop(unsent);
+                self.queue(std::iter::once(message).chain(pending));
                 if !self.publish_failing.swap(true, Ordering::SeqCst) {
                     self.fall_back("this instance's invalidations do not get through");
                 }

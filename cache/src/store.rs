@@ -199,6 +199,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             counters,
             publisher,
             unsent: Mutex::new(VecDeque::new()),
+            retrying: AtomicBool::new(false),
             task: Mutex::new(None),
         });
         if let Some(events) = events {

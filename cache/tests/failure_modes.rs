@@ -36,6 +36,8 @@ struct BoardState {
     subscribers: Vec<mpsc::Sender<ChannelEvent>>,
     outbox: Vec<Invalidation>,
     failing: bool,
+    /// How long a failing publish takes to fail (a timeout).
+    fail_after: Duration,
     gate: Option<Gate>,
 }
 
@@ -46,6 +48,11 @@ impl Board {
 
     fn set_failing(&self, failing: bool) {
         self.inner.lock().unwrap().failing = failing;
+    }
+
+    /// Failing publishes fail only after `delay`, as a timeout would.
+    fn fail_after(&self, delay: Duration) {
+        self.inner.lock().unwrap().fail_after = delay;
     }
 
     /// Holds the next publish until the returned gate opens.
@@ -88,6 +95,18 @@ impl Board {
     }
 }
 
+/// Lets spawned tasks run (the runtime is single-threaded, time paused)
+/// until `done` holds; fails the test if they never make it.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the background work never finished");
+}
+
 fn barrier_key() -> SessionKey {
     static KEY: std::sync::OnceLock<SessionKey> = std::sync::OnceLock::new();
     KEY.get_or_init(|| SessionId::generate().key()).clone()
@@ -99,12 +118,15 @@ impl InvalidationChannel for Board {
         if let Some(gate) = gate {
             gate.reached_and_wait().await;
         }
-        let mut state = self.inner.lock().unwrap();
-        if state.failing {
-            return Err(StoreError::unavailable(
-                "injected: the channel drops publishes",
-            ));
+        let (failing, delay) = {
+            let state = self.inner.lock().unwrap();
+            (state.failing, state.fail_after)
+        };
+        if failing {
+            tokio::time::sleep(delay).await;
+            return Err(StoreError::Timeout(delay));
         }
+        let mut state = self.inner.lock().unwrap();
         state.outbox.push(message.clone());
         Ok(())
     }
@@ -512,6 +534,7 @@ async fn a_publisher_whose_publishes_fail_falls_back_to_bounded_staleness_and_co
     // Once publishes get through, the lost one goes first.
     board.set_failing(false);
     a.delete(&other, Timestamp::now()).await.unwrap();
+    until(|| board.outbox().len() == 2).await;
     assert!(a.is_coherent());
     assert_eq!(
         board.outbox(),
@@ -864,4 +887,49 @@ async fn until_a_peer_reads_the_message_it_may_still_serve_the_session() {
         None,
         "B served a session after reading its logout"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_channel_costs_one_publish_timeout_not_one_per_write() {
+    let board = Board::default();
+    let (backend, _) = backend();
+    let a = instance(backend.clone(), &board).await;
+    let keys = [
+        created(&a, None).await,
+        created(&a, None).await,
+        created(&a, None).await,
+    ];
+    let timeout = Duration::from_secs(1);
+    board.fail_after(timeout);
+    board.set_failing(true);
+    // The first write waits for its publish to time out...
+    let start = tokio::time::Instant::now();
+    a.delete(&keys[0], Timestamp::now()).await.unwrap();
+    assert_eq!(start.elapsed(), timeout);
+    assert!(!a.is_coherent());
+    // ...the next ones do not wait: their messages queue behind it.
+    let start = tokio::time::Instant::now();
+    a.delete(&keys[1], Timestamp::now()).await.unwrap();
+    a.delete(&keys[2], Timestamp::now()).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "a write waited for a dead channel"
+    );
+    // Once the channel takes publishes again, every message goes out.
+    board.set_failing(false);
+    tokio::time::sleep(timeout).await;
+    a.delete(&keys[0], Timestamp::now()).await.unwrap();
+    until(|| board.outbox().len() >= 4).await;
+    let sent = board.outbox();
+    for key in &keys {
+        assert!(
+            sent.contains(&Invalidation::Key {
+                key: key.clone(),
+                version: None
+            }),
+            "a queued invalidation was never sent"
+        );
+    }
+    assert!(a.is_coherent());
 }
