@@ -1,5 +1,7 @@
-//! The conformance suite on `CachedStore` over `MemoryStore`, in both modes:
-//! a cache must not change the contract of the store it fronts.
+//! Both conformance suites on `CachedStore` over `MemoryStore`, in both
+//! modes: the store suite (a cache must not change the contract of the
+//! store it fronts) and the cache suite (what a cache promises across
+//! instances; `cache_suite` below).
 
 // Integration tests: a panic is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
