@@ -41,7 +41,6 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
         }
         ChannelEvent::Disconnected => disconnected(shared),
         ChannelEvent::Message(message) => {
-            shared.counters.bump(Counter::Invalidation);
             match message {
                 Invalidation::Key {
                     key,
@@ -58,6 +57,9 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
                 Invalidation::Principal(principal) => shared.forget_principal(&principal).await,
                 _ => shared.clear(),
             }
+            // Counted once handled: a reader that sees the count knows the
+            // eviction is done.
+            shared.counters.bump(Counter::Invalidation);
         }
         // An event this version does not know: distrust the cache.
         _ => shared.clear(),

@@ -12,7 +12,8 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries dropped for size or because their time was up.
     pub evictions: u64,
-    /// Invalidation messages received from the channel.
+    /// Invalidation messages received from the channel and handled (the
+    /// eviction they asked for is done).
     pub invalidations_received: u64,
     /// Saves the backend answered with a conflict.
     pub conflicts: u64,

@@ -410,3 +410,69 @@ async fn coherent_on<S: SessionStore>(
         .expect("the local channel never connected");
     cached
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_on_a_then_at_once_read_on_b() {
+    // Why: the residual window, measured with no gap at all between A's
+    // answer and B's read (one process, B asks the instant A returns; over
+    // HTTP a client adds a round trip). Stale answers here are reads that
+    // beat B's listener to a message already sent; once B has read it, B
+    // never serves the session.
+    const ROUNDS: usize = 2000;
+    let redis = sessions_server().await;
+    let a = coherent(
+        store_on(&redis).await,
+        channel(redis.config()).await,
+        Duration::from_secs(1),
+    )
+    .await;
+    let b = coherent(
+        store_on(&redis).await,
+        channel(redis.config()).await,
+        Duration::from_secs(1),
+    )
+    .await;
+    let (sa, sb) = (Sessions::new(a.clone()), Sessions::new(b.clone()));
+    let mut stale = 0;
+    let mut longest = Duration::ZERO;
+    for _ in 0..ROUNDS {
+        let session = sa.new_session();
+        session.insert("n", &1u32).await.expect("insert");
+        session.save().await.expect("create");
+        let id = session.id().expect("id");
+        assert_eq!(value(&sb, &id).await, Some(1));
+        let before = b.stats().invalidations_received;
+        sa.load(&id)
+            .await
+            .expect("load")
+            .expect("live")
+            .delete()
+            .await
+            .expect("delete");
+        let returned = Instant::now();
+        if value(&sb, &id).await.is_some() {
+            stale += 1;
+            wait_until(SOON, || b.stats().invalidations_received > before)
+                .await
+                .expect("B never got the logout");
+            longest = longest.max(returned.elapsed());
+        }
+        wait_until(SOON, || b.stats().invalidations_received > before)
+            .await
+            .expect("B never got the logout");
+        assert_eq!(
+            value(&sb, &id).await,
+            None,
+            "B served a session after reading its logout"
+        );
+    }
+    println!(
+        "logout on A, read on B the instant A returned: {stale} stale of {ROUNDS} \
+         (store {} announcing its writes), longest window {longest:?}",
+        if a.store_announces_writes() {
+            ""
+        } else {
+            "not"
+        }
+    );
+}
