@@ -67,11 +67,13 @@
 //!   leaves and the moment a peer's listener reads the message (the
 //!   message is on its socket, or in its queue, but not yet handled), that
 //!   peer may still serve the session from memory
-//!   (`until_a_peer_reads_the_message_it_may_still_serve_the_session`). On
-//!   one network the window is the peer's delivery and scheduling delay,
-//!   well under a millisecond on an idle host; a client that gets its
-//!   answer from A and then asks B has to be faster than that to land in
-//!   it.
+//!   (`until_a_peer_reads_the_message_it_may_still_serve_the_session`).
+//!   The window is the peer's own delay in reading and handling what is
+//!   already on its socket, so it grows with the peer's load: read with no
+//!   gap at all after A's answer, in one process on a loaded 2-core host,
+//!   about a third of B's reads still hit it, the longest 136 ms
+//!   (`logout_on_a_then_at_once_read_on_b`, offstate-testing). A client
+//!   that asks B only after A answered adds its own round trip to that.
 //! - A channel that drops: every instance empties its cache, counts a
 //!   fallback and caches under the staleness bound until the channel is
 //!   back (`a_lost_channel_falls_back`); the Redis channel notices a dead
