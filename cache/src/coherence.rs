@@ -1,22 +1,39 @@
 //! Listening to the invalidation channel: evict what peers changed, and
 //! fall back to bounded staleness while the channel is down.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, Weak};
+use std::task::Poll;
 
 use offstate_core::{ChannelEvent, Invalidation};
-use tokio::sync::mpsc;
 
-use crate::shared::Shared;
+use crate::shared::{Inbox, Shared};
 use crate::stats::Counter;
 
 /// Runs until the cache is dropped or the channel closes for good.
-pub(crate) async fn listen(shared: Weak<Shared>, mut events: mpsc::Receiver<ChannelEvent>) {
-    while let Some(event) = events.recv().await {
+///
+/// The inbox is locked only while polling, so a hit can see whether an
+/// event waits; an event taken counts in `handling` (under the same lock)
+/// until its eviction is done.
+pub(crate) async fn listen(shared: Weak<Shared>, inbox: Inbox, handling: Arc<AtomicUsize>) {
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            let mut events = inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            let polled = events.poll_recv(cx);
+            if let Poll::Ready(Some(_)) = &polled {
+                handling.fetch_add(1, Ordering::SeqCst);
+            }
+            polled
+        })
+        .await;
+        let Some(event) = event else {
+            break;
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
         handle(&shared, event).await;
+        handling.fetch_sub(1, Ordering::SeqCst);
     }
     if let Some(shared) = shared.upgrade() {
         disconnected(&shared);

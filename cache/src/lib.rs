@@ -64,14 +64,17 @@
 //!   (`a_deleted_session_is_never_served`, `revoke_evicts_on_every_instance`,
 //!   `a_peer_sees_a_write`).
 //! - **The residual window**: between the moment the logout's answer
-//!   leaves and the moment a peer's listener reads the message (the
-//!   message is on its socket, or in its queue, but not yet handled), that
-//!   peer may still serve the session from memory
+//!   leaves and the moment the message reaches a peer's event queue (it is
+//!   on the peer's socket, or with the channel's reader task), that peer
+//!   may still serve the session from memory
 //!   (`until_a_peer_reads_the_message_it_may_still_serve_the_session`).
-//!   The window is the peer's own delay in reading and handling what is
-//!   already on its socket, so it grows with the peer's load: read with no
-//!   gap at all after A's answer, in one process on a loaded 2-core host,
-//!   about a third of B's reads still hit it, the longest 136 ms
+//!   Once the message is in the queue, the peer's reads skip its cache
+//!   until the message is handled
+//!   (`a_peer_with_an_unhandled_invalidation_in_its_queue_asks_the_backend`).
+//!   The window is the peer's own delay in reading its socket, so it grows
+//!   with the peer's load: read with no gap at all after A's answer, in one
+//!   process on a loaded 2-core host (load average 8 to 13), about a third
+//!   of B's reads still fell in it, the longest 14 to 136 ms across runs
 //!   (`logout_on_a_then_at_once_read_on_b`, offstate-testing). A client
 //!   that asks B only after A answered adds its own round trip to that.
 //! - A channel that drops: every instance empties its cache, counts a

@@ -11,18 +11,20 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::Expiry;
 use moka::ops::compute::Op;
-use offstate_core::{Invalidation, Record, SessionKey, StoreError, Timestamp};
+use offstate_core::{ChannelEvent, Invalidation, Record, SessionKey, StoreError, Timestamp};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::stats::{Counter, Counters};
 
+pub(crate) type Inbox = Arc<Mutex<mpsc::Receiver<ChannelEvent>>>;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) type Publisher =
     Arc<dyn Fn(Invalidation) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
@@ -96,6 +98,11 @@ pub(crate) struct Shared {
     pub(crate) unsent: Mutex<VecDeque<Invalidation>>,
     /// True while a background task sends what is queued.
     pub(crate) retrying: AtomicBool,
+    /// The channel's events not yet taken by the listener (`None` without
+    /// a channel). The listener locks it only to poll.
+    pub(crate) inbox: Option<Inbox>,
+    /// Events the listener took and has not finished handling.
+    pub(crate) handling: Arc<AtomicUsize>,
     pub(crate) task: Mutex<Option<AbortHandle>>,
 }
 
@@ -120,6 +127,20 @@ impl Shared {
         self.subscribed.load(Ordering::SeqCst)
             && !self.publish_failing.load(Ordering::SeqCst)
             && !self.is_unsure()
+    }
+
+    /// Whether the channel has delivered something this instance has not
+    /// finished handling: a hit must not be trusted then. Cheap: one
+    /// uncontended lock attempt and two loads; a listener polling at this
+    /// very moment counts as pending.
+    pub(crate) fn has_pending(&self) -> bool {
+        let Some(inbox) = &self.inbox else {
+            return false;
+        };
+        match inbox.try_lock() {
+            Ok(events) => !events.is_empty() || self.handling.load(Ordering::SeqCst) > 0,
+            Err(_) => true,
+        }
     }
 
     fn is_unsure(&self) -> bool {

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -182,6 +182,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             Some((publisher, events)) => (Some(publisher), Some(events)),
             None => (None, None),
         };
+        let inbox = events.map(|events| Arc::new(Mutex::new(events)));
         // A store that announces its own writes, atomically with them, needs
         // no second announcement from the cache.
         let publisher = publisher.filter(|_| !self.inner.capabilities().announces_writes);
@@ -200,12 +201,18 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             publisher,
             unsent: Mutex::new(VecDeque::new()),
             retrying: AtomicBool::new(false),
+            inbox: inbox.clone(),
+            handling: Arc::new(AtomicUsize::new(0)),
             task: Mutex::new(None),
         });
-        if let Some(events) = events {
+        if let Some(inbox) = inbox {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    let task = runtime.spawn(coherence::listen(Arc::downgrade(&shared), events));
+                    let task = runtime.spawn(coherence::listen(
+                        Arc::downgrade(&shared),
+                        inbox,
+                        Arc::clone(&shared.handling),
+                    ));
                     *shared.task.lock().unwrap_or_else(PoisonError::into_inner) =
                         Some(task.abort_handle());
                 }
@@ -260,6 +267,14 @@ impl<S: SessionStore> CachedStore<S> {
     #[must_use]
     pub fn is_coherent(&self) -> bool {
         self.shared.is_coherent()
+    }
+
+    /// Whether the channel has delivered events this instance has not
+    /// finished handling yet. While it has, loads skip the cache and ask
+    /// the backend (an unhandled invalidation may be about them).
+    #[must_use]
+    pub fn has_pending_invalidations(&self) -> bool {
+        self.shared.has_pending()
     }
 
     /// Whether the store behind the cache announces its own writes (then
@@ -327,7 +342,12 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     ) -> Result<Option<Arc<Record>>, StoreError> {
         let shared = &self.shared;
         if let Some(entry) = shared.cache.get(key).await {
-            if entry.is_fresh(tokio::time::Instant::now()) && !entry.record.is_expired(now) {
+            // An invalidation already received but not yet handled may be
+            // about this session: then the backend answers, not memory.
+            if entry.is_fresh(tokio::time::Instant::now())
+                && !entry.record.is_expired(now)
+                && !shared.has_pending()
+            {
                 shared.counters.bump(Counter::Hit);
                 return Ok(Some(entry.record));
             }

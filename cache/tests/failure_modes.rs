@@ -39,6 +39,8 @@ struct BoardState {
     /// How long a failing publish takes to fail (a timeout).
     fail_after: Duration,
     gate: Option<Gate>,
+    /// One per cache on the board: true once it has handled every event.
+    probes: Vec<Box<dyn Fn() -> bool + Send>>,
 }
 
 impl Board {
@@ -79,9 +81,9 @@ impl Board {
         }
     }
 
-    /// Returns once every listener has handled what was sent before: with
-    /// room for one event, the second barrier is accepted only after the
-    /// listener took the first, which it does only after the event before.
+    /// Returns once every listener has handled what was sent before: a
+    /// barrier event is accepted only when the one before was taken, and
+    /// then each cache reports nothing left to handle.
     async fn settle(&self) {
         let subscribers = self.inner.lock().unwrap().subscribers.clone();
         let barrier = ChannelEvent::Message(Invalidation::Key {
@@ -90,8 +92,34 @@ impl Board {
         });
         for s in &subscribers {
             s.send(barrier.clone()).await.unwrap();
-            s.send(barrier.clone()).await.unwrap();
         }
+        until(|| {
+            self.inner
+                .lock()
+                .unwrap()
+                .probes
+                .iter()
+                .all(|settled| settled())
+        })
+        .await;
+    }
+
+    /// Puts `event` in every subscriber's queue without waiting for it to
+    /// be handled.
+    fn push(&self, event: ChannelEvent) {
+        for s in &self.inner.lock().unwrap().subscribers {
+            s.try_send(event.clone()).unwrap();
+        }
+    }
+
+    /// Lets `settle` know when `cache` is done.
+    fn watch<S: SessionStore>(&self, cache: &CachedStore<S>) {
+        let cache = cache.clone();
+        self.inner
+            .lock()
+            .unwrap()
+            .probes
+            .push(Box::new(move || !cache.has_pending_invalidations()));
     }
 }
 
@@ -163,6 +191,7 @@ async fn instance<S: SessionStore>(backend: S, board: &Board) -> CachedStore<S> 
         .with_coherent_ttl(COHERENT_TTL)
         .with_channel(board.clone())
         .build();
+    board.watch(&cached);
     board.send(ChannelEvent::Connected).await;
     assert!(cached.is_coherent());
     cached
@@ -932,4 +961,32 @@ async fn a_dead_channel_costs_one_publish_timeout_not_one_per_write() {
         );
     }
     assert!(a.is_coherent());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_with_an_unhandled_invalidation_in_its_queue_asks_the_backend() {
+    // The window closes at the peer's queue, not at its listener: once the
+    // message is in B's queue, B's reads skip its cache until it is handled.
+    let board = Board::default();
+    let (backend, _) = backend();
+    let a = instance(backend.clone(), &board).await;
+    let b = instance(backend.clone(), &board).await;
+    let key = created(&a, None).await;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    a.delete(&key, Timestamp::now()).await.unwrap();
+    // In B's queue, not yet handled (the listener has not run since).
+    let sent = std::mem::take(&mut board.inner.lock().unwrap().outbox);
+    for message in sent {
+        board.push(ChannelEvent::Message(message));
+    }
+    assert!(b.has_pending_invalidations());
+    let hits = b.stats().hits;
+    assert_eq!(
+        n_of(&b, &key).await,
+        None,
+        "B served from memory with a logout queued"
+    );
+    assert_eq!(b.stats().hits, hits);
+    board.settle().await;
+    assert!(!b.has_pending_invalidations());
 }
