@@ -1,43 +1,42 @@
 //! Listening to the invalidation channel: evict what peers changed, and
 //! fall back to bounded staleness while the channel is down.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, Weak};
+use std::task::Poll;
 
 use offstate_core::{ChannelEvent, Invalidation};
-use tokio::sync::mpsc;
 
+use crate::shared::{Inbox, Shared};
 use crate::stats::Counter;
-use crate::store::Shared;
-
-/// Evicts every cached session of `principal`, and fences off loads of
-/// them that are still in flight.
-pub(crate) async fn forget_principal(shared: &Shared, principal: &str) {
-    let seq = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
-    shared.recent_principals.insert(principal.to_owned(), seq);
-    let owned = principal.to_owned();
-    let predicate = shared
-        .cache
-        .invalidate_entries_if(move |_, entry| entry.record.principal.as_deref() == Some(&owned));
-    if let Err(error) = predicate {
-        // Only possible if closures were not enabled at build time; they are.
-        // Dropping everything is the safe answer.
-        tracing::error!(%error, "could not evict a principal's sessions; emptying the cache");
-        shared.clear();
-    }
-    shared.cache.run_pending_tasks().await;
-}
 
 /// Runs until the cache is dropped or the channel closes for good.
-pub(crate) async fn listen(shared: Weak<Shared>, mut events: mpsc::Receiver<ChannelEvent>) {
-    while let Some(event) = events.recv().await {
+///
+/// The inbox is locked only while polling, so a hit can see whether an
+/// event waits; an event taken counts in `handling` (under the same lock)
+/// until its eviction is done.
+pub(crate) async fn listen(shared: Weak<Shared>, inbox: Inbox, handling: Arc<AtomicUsize>) {
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            let mut events = inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            let polled = events.poll_recv(cx);
+            if let Poll::Ready(Some(_)) = &polled {
+                handling.fetch_add(1, Ordering::SeqCst);
+            }
+            polled
+        })
+        .await;
+        let Some(event) = event else {
+            break;
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
         handle(&shared, event).await;
+        handling.fetch_sub(1, Ordering::SeqCst);
     }
     if let Some(shared) = shared.upgrade() {
-        fall_back(&shared);
+        disconnected(&shared);
         tracing::warn!("session invalidation channel closed; the cache stays on bounded staleness");
     }
 }
@@ -45,13 +44,20 @@ pub(crate) async fn listen(shared: Weak<Shared>, mut events: mpsc::Receiver<Chan
 async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
     match event {
         ChannelEvent::Connected => {
-            if !shared.coherent.swap(true, Ordering::SeqCst) {
+            if !shared.subscribed.swap(true, Ordering::SeqCst) {
+                // A load that read the backend before this point may have
+                // missed invalidations sent while the channel was down: it
+                // must not be cached under the coherent TTL now. Entries
+                // cached meanwhile carry the staleness bound and may stay,
+                // but the fence covers every load that started before.
+                shared.clear();
                 tracing::info!("session invalidation channel connected; cache is coherent");
+                // What this instance could not announce while cut off.
+                shared.flush_unsent().await;
             }
         }
-        ChannelEvent::Disconnected => fall_back(shared),
+        ChannelEvent::Disconnected => disconnected(shared),
         ChannelEvent::Message(message) => {
-            shared.counters.bump(Counter::Invalidation);
             match message {
                 Invalidation::Key {
                     key,
@@ -65,9 +71,12 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
                     }
                 }
                 Invalidation::Key { key, version: None } => shared.forget(&key).await,
-                Invalidation::Principal(principal) => forget_principal(shared, &principal).await,
+                Invalidation::Principal(principal) => shared.forget_principal(&principal).await,
                 _ => shared.clear(),
             }
+            // Counted once handled: a reader that sees the count knows the
+            // eviction is done.
+            shared.counters.bump(Counter::Invalidation);
         }
         // An event this version does not know: distrust the cache.
         _ => shared.clear(),
@@ -76,10 +85,10 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
 
 /// Entries cached under the coherent TTL may now miss invalidations, so
 /// they go; new ones get the staleness bound until the channel is back.
-fn fall_back(shared: &Shared) {
-    if shared.coherent.swap(false, Ordering::SeqCst) {
-        shared.counters.bump(Counter::Fallback);
-        tracing::warn!("session invalidation channel lost; cache falls back to bounded staleness");
+fn disconnected(shared: &Shared) {
+    if shared.subscribed.swap(false, Ordering::SeqCst) {
+        shared.fall_back("the invalidation channel is lost");
+    } else {
+        shared.clear();
     }
-    shared.clear();
 }

@@ -11,40 +11,121 @@
 //! # Layout
 //!
 //! - `store`: [`CachedStore`] and its builder: the read and write paths.
+//! - `shared`: the entries, the fences that keep a load in flight from
+//!   refilling what was invalidated, the mode, and the announcing of this
+//!   instance's writes.
 //! - `coherence`: the listener that evicts on peers' invalidations and
 //!   falls back to bounded staleness while the channel is down.
 //! - `stats`: [`CacheStats`], also exported through the `metrics` facade
 //!   as `offstate_cache_*_total` counters.
+//! - `conformance` (feature `conformance`): the public cache conformance
+//!   suite every cache configuration runs.
 //!
-//! # Modes, and what a logout on one instance means for the others
+//! # What a logout on one instance means for the others
 //!
-//! A logout is a `delete` of the session (or, for "log out everywhere",
-//! `revoke_principal`). On the instance that does it, the cache entry goes
-//! at once, before the backend is asked. On the other instances:
+//! A logout is a `delete` of the session ("log out everywhere" is
+//! `revoke_principal`). Each promise below is a test of that name, in
+//! tests/failure_modes.rs, in the cache conformance suite
+//! (`offstate_cache::conformance`, feature `conformance`, run on memory,
+//! Redis, a Redis Cluster and DynamoDB) or in offstate-testing's
+//! cache_redis.rs.
 //!
-//! - **Coherent mode** (a channel is given and live): the instance that
-//!   logged out publishes an invalidation after the backend write, off the
-//!   request path; every other instance evicts the session when the message
-//!   arrives, and from then on never serves it (a load still in flight
-//!   when the message lands does not refill the cache). On loopback Redis
-//!   the message arrives in about a millisecond. Until it arrives, a peer
-//!   may still serve the session from its cache. If the channel is lost
-//!   (the Redis channel notices a dead server at once and a paused or
-//!   partitioned one within its heartbeat interval plus timeout, about 2 s
-//!   by default), every instance empties its cache and runs in bounded mode
-//!   until the channel is back, so a missed logout is served for at most
-//!   that detection time plus the staleness bound.
-//! - **Bounded mode** (no channel, or while it is down): a peer may serve a
-//!   logged-out session for up to the staleness bound
-//!   ([`DEFAULT_STALENESS`], 1 s; its doc says why 1 s), never longer:
-//!   after it the peer asks the backend, which says the session is gone.
+//! **On the instance that logs out**
 //!
-//! In both modes an entry never outlives the session's own deadline (an
-//! expired session is never served), and writes are never lost: they are
-//! conditional on the version, so a write based on a stale cached record
-//! meets a conflict and the [`Session`](offstate_core::Session) handle
-//! retries. A session changed behind the cache's back (not through a
-//! `CachedStore` on the same channel) is seen when its entry ends.
+//! - The entry goes before the backend is asked, so a logout in progress
+//!   is never served from memory (`a_delete_evicts_locally_before_the_backend_call`,
+//!   `a_revoke_evicts_locally_before_the_backend_call`), and a load that
+//!   read the session before the logout reached the backend is not cached
+//!   after it (`a_load_in_flight_when_the_invalidation_lands_is_not_cached`).
+//!   From the logout's answer on, the instance never serves the session
+//!   (`a_deleted_session_is_never_served`,
+//!   `revoke_evicts_on_every_instance`).
+//! - The announcement is part of the call. A store that announces its own
+//!   writes ([`Capabilities::announces_writes`](offstate_core::Capabilities),
+//!   offstate-redis with a channel) publishes in the same atomic step as
+//!   the write, and the cache publishes nothing
+//!   (`a_store_that_announces_its_writes_gets_no_second_announcement`).
+//!   In front of any other store, the cache publishes after the write and
+//!   answers only once the publish was sent or failed
+//!   (`a_write_returns_only_after_its_invalidation_is_sent`). Either way,
+//!   the client hears "logged out" after the message left for every peer,
+//!   and an instance shutting down right after a logout has already sent
+//!   it. The price, without a store that announces its writes: a write
+//!   waits for its publish, so a slow channel server slows writes down to
+//!   the channel's publish timeout. A dead one costs one write one publish
+//!   timeout: after that failure the instance falls back, and writes stop
+//!   waiting, their messages queued and sent in the background
+//!   (`a_dead_channel_costs_one_publish_timeout_not_one_per_write`).
+//!
+//! **On the other instances, with a live channel (coherent mode)**
+//!
+//! - A peer evicts the session when it reads the message, and from then on
+//!   never serves it, not even from a load that was in flight
+//!   (`a_deleted_session_is_never_served`, `revoke_evicts_on_every_instance`,
+//!   `a_peer_sees_a_write`).
+//! - **The residual window**: between the moment the logout's answer
+//!   leaves and the moment the message reaches a peer's event queue (it is
+//!   on the peer's socket, or with the channel's reader task), that peer
+//!   may still serve the session from memory
+//!   (`until_a_peer_reads_the_message_it_may_still_serve_the_session`).
+//!   Once the message is in the queue, the peer's reads skip its cache
+//!   until the message is handled
+//!   (`a_peer_with_an_unhandled_invalidation_in_its_queue_asks_the_backend`).
+//!   The window is the peer's own delay in reading its socket, so it grows
+//!   with the peer's load: read with no gap at all after A's answer, in one
+//!   process on a loaded 2-core host (load average 8 to 13), about a third
+//!   of B's reads still fell in it, the longest 14 to 136 ms across runs
+//!   (`logout_on_a_then_at_once_read_on_b`, offstate-testing). A client
+//!   that asks B only after A answered adds its own round trip to that.
+//! - A channel that drops: every instance empties its cache, counts a
+//!   fallback and caches under the staleness bound until the channel is
+//!   back (`a_lost_channel_falls_back`); the Redis channel notices a dead
+//!   server at once and a paused or partitioned one within its heartbeat
+//!   interval plus timeout, about 2 s by default
+//!   (`a_lost_channel_falls_back_to_bounded_staleness_and_recovers`). A
+//!   logout missed meanwhile is served for at most that detection time plus
+//!   the staleness bound. When the channel is back, every load that started
+//!   before is fenced off (`a_reconnect_fences_every_load_that_started_before_it`).
+//! - A publish that fails (pool timeout, the channel's server gone): the
+//!   publishing instance counts it (`publish_failures`, `fallbacks`), runs
+//!   on bounded staleness until a publish gets through, and sends the lost
+//!   message again before the next one or on reconnect
+//!   (`a_publisher_whose_publishes_fail_falls_back_to_bounded_staleness_and_counts_it`,
+//!   `a_lost_invalidation_is_sent_again_on_reconnect`). A peer whose own
+//!   subscription stays healthy serves the session until that resend, at
+//!   most the coherent TTL ([`DEFAULT_COHERENT_TTL`], 30 s) if the channel
+//!   never takes a publish again; with a store that announces its writes
+//!   this case does not exist, since the write and its message are one step.
+//! - A write whose outcome is unknown (its answer was lost): the instance
+//!   forgets the session at once
+//!   (`a_write_whose_outcome_is_unknown_makes_the_instance_forget_the_session`).
+//!   In front of a store that does not announce its writes, the write may
+//!   land after the invalidation sent for it; so the instance caches under
+//!   the staleness bound for the coherent TTL after it
+//!   (`after_an_unknown_outcome_the_instance_serves_a_session_at_most_the_staleness_bound`)
+//!   and announces the session again one staleness bound later
+//!   (`a_write_whose_outcome_is_unknown_is_announced_again_after_the_staleness_bound`).
+//!   The bound for peers: a write that lands within the staleness bound of
+//!   its timeout is seen within twice that bound; one that lands later
+//!   still (a request stuck in the network for over a second) is seen when
+//!   the peer's entry ends, at most the coherent TTL.
+//!
+//! **Without a channel (bounded mode)**: a peer may serve a logged-out
+//! session for up to the staleness bound ([`DEFAULT_STALENESS`], 1 s; its
+//! doc says why 1 s), never longer (`bounded_staleness_holds`).
+//!
+//! In every mode an entry never outlives the session's own deadline
+//! (`an_expired_session_is_never_served`), and writes are never lost: they
+//! are conditional on the version, a conflict replays on the record the
+//! backend returned with it, never on the cached one
+//! (`a_conflict_replays_on_the_backend_record_not_the_cached_one`,
+//! `concurrent_updates_are_all_kept`), and a slow load never replaces a
+//! newer cached version (`a_slow_load_never_replaces_a_newer_cached_version`).
+//! Writers of one session on one instance queue in the process before the
+//! store (`writers_on_one_instance_take_turns_before_the_store`). A session
+//! changed behind the cache's back (not through a `CachedStore` on the same
+//! channel, nor by a store that announces its writes) is seen when its
+//! entry ends.
 //!
 //! # Example
 //!
@@ -85,6 +166,9 @@
 //! ```
 
 mod coherence;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod shared;
 mod stats;
 mod store;
 

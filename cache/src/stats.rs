@@ -12,12 +12,22 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries dropped for size or because their time was up.
     pub evictions: u64,
-    /// Invalidation messages received from the channel.
+    /// Invalidation messages received from the channel and handled (the
+    /// eviction they asked for is done).
     pub invalidations_received: u64,
     /// Saves the backend answered with a conflict.
     pub conflicts: u64,
-    /// Times the channel dropped and the cache fell back to bounded staleness.
+    /// Times the cache fell back to bounded staleness: the channel dropped,
+    /// or this instance's invalidations stopped getting through.
     pub fallbacks: u64,
+    /// Invalidations this instance could not publish (each is sent again
+    /// before the next one; until one gets through, the instance runs on
+    /// bounded staleness).
+    pub publish_failures: u64,
+    /// Writes whose outcome was unknown (their answer was lost): the
+    /// session was forgotten, and without a store that announces its own
+    /// writes the instance ran on bounded staleness for the coherent TTL.
+    pub unknown_outcomes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +38,8 @@ pub(crate) struct Counters {
     invalidations: AtomicU64,
     conflicts: AtomicU64,
     fallbacks: AtomicU64,
+    publish_failures: AtomicU64,
+    unknown_outcomes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +50,8 @@ pub(crate) enum Counter {
     Invalidation,
     Conflict,
     Fallback,
+    PublishFailure,
+    UnknownOutcome,
 }
 
 impl Counters {
@@ -52,6 +66,14 @@ impl Counters {
             ),
             Counter::Conflict => (&self.conflicts, "offstate_cache_conflicts_total"),
             Counter::Fallback => (&self.fallbacks, "offstate_cache_fallbacks_total"),
+            Counter::PublishFailure => (
+                &self.publish_failures,
+                "offstate_cache_publish_failures_total",
+            ),
+            Counter::UnknownOutcome => (
+                &self.unknown_outcomes,
+                "offstate_cache_unknown_outcomes_total",
+            ),
         };
         cell.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(name).increment(1);
@@ -65,6 +87,8 @@ impl Counters {
             invalidations_received: self.invalidations.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            publish_failures: self.publish_failures.load(Ordering::Relaxed),
+            unknown_outcomes: self.unknown_outcomes.load(Ordering::Relaxed),
         }
     }
 }

@@ -3,27 +3,32 @@
 //! Rules that keep it safe without sticky routing:
 //! - the cache is never ahead of the store: every write goes to the
 //!   backend first, and only a successful write updates the cache;
-//! - a conflict, a `Gone`, or an error evicts the entry;
+//! - a conflict, a `Gone`, or an error evicts the entry; a delete or a
+//!   revoke evicts before the backend call and again after it;
+//! - every write that changes or ends a session is announced before the
+//!   call returns: by the store itself when it announces its writes, else
+//!   by the cache (see `Shared::announce`);
+//! - a write whose outcome is unknown puts this instance on the staleness
+//!   bound for the coherent TTL and is announced again one bound later;
 //! - an entry lives at most until the session's own deadline and at most
 //!   the staleness bound of the current mode;
-//! - a load that raced with an invalidation does not fill the cache.
+//! - a load that raced with an invalidation does not fill the cache, and
+//!   never replaces a newer version.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use moka::Expiry;
 use moka::notification::RemovalCause;
 use offstate_core::{
     Capabilities, Change, CreateOutcome, DeleteOutcome, Invalidation, InvalidationChannel, Record,
     SaveOutcome, SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome, Version,
 };
-use tokio::task::AbortHandle;
 
 use crate::coherence;
+use crate::shared::{Entry, EntryExpiry, Publisher, Shared};
 use crate::stats::{CacheStats, Counter, Counters};
 
 /// Default staleness bound when no invalidation channel is live: 1 second.
@@ -42,161 +47,15 @@ pub const DEFAULT_COHERENT_TTL: Duration = Duration::from_secs(30);
 /// Default memory budget: 64 MiB of session records.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type Publisher =
-    Arc<dyn Fn(Invalidation) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
-
-#[derive(Clone)]
-pub(crate) struct Entry {
-    pub(crate) record: Arc<Record>,
-    ttl: Duration,
-}
-
-struct EntryExpiry;
-
-impl Expiry<SessionKey, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &SessionKey, value: &Entry, _: Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &SessionKey,
-        value: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-}
-
-pub(crate) struct Shared {
-    pub(crate) cache: moka::future::Cache<SessionKey, Entry>,
-    /// Sequence number of the last invalidation seen per key, so a load
-    /// that started before it does not fill the cache with what it read.
-    recent: moka::sync::Cache<SessionKey, u64>,
-    /// The same fence for whole principals (revoke-all).
-    pub(crate) recent_principals: moka::sync::Cache<String, u64>,
-    pub(crate) seq: AtomicU64,
-    /// Sequence number of the last time the whole cache was emptied, so a
-    /// load that started before it does not refill the cache.
-    cleared: AtomicU64,
-    /// True while the invalidation channel is live.
-    pub(crate) coherent: AtomicBool,
-    staleness: Duration,
-    coherent_ttl: Duration,
-    pub(crate) counters: Arc<Counters>,
-    publisher: Option<Publisher>,
-    task: std::sync::Mutex<Option<AbortHandle>>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Ok(mut task) = self.task.lock()
-            && let Some(task) = task.take()
-        {
-            task.abort();
-        }
-    }
-}
-
-impl Shared {
-    /// Evicts `key` and fences off loads that started before now.
-    pub(crate) async fn forget(&self, key: &SessionKey) {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        self.recent.insert(key.clone(), seq);
-        self.cache.invalidate(key).await;
-    }
-
-    /// Empties the cache and fences off every load that started before now
-    /// (`invalidate_all` alone keeps entries inserted after it, such as a
-    /// load in flight finishing with the coherent TTL just after a fall-back).
-    pub(crate) fn clear(&self) {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        self.cleared.fetch_max(seq, Ordering::SeqCst);
-        self.cache.invalidate_all();
-    }
-
-    fn ttl_for(&self, record: &Record, now: Timestamp) -> Duration {
-        let bound = if self.coherent.load(Ordering::SeqCst) {
-            self.coherent_ttl
-        } else {
-            self.staleness
-        };
-        match record.deadlines.expires_at() {
-            Some(at) => bound.min(at.saturating_since(now)),
-            None => bound,
-        }
-    }
-
-    /// Whether something invalidated `key` (or its principal, or the whole
-    /// cache) after sequence number `started`.
-    fn fenced(&self, key: &SessionKey, principal: Option<&str>, started: u64) -> bool {
-        self.cleared.load(Ordering::SeqCst) > started
-            || self.recent.get(key).is_some_and(|seq| seq > started)
-            || principal.is_some_and(|p| {
-                self.recent_principals
-                    .get(p)
-                    .is_some_and(|seq| seq > started)
-            })
-    }
-
-    async fn remember(&self, key: &SessionKey, record: Arc<Record>, started: u64, now: Timestamp) {
-        let principal = record.principal.clone();
-        if self.fenced(key, principal.as_deref(), started) {
-            return;
-        }
-        let ttl = self.ttl_for(&record, now);
-        if ttl.is_zero() {
-            return;
-        }
-        let entry = Entry { record, ttl };
-        self.cache.insert(key.clone(), entry).await;
-        // An invalidation may have landed between the check and the insert,
-        // its eviction running before the insert: check again. (Fences are
-        // set before their eviction runs, so one of the two sees the other.)
-        if self.fenced(key, principal.as_deref(), started) {
-            self.cache.invalidate(key).await;
-        }
-    }
-
-    /// Tells peers, off the request path: a slow or paused channel server
-    /// must not slow every write down to the channel's timeout. Peers get
-    /// the message as soon as it is published either way; two messages of
-    /// one session that overtake each other are harmless, since a peer
-    /// keeps an entry only when it is at or past the announced version.
-    fn publish(&self, message: Invalidation) {
-        let Some(publish) = &self.publisher else {
-            return;
-        };
-        let sending = publish(message);
-        let report = async move {
-            if let Err(error) = sending.await {
-                // Peers keep what they cached until the coherent TTL at
-                // most; a channel that is really down also reaches them as
-                // a disconnect, which drops them to bounded staleness.
-                tracing::warn!(%error, "could not publish a session invalidation");
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(report);
-            }
-            Err(_) => tracing::error!(
-                "CachedStore used outside a tokio runtime: invalidation not published"
-            ),
-        }
-    }
-}
-
 /// A local cache in front of any [`SessionStore`], itself a store.
 ///
 /// Two modes, chosen by whether a channel is given:
 ///
 /// 1. **Coherent** ([`CachedStoreBuilder::with_channel`]): every save,
-///    delete and revoke publishes an [`Invalidation`]; every instance evicts
-///    on receipt. A change on instance A is seen by B as soon as the
-///    message arrives (about one network hop). If the channel drops, the
+///    delete and revoke is announced as an [`Invalidation`], by the store
+///    itself when it [announces its writes](Capabilities::announces_writes),
+///    else by the cache before the call returns; every instance evicts on
+///    receipt. If the channel drops, or this instance's publishes fail, the
 ///    cache empties itself and runs in bounded mode until it is back,
 ///    counting a fallback and logging it.
 /// 2. **Bounded staleness** (no channel): an entry is served for at most
@@ -227,7 +86,7 @@ impl<S> Clone for CachedStore<S> {
 impl<S> fmt::Debug for CachedStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedStore")
-            .field("coherent", &self.shared.coherent.load(Ordering::Relaxed))
+            .field("coherent", &self.shared.is_coherent())
             .field("entries", &self.shared.cache.entry_count())
             .field("stats", &self.shared.counters.snapshot())
             .finish_non_exhaustive()
@@ -323,26 +182,39 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             Some((publisher, events)) => (Some(publisher), Some(events)),
             None => (None, None),
         };
+        let inbox = events.map(|events| Arc::new(Mutex::new(events)));
+        // A store that announces its own writes, atomically with them, needs
+        // no second announcement from the cache.
+        let publisher = publisher.filter(|_| !self.inner.capabilities().announces_writes);
         let shared = Arc::new(Shared {
             cache,
             recent,
             recent_principals,
             seq: AtomicU64::new(0),
             cleared: AtomicU64::new(0),
-            coherent: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            publish_failing: AtomicBool::new(false),
+            unsure_until: Mutex::new(None),
             staleness: self.staleness,
             coherent_ttl: self.coherent_ttl,
             counters,
             publisher,
-            task: std::sync::Mutex::new(None),
+            unsent: Mutex::new(VecDeque::new()),
+            retrying: AtomicBool::new(false),
+            inbox: inbox.clone(),
+            handling: Arc::new(AtomicUsize::new(0)),
+            task: Mutex::new(None),
         });
-        if let Some(events) = events {
+        if let Some(inbox) = inbox {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    let task = runtime.spawn(coherence::listen(Arc::downgrade(&shared), events));
-                    if let Ok(mut slot) = shared.task.lock() {
-                        *slot = Some(task.abort_handle());
-                    }
+                    let task = runtime.spawn(coherence::listen(
+                        Arc::downgrade(&shared),
+                        inbox,
+                        Arc::clone(&shared.handling),
+                    ));
+                    *shared.task.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(task.abort_handle());
                 }
                 Err(_) => tracing::error!(
                     "CachedStore built outside a tokio runtime: no invalidation listener, bounded staleness only"
@@ -389,11 +261,27 @@ impl<S: SessionStore> CachedStore<S> {
         self.shared.counters.snapshot()
     }
 
-    /// Whether the cache currently runs coherent (channel live) rather than
-    /// on bounded staleness.
+    /// Whether the cache currently runs coherent rather than on bounded
+    /// staleness: the channel is live, this instance's invalidations get
+    /// through, and no write of unknown outcome may still land unannounced.
     #[must_use]
     pub fn is_coherent(&self) -> bool {
-        self.shared.coherent.load(Ordering::SeqCst)
+        self.shared.is_coherent()
+    }
+
+    /// Whether the channel has delivered events this instance has not
+    /// finished handling yet. While it has, loads skip the cache and ask
+    /// the backend (an unhandled invalidation may be about them).
+    #[must_use]
+    pub fn has_pending_invalidations(&self) -> bool {
+        self.shared.has_pending()
+    }
+
+    /// Whether the store behind the cache announces its own writes (then
+    /// the cache publishes nothing; see the crate docs).
+    #[must_use]
+    pub fn store_announces_writes(&self) -> bool {
+        self.inner.capabilities().announces_writes
     }
 
     /// The store behind the cache.
@@ -420,6 +308,32 @@ impl<S: SessionStore> CachedStore<S> {
     }
 }
 
+impl<S> CachedStore<S> {
+    /// After a write whose outcome is unknown, on a store that does not
+    /// announce its writes: the write may land after the invalidation sent
+    /// for it, and a peer may reload the old version in between. A second
+    /// invalidation, one staleness bound later, catches a write that lands
+    /// within that time; this instance itself caches under the staleness
+    /// bound meanwhile.
+    fn announce_again_later(&self, message: Invalidation) {
+        if self.shared.publisher.is_none() {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let delay = self.shared.staleness;
+        let again = async move {
+            tokio::time::sleep(delay).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.forget_message(&message).await;
+                shared.announce(message).await;
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(again);
+        }
+    }
+}
+
 impl<S: SessionStore> SessionStore for CachedStore<S> {
     async fn load(
         &self,
@@ -428,7 +342,12 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     ) -> Result<Option<Arc<Record>>, StoreError> {
         let shared = &self.shared;
         if let Some(entry) = shared.cache.get(key).await {
-            if !entry.record.is_expired(now) {
+            // An invalidation already received but not yet handled may be
+            // about this session: then the backend answers, not memory.
+            if entry.is_fresh(tokio::time::Instant::now())
+                && !entry.record.is_expired(now)
+                && !shared.has_pending()
+            {
                 shared.counters.bump(Counter::Hit);
                 return Ok(Some(entry.record));
             }
@@ -460,10 +379,15 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let shared = &self.shared;
         let started = shared.seq.load(Ordering::SeqCst);
         let outcome = self.inner.create(key, record, now).await;
-        if let Ok(CreateOutcome::Created) = outcome {
-            shared
-                .remember(key, Arc::new(record.clone()), started, now)
-                .await;
+        match outcome {
+            Ok(CreateOutcome::Created) => {
+                shared
+                    .remember(key, Arc::new(record.clone()), started, now)
+                    .await;
+            }
+            Ok(_) => {}
+            // A new key: no peer has it cached, so nothing to announce.
+            Err(_) => shared.forget(key).await,
         }
         outcome
     }
@@ -488,16 +412,32 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
                     }
                     None => shared.forget(key).await,
                 }
-                shared.publish(Invalidation::Key {
-                    key: key.clone(),
-                    version: Some(*version),
-                });
+                shared
+                    .announce(Invalidation::Key {
+                        key: key.clone(),
+                        version: Some(*version),
+                    })
+                    .await;
             }
             Ok(SaveOutcome::Conflict(_)) => {
+                // The caller replays on the record the backend sent with the
+                // conflict; the next load asks the backend too.
                 shared.counters.bump(Counter::Conflict);
                 shared.forget(key).await;
             }
-            _ => shared.forget(key).await,
+            Ok(_) => shared.forget(key).await,
+            Err(_) => {
+                // Applied or not: nobody knows. Peers must not keep the old
+                // version, and neither may this instance.
+                shared.forget(key).await;
+                shared.unsure();
+                let message = Invalidation::Key {
+                    key: key.clone(),
+                    version: None,
+                };
+                self.announce_again_later(message.clone());
+                shared.announce(message).await;
+            }
         }
         outcome
     }
@@ -512,6 +452,9 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let started = shared.seq.load(Ordering::SeqCst);
         let cached = shared.cache.get(key).await;
         let outcome = self.inner.touch(key, idle_deadline, now).await;
+        // A touch only moves the idle deadline later: a peer's copy with
+        // the earlier deadline errs on the safe side, so nothing is
+        // announced.
         match (&outcome, cached) {
             (Ok(TouchOutcome::Touched), Some(entry)) => {
                 let mut record = (*entry.record).clone();
@@ -528,11 +471,18 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let shared = &self.shared;
         shared.forget(key).await;
         let outcome = self.inner.delete(key, now).await;
+        // Again: a load that started during the delete may have read the
+        // record before it went.
         shared.forget(key).await;
-        shared.publish(Invalidation::Key {
+        let message = Invalidation::Key {
             key: key.clone(),
             version: None,
-        });
+        };
+        if outcome.is_err() {
+            shared.unsure();
+            self.announce_again_later(message.clone());
+        }
+        shared.announce(message).await;
         outcome
     }
 
@@ -546,11 +496,20 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         shared.forget(key).await;
         let outcome = self.inner.delete_if_version(key, expected, now).await;
         shared.forget(key).await;
-        if let Ok(DeleteOutcome::Deleted) | Err(_) = outcome {
-            shared.publish(Invalidation::Key {
+        if outcome.is_err() {
+            shared.unsure();
+            self.announce_again_later(Invalidation::Key {
                 key: key.clone(),
                 version: None,
             });
+        }
+        if let Ok(DeleteOutcome::Deleted) | Err(_) = outcome {
+            shared
+                .announce(Invalidation::Key {
+                    key: key.clone(),
+                    version: None,
+                })
+                .await;
         }
         outcome
     }
@@ -565,9 +524,19 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
 
     async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         let shared = &self.shared;
+        // Before the backend call: while the revoke runs, this instance
+        // serves none of the principal's sessions from memory.
+        shared.forget_principal(principal).await;
         let outcome = self.inner.revoke_principal(principal, now).await;
-        coherence::forget_principal(shared, principal).await;
-        shared.publish(Invalidation::Principal(principal.to_owned()));
+        // And after it: a load that read a session before the revoke
+        // reached it must not be served from now on.
+        shared.forget_principal(principal).await;
+        let message = Invalidation::Principal(principal.to_owned());
+        if outcome.is_err() {
+            shared.unsure();
+            self.announce_again_later(message.clone());
+        }
+        shared.announce(message).await;
         outcome
     }
 

@@ -1,5 +1,7 @@
-//! The conformance suite on `CachedStore` over `MemoryStore`, in both modes:
-//! a cache must not change the contract of the store it fronts.
+//! Both conformance suites on `CachedStore` over `MemoryStore`, in both
+//! modes: the store suite (a cache must not change the contract of the
+//! store it fronts) and the cache suite (what a cache promises across
+//! instances; `cache_suite` below).
 
 // Integration tests: a panic is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -63,4 +65,49 @@ mod bounded {
             channel: None,
         }
     });
+}
+
+/// The cache conformance suite on memory: instances share one
+/// `MemoryStore` and, coherent, one `LocalChannel`.
+mod cache_suite {
+    use offstate_cache::conformance::CacheHarness;
+    use offstate_core::{LocalChannel, MemoryStore};
+
+    struct Local {
+        backend: MemoryStore,
+        channel: Option<LocalChannel>,
+    }
+
+    impl CacheHarness for Local {
+        type Store = MemoryStore;
+        type Channel = LocalChannel;
+
+        async fn store(&self) -> MemoryStore {
+            self.backend.clone()
+        }
+
+        async fn channel(&self) -> Option<LocalChannel> {
+            self.channel.clone()
+        }
+    }
+
+    mod coherent {
+        use super::*;
+        offstate_cache::cache_conformance_tests!(async {
+            Local {
+                backend: MemoryStore::new(),
+                channel: Some(LocalChannel::new()),
+            }
+        });
+    }
+
+    mod bounded {
+        use super::*;
+        offstate_cache::cache_conformance_tests!(async {
+            Local {
+                backend: MemoryStore::new(),
+                channel: None,
+            }
+        });
+    }
 }

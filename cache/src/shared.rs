@@ -1,0 +1,384 @@
+//! The state one `CachedStore` shares with its clones and its listener:
+//! the entries, the fences that keep loads in flight from refilling what
+//! was invalidated, the mode (coherent or bounded), and the announcing of
+//! this instance's writes to its peers.
+//!
+//! Time here is tokio time (`tokio::time::Instant`): an entry is served
+//! only before its `until`, checked on every hit, so paused-time tests
+//! drive staleness exactly. moka's own expiry uses the same lifetimes and
+//! only reclaims the memory.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use moka::Expiry;
+use moka::ops::compute::Op;
+use offstate_core::{ChannelEvent, Invalidation, Record, SessionKey, StoreError, Timestamp};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::stats::{Counter, Counters};
+
+pub(crate) type Inbox = Arc<Mutex<mpsc::Receiver<ChannelEvent>>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type Publisher =
+    Arc<dyn Fn(Invalidation) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
+
+/// How many unsent invalidations an instance keeps to send again once a
+/// publish succeeds; past it, the oldest are dropped (peers still have the
+/// coherent TTL as their last net).
+const UNSENT_MAX: usize = 1024;
+
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) record: Arc<Record>,
+    /// When this entry stops being served (tokio time).
+    until: Instant,
+    ttl: Duration,
+}
+
+impl Entry {
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        now < self.until
+    }
+}
+
+pub(crate) struct EntryExpiry;
+
+impl Expiry<SessionKey, Entry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _: &SessionKey,
+        value: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &SessionKey,
+        value: &Entry,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) cache: moka::future::Cache<SessionKey, Entry>,
+    /// Sequence number of the last invalidation seen per key, so a load
+    /// that started before it does not fill the cache with what it read.
+    pub(crate) recent: moka::sync::Cache<SessionKey, u64>,
+    /// The same fence for whole principals (revoke-all).
+    pub(crate) recent_principals: moka::sync::Cache<String, u64>,
+    pub(crate) seq: AtomicU64,
+    /// Sequence number of the last time the whole cache was emptied, so a
+    /// load that started before it does not refill the cache.
+    pub(crate) cleared: AtomicU64,
+    /// True while the invalidation channel reports itself live.
+    pub(crate) subscribed: AtomicBool,
+    /// True after a publish of this instance failed, until one succeeds.
+    pub(crate) publish_failing: AtomicBool,
+    /// Until then, this instance caches under the staleness bound only: a
+    /// write whose outcome was unknown may still land unannounced.
+    pub(crate) unsure_until: Mutex<Option<Instant>>,
+    pub(crate) staleness: Duration,
+    pub(crate) coherent_ttl: Duration,
+    pub(crate) counters: Arc<Counters>,
+    /// `None` without a channel, and when the store announces its writes.
+    pub(crate) publisher: Option<Publisher>,
+    /// Invalidations whose publish failed, sent again before the next one.
+    pub(crate) unsent: Mutex<VecDeque<Invalidation>>,
+    /// True while a background task sends what is queued.
+    pub(crate) retrying: AtomicBool,
+    /// The channel's events not yet taken by the listener (`None` without
+    /// a channel). The listener locks it only to poll.
+    pub(crate) inbox: Option<Inbox>,
+    /// Events the listener took and has not finished handling.
+    pub(crate) handling: Arc<AtomicUsize>,
+    pub(crate) task: Mutex<Option<AbortHandle>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Shared {
+    /// Whether entries cached now may live for the coherent TTL: the
+    /// channel is live, this instance's publishes get through, and no
+    /// write of unknown outcome may still land.
+    pub(crate) fn is_coherent(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+            && !self.publish_failing.load(Ordering::SeqCst)
+            && !self.is_unsure()
+    }
+
+    /// Whether the channel has delivered something this instance has not
+    /// finished handling: a hit must not be trusted then. Cheap: one
+    /// uncontended lock attempt and two loads; a listener polling at this
+    /// very moment counts as pending.
+    pub(crate) fn has_pending(&self) -> bool {
+        let Some(inbox) = &self.inbox else {
+            return false;
+        };
+        match inbox.try_lock() {
+            Ok(events) => !events.is_empty() || self.handling.load(Ordering::SeqCst) > 0,
+            Err(_) => true,
+        }
+    }
+
+    fn is_unsure(&self) -> bool {
+        let unsure = self
+            .unsure_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unsure.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Evicts `key` and fences off loads that started before now.
+    pub(crate) async fn forget(&self, key: &SessionKey) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.recent.insert(key.clone(), seq);
+        self.cache.invalidate(key).await;
+    }
+
+    /// Evicts every cached session of `principal`, and fences off loads of
+    /// them that are still in flight.
+    pub(crate) async fn forget_principal(&self, principal: &str) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.recent_principals.insert(principal.to_owned(), seq);
+        let owned = principal.to_owned();
+        let predicate = self.cache.invalidate_entries_if(move |_, entry| {
+            entry.record.principal.as_deref() == Some(&owned)
+        });
+        if let Err(error) = predicate {
+            // Only possible if closures were not enabled at build time; they
+            // are. Dropping everything is the safe answer.
+            tracing::error!(%error, "could not evict a principal's sessions; emptying the cache");
+            self.clear();
+        }
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Evicts what `message` names, on this instance.
+    pub(crate) async fn forget_message(&self, message: &Invalidation) {
+        match message {
+            Invalidation::Key { key, .. } => self.forget(key).await,
+            Invalidation::Principal(principal) => self.forget_principal(principal).await,
+            _ => self.clear(),
+        }
+    }
+
+    /// Empties the cache and fences off every load that started before now
+    /// (`invalidate_all` alone keeps entries inserted after it, such as a
+    /// load in flight finishing with the coherent TTL just after a fall-back).
+    pub(crate) fn clear(&self) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.cleared.fetch_max(seq, Ordering::SeqCst);
+        self.cache.invalidate_all();
+    }
+
+    /// How long an entry for `record` may be served from now.
+    fn ttl_for(&self, record: &Record, now: Timestamp) -> Duration {
+        let bound = if self.is_coherent() {
+            self.coherent_ttl
+        } else {
+            self.staleness
+        };
+        match record.deadlines.expires_at() {
+            Some(at) => bound.min(at.saturating_since(now)),
+            None => bound,
+        }
+    }
+
+    /// Whether something invalidated `key` (or its principal, or the whole
+    /// cache) after sequence number `started`.
+    fn fenced(&self, key: &SessionKey, principal: Option<&str>, started: u64) -> bool {
+        self.cleared.load(Ordering::SeqCst) > started
+            || self.recent.get(key).is_some_and(|seq| seq > started)
+            || principal.is_some_and(|p| {
+                self.recent_principals
+                    .get(p)
+                    .is_some_and(|seq| seq > started)
+            })
+    }
+
+    /// Caches `record` under `key`, unless an invalidation since `started`
+    /// fences it off.
+    pub(crate) async fn remember(
+        &self,
+        key: &SessionKey,
+        record: Arc<Record>,
+        started: u64,
+        now: Timestamp,
+    ) {
+        let principal = record.principal.clone();
+        if self.fenced(key, principal.as_deref(), started) {
+            return;
+        }
+        let ttl = self.ttl_for(&record, now);
+        if ttl.is_zero() {
+            return;
+        }
+        let until = Instant::now() + ttl;
+        let version = record.version;
+        let entry = Entry { record, until, ttl };
+        // Never replace a newer version: a slow load that read version 5
+        // must not overwrite the 6 a local write cached meanwhile.
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                std::future::ready(match current {
+                    Some(current) if current.value().record.version > version => Op::Nop,
+                    _ => Op::Put(entry),
+                })
+            })
+            .await;
+        // An invalidation may have landed between the check and the insert,
+        // its eviction running before the insert: check again. (Fences are
+        // set before their eviction runs, so one of the two sees the other.)
+        if self.fenced(key, principal.as_deref(), started) {
+            self.cache.invalidate(key).await;
+        }
+    }
+
+    /// Drops to bounded staleness: entries cached under the coherent TTL
+    /// go, and new ones get the staleness bound.
+    pub(crate) fn fall_back(&self, why: &'static str) {
+        self.counters.bump(Counter::Fallback);
+        tracing::warn!(why, "session cache falls back to bounded staleness");
+        self.clear();
+    }
+
+    /// A write whose outcome is unknown (its answer was lost): it may have
+    /// been applied, and on a store that does not announce its writes it
+    /// may even land after the invalidation sent for it. For the coherent
+    /// TTL from now this instance caches under the staleness bound only.
+    pub(crate) fn unsure(&self) {
+        self.counters.bump(Counter::UnknownOutcome);
+        if self.publisher.is_none() {
+            // Either no channel (always bounded) or a store whose writes
+            // announce themselves when they land: nothing more to do.
+            return;
+        }
+        let until = Instant::now() + self.coherent_ttl;
+        let mut unsure = self
+            .unsure_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *unsure = Some(unsure.map_or(until, |at| at.max(until)));
+        drop(unsure);
+        tracing::warn!(
+            "a session write's outcome is unknown; the cache runs on bounded staleness for the coherent TTL"
+        );
+    }
+
+    /// Tells peers about this instance's write, as part of the write: the
+    /// caller answers its client only after this returns, so no client
+    /// hears "done" before the message is on its way to every peer.
+    ///
+    /// Nothing is sent when the store announces its writes itself. A
+    /// failed publish is kept and sent again before the next one, and
+    /// until a publish succeeds this instance runs on bounded staleness
+    /// (counted in `publish_failures` and `fallbacks`). Meanwhile writes do
+    /// not wait for the channel: their messages queue behind the lost one
+    /// and go out in the background, so a dead channel costs one publish
+    /// timeout, not one per write.
+    pub(crate) async fn announce(self: &Arc<Self>, message: Invalidation) {
+        if self.publisher.is_none() {
+            return;
+        }
+        if !self.publish_failing.load(Ordering::SeqCst) {
+            self.send(Some(message)).await;
+            return;
+        }
+        self.queue(std::iter::once(message));
+        if !self.retrying.swap(true, Ordering::SeqCst) {
+            let shared = Arc::clone(self);
+            let retry = async move {
+                loop {
+                    shared.send(None).await;
+                    let done = shared.publish_failing.load(Ordering::SeqCst)
+                        || shared
+                            .unsent
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .is_empty();
+                    if done {
+                        break;
+                    }
+                }
+                shared.retrying.store(false, Ordering::SeqCst);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(retry);
+                }
+                Err(_) => self.retrying.store(false, Ordering::SeqCst),
+            }
+        }
+    }
+
+    /// Keeps messages to send later, dropping the oldest past the cap.
+    fn queue(&self, messages: impl IntoIterator<Item = Invalidation>) {
+        let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
+        for message in messages {
+            if unsent.len() == UNSENT_MAX {
+                unsent.pop_front();
+            }
+            unsent.push_back(message);
+        }
+    }
+
+    /// Sends what is waiting to be sent, if anything (on reconnect).
+    pub(crate) async fn flush_unsent(&self) {
+        self.send(None).await;
+    }
+
+    async fn send(&self, message: Option<Invalidation>) {
+        let Some(publish) = &self.publisher else {
+            return;
+        };
+        let mut batch: Vec<Invalidation> = self
+            .unsent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        batch.extend(message);
+        if batch.is_empty() {
+            return;
+        }
+        let mut pending = batch.into_iter();
+        while let Some(message) = pending.next() {
+            if let Err(error) = publish(message.clone()).await {
+                tracing::warn!(%error, "could not publish a session invalidation");
+                self.counters.bump(Counter::PublishFailure);
+                self.queue(std::iter::once(message).chain(pending));
+                if !self.publish_failing.swap(true, Ordering::SeqCst) {
+                    self.fall_back("this instance's invalidations do not get through");
+                }
+                return;
+            }
+        }
+        if self.publish_failing.swap(false, Ordering::SeqCst) {
+            tracing::info!("session invalidations get through again");
+        }
+    }
+}
