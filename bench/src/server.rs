@@ -146,8 +146,12 @@ pub async fn router(
         }
         Variant::OffstateCached => {
             let config = redis_config(redis_url);
-            let store = RedisStore::connect(config.clone()).await?;
             let channel = RedisInvalidationChannel::connect(&config).await?;
+            // The write scripts announce themselves: a cached write is one
+            // round trip, no separate PUBLISH.
+            let store = RedisStore::connect(config.clone())
+                .await?
+                .with_announcements(channel.channel_name());
             let cached = CachedStore::builder(store).with_channel(channel).build();
             // Serve only once the channel is live, so the run measures the
             // coherent mode and not the bounded fallback.

@@ -140,14 +140,16 @@ impl Backend {
                 if !options.cache {
                     return Ok(Sessions::new(store));
                 }
-                // Coherent cache: invalidations on pub/sub, published
-                // through the store's own pool.
+                // Coherent cache: every write script PUBLISHes its own
+                // invalidation (one round trip, atomic with the write), and
+                // the channel subscribes to what the peers' scripts publish.
                 let channel =
                     RedisInvalidationChannel::from_connection(store.connection().clone(), &config)
                         .map_err(|e| StoreSetupError::Connect {
                             scheme: "redis".to_owned(),
                             source: Box::new(e),
                         })?;
+                let store = store.with_announcements(channel.channel_name());
                 Ok(Sessions::new(
                     CachedStore::builder(store).with_channel(channel).build(),
                 ))

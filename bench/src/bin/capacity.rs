@@ -647,19 +647,31 @@ async fn main() -> Result<(), Error> {
             let mut stats = CommandStats::connect(redis.url()).await?;
             stats.reset().await?;
             let config = redis.config().clone();
-            let wrap: Option<Box<dyn FnOnce(CountingStore<_>) -> Sessions>> = if cache {
-                let channel = RedisInvalidationChannel::from_connection(
+            let channel = if cache {
+                Some(RedisInvalidationChannel::from_connection(
                     redis.store().connection().clone(),
                     &config,
-                )?;
-                Some(Box::new(move |s| {
-                    Sessions::new(CachedStore::builder(s).with_channel(channel).build())
-                }))
+                )?)
             } else {
                 None
             };
+            // With the cache, the write scripts announce themselves (one
+            // round trip per write, no separate PUBLISH).
+            let announcing = match &channel {
+                Some(channel) => redis
+                    .store()
+                    .clone()
+                    .with_announcements(channel.channel_name()),
+                None => redis.store().clone(),
+            };
+            let wrap: Option<Box<dyn FnOnce(CountingStore<_>) -> Sessions>> =
+                channel.map(|channel| -> Box<dyn FnOnce(CountingStore<_>) -> Sessions> {
+                    Box::new(move |s| {
+                        Sessions::new(CachedStore::builder(s).with_channel(channel).build())
+                    })
+                });
             let mut rig = Rig::new(
-                redis.store().clone(),
+                announcing,
                 Counter::Redis(stats),
                 wrap,
                 None,
