@@ -27,6 +27,7 @@ CRATES = [
     ("offstate-memcached", "offstate_memcached"),
     ("offstate-cache", "offstate_cache"),
     ("offstate-tower", "offstate_tower"),
+    ("offstate-admin", "offstate_admin"),
 ]
 # Traits whose implementations are noise in a listing (derives, auto traits).
 QUIET_TRAITS = {

@@ -22,7 +22,10 @@ use offstate_core::{Deadlines, MemoryStore, Record, SessionId, SessionStore, Tim
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let idle = Duration::from_secs(args.next().and_then(|a| a.parse().ok()).unwrap_or(2));
     let store = MemoryStore::new();
     let rss_before = rss_bytes();
@@ -66,7 +69,10 @@ async fn main() {
     let held_idle = store.len();
     let rss_idle = rss_bytes();
 
-    println!("| MemoryStore, {n} sessions, {}s idle timeout | figure |", idle.as_secs());
+    println!(
+        "| MemoryStore, {n} sessions, {}s idle timeout | figure |",
+        idle.as_secs()
+    );
     println!("|---|---|");
     println!("| fill rate | {:.0} creates/s |", n as f64 / fill_secs);
     for (what, wall, cpu) in [
@@ -106,10 +112,9 @@ async fn main() {
 /// A session like the cart's: three lines in a JSON map.
 fn cart(now: Timestamp, idle: Duration) -> Record {
     let mut record = Record::new(now, Deadlines::idle_at(now.saturating_add(idle)));
-    record.data.insert(
-        "cart".into(),
-        br#"{"apple":2,"bread":1,"tea":1}"#.to_vec(),
-    );
+    record
+        .data
+        .insert("cart".into(), br#"{"apple":2,"bread":1,"tea":1}"#.to_vec());
     record
 }
 

@@ -209,7 +209,8 @@ impl Shared {
     /// and make sure the background purge runs.
     fn wrote(self: &Arc<Self>, shard: &mut Shard, now: Timestamp) -> Vec<(SessionKey, String)> {
         self.clock.saw(now);
-        self.purger.get_or_init(|| start_purger(Arc::downgrade(self)));
+        self.purger
+            .get_or_init(|| start_purger(Arc::downgrade(self)));
         shard.sweep(now, SWEEP_PER_WRITE)
     }
 
@@ -315,11 +316,9 @@ impl Hasher for KeyHasher {
 fn shard_of(key: &SessionKey) -> usize {
     // The key is a hash already: its last bytes are as good as any.
     let bytes = key.as_str().as_bytes();
-    let tail = bytes
-        .iter()
-        .rev()
-        .take(4)
-        .fold(0_usize, |acc, b| acc.wrapping_mul(31).wrapping_add(usize::from(*b)));
+    let tail = bytes.iter().rev().take(4).fold(0_usize, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(usize::from(*b))
+    });
     tail % SHARDS
 }
 
@@ -369,7 +368,10 @@ impl MemoryStore {
 
     /// Indexes `key` under `principal`. Called with the index lock held.
     fn index(principals: &mut HashMap<String, HashSet<SessionKey>>, key: &SessionKey, p: &str) {
-        principals.entry(p.to_owned()).or_default().insert(key.clone());
+        principals
+            .entry(p.to_owned())
+            .or_default()
+            .insert(key.clone());
     }
 
     fn unindex(principals: &mut HashMap<String, HashSet<SessionKey>>, key: &SessionKey, p: &str) {
@@ -388,7 +390,8 @@ impl MemoryStore {
             return false;
         };
         if let Some(p) = &record.principal {
-            self.shared.unindex_freed(vec![(key.clone(), p.clone())], now);
+            self.shared
+                .unindex_freed(vec![(key.clone(), p.clone())], now);
         }
         !record.is_expired(now)
     }
@@ -631,7 +634,11 @@ mod tests {
         // every half second; allow it ten times that.
         let deadline = Instant::now() + PURGE_EVERY * 10;
         while !store.is_empty() {
-            assert!(Instant::now() < deadline, "{} records never freed", store.len());
+            assert!(
+                Instant::now() < deadline,
+                "{} records never freed",
+                store.len()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -84,7 +84,10 @@ impl CacheHarness for OnDynamo {
 
     async fn store(&self) -> Self::Store {
         let config = self.server.config().clone();
-        self.server.store_with(config).await.expect("a DynamoDbStore")
+        self.server
+            .store_with(config)
+            .await
+            .expect("a DynamoDbStore")
     }
 
     async fn channel(&self) -> Option<Self::Channel> {

@@ -670,13 +670,7 @@ async fn main() -> Result<(), Error> {
                         Sessions::new(CachedStore::builder(s).with_channel(channel).build())
                     })
                 });
-            let mut rig = Rig::new(
-                announcing,
-                Counter::Redis(stats),
-                wrap,
-                None,
-                None,
-            );
+            let mut rig = Rig::new(announcing, Counter::Redis(stats), wrap, None, None);
             let rows = rig.run(size).await?;
             print_table(
                 &format!("Redis, {size_label}{label}"),
