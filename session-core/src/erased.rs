@@ -65,6 +65,7 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
     fn capabilities(&self) -> Capabilities;
     fn name(&self) -> &'static str;
+    fn server_address(&self) -> Option<&str>;
 }
 
 impl<S: SessionStore> ErasedStore for S {
@@ -133,6 +134,9 @@ impl<S: SessionStore> ErasedStore for S {
     }
     fn name(&self) -> &'static str {
         SessionStore::name(self)
+    }
+    fn server_address(&self) -> Option<&str> {
+        SessionStore::server_address(self)
     }
 }
 
