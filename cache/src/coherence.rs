@@ -46,6 +46,7 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
     match event {
         ChannelEvent::Connected => {
             if !shared.coherent.swap(true, Ordering::SeqCst) {
+                shared.counters.bump(Counter::Recovered);
                 tracing::info!("session invalidation channel connected; cache is coherent");
             }
         }

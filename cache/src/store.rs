@@ -305,7 +305,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             .support_invalidation_closures()
             .eviction_listener(move |_, _, cause: RemovalCause| {
                 if cause.was_evicted() {
-                    evictions.bump(Counter::Eviction);
+                    evictions.evicted(cause);
                 }
             })
             .build();

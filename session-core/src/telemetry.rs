@@ -36,7 +36,10 @@
 //! | `offstate_cache_conflicts_total` | counter | — | (offstate-cache) Saves the store answered with a conflict. |
 //! | `offstate_cache_fallbacks_total` | counter | — | (offstate-cache) Times the invalidation channel dropped and the cache fell back to bounded staleness. |
 //! | `offstate_cache_fallback_active` | gauge | — | (offstate-cache) 1 while the cache is on bounded staleness, 0 when coherent. |
-//! | `offstate_cache_fallback_seconds_total` | counter | — | (offstate-cache) Time spent on bounded staleness, added when the channel comes back, in seconds. |
+//! | `offstate_cache_fallback_duration_seconds` | histogram | — | (offstate-cache) How long each fallback lasted, recorded when the channel comes back, in seconds (its sum is the time spent in fallback). |
+//!
+//! Not measured yet: the delay between a peer's write and the arrival of
+//! its invalidation (the messages carry no send time).
 //!
 //! # Traces
 //!
