@@ -26,6 +26,9 @@ pub struct Settings {
     /// bytes; every instance needs the same one). Environment only, so it
     /// does not show in `ps`.
     pub signing_key: Option<String>,
+    /// Where to serve Prometheus metrics (`--metrics-addr`,
+    /// `OFFSTATE_METRICS_ADDR`; default: not served).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The command line or environment cannot be used.
@@ -56,7 +59,7 @@ pub const USAGE: &str = "\
 offstate-example-cart: a shopping cart whose sessions live outside the instance
 
 USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--cache]
-                             [--secure-cookies BOOL]
+                             [--secure-cookies BOOL] [--metrics-addr ADDR]
 
   --listen ADDR          listen address (env OFFSTATE_LISTEN, default 127.0.0.1:3000)
   --instance NAME        name shown on every page (env OFFSTATE_INSTANCE, default hostname:port)
@@ -71,6 +74,8 @@ USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--
                          (env OFFSTATE_CACHE=true)
   --secure-cookies BOOL  Secure cookie attribute (env OFFSTATE_SECURE_COOKIES,
                          default false on loopback, true elsewhere)
+  --metrics-addr ADDR    serve Prometheus metrics at http://ADDR/metrics
+                         (env OFFSTATE_METRICS_ADDR, default off)
   env OFFSTATE_SIGNING_KEY  sign session IDs with this secret (>= 32 bytes)";
 
 impl Settings {
@@ -109,6 +114,8 @@ impl Settings {
         let mut instance = var("OFFSTATE_INSTANCE");
         let mut store = var("OFFSTATE_STORE");
         let mut cache = var("OFFSTATE_CACHE").map(|v| ("OFFSTATE_CACHE".to_owned(), v));
+        let mut metrics =
+            var("OFFSTATE_METRICS_ADDR").map(|v| ("OFFSTATE_METRICS_ADDR".to_owned(), v));
         let mut secure =
             var("OFFSTATE_SECURE_COOKIES").map(|v| ("OFFSTATE_SECURE_COOKIES".to_owned(), v));
         let mut args = args.into_iter();
@@ -133,6 +140,7 @@ impl Settings {
                 "--instance" => instance = Some(value()?),
                 "--store" => store = Some(value()?),
                 "--secure-cookies" => secure = Some((flag.clone(), value()?)),
+                "--metrics-addr" => metrics = Some((flag.clone(), value()?)),
                 // A switch: `--cache` alone, or `--cache=BOOL`.
                 "--cache" => cache = Some((flag.clone(), inline.unwrap_or_else(|| "true".into()))),
                 _ => return Err(SettingsError::Unknown(arg)),
@@ -152,6 +160,14 @@ impl Settings {
             Some((name, value)) => boolean(name, value)?,
             None => false,
         };
+        let metrics_addr = match metrics {
+            Some((name, value)) if !value.is_empty() => Some(
+                value
+                    .parse::<SocketAddr>()
+                    .map_err(|_| SettingsError::BadValue { name, value })?,
+            ),
+            _ => None,
+        };
         let instance = instance
             .filter(|name| !name.trim().is_empty())
             .unwrap_or_else(|| format!("{}:{}", hostname(), listen.port()));
@@ -162,6 +178,7 @@ impl Settings {
             secure_cookies,
             cache,
             signing_key: var("OFFSTATE_SIGNING_KEY").filter(|k| !k.is_empty()),
+            metrics_addr,
         })
     }
 }
@@ -213,10 +230,25 @@ mod tests {
         let s = Settings::parse(args(&["--cache", "--store", "redis://h:1"]), |_| None).unwrap();
         assert!(s.cache);
         assert_eq!(s.store, "redis://h:1");
+        assert_eq!(s.metrics_addr, None);
         let s = Settings::parse(args(&["--cache=false"]), |_| None).unwrap();
         assert!(!s.cache);
         let env = |name: &str| (name == "OFFSTATE_CACHE").then(|| "yes".to_owned());
         assert!(Settings::parse(args(&[]), env).unwrap().cache);
+    }
+
+    #[test]
+    fn metrics_addr_from_flag_or_environment() {
+        let env =
+            |name: &str| (name == "OFFSTATE_METRICS_ADDR").then(|| "127.0.0.1:9100".to_owned());
+        let s = Settings::parse(args(&[]), env).unwrap();
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        let s = Settings::parse(args(&["--metrics-addr", "0.0.0.0:9200"]), env).unwrap();
+        assert_eq!(s.metrics_addr, Some("0.0.0.0:9200".parse().unwrap()));
+        assert!(matches!(
+            Settings::parse(args(&["--metrics-addr=nope"]), |_| None),
+            Err(SettingsError::BadValue { .. })
+        ));
     }
 
     #[test]
