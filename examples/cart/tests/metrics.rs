@@ -279,3 +279,78 @@ async fn the_metrics_endpoint_shows_the_scripted_flow() {
         }
     }
 }
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One plain HTTP/1.1 request; the response's head and body.
+fn http(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_binary_serves_metrics_on_the_metrics_addr() {
+    let app_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_offstate-example-cart"))
+            .args(["--listen", &app_addr.to_string(), "--store", "memory://"])
+            .env("OFFSTATE_METRICS_ADDR", metrics_addr.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Ready when the app port answers (the metrics port is bound first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(app_addr).is_err() {
+        assert!(child.0.try_wait().unwrap().is_none(), "the cart exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cart never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let form = "item=apple";
+    let (head, _) = http(
+        app_addr,
+        &format!(
+            "POST /cart/add HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let (head, body) = http(
+        metrics_addr,
+        "GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let m = Exposition::parse(&body);
+    assert_eq!(m.value(telemetry::SESSIONS_CREATED, &[]), 1.0, "{body}");
+    assert_eq!(m.store("create", "ok"), 1.0);
+}
