@@ -578,4 +578,8 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+
+    fn server_address(&self) -> Option<&str> {
+        self.inner.server_address()
+    }
 }
