@@ -313,7 +313,9 @@ async fn no_session_id_cookie_or_value_reaches_the_logs_at_debug() {
         assert!(
             logs.contains("offstate.store")
                 && logs.contains(r#"db.operation.name="load""#)
-                && logs.contains(r#"db.operation.name="save""#),
+                && logs.contains(r#"db.operation.name="save""#)
+                && logs.contains(r#"db.system="custom""#)
+                && logs.contains("offstate.key="),
             "the capture saw the flow's spans"
         );
         assert!(
