@@ -3,7 +3,8 @@
 # shared session store, behind a real nginx load balancer (round robin, a
 # dead instance is skipped). Open the printed URL, add items, and watch the
 # "served by" badge change while the cart stays; kill an instance and keep
-# shopping.
+# shopping. Each instance serves Prometheus metrics on a port of its own
+# (printed with the instances).
 #
 #   scripts/demo.sh [--instances N] [--backend redis|memcached|dynamodb|memory]
 #                   [--port PORT] [--cache]
@@ -21,7 +22,7 @@ backend=redis
 port=""
 cache=""
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "demo: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -155,14 +156,18 @@ export OFFSTATE_SIGNING_KEY
 OFFSTATE_SIGNING_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 upstreams=""
 table=""
+metrics_urls=()
 for i in $(seq 1 "$instances"); do
   p="$(free_port)"
+  mp="$(free_port)"
   "$bin" --listen "127.0.0.1:$p" --instance "app-$i" --store "$store" $cache \
-    >"$run/logs/app-$i.log" 2>&1 &
+    --metrics-addr "127.0.0.1:$mp" >"$run/logs/app-$i.log" 2>&1 &
   pid="$!"
   pids+=("$pid"); wait_port "$p" "instance app-$i" "$pid"
   upstreams+="        server 127.0.0.1:$p max_fails=1 fail_timeout=5s;"$'\n'
-  table+="$(printf '    app-%-3s http://127.0.0.1:%-6s pid %s' "$i" "$p" "$pid")"$'\n'
+  table+="$(printf '    app-%-3s http://127.0.0.1:%-6s pid %-8s metrics http://127.0.0.1:%s/metrics' \
+    "$i" "$p" "$pid" "$mp")"$'\n'
+  metrics_urls+=("http://127.0.0.1:$mp/metrics")
 done
 
 # --- the load balancer ----------------------------------------------------------
@@ -216,6 +221,9 @@ cat <<EOF
 $table
   Try: add items and watch "served by" change; stop an instance with
   'kill <pid>' and keep shopping. Logs: $run/logs. Ctrl-C stops everything.
+
+  Metrics (Prometheus text; the table is in offstate_core::telemetry), e.g.:
+    watch -n1 "curl -s ${metrics_urls[0]} | grep -E '^offstate_(store_calls|sessions|session_conflicts|outage)'"
 
 EOF
 

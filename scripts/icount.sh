@@ -29,6 +29,9 @@
 #
 # Settings (environment):
 #   ICOUNT_REQUESTS  SMALL,LARGE (default 200,1200)
+#   OFFSTATE_BENCH_RECORDER=prometheus  in process: install a Prometheus
+#                    metrics recorder first (the cost of offstate's metrics;
+#                    default: no recorder)
 #
 # Needs valgrind (apt: valgrind) and, over HTTP, redis-server.
 set -euo pipefail

@@ -392,6 +392,10 @@ impl SessionStore for DynamoDbStore {
     fn name(&self) -> &'static str {
         "dynamodb"
     }
+
+    fn server_address(&self) -> Option<&str> {
+        self.settings.address.as_deref()
+    }
 }
 
 impl DynamoDbStore {

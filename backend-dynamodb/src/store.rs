@@ -42,6 +42,8 @@ pub(crate) struct Settings {
     /// The bound reported in [`StoreError::Timeout`](offstate_core::StoreError::Timeout).
     pub(crate) timeout: Duration,
     pub(crate) table_wait: Duration,
+    /// `host[:port]` of the endpoint, for traces' `server.address`.
+    pub(crate) address: Option<String>,
 }
 
 impl DynamoDbStore {
@@ -126,6 +128,13 @@ impl DynamoDbStore {
 
     fn build(client: Client, config: DynamoDbConfig) -> Self {
         let timeout = operation_timeout(&client).unwrap_or(Duration::ZERO);
+        // The endpoint we set (a client's own custom endpoint is not
+        // readable back), else the region's.
+        let address = match (config.endpoint_url.as_deref(), client.config().region()) {
+            (Some(url), _) => Some(host_of(url).to_owned()),
+            (None, Some(region)) => Some(format!("dynamodb.{region}.amazonaws.com")),
+            (None, None) => None,
+        };
         Self {
             client,
             settings: Arc::new(Settings {
@@ -136,6 +145,7 @@ impl DynamoDbStore {
                 max_item_bytes: config.max_item_bytes,
                 timeout,
                 table_wait: config.table_wait,
+                address,
             }),
         }
     }
@@ -172,4 +182,49 @@ fn operation_timeout(client: &Client) -> Option<Duration> {
         t.operation_timeout()
             .or_else(|| t.operation_attempt_timeout())
     })
+}
+
+/// The `host[:port]` of an endpoint URL: no scheme, no credentials, no path.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use offstate_core::SessionStore as _;
+
+    use super::*;
+
+    #[test]
+    fn the_address_is_the_endpoint_host_without_scheme_credentials_or_path() {
+        assert_eq!(host_of("http://127.0.0.1:8000"), "127.0.0.1:8000");
+        assert_eq!(
+            host_of("https://user:secret@ddb.local:443/x?y"),
+            "ddb.local:443"
+        );
+        assert_eq!(host_of("ddb.local"), "ddb.local");
+    }
+
+    #[test]
+    fn the_store_reports_its_endpoint_or_the_regional_one() {
+        let sdk = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .build();
+        let client = Client::from_conf(sdk);
+        let store = DynamoDbStore::from_client(client.clone(), DynamoDbConfig::new("t"));
+        assert_eq!(
+            store.server_address(),
+            Some("dynamodb.eu-west-1.amazonaws.com")
+        );
+        let local = DynamoDbStore::from_client(
+            client,
+            DynamoDbConfig::new("t").with_endpoint_url("http://127.0.0.1:8000"),
+        );
+        assert_eq!(local.server_address(), Some("127.0.0.1:8000"));
+    }
 }

@@ -453,4 +453,12 @@ impl SessionStore for MemcachedStore {
     fn name(&self) -> &'static str {
         "memcached"
     }
+
+    /// The node, when there is one; several have no single address.
+    fn server_address(&self) -> Option<&str> {
+        match self.inner.config.nodes() {
+            [node] => Some(node),
+            _ => None,
+        }
+    }
 }

@@ -51,6 +51,7 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
                 // cached meanwhile carry the staleness bound and may stay,
                 // but the fence covers every load that started before.
                 shared.clear();
+                shared.counters.bump(Counter::Recovered);
                 tracing::info!("session invalidation channel connected; cache is coherent");
                 // What this instance could not announce while cut off.
                 shared.flush_unsent().await;

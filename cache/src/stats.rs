@@ -1,6 +1,10 @@
 //! Counters: what the cache did, as a stats snapshot and through `metrics`.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use moka::notification::RemovalCause;
 
 /// A snapshot of the cache's counters since it was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,26 +44,29 @@ pub(crate) struct Counters {
     fallbacks: AtomicU64,
     publish_failures: AtomicU64,
     unknown_outcomes: AtomicU64,
+    /// When the current fallback began, while the cache is on it.
+    fallback_since: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Counter {
     Hit,
     Miss,
-    Eviction,
     Invalidation,
     Conflict,
     Fallback,
     PublishFailure,
     UnknownOutcome,
+    /// The channel is back: the cache is coherent again.
+    Recovered,
 }
 
 impl Counters {
     pub(crate) fn bump(&self, counter: Counter) {
         let (cell, name) = match counter {
+            Counter::Recovered => return self.recovered(),
             Counter::Hit => (&self.hits, "offstate_cache_hits_total"),
             Counter::Miss => (&self.misses, "offstate_cache_misses_total"),
-            Counter::Eviction => (&self.evictions, "offstate_cache_evictions_total"),
             Counter::Invalidation => (
                 &self.invalidations,
                 "offstate_cache_invalidations_received_total",
@@ -77,6 +84,36 @@ impl Counters {
         };
         cell.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(name).increment(1);
+        if let Counter::Fallback = counter {
+            self.since().get_or_insert_with(Instant::now);
+            metrics::gauge!("offstate_cache_fallback_active").set(1.0);
+        }
+    }
+
+    /// An entry the cache dropped by itself, by cause (`size`, `expired`).
+    pub(crate) fn evicted(&self, cause: RemovalCause) {
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        let cause = match cause {
+            RemovalCause::Expired => "expired",
+            RemovalCause::Size => "size",
+            _ => "other",
+        };
+        metrics::counter!("offstate_cache_evictions_total", "cause" => cause).increment(1);
+    }
+
+    /// The end of a fallback: how long it lasted.
+    fn recovered(&self) {
+        if let Some(since) = self.since().take() {
+            metrics::histogram!("offstate_cache_fallback_duration_seconds")
+                .record(since.elapsed().as_secs_f64());
+        }
+        metrics::gauge!("offstate_cache_fallback_active").set(0.0);
+    }
+
+    fn since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.fallback_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {

@@ -164,7 +164,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             .support_invalidation_closures()
             .eviction_listener(move |_, _, cause: RemovalCause| {
                 if cause.was_evicted() {
-                    evictions.bump(Counter::Eviction);
+                    evictions.evicted(cause);
                 }
             })
             .build();
@@ -552,5 +552,9 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
 
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    fn server_address(&self) -> Option<&str> {
+        self.inner.server_address()
     }
 }

@@ -38,7 +38,7 @@ use offstate_core::Sessions;
 #[derive(Debug, Parser)]
 #[command(name = "offstate", version)]
 struct Cli {
-    /// Where sessions live: redis://host:port, rediss://..., memcached://h:p[,h:p],
+    /// Where sessions live: redis://host:port, rediss://..., `memcached://h:p[,h:p]`,
     /// dynamodb://host:port/table (local), dynamodb:///table (AWS), memory://.
     #[arg(long, global = true, env = "OFFSTATE_STORE")]
     store: Option<String>,

@@ -15,6 +15,7 @@
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use offstate_core::middleware::ClientUpdate;
+use offstate_core::telemetry::RefusedInput;
 use offstate_core::{SessionId, Timestamp};
 
 use crate::config::{CookieConfig, Transport};
@@ -119,20 +120,23 @@ impl Carrier {
             }
         }
         if let Some(refusal) = seen.refusal {
+            RefusedInput::TooLong.record();
             return Err(refusal);
         }
         Ok(seen
             .values
             .into_iter()
-            .filter_map(|value| self.decode(value))
+            .filter(|value| !value.is_empty())
+            .filter_map(|value| self.decode(value).map_err(|reason| reason.record()).ok())
             .collect())
     }
 
-    fn decode(&self, value: &[u8]) -> Option<SessionId> {
-        let text = std::str::from_utf8(value).ok()?;
+    /// The ID in `value`, or why it is unusable (counted, then ignored).
+    fn decode(&self, value: &[u8]) -> Result<SessionId, RefusedInput> {
+        let text = std::str::from_utf8(value).map_err(|_| RefusedInput::NotUtf8)?;
         match &self.signing {
-            Some(key) => key.verify(text),
-            None => SessionId::parse(text).ok(),
+            Some(key) => key.verify(text).ok_or(RefusedInput::BadSignature),
+            None => SessionId::parse(text).map_err(|_| RefusedInput::Malformed),
         }
     }
 

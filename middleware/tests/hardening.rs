@@ -311,7 +311,11 @@ async fn no_session_id_cookie_or_value_reaches_the_logs_at_debug() {
         assert!(seen.len() >= 4, "the flow issued IDs: {seen:?}");
         let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         assert!(
-            logs.contains("offstate.load") && logs.contains("offstate.save"),
+            logs.contains("offstate.store")
+                && logs.contains(r#"db.operation.name="load""#)
+                && logs.contains(r#"db.operation.name="save""#)
+                && logs.contains(r#"db.system="custom""#)
+                && logs.contains("offstate.key="),
             "the capture saw the flow's spans"
         );
         assert!(

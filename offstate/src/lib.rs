@@ -9,6 +9,8 @@
 //!
 //! - The root: the session model, the [`SessionStore`] contract, the
 //!   [`Session`] handle and the [`MemoryStore`] (from `offstate-core`).
+//! - [`telemetry`]: the metrics and trace spans offstate emits, in one
+//!   table.
 //! - [`tower`] (feature `tower`, default): the layer and axum extractor.
 //! - [`redis`], [`dynamodb`], [`memcached`] (features of those names): stores.
 //! - [`cache`] (feature `cache`): the local cache in front of any store.

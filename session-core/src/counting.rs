@@ -212,4 +212,8 @@ impl<S: SessionStore> SessionStore for CountingStore<S> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+
+    fn server_address(&self) -> Option<&str> {
+        self.inner.server_address()
+    }
 }

@@ -66,6 +66,7 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
     fn ping(&self, now: Timestamp) -> BoxFuture<'_, Result<(), StoreError>>;
     fn capabilities(&self) -> Capabilities;
     fn name(&self) -> &'static str;
+    fn server_address(&self) -> Option<&str>;
 }
 
 impl<S: SessionStore> ErasedStore for S {
@@ -137,6 +138,9 @@ impl<S: SessionStore> ErasedStore for S {
     }
     fn name(&self) -> &'static str {
         SessionStore::name(self)
+    }
+    fn server_address(&self) -> Option<&str> {
+        SessionStore::server_address(self)
     }
 }
 

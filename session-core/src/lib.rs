@@ -17,6 +17,7 @@
 //!   [`testing`] (same feature): a store wrapper that injects faults and
 //!   holds calls at gates, for deterministic race and outage tests.
 //! - [`middleware`]: the protocol an HTTP middleware follows (open, finish).
+//! - [`telemetry`]: the metrics and trace spans offstate emits, in one table.
 //!
 //! # Example
 //!
@@ -55,6 +56,7 @@ mod store;
 #[cfg(feature = "axum")]
 mod extract;
 pub mod middleware;
+pub mod telemetry;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

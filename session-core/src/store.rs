@@ -376,4 +376,12 @@ pub trait SessionStore: Send + Sync + 'static {
     fn name(&self) -> &'static str {
         "custom"
     }
+
+    /// Where the store is (`host:port` of the node or endpoint it talks
+    /// to), for traces' `server.address`; `None` when it has no single
+    /// address or does not say. Never includes credentials. Wrappers
+    /// report the store they wrap.
+    fn server_address(&self) -> Option<&str> {
+        None
+    }
 }

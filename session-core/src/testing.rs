@@ -299,4 +299,8 @@ impl<S: SessionStore> SessionStore for FaultyStore<S> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+
+    fn server_address(&self) -> Option<&str> {
+        self.inner.server_address()
+    }
 }

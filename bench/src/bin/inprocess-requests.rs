@@ -3,6 +3,11 @@
 //! sends it `N` requests to `HANDLER` (`read` or `write`) through tower
 //! `oneshot`, and exits. `offstate-bench icount` runs it under callgrind
 //! twice, with two `N`, so start-up cancels out of the difference.
+//!
+//! With `OFFSTATE_BENCH_RECORDER=prometheus` in the environment, the
+//! Prometheus recorder the cart example uses is installed first, so the
+//! figure includes recording every metric of `offstate_core::telemetry`;
+//! without it, the metrics calls find no recorder (the default).
 
 use std::process::ExitCode;
 
@@ -40,6 +45,19 @@ fn run(args: &[String]) -> Result<(), BenchError> {
     let n: u64 = n
         .parse()
         .map_err(|_| BenchError::Usage(format!("bad request count {n:?}\n{USAGE}")))?;
+    match std::env::var("OFFSTATE_BENCH_RECORDER").as_deref() {
+        Ok("prometheus") => {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| BenchError::Usage(format!("cannot install the recorder: {e}")))?;
+        }
+        Ok("" | "none") | Err(_) => {}
+        Ok(other) => {
+            return Err(BenchError::Usage(format!(
+                "OFFSTATE_BENCH_RECORDER={other:?}: expected prometheus or none"
+            )));
+        }
+    }
     // One thread, as in the criterion bench.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -36,6 +36,9 @@ pub struct Settings {
     /// bytes; every instance needs the same one). Environment only, so it
     /// does not show in `ps`.
     pub signing_key: Option<String>,
+    /// Where to serve Prometheus metrics (`--metrics-addr`,
+    /// `OFFSTATE_METRICS_ADDR`; default: not served).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The command line or environment cannot be used.
@@ -67,7 +70,7 @@ offstate-example-cart: a shopping cart whose sessions live outside the instance
 
 USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--cache]
                              [--secure-cookies BOOL] [--idle-timeout SECS]
-                             [--absolute-timeout SECS]
+                             [--absolute-timeout SECS] [--metrics-addr ADDR]
 
   --listen ADDR          listen address (env OFFSTATE_LISTEN, default 127.0.0.1:3000)
   --instance NAME        name shown on every page (env OFFSTATE_INSTANCE, default hostname:port)
@@ -87,6 +90,8 @@ USAGE: offstate-example-cart [--listen ADDR] [--instance NAME] [--store URL] [--
   --absolute-timeout SECS  a session ends this long after it began, whatever
                          its traffic (env OFFSTATE_ABSOLUTE_TIMEOUT, 0 = never,
                          default 86400)
+  --metrics-addr ADDR    serve Prometheus metrics at http://ADDR/metrics
+                         (env OFFSTATE_METRICS_ADDR, default off)
   env OFFSTATE_SIGNING_KEY  sign session IDs with this secret (>= 32 bytes)";
 
 impl Settings {
@@ -125,6 +130,8 @@ impl Settings {
         let mut instance = var("OFFSTATE_INSTANCE");
         let mut store = var("OFFSTATE_STORE");
         let mut cache = var("OFFSTATE_CACHE").map(|v| ("OFFSTATE_CACHE".to_owned(), v));
+        let mut metrics =
+            var("OFFSTATE_METRICS_ADDR").map(|v| ("OFFSTATE_METRICS_ADDR".to_owned(), v));
         let mut secure =
             var("OFFSTATE_SECURE_COOKIES").map(|v| ("OFFSTATE_SECURE_COOKIES".to_owned(), v));
         let mut idle =
@@ -155,6 +162,7 @@ impl Settings {
                 "--secure-cookies" => secure = Some((flag.clone(), value()?)),
                 "--idle-timeout" => idle = Some((flag.clone(), value()?)),
                 "--absolute-timeout" => absolute = Some((flag.clone(), value()?)),
+                "--metrics-addr" => metrics = Some((flag.clone(), value()?)),
                 // A switch: `--cache` alone, or `--cache=BOOL`.
                 "--cache" => cache = Some((flag.clone(), inline.unwrap_or_else(|| "true".into()))),
                 _ => return Err(SettingsError::Unknown(arg)),
@@ -174,6 +182,14 @@ impl Settings {
             Some((name, value)) => boolean(name, value)?,
             None => false,
         };
+        let metrics_addr = match metrics {
+            Some((name, value)) if !value.is_empty() => Some(
+                value
+                    .parse::<SocketAddr>()
+                    .map_err(|_| SettingsError::BadValue { name, value })?,
+            ),
+            _ => None,
+        };
         let instance = instance
             .filter(|name| !name.trim().is_empty())
             .unwrap_or_else(|| format!("{}:{}", hostname(), listen.port()));
@@ -186,6 +202,7 @@ impl Settings {
             idle_timeout: idle.map(seconds).transpose()?,
             absolute_timeout: absolute.map(seconds).transpose()?,
             signing_key: var("OFFSTATE_SIGNING_KEY").filter(|k| !k.is_empty()),
+            metrics_addr,
         })
     }
 }
@@ -272,6 +289,7 @@ mod tests {
         let s = Settings::parse(args(&["--cache", "--store", "redis://h:1"]), |_| None).unwrap();
         assert!(s.cache);
         assert_eq!(s.store, "redis://h:1");
+        assert_eq!(s.metrics_addr, None);
         let s = Settings::parse(args(&["--cache=false"]), |_| None).unwrap();
         assert!(!s.cache);
         let env = |name: &str| (name == "OFFSTATE_CACHE").then(|| "yes".to_owned());
@@ -295,6 +313,20 @@ mod tests {
             Err(SettingsError::BadValue { .. })
         ));
         assert!(USAGE.contains("--idle-timeout") && USAGE.contains("--absolute-timeout"));
+    }
+
+    #[test]
+    fn metrics_addr_from_flag_or_environment() {
+        let env =
+            |name: &str| (name == "OFFSTATE_METRICS_ADDR").then(|| "127.0.0.1:9100".to_owned());
+        let s = Settings::parse(args(&[]), env).unwrap();
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        let s = Settings::parse(args(&["--metrics-addr", "0.0.0.0:9200"]), env).unwrap();
+        assert_eq!(s.metrics_addr, Some("0.0.0.0:9200".parse().unwrap()));
+        assert!(matches!(
+            Settings::parse(args(&["--metrics-addr=nope"]), |_| None),
+            Err(SettingsError::BadValue { .. })
+        ));
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! - [`store`]: the `--store` URL to [`Sessions`](offstate_core::Sessions).
 //! - [`cart`]: the catalog and the pure functions that change a cart.
 //! - [`pages`]: the HTML.
+//! - [`prometheus`]: metrics for Prometheus on their own port
+//!   (`--metrics-addr`).
 //! - `routes`: the handlers and [`app`], the router behind the session layer.
 //!
 //! # Example
@@ -38,6 +40,7 @@
 pub mod cart;
 pub mod config;
 pub mod pages;
+pub mod prometheus;
 mod routes;
 pub mod store;
 

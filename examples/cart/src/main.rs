@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use offstate_example_cart::config::{Settings, SettingsError};
-use offstate_example_cart::{AppConfig, app, store};
+use offstate_example_cart::{AppConfig, app, prometheus, store};
 use offstate_tower::SigningKey;
 
 #[tokio::main]
@@ -29,6 +29,19 @@ async fn run() -> Result<(), String> {
         }
         Err(error) => return Err(error.to_string()),
     };
+    // The recorder goes in before the sessions, so nothing is missed.
+    if let Some(addr) = settings.metrics_addr {
+        let handle = prometheus::install().map_err(|e| format!("metrics: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        tokio::spawn(async move {
+            if let Err(error) = prometheus::serve(listener, handle).await {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        });
+    }
     let options = store::StoreOptions::default().with_cache(settings.cache);
     let sessions = store::sessions_with(&settings.store, &options)
         .await

@@ -1,26 +1,76 @@
 //! Every store call the handle makes goes through here: one place that
-//! reads the clock, names the call in a trace span and (later) counts it.
+//! reads the clock, runs the call in a trace span and counts it (see
+//! [`telemetry`](crate::telemetry) for the names).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::Sessions;
 use crate::error::StoreError;
 use crate::id::SessionKey;
 use crate::record::{Record, Timestamp, Version};
 use crate::store::{Change, CreateOutcome, DeleteOutcome, SaveOutcome, TouchOutcome};
+use crate::telemetry;
+
+/// Runs one store call in its span, and counts it with the outcome
+/// `outcome` gives a success.
+async fn call<T>(
+    sessions: &Sessions,
+    operation: &'static str,
+    key: Option<&SessionKey>,
+    work: impl Future<Output = Result<T, StoreError>>,
+    outcome: impl FnOnce(&T) -> &'static str,
+) -> Result<T, StoreError> {
+    let backend = sessions.store.name();
+    let span = tracing::debug_span!(
+        "offstate.store",
+        otel.name = operation,
+        db.system = backend,
+        db.operation.name = operation,
+        server.address = Empty,
+        offstate.key = Empty,
+        offstate.outcome = Empty,
+    );
+    if !span.is_disabled() {
+        if let Some(address) = sessions.store.server_address() {
+            span.record("server.address", address);
+        }
+        if let Some(key) = key {
+            // The key is a hash of the ID; a prefix is enough to correlate.
+            let text = key.as_str();
+            span.record("offstate.key", text.get(..8).unwrap_or(text));
+        }
+    }
+    let started = Instant::now();
+    let result = work.instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let label = match &result {
+        Ok(value) => outcome(value),
+        Err(error) => telemetry::error_outcome(error),
+    };
+    span.record("offstate.outcome", label);
+    telemetry::store_call(backend, operation, label, elapsed);
+    result
+}
+
+fn ok<T>(_: &T) -> &'static str {
+    "ok"
+}
 
 pub(crate) async fn load(
     sessions: &Sessions,
     key: &SessionKey,
 ) -> Result<Option<Arc<Record>>, StoreError> {
     let now = sessions.now();
-    sessions
-        .store
-        .load(key, now)
-        .instrument(tracing::debug_span!("offstate.load", key = ?key))
-        .await
+    let work = sessions.store.load(key, now);
+    call(sessions, "load", Some(key), work, |found| {
+        if found.is_some() { "ok" } else { "gone" }
+    })
+    .await
 }
 
 pub(crate) async fn create(
@@ -29,11 +79,18 @@ pub(crate) async fn create(
     record: &Record,
     now: Timestamp,
 ) -> Result<CreateOutcome, StoreError> {
-    sessions
-        .store
-        .create(key, record, now)
-        .instrument(tracing::debug_span!("offstate.create", key = ?key))
-        .await
+    let work = sessions.store.create(key, record, now);
+    call(
+        sessions,
+        "create",
+        Some(key),
+        work,
+        |outcome| match outcome {
+            CreateOutcome::Created => "ok",
+            _ => "conflict",
+        },
+    )
+    .await
 }
 
 pub(crate) async fn save(
@@ -42,11 +99,13 @@ pub(crate) async fn save(
     change: &Change,
     now: Timestamp,
 ) -> Result<SaveOutcome, StoreError> {
-    sessions
-        .store
-        .save(key, change, now)
-        .instrument(tracing::debug_span!("offstate.save", key = ?key, expected = %change.expected))
-        .await
+    let work = sessions.store.save(key, change, now);
+    call(sessions, "save", Some(key), work, |outcome| match outcome {
+        SaveOutcome::Saved(_) => "ok",
+        SaveOutcome::Conflict(_) => "conflict",
+        _ => "gone",
+    })
+    .await
 }
 
 pub(crate) async fn touch(
@@ -55,20 +114,27 @@ pub(crate) async fn touch(
     idle_deadline: Timestamp,
 ) -> Result<TouchOutcome, StoreError> {
     let now = sessions.now();
-    sessions
-        .store
-        .touch(key, idle_deadline, now)
-        .instrument(tracing::debug_span!("offstate.touch", key = ?key))
-        .await
+    let work = sessions.store.touch(key, idle_deadline, now);
+    call(
+        sessions,
+        "touch",
+        Some(key),
+        work,
+        |outcome| match outcome {
+            TouchOutcome::Touched => "ok",
+            _ => "gone",
+        },
+    )
+    .await
 }
 
 pub(crate) async fn delete(sessions: &Sessions, key: &SessionKey) -> Result<bool, StoreError> {
     let now = sessions.now();
-    sessions
-        .store
-        .delete(key, now)
-        .instrument(tracing::debug_span!("offstate.delete", key = ?key))
-        .await
+    let work = sessions.store.delete(key, now);
+    call(sessions, "delete", Some(key), work, |deleted| {
+        if *deleted { "ok" } else { "gone" }
+    })
+    .await
 }
 
 pub(crate) async fn delete_if_version(
@@ -77,11 +143,19 @@ pub(crate) async fn delete_if_version(
     expected: Version,
 ) -> Result<DeleteOutcome, StoreError> {
     let now = sessions.now();
-    sessions
-        .store
-        .delete_if_version(key, expected, now)
-        .instrument(tracing::debug_span!("offstate.delete_if_version", key = ?key, %expected))
-        .await
+    let work = sessions.store.delete_if_version(key, expected, now);
+    call(
+        sessions,
+        "delete_if_version",
+        Some(key),
+        work,
+        |outcome| match outcome {
+            DeleteOutcome::Deleted => "ok",
+            DeleteOutcome::Conflict(_) => "conflict",
+            _ => "gone",
+        },
+    )
+    .await
 }
 
 pub(crate) async fn list_principal(
@@ -89,11 +163,8 @@ pub(crate) async fn list_principal(
     principal: &str,
 ) -> Result<Vec<SessionKey>, StoreError> {
     let now = sessions.now();
-    sessions
-        .store
-        .list_principal(principal, now)
-        .instrument(tracing::debug_span!("offstate.list_principal"))
-        .await
+    let work = sessions.store.list_principal(principal, now);
+    call(sessions, "list_principal", None, work, ok).await
 }
 
 pub(crate) async fn revoke_principal(
@@ -101,9 +172,8 @@ pub(crate) async fn revoke_principal(
     principal: &str,
 ) -> Result<usize, StoreError> {
     let now = sessions.now();
-    sessions
-        .store
-        .revoke_principal(principal, now)
-        .instrument(tracing::debug_span!("offstate.revoke_principal"))
-        .await
+    let work = sessions.store.revoke_principal(principal, now);
+    let revoked = call(sessions, "revoke_principal", None, work, ok).await?;
+    telemetry::revoked(revoked);
+    Ok(revoked)
 }

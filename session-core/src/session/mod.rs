@@ -40,6 +40,7 @@ use crate::error::{BoxError, SessionError, StoreError};
 use crate::id::{SessionId, SessionKey};
 use crate::record::{Timestamp, Version};
 use crate::store::PrincipalChange;
+use crate::telemetry::{self, RefusedInput};
 
 /// One user's session: typed access to its values, and the operations that
 /// change its identity (log in, log out, log out everywhere).
@@ -137,9 +138,12 @@ impl Session {
         };
         let result = match (key, candidates.is_empty()) {
             (_, false) => self.load_one_of(candidates).await,
-            (Some(key), true) => calls::load(self.sessions(), &key)
-                .await
-                .map(|record| record.map(|r| (None, r))),
+            (Some(key), true) => calls::load(self.sessions(), &key).await.map(|record| {
+                if record.is_none() {
+                    telemetry::expired_on_read();
+                }
+                record.map(|r| (None, r))
+            }),
             (None, true) => Ok(None),
         };
         let mut state = self.lock();
@@ -158,12 +162,18 @@ impl Session {
                 if error.is_outage() && self.sessions().config.outage == OutagePolicy::FailOpen =>
             {
                 tracing::warn!(%error, "session store unavailable; serving an empty session (fail open)");
+                telemetry::outage(true);
                 state.loaded = true;
                 state.degraded = true;
                 state.record = None;
             }
             // The state stays unloaded: a later use tries again.
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                if error.is_outage() {
+                    telemetry::outage(false);
+                }
+                return Err(error.into());
+            }
         }
         Ok(())
     }
@@ -175,11 +185,13 @@ impl Session {
         let mut live = Vec::new();
         for id in candidates {
             let key = id.key();
-            if let Some(record) = calls::load(self.sessions(), &key).await? {
-                live.push((Some((id, key)), record));
+            match calls::load(self.sessions(), &key).await? {
+                Some(record) => live.push((Some((id, key)), record)),
+                None => telemetry::expired_on_read(),
             }
         }
         if live.len() > 1 {
+            RefusedInput::Ambiguous.record();
             tracing::warn!(
                 live = live.len(),
                 "the request carries several live session IDs (a tossed cookie?); serving none of them"
@@ -472,8 +484,10 @@ impl Session {
             state.reset_to(record);
             state.key()
         };
-        if let Some(key) = key {
-            calls::delete(self.sessions(), &key).await?;
+        if let Some(key) = key
+            && calls::delete(self.sessions(), &key).await?
+        {
+            telemetry::deleted();
         }
         let mut state = self.lock();
         state.end();

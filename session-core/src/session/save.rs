@@ -37,6 +37,7 @@ use crate::record::Record;
 use crate::store::{
     Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, TouchOutcome,
 };
+use crate::telemetry;
 
 /// Longest pause between two save attempts.
 const BACKOFF_CAP: Duration = Duration::from_millis(50);
@@ -230,12 +231,26 @@ impl Session {
         };
         let record = self.fresh_record(None, &pending.overlay, principal)?;
         let moved_to = self.create_fresh(&record).await?;
+        telemetry::created();
+        telemetry::record_written("create", record.size());
         self.commit(Arc::new(record), Some(moved_to), true);
         Ok(())
     }
 
     /// One conditional save, replayed on the fresh record after conflicts.
     async fn write(&self, pending: &Pending) -> Result<(), SessionError> {
+        let mut conflicts = 0;
+        let result = self.write_counted(pending, &mut conflicts).await;
+        let exhausted = matches!(result, Err(SessionError::RetriesExhausted { .. }));
+        telemetry::save_finished("write", conflicts, exhausted);
+        result
+    }
+
+    async fn write_counted(
+        &self,
+        pending: &Pending,
+        conflicts: &mut u32,
+    ) -> Result<(), SessionError> {
         let sessions = self.sessions();
         let config = &sessions.config;
         let (key, loaded) = {
@@ -282,6 +297,7 @@ impl Session {
                 SaveOutcome::Saved(version) => {
                     let mut next = change.apply_to(&base);
                     next.version = version;
+                    telemetry::record_written("write", next.size());
                     let next = Arc::new(next);
                     turn.hand_over(Arc::clone(&next));
                     self.commit(next, None, true);
@@ -289,6 +305,8 @@ impl Session {
                 }
                 SaveOutcome::Conflict(fresh) => {
                     tracing::debug!(met = %fresh.version, "session save conflicted; replaying on the fresh record");
+                    *conflicts += 1;
+                    telemetry::conflict("write");
                     if config.write_policy == WritePolicy::Reject
                         && let Some(key) = contested(&pending.ops, &base, &fresh)
                     {
@@ -308,6 +326,18 @@ impl Session {
     /// Moves the session to a new ID with the request's changes and
     /// principal (see the module docs).
     async fn rotate(&self, pending: &Pending) -> Result<(), SessionError> {
+        let mut conflicts = 0;
+        let result = self.rotate_counted(pending, &mut conflicts).await;
+        let exhausted = matches!(result, Err(SessionError::RetriesExhausted { .. }));
+        telemetry::save_finished("rotate", conflicts, exhausted);
+        result
+    }
+
+    async fn rotate_counted(
+        &self,
+        pending: &Pending,
+        conflicts: &mut u32,
+    ) -> Result<(), SessionError> {
         let sessions = self.sessions();
         let config = &sessions.config;
         let (old_key, loaded) = {
@@ -359,11 +389,15 @@ impl Session {
             };
             match decided {
                 DeleteOutcome::Deleted => {
+                    telemetry::rotated();
+                    telemetry::record_written("rotate", record.size());
                     self.commit(Arc::new(record), Some((id, key)), true);
                     return Ok(());
                 }
                 DeleteOutcome::Conflict(fresh) => {
                     discard(sessions, key).await;
+                    *conflicts += 1;
+                    telemetry::conflict("rotate");
                     if config.write_policy == WritePolicy::Reject
                         && let Some(key) = contested(&pending.ops, &base, &fresh)
                     {
@@ -393,6 +427,9 @@ impl Session {
                 return Ok(());
             };
             let Some(deadline) = sessions.config.expiry.touch_due(record, sessions.now()) else {
+                if sessions.config.expiry.idle().is_some() {
+                    telemetry::touch(false);
+                }
                 return Ok(());
             };
             (state.key(), deadline)
@@ -400,6 +437,7 @@ impl Session {
         let Some(key) = key else {
             return Ok(());
         };
+        telemetry::touch(true);
         match calls::touch(sessions, &key, deadline).await? {
             TouchOutcome::Touched => {
                 let mut state = self.lock();

@@ -1,0 +1,218 @@
+//! What offstate tells the people who run it: metrics through the
+//! [`metrics`](https://docs.rs/metrics) facade, and one trace span per
+//! store call.
+//!
+//! Nothing is recorded until the application installs a recorder (for
+//! example `metrics-exporter-prometheus`; the cart example does). Without
+//! one, each call costs a check of the global recorder.
+//!
+//! # Metrics
+//!
+//! Every label has a small, fixed set of values: no session ID, key,
+//! principal or value ever appears in a label. `backend` is the store's
+//! [`SessionStore::name`](crate::SessionStore::name) (`redis`, `dynamodb`,
+//! `memcached`, `memory`, ...).
+//!
+//! | Name | Type | Labels | Meaning |
+//! |---|---|---|---|
+//! | `offstate_store_calls_total` | counter | `backend`, `operation`, `outcome` | Store calls made by the session layer. `operation`: `load`, `create`, `save`, `touch`, `delete`, `delete_if_version`, `list_principal`, `revoke_principal`. `outcome`: `ok`, `conflict` (a newer version, or an ID that exists), `gone` (no live record), `timeout`, `unavailable`, `too_large`, `error` (corrupt record, unsupported, any other failure). |
+//! | `offstate_store_call_duration_seconds` | histogram | `backend`, `operation` | Time from the call to the store's answer (or failure), in seconds. |
+//! | `offstate_session_conflicts_total` | counter | `op` | Conditional writes that met a newer version and were replayed. `op`: `write` (a save), `rotate` (a login or [`Session::cycle_id`](crate::Session::cycle_id)). |
+//! | `offstate_session_save_retries` | histogram | `op` | Per finished save (`write` or `rotate`), how many times it had to go again after a conflict (0: first try). |
+//! | `offstate_session_retries_exhausted_total` | counter | `op` | Saves that gave up after [`Sessions::max_attempts`](crate::Sessions::max_attempts) conflicts ([`SessionError::RetriesExhausted`](crate::SessionError::RetriesExhausted)). |
+//! | `offstate_session_touches_total` | counter | `result` | Read-only requests on a session with an idle timeout: `written` (the touch threshold had passed: one touch call), `skipped` (coalesced: the deadline was recent enough). |
+//! | `offstate_sessions_created_total` | counter | — | New sessions stored. |
+//! | `offstate_sessions_rotated_total` | counter | — | Sessions moved to a new ID (logins, logouts that keep the data, `cycle_id`). |
+//! | `offstate_sessions_deleted_total` | counter | — | Sessions deleted by [`Session::delete`](crate::Session::delete) (log out). |
+//! | `offstate_sessions_revoked_total` | counter | — | Sessions the store reports ended by a revoke of a principal (memcached revokes without counting: 0). |
+//! | `offstate_sessions_expired_on_read_total` | counter | — | A client presented a well-formed ID and the store had no live record for it (expired, logged out elsewhere, revoked, or never existed). |
+//! | `offstate_session_record_bytes` | histogram | `op` | Size of each record written, in bytes (`op`: `create`, `write`, `rotate`). |
+//! | `offstate_outage_decisions_total` | counter | `decision` | A load met an outage (timeout, unavailable): `fail_closed` (the request fails, 503) or `fail_open` (it gets an empty session that cannot be saved). |
+//! | `offstate_refused_input_total` | counter | `reason` | Session input the middleware would not use: `too_long` (refused with 431), `not_utf8`, `malformed`, `bad_signature` (treated as anonymous: the store is not asked), `ambiguous` (several live IDs in one request: served none). |
+//! | `offstate_cache_hits_total` | counter | — | (offstate-cache) Loads answered from memory. |
+//! | `offstate_cache_misses_total` | counter | — | (offstate-cache) Loads that went to the store. |
+//! | `offstate_cache_evictions_total` | counter | `cause` | (offstate-cache) Entries dropped by the cache itself: `size` (over capacity), `expired` (TTL or staleness bound). |
+//! | `offstate_cache_invalidations_received_total` | counter | — | (offstate-cache) Invalidation messages received from peers (own writes included). |
+//! | `offstate_cache_conflicts_total` | counter | — | (offstate-cache) Saves the store answered with a conflict. |
+//! | `offstate_cache_fallbacks_total` | counter | — | (offstate-cache) Times the invalidation channel dropped and the cache fell back to bounded staleness. |
+//! | `offstate_cache_fallback_active` | gauge | — | (offstate-cache) 1 while the cache is on bounded staleness, 0 when coherent. |
+//! | `offstate_cache_fallback_duration_seconds` | histogram | — | (offstate-cache) How long each fallback lasted, recorded when the channel comes back, in seconds (its sum is the time spent in fallback). |
+//!
+//! Not measured yet: the delay between a peer's write and the arrival of
+//! its invalidation (the messages carry no send time).
+//!
+//! # Traces
+//!
+//! Every store call runs in a `DEBUG` span named `offstate.store` with
+//! OpenTelemetry's database attribute names:
+//!
+//! - `otel.name`: `offstate <operation>`;
+//! - `db.system`: the store's name;
+//! - `db.operation.name`: the operation, as in the metrics;
+//! - `server.address`: the store's address when it reports one
+//!   ([`SessionStore::server_address`](crate::SessionStore::server_address));
+//! - `offstate.key`: the first 8 characters of the session key, which is
+//!   itself a hash of the session ID: enough to correlate, never the ID;
+//! - `offstate.outcome`: the outcome, as in the metrics.
+
+use std::time::Duration;
+
+use crate::error::StoreError;
+
+/// `offstate_store_calls_total`: store calls by backend, operation, outcome.
+pub const STORE_CALLS: &str = "offstate_store_calls_total";
+/// `offstate_store_call_duration_seconds`: store call latency.
+pub const STORE_CALL_DURATION: &str = "offstate_store_call_duration_seconds";
+/// `offstate_session_conflicts_total`: conflicts met by saves.
+pub const SESSION_CONFLICTS: &str = "offstate_session_conflicts_total";
+/// `offstate_session_save_retries`: retries per finished save.
+pub const SESSION_SAVE_RETRIES: &str = "offstate_session_save_retries";
+/// `offstate_session_retries_exhausted_total`: saves that gave up.
+pub const SESSION_RETRIES_EXHAUSTED: &str = "offstate_session_retries_exhausted_total";
+/// `offstate_session_touches_total`: touches written or skipped.
+pub const SESSION_TOUCHES: &str = "offstate_session_touches_total";
+/// `offstate_sessions_created_total`.
+pub const SESSIONS_CREATED: &str = "offstate_sessions_created_total";
+/// `offstate_sessions_rotated_total`.
+pub const SESSIONS_ROTATED: &str = "offstate_sessions_rotated_total";
+/// `offstate_sessions_deleted_total`.
+pub const SESSIONS_DELETED: &str = "offstate_sessions_deleted_total";
+/// `offstate_sessions_revoked_total`.
+pub const SESSIONS_REVOKED: &str = "offstate_sessions_revoked_total";
+/// `offstate_sessions_expired_on_read_total`.
+pub const SESSIONS_EXPIRED_ON_READ: &str = "offstate_sessions_expired_on_read_total";
+/// `offstate_session_record_bytes`: size of records written.
+pub const SESSION_RECORD_BYTES: &str = "offstate_session_record_bytes";
+/// `offstate_outage_decisions_total`: fail closed or fail open.
+pub const OUTAGE_DECISIONS: &str = "offstate_outage_decisions_total";
+/// `offstate_refused_input_total`: session input not used, by reason.
+pub const REFUSED_INPUT: &str = "offstate_refused_input_total";
+
+/// Every metric the session layer and the middleware record (the cache's
+/// are in offstate-cache), for tests and dashboards that check them all.
+pub const CORE_METRICS: &[&str] = &[
+    STORE_CALLS,
+    STORE_CALL_DURATION,
+    SESSION_CONFLICTS,
+    SESSION_SAVE_RETRIES,
+    SESSION_RETRIES_EXHAUSTED,
+    SESSION_TOUCHES,
+    SESSIONS_CREATED,
+    SESSIONS_ROTATED,
+    SESSIONS_DELETED,
+    SESSIONS_REVOKED,
+    SESSIONS_EXPIRED_ON_READ,
+    SESSION_RECORD_BYTES,
+    OUTAGE_DECISIONS,
+    REFUSED_INPUT,
+];
+
+/// Why session input was not used (the `reason` label of
+/// `offstate_refused_input_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusedInput {
+    /// Over the configured maximum length (refused with 431).
+    TooLong,
+    /// Not UTF-8.
+    NotUtf8,
+    /// Not a session ID.
+    Malformed,
+    /// Signing is on and the signature does not verify.
+    BadSignature,
+    /// Several live sessions in one request.
+    Ambiguous,
+}
+
+impl RefusedInput {
+    /// The label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLong => "too_long",
+            Self::NotUtf8 => "not_utf8",
+            Self::Malformed => "malformed",
+            Self::BadSignature => "bad_signature",
+            Self::Ambiguous => "ambiguous",
+        }
+    }
+
+    /// Counts it in `offstate_refused_input_total` (for middleware authors:
+    /// offstate-tower calls it).
+    pub fn record(self) {
+        metrics::counter!(REFUSED_INPUT, "reason" => self.as_str()).increment(1);
+    }
+}
+
+/// The `outcome` label for a store error.
+pub(crate) fn error_outcome(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Timeout(_) => "timeout",
+        StoreError::Unavailable(_) => "unavailable",
+        StoreError::TooLarge { .. } => "too_large",
+        _ => "error",
+    }
+}
+
+pub(crate) fn store_call(
+    backend: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
+    metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A save (`op`: `write` or `rotate`) is over: how many conflicts it met,
+/// and whether it gave up.
+pub(crate) fn save_finished(op: &'static str, retries: u32, exhausted: bool) {
+    metrics::histogram!(SESSION_SAVE_RETRIES, "op" => op).record(f64::from(retries));
+    if exhausted {
+        metrics::counter!(SESSION_RETRIES_EXHAUSTED, "op" => op).increment(1);
+    }
+}
+
+pub(crate) fn conflict(op: &'static str) {
+    metrics::counter!(SESSION_CONFLICTS, "op" => op).increment(1);
+}
+
+pub(crate) fn touch(written: bool) {
+    let result = if written { "written" } else { "skipped" };
+    metrics::counter!(SESSION_TOUCHES, "result" => result).increment(1);
+}
+
+pub(crate) fn record_written(op: &'static str, bytes: usize) {
+    metrics::histogram!(SESSION_RECORD_BYTES, "op" => op).record(bytes as f64);
+}
+
+pub(crate) fn created() {
+    metrics::counter!(SESSIONS_CREATED).increment(1);
+}
+
+pub(crate) fn rotated() {
+    metrics::counter!(SESSIONS_ROTATED).increment(1);
+}
+
+pub(crate) fn deleted() {
+    metrics::counter!(SESSIONS_DELETED).increment(1);
+}
+
+pub(crate) fn revoked(count: usize) {
+    metrics::counter!(SESSIONS_REVOKED).increment(count as u64);
+}
+
+pub(crate) fn expired_on_read() {
+    metrics::counter!(SESSIONS_EXPIRED_ON_READ).increment(1);
+}
+
+pub(crate) fn outage(fail_open: bool) {
+    let decision = if fail_open {
+        "fail_open"
+    } else {
+        "fail_closed"
+    };
+    metrics::counter!(OUTAGE_DECISIONS, "decision" => decision).increment(1);
+}
