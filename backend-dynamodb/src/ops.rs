@@ -6,6 +6,9 @@
 //! session; a failed save brings back the current item
 //! (`ReturnValuesOnConditionCheckFailure=ALL_OLD`) so a conflict costs no
 //! extra read.
+//!
+//! Why this file is long: every operation of the store is one conditional
+//! request built from the same expression parts; they read best side by side.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +44,28 @@ enum Attempt {
     /// The session is live at the expected version but keeps this idle
     /// deadline (later than asked, or none): send the save again with it.
     LaterIdle(Option<Timestamp>),
+}
+
+/// DynamoDB's limit on one expression string.
+const EXPRESSION_LIMIT: usize = 4 * 1024;
+
+/// What the per-key clauses of a save may take: the limit less the fixed
+/// clauses (`SET `, version, idle, TTL, principal, `REMOVE ` and theirs),
+/// which take under 100 bytes.
+const KEYED_BUDGET: usize = EXPRESSION_LIMIT - 256;
+
+/// The update paths of a save that sets `sets` entries of the data map and
+/// removes `removes`, one placeholder each.
+fn keyed_clauses(sets: usize, removes: usize) -> (Vec<String>, Vec<String>) {
+    (
+        (0..sets).map(|n| format!("#d.#s{n} = :s{n}")).collect(),
+        (0..removes).map(|n| format!("#d.#r{n}")).collect(),
+    )
+}
+
+/// How long the keyed clauses are once joined with `, `.
+fn clauses_len(set: &[String], remove: &[String]) -> usize {
+    set.iter().chain(remove).map(|c| c.len() + 2).sum()
 }
 
 /// Expression attribute names and values under construction.
@@ -420,16 +445,49 @@ impl DynamoDbStore {
         if !change.set.is_empty() || !removals.is_empty() {
             expr.name("#d", &s.names.data);
         }
-        // Map entries by path, with a placeholder per key: session keys may
-        // be any string, reserved words and dots included.
-        for (n, (k, v)) in change.set.iter().enumerate() {
-            expr.name(&format!("#s{n}"), &item::entry_name(k));
-            expr.value(&format!(":s{n}"), AttributeValue::B(Blob::new(v.clone())));
-            set.push(format!("#d.#s{n} = :s{n}"));
-        }
-        for (n, k) in removals.iter().enumerate() {
-            expr.name(&format!("#r{n}"), &item::entry_name(k));
-            remove.push(format!("#d.#r{n}"));
+        let (set_paths, remove_paths) = keyed_clauses(change.set.len(), removals.len());
+        if clauses_len(&set_paths, &remove_paths) > KEYED_BUDGET {
+            // DynamoDB refuses an expression over 4 KB (moto does not), so
+            // many changed keys are written as the whole data map instead,
+            // from a strongly consistent read, under the same condition on
+            // the version: a write in between is a conflict as usual.
+            let Some(current) = self.read_live(key, now).await? else {
+                return Ok(Attempt::Done(SaveOutcome::Gone));
+            };
+            if current.version != change.expected {
+                return Ok(Attempt::Done(SaveOutcome::Conflict(Arc::new(current))));
+            }
+            let mut data = current.data;
+            for k in &change.remove {
+                data.remove(k);
+            }
+            for (k, v) in &change.set {
+                data.insert(k.clone(), v.clone());
+            }
+            let map = data
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        item::entry_name(&k).into_owned(),
+                        AttributeValue::B(Blob::new(v)),
+                    )
+                })
+                .collect();
+            expr.name("#d", &s.names.data);
+            expr.value(":data", AttributeValue::M(map));
+            set.push("#d = :data".to_owned());
+        } else {
+            // Map entries by path, with a placeholder per key: session keys
+            // may be any string, reserved words and dots included.
+            for ((n, (k, v)), path) in change.set.iter().enumerate().zip(set_paths) {
+                expr.name(&format!("#s{n}"), &item::entry_name(k));
+                expr.value(&format!(":s{n}"), AttributeValue::B(Blob::new(v.clone())));
+                set.push(path);
+            }
+            for ((n, k), path) in removals.iter().enumerate().zip(remove_paths) {
+                expr.name(&format!("#r{n}"), &item::entry_name(k));
+                remove.push(path);
+            }
         }
         expr.name("#v", &s.names.version);
         expr.value(":expected", item::number(change.expected.get()));
@@ -500,6 +558,29 @@ impl DynamoDbStore {
             },
             Err(e) => Err(self.sdk(e)),
         }
+    }
+
+    /// The record under `key` if it is live, read strongly consistent.
+    async fn read_live(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<Option<Record>, StoreError> {
+        let s = &self.settings;
+        let output = self
+            .client
+            .get_item()
+            .table_name(&s.table)
+            .key(&s.names.key, self.key_value(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.sdk(e))?;
+        let Some(found) = output.item else {
+            return Ok(None);
+        };
+        let record = item::decode(&s.names, &found).map_err(StoreError::corrupt)?;
+        Ok((!record.is_expired(now)).then_some(record))
     }
 
     fn failed_save(
@@ -576,5 +657,40 @@ impl DynamoDbStore {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest update a save can send on the keyed path stays under
+    /// DynamoDB's 4 KB, and a change too large for it takes the whole-map
+    /// path instead.
+    #[test]
+    fn keyed_updates_fit_in_an_expression_or_are_not_used() {
+        let fixed = "SET #v = :next, #i = :idle, #t = :ttl, #p = :p REMOVE #i, #t, #p, ";
+        for sets in [0, 10, 100, 150, 200, 400, 512] {
+            for removes in [0, 10, 100, 512] {
+                let (set, remove) = keyed_clauses(sets, removes);
+                let keyed = clauses_len(&set, &remove);
+                if keyed <= KEYED_BUDGET {
+                    assert!(
+                        keyed + fixed.len() <= EXPRESSION_LIMIT,
+                        "{sets} sets, {removes} removes"
+                    );
+                }
+            }
+        }
+        let (set, remove) = keyed_clauses(400, 0);
+        assert!(
+            clauses_len(&set, &remove) > KEYED_BUDGET,
+            "400 keys must take the whole-map path"
+        );
+        let (set, remove) = keyed_clauses(20, 5);
+        assert!(
+            clauses_len(&set, &remove) <= KEYED_BUDGET,
+            "a cart's change stays keyed"
+        );
     }
 }

@@ -62,8 +62,8 @@ pub mod cache {
     pub use offstate_cache::*;
 }
 
-/// Store URLs to connected stores (`redis://`, `dynamodb://`,
-/// `memcached://`, `memory://`).
+// Store URLs to connected stores; documented in the module itself (an
+// outer doc here would make rustdoc resolve its links from the root).
 #[cfg(feature = "connect")]
 pub mod connect;
 

@@ -22,6 +22,10 @@
 //! With the system clock that is the present; with a manual clock it never
 //! runs ahead of the time the tests have set by more than the real time
 //! they take.
+//!
+//! Why this file is long: the shards, the expiry index, the purge and the
+//! principal index share private state and one lock order; the unit tests
+//! of that state are at the end.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};

@@ -461,3 +461,53 @@ async fn connect_goes_through_aws_config_with_an_endpoint_override() {
 fn aws_config_loader() -> offstate_dynamodb::aws_config::ConfigLoader {
     offstate_dynamodb::aws_config::defaults(BehaviorVersion::latest())
 }
+
+/// A save that changes more keys than one 4 KB update expression can name
+/// (DynamoDB refuses longer ones; moto does not check) writes the whole data
+/// map instead, still conditional on the version.
+#[tokio::test]
+async fn a_save_of_hundreds_of_keys_writes_the_whole_map_under_the_same_condition() {
+    let moto = moto().await;
+    let clock = ManualClock::new();
+    let store = store_on(&moto, "manykeys").await;
+    let key = SessionId::generate().key();
+    let mut rec = record(&clock, HOUR);
+    for n in 0..50 {
+        rec.data.insert(format!("old-{n}"), b"0".to_vec());
+    }
+    store.create(&key, &rec, clock.now()).await.expect("create");
+
+    let mut change = Change::new(Version::INITIAL, rec.deadlines);
+    for n in 0..400 {
+        change
+            .set
+            .insert(format!("key-{n:03}"), n.to_string().into_bytes());
+    }
+    for n in 0..10 {
+        change.remove.insert(format!("old-{n}"));
+    }
+    let stale = change.clone();
+    assert_eq!(
+        store.save(&key, &change, clock.now()).await.expect("save"),
+        SaveOutcome::Saved(Version::new(2))
+    );
+    let loaded = store
+        .load(&key, clock.now())
+        .await
+        .expect("load")
+        .expect("live");
+    assert_eq!(loaded.data.len(), 400 + 40);
+    assert_eq!(
+        loaded.data.get("key-399").map(Vec::as_slice),
+        Some(&b"399"[..])
+    );
+    assert!(!loaded.data.contains_key("old-0"));
+    assert!(loaded.data.contains_key("old-10"));
+
+    // The same change again, at the version it no longer has: a conflict
+    // that returns the current record, and nothing written.
+    match store.save(&key, &stale, clock.now()).await.expect("save") {
+        SaveOutcome::Conflict(current) => assert_eq!(current.version, Version::new(2)),
+        other => panic!("a stale whole-map save must conflict, got {other:?}"),
+    }
+}

@@ -15,6 +15,9 @@
 //! Run: `cargo run --release -p offstate-bench --bin capacity` (starts its
 //! own redis-server, memcached and moto through offstate-testing's
 //! process fixtures; `scripts/setup.sh` installs them).
+//!
+//! Why this file is long: one measuring program, its backends and its
+//! report in one place, so the figures in docs/capacity.md have one source.
 
 #![allow(clippy::print_stdout)]
 
