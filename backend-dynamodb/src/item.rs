@@ -160,6 +160,7 @@ pub(crate) fn decode(names: &AttributeNames, item: &Item) -> Result<Record, Deco
 ///
 /// [`DecodeError`] for an item that is not a valid record.
 #[doc(hidden)]
+#[cfg_attr(not(feature = "fuzzing"), allow(dead_code, unreachable_pub))]
 pub fn decode_item(
     names: &AttributeNames,
     item: &HashMap<String, AttributeValue>,
@@ -170,6 +171,7 @@ pub fn decode_item(
 /// [`encode`] for the property tests. Not part of the API.
 #[doc(hidden)]
 #[must_use]
+#[cfg_attr(not(feature = "fuzzing"), allow(dead_code, unreachable_pub))]
 pub fn encode_item(
     names: &AttributeNames,
     pk: &str,

@@ -182,6 +182,10 @@ pub use aws_sdk_dynamodb;
 pub use config::{AttributeNames, DEFAULT_KEY_PREFIX, DYNAMODB_MAX_ITEM_BYTES, DynamoDbConfig};
 pub use error::ConnectError;
 pub use item::DecodeError;
+// The item codec is internal; property tests, the fuzz targets and the
+// capacity program reach it through the `fuzzing` feature (no semver
+// promise).
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use item::{decode_item, encode_item};
 pub use store::DynamoDbStore;

@@ -121,7 +121,14 @@
 mod cluster;
 mod config;
 mod discovery;
+// The blob codec is internal; the fuzz targets reach it through the
+// `fuzzing` feature (no semver promise).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod encoding;
+#[cfg(not(feature = "fuzzing"))]
+#[allow(unreachable_pub, dead_code)] // public to the fuzz targets only
+mod encoding;
 mod epoch;
 mod expiry;
 mod pool;
