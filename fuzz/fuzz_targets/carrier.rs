@@ -3,8 +3,10 @@
 //! transport and signing; the rest is `\n`-separated header values.
 //!
 //! Invariants: the answer is 200, 400 (conflicting IDs) or 431 (too long);
-//! a read-only request costs at most one load and never a write; with
-//! signing on, no load at all (the fuzzer cannot forge a tag).
+//! a read-only request costs at most one load per distinct ID, at most 4,
+//! and never a write; with
+//! signing on, no load unless the input carries the one ID the seed corpus
+//! signed (the fuzzer cannot forge a tag).
 #![no_main]
 
 use std::sync::{LazyLock, Mutex};
@@ -12,7 +14,7 @@ use std::sync::{LazyLock, Mutex};
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderName, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use offstate_fuzz::{HEADER, Setup, Target, values};
+use offstate_fuzz::{HEADER, SIGNED_SEED_ID, Setup, Target, values};
 
 static TARGETS: LazyLock<Vec<Mutex<Target>>> = LazyLock::new(|| {
     let mut all = Vec::new();
@@ -60,8 +62,10 @@ fuzz_target!(|data: &[u8]| {
         "unexpected status {status}"
     );
     assert_eq!(counts.writes(), 0, "a read-only request wrote");
-    assert!(counts.load <= 1, "more than one load for one request");
-    if signed {
+    // Several cookies may each carry an ID (a tossed cookie beside the
+    // real one): each distinct one is loaded, up to the carrier's cap.
+    assert!(counts.load <= 4, "more loads than the carrier's cap of 4 IDs");
+    if signed && !rest.windows(SIGNED_SEED_ID.len()).any(|w| w == SIGNED_SEED_ID.as_bytes()) {
         assert_eq!(counts.load, 0, "an unsigned or forged ID reached the store");
     }
     if status != StatusCode::OK {

@@ -16,6 +16,12 @@ use tower_service::Service;
 /// The fixed key the signed targets use (the fuzzer cannot forge its tags).
 pub const FUZZ_KEY: [u8; 32] = [0x5a; 32];
 
+/// The one session ID signed with [`FUZZ_KEY`], in the seed corpus so that
+/// the accepted path is fuzzed too. The fuzzer cannot compute a tag, so a
+/// signed target may load a session only for input that carries this one.
+pub const SIGNED_SEED_ID: &str =
+    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYX.Vq8jLp_vwWvaj4K-05Tbi-pg2g6bQWdjWQfvPE5Zh8E";
+
 /// The header the header-transport targets read.
 pub const HEADER: &str = "x-session-id";
 
