@@ -177,7 +177,12 @@ mod ops;
 mod store;
 mod table;
 
+/// aws-config, re-exported so that the loader passed to
+/// [`DynamoDbStore::connect_with`] is of the version this crate uses.
 pub use aws_config;
+/// The DynamoDB SDK this crate is built on, re-exported for raw access to
+/// the table and for building the `Client` given to
+/// [`DynamoDbStore::from_client`] at the matching version.
 pub use aws_sdk_dynamodb;
 pub use config::{AttributeNames, DEFAULT_KEY_PREFIX, DYNAMODB_MAX_ITEM_BYTES, DynamoDbConfig};
 pub use error::ConnectError;
