@@ -362,6 +362,11 @@ impl Session {
     /// land. The closure must therefore be a pure function of its input.
     /// Returning `None` removes the key.
     ///
+    /// The value returned is the closure's result on the value this handle
+    /// sees now (behind a cache, possibly a copy a peer has just made
+    /// stale). To show the value that was stored, [`save`](Self::save) and
+    /// read it back: after a replay the handle holds the stored record.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), offstate_core::SessionError> {
     /// # use offstate_core::{MemoryStore, Sessions};
