@@ -120,16 +120,23 @@ async fn server(source: Source, options: &Options) -> Result<Node, FixtureError>
                 MOTO_ENV,
                 &[workspace_root().join(".offstate-run/venv/bin/moto_server")],
             )?;
-            let port = free_port()?;
-            let (host, port_text) = ("127.0.0.1".to_owned(), port.to_string());
-            let (program, args) = match python_of(&program) {
-                Some(python) => (
-                    python,
-                    vec!["-c".into(), SERIALIZED_MOTO.into(), host, port_text],
-                ),
-                None => (program, vec!["-H".into(), host, "-p".into(), port_text]),
+            let python = python_of(&program);
+            let args = |port: u16| -> Vec<String> {
+                let (host, port) = ("127.0.0.1".to_owned(), port.to_string());
+                match &python {
+                    Some(_) => vec!["-c".into(), SERIALIZED_MOTO.into(), host, port],
+                    None => vec!["-H".into(), host, "-p".into(), port],
+                }
             };
-            Node::spawn("moto", program, args, port, READINESS).await
+            let port = || Ok(free_port()?);
+            Node::spawn(
+                "moto",
+                python.clone().unwrap_or(program),
+                args,
+                port,
+                READINESS,
+            )
+            .await
         }
     }
 }

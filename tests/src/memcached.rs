@@ -123,15 +123,18 @@ impl MemcachedBuilder {
             MEMCACHED_ENV,
             &[PathBuf::from("/usr/bin/memcached")],
         )?;
-        let port = free_port()?;
-        let mut args: Vec<String> = ["-l", "127.0.0.1", "-p", &port.to_string()]
-            .map(String::from)
-            .into();
-        args.extend(["-U", "0", "-m", "64"].map(String::from));
-        if running_as_root() {
-            args.extend(["-u".to_owned(), "root".to_owned()]);
-        }
-        args.extend(self.args.iter().cloned());
+        let args = |port: u16| {
+            let mut args: Vec<String> = ["-l", "127.0.0.1", "-p", &port.to_string()]
+                .map(String::from)
+                .into();
+            args.extend(["-U", "0", "-m", "64"].map(String::from));
+            if running_as_root() {
+                args.extend(["-u".to_owned(), "root".to_owned()]);
+            }
+            args.extend(self.args.iter().cloned());
+            args
+        };
+        let port = || Ok(free_port()?);
         Node::spawn("memcached", program, args, port, READINESS).await
     }
 

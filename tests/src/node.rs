@@ -89,8 +89,10 @@ impl Node {
         }
     }
 
-    /// Starts `program` with `args`, listening on 127.0.0.1:`port`, and
-    /// waits until it is ready.
+    /// Starts `program` with `args(port)` on a port from `port()`, listening
+    /// on 127.0.0.1, and waits until it is ready. A server that exits because
+    /// its port was taken meanwhile (by a program outside this process) is
+    /// started again on another port, up to three times.
     ///
     /// # Errors
     ///
@@ -98,23 +100,35 @@ impl Node {
     pub async fn spawn(
         name: &'static str,
         program: PathBuf,
-        args: Vec<String>,
-        port: u16,
+        args: impl Fn(u16) -> Vec<String>,
+        port: impl Fn() -> Result<u16, FixtureError>,
         readiness: Readiness,
     ) -> Result<Self, FixtureError> {
-        let process = ServerProcess::spawn(name, &program, &args)?;
-        let node = Self {
-            address: format!("127.0.0.1:{port}"),
-            readiness,
-            server: Server::Process(Spawned {
-                process: Mutex::new(process),
-                name,
-                program,
-                args,
-            }),
-        };
-        node.wait_ready().await?;
-        Ok(node)
+        let mut attempt = 1;
+        loop {
+            let port = port()?;
+            let args = args(port);
+            let process = ServerProcess::spawn(name, &program, &args)?;
+            let node = Self {
+                address: format!("127.0.0.1:{port}"),
+                readiness,
+                server: Server::Process(Spawned {
+                    process: Mutex::new(process),
+                    name,
+                    program: program.clone(),
+                    args,
+                }),
+            };
+            match node.wait_ready().await {
+                Ok(()) => return Ok(node),
+                Err(FixtureError::NotReady { log, .. })
+                    if attempt < 3 && node.exited() && log.contains("in use") =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts a container and waits until its server is ready.

@@ -7,9 +7,11 @@
 //! test binaries. PIDs are always the real ones we spawned; nothing is ever
 //! killed by name.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Why a server could not be started.
@@ -63,13 +65,36 @@ pub fn free_port() -> Result<u16, ServerError> {
 
 /// A free TCP port on 127.0.0.1, as [`free_port`], with the OS error.
 ///
+/// A port is released before its server binds it, so the OS may hand it out
+/// again meanwhile. Within one test binary (where tests run in parallel) a
+/// port is therefore never handed out twice, nor one [`reserve_port`]
+/// claimed.
+///
 /// # Errors
 ///
 /// When no port can be bound.
 pub fn loopback_port() -> std::io::Result<u16> {
-    TcpListener::bind("127.0.0.1:0")?
-        .local_addr()
-        .map(|a| a.port())
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if reserve_port(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "every port the OS offered was already handed out by this process",
+    ))
+}
+
+/// Claims `port` for this process: false when [`loopback_port`] handed it
+/// out or someone claimed it before. A server that also listens on a port
+/// it was not given (a Redis cluster bus at port + 10000) claims it here.
+pub fn reserve_port(port: u16) -> bool {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    HANDED_OUT
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(port)
 }
 
 /// Finds a program: the path in `env` if set, else `fallbacks` that exist,

@@ -36,7 +36,7 @@ use offstate_redis::{ClusterMode, RedisConfig, RedisConnection, RedisStore};
 use crate::container::{ContainerSpec, Reach};
 use crate::images;
 use crate::node::{Node, Readiness};
-use crate::process::{find_program, free_port};
+use crate::process::{find_program, free_port, reserve_port};
 use crate::source::{
     FixtureError, Options, Shared, Source, env_list, fixture_builder, required_env,
 };
@@ -310,10 +310,9 @@ impl RedisBuilder {
             REDIS_SERVER_ENV,
             &[PathBuf::from("/usr/bin/redis-server")],
         )?;
-        let port = self.port()?;
         let dir = tls.map(|t| t.dir().display().to_string());
-        let args = self.args(port, true, dir.as_deref());
-        Node::spawn("redis", program, args, port, self.readiness()).await
+        let args = |port| self.args(port, true, dir.as_deref());
+        Node::spawn("redis", program, args, || self.port(), self.readiness()).await
     }
 
     async fn container(&self, tls: Option<&Tls>) -> Result<Node, FixtureError> {
@@ -779,7 +778,10 @@ async fn connect(config: RedisConfig) -> Result<RedisStore, FixtureError> {
 fn cluster_port() -> Result<u16, FixtureError> {
     for _ in 0..100 {
         let port = free_port()?;
-        if port <= 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port <= 55_000
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            && reserve_port(port + 10_000)
+        {
             return Ok(port);
         }
     }
