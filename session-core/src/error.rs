@@ -147,4 +147,13 @@ pub enum LimitError {
         /// The limit.
         limit: usize,
     },
+    /// The key begins with [`RESERVED_KEY_PREFIX`](crate::RESERVED_KEY_PREFIX):
+    /// offstate keeps those for itself.
+    #[error(
+        "session key {key:?} is reserved: keys beginning with \"offstate.\" belong to offstate"
+    )]
+    ReservedKey {
+        /// The key.
+        key: String,
+    },
 }

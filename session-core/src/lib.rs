@@ -75,7 +75,7 @@ pub use invalidation::{
     ChannelEvent, Invalidation, InvalidationChannel, LocalChannel, MalformedInvalidation,
 };
 pub use memory::MemoryStore;
-pub use record::{Deadlines, Record, Timestamp, Version};
+pub use record::{Deadlines, RESERVED_KEY_PREFIX, Record, Timestamp, Version};
 pub use session::{Limits, OutagePolicy, Session, Sessions, WritePolicy};
 pub use store::{
     Capabilities, Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, SessionStore,

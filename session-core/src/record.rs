@@ -169,6 +169,16 @@ impl Deadlines {
     }
 }
 
+/// Data keys beginning with this belong to offstate: a session handle
+/// refuses to write them ([`LimitError::ReservedKey`](crate::LimitError::ReservedKey)).
+pub const RESERVED_KEY_PREFIX: &str = "offstate.";
+
+/// The data key that marks a retired record: an ID a login moved the
+/// session away from (see the rotation in `session/save.rs`). Its value is
+/// that login's token. A retired record is no session: a handle reads it as
+/// absent, and it ends at its deadline or with the login's clean-up.
+pub(crate) const RETIRED_KEY: &str = "offstate.retired";
+
 /// A stored session: data, version, deadlines and the optional principal.
 ///
 /// Data is one entry per key, each value already serialized (JSON unless the
@@ -201,6 +211,11 @@ impl Record {
             principal: None,
             data: BTreeMap::new(),
         }
+    }
+
+    /// The token of the login that retired this record, if one did.
+    pub(crate) fn retired_by(&self) -> Option<&[u8]> {
+        self.data.get(RETIRED_KEY).map(Vec::as_slice)
     }
 
     /// Whether the record has ended at `now`.

@@ -71,7 +71,7 @@ async fn login_never_writes_the_principal_under_the_old_id() {
     // Why: the old ID may be an attacker's planted one (session fixation).
     let w = world();
     let old = w.anonymous(&["apple"]).await;
-    let decisive = w.store.gate(Call::DeleteIfVersion);
+    let decisive = w.store.gate(Call::Save);
     let login = w.sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
     let saving = tokio::spawn(async move { login.save().await.map(|()| login.id()) });
@@ -93,7 +93,7 @@ async fn a_login_whose_last_step_fails_leaves_nobody_logged_in_under_the_old_id(
     let old = w.anonymous(&["apple"]).await;
     let login = w.sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
-    w.store.inject(Call::DeleteIfVersion, Fault::Unavailable);
+    w.store.inject(Call::Save, Fault::Unavailable);
     w.store.inject(Call::Load, Fault::Unavailable);
     match login.save().await {
         Err(SessionError::Store(e)) if e.is_outage() => {}
@@ -125,7 +125,7 @@ async fn a_logout_during_login_wins_and_leaves_no_session_logged_in() {
     // login that was still in flight.
     let w = world();
     let old = w.anonymous(&["apple"]).await;
-    let decisive = w.store.gate(Call::DeleteIfVersion);
+    let decisive = w.store.gate(Call::Save);
     let login = w.sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
     let saving = tokio::spawn(async move { login.save().await });
@@ -144,7 +144,7 @@ async fn a_revoke_during_login_ends_the_new_session_too() {
     // Why: "log out everywhere" must reach a session whose login is in flight.
     let w = world();
     let old = w.anonymous(&["apple"]).await;
-    let decisive = w.store.gate(Call::DeleteIfVersion);
+    let decisive = w.store.gate(Call::Save);
     let login = w.sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
     let saving = tokio::spawn(async move { login.save().await.map(|()| login.id()) });
@@ -164,7 +164,7 @@ async fn a_write_to_the_old_id_during_login_is_not_lost() {
     // Why: the other tab's add was acknowledged; it must reach the new session.
     let w = world();
     let old = w.anonymous(&["apple"]).await;
-    let decisive = w.store.gate(Call::DeleteIfVersion);
+    let decisive = w.store.gate(Call::Save);
     let login = w.sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
     let saving = tokio::spawn(async move { login.save().await.map(|()| login.id()) });
@@ -199,11 +199,11 @@ async fn a_write_to_the_old_id_during_login_is_not_lost() {
 
 #[tokio::test]
 async fn a_login_whose_final_answer_is_lost_but_took_effect_stands() {
-    // Why: the decisive delete happened; throwing the new session away would
+    // Why: the decisive step happened; throwing the new session away would
     // log the user out and lose the cart for a slow answer.
     let w = world();
     let old = w.anonymous(&["apple"]).await;
-    w.store.inject(Call::DeleteIfVersion, Fault::TimeoutAfter);
+    w.store.inject(Call::Save, Fault::TimeoutAfter);
     let login = w.sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
     login.save().await.unwrap();
@@ -219,7 +219,7 @@ async fn a_login_whose_final_step_never_arrived_is_retried() {
     // old session, so the login goes on and the first new record is dropped.
     let w = world();
     let old = w.anonymous(&["apple"]).await;
-    w.store.inject(Call::DeleteIfVersion, Fault::TimeoutBefore);
+    w.store.inject(Call::Save, Fault::TimeoutBefore);
     let login = w.sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
     login.save().await.unwrap();
@@ -269,4 +269,59 @@ async fn a_login_restarts_the_absolute_lifetime() {
         .unwrap()
         .unwrap();
     assert_eq!(record.created_at, now(&w.clock));
+}
+
+#[tokio::test]
+async fn a_write_to_the_old_id_after_login_is_refused_not_lost() {
+    // Why: a tab that loaded the session before the login must not have a
+    // write acknowledged on an ID that no longer leads anywhere.
+    let w = world();
+    let old = w.anonymous(&["apple"]).await;
+    let other_tab = w.sessions.load(&old).await.unwrap().unwrap();
+    let _ = other_tab.get::<Vec<String>>("cart").await.unwrap();
+    let login = w.sessions.load(&old).await.unwrap().unwrap();
+    login.set_principal("alice").await.unwrap();
+    login.save().await.unwrap();
+    other_tab.insert("cart", &["apple", "pear"]).await.unwrap();
+    assert!(matches!(other_tab.save().await, Err(SessionError::Gone)));
+    let new = login.id().unwrap();
+    let moved = w.sessions.load(&new).await.unwrap().unwrap();
+    assert_eq!(
+        moved.get::<Vec<String>>("cart").await.unwrap().unwrap(),
+        ["apple"]
+    );
+}
+
+#[tokio::test]
+async fn the_old_id_reads_as_absent_even_when_its_clean_up_fails() {
+    // Why: the retired record is inert; only its deletion failed, and a
+    // client presenting the old ID must not get the pre-login session back.
+    let w = world();
+    let old = w.anonymous(&["apple"]).await;
+    w.store.inject(Call::DeleteIfVersion, Fault::Unavailable);
+    let login = w.sessions.load(&old).await.unwrap().unwrap();
+    login.set_principal("alice").await.unwrap();
+    login.save().await.unwrap();
+    let stored = w.memory.load(&old.key(), now(&w.clock)).await.unwrap();
+    let stored = stored.expect("the retired record stays until its deadline");
+    assert!(stored.data.keys().all(|k| k.starts_with("offstate.")));
+    assert_eq!(stored.principal, None);
+    assert!(w.sessions.load(&old).await.unwrap().is_none());
+    assert!(w.sessions.inspect(&old.key()).await.unwrap().is_none());
+    assert_eq!(w.logged_in("alice").await.len(), 1);
+}
+
+#[tokio::test]
+async fn keys_offstate_keeps_for_itself_are_refused() {
+    // Why: a value under offstate's own keys could make a session read as
+    // retired.
+    let w = world();
+    let session = w.sessions.new_session();
+    match session.insert("offstate.retired", &"x").await {
+        Err(SessionError::Limit(offstate_core::LimitError::ReservedKey { key })) => {
+            assert_eq!(key, "offstate.retired");
+        }
+        other => panic!("expected a reserved key error, got {other:?}"),
+    }
+    session.insert("offstate_cart", &"fine").await.unwrap();
 }

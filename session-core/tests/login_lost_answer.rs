@@ -1,8 +1,8 @@
-//! A login whose decisive step (`delete_if_version` of the old ID) gets no
-//! answer reads the old ID again; found gone, the login stands. These
-//! tests pin down what that means when the old ID was gone because a
-//! logout or a revoke-all ended it (found by the history checker in
-//! offstate-testing): the login cannot tell that from its own delete.
+//! A login whose decisive step (the conditional save that retires the old
+//! ID) gets no answer reads the old record again. These tests are the cases
+//! the history checker in offstate-testing found when the old ID was gone
+//! because a logout or another login ended it: the login must not stand
+//! over them, nor with a copy that misses an acknowledged add.
 
 // Integration tests: a panic is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -29,12 +29,7 @@ async fn cart(sessions: &Sessions, id: &SessionId) -> Option<Vec<String>> {
     )
 }
 
-// Finding, not fixed: rotate() treats "old ID gone after a lost answer" as
-// its own delete (session/save.rs, the `Ok(None)` arm), by design (see
-// login.rs, a_login_whose_final_answer_is_lost_but_took_effect_stands).
-// Telling the two apart needs help from the store; the lead decides.
 #[tokio::test]
-#[ignore = "finding: a login whose decisive answer is lost stands over an acknowledged logout, with a copy that misses an acknowledged add"]
 async fn a_logout_during_a_login_whose_decisive_answer_is_lost() {
     let memory = MemoryStore::new();
     let store = FaultyStore::new(memory.clone());
@@ -46,7 +41,6 @@ async fn a_logout_during_a_login_whose_decisive_answer_is_lost() {
 
     // Tab A logs in: it copies the session, then waits at the create.
     let create = store.gate(Call::Create);
-    store.inject(Call::DeleteIfVersion, Fault::TimeoutBefore);
     let login = sessions.load(&old).await.unwrap().unwrap();
     login.set_principal("alice").await.unwrap();
     let saving = tokio::spawn(async move { login.save().await.map(|()| login.id()) });
@@ -60,6 +54,8 @@ async fn a_logout_during_a_login_whose_decisive_answer_is_lost() {
     tab_b.delete().await.unwrap();
     let logged_out_at = Timestamp::now();
 
+    // The login's decisive step never reaches the store.
+    store.inject(Call::Save, Fault::TimeoutBefore);
     create.open();
     let outcome = saving.await.unwrap();
     let alive: Vec<_> = memory
@@ -89,7 +85,6 @@ async fn a_logout_during_a_login_whose_decisive_answer_is_lost() {
 // too, with a copy made before an acknowledged add. The user ends up with
 // two live sessions, and the one their browser keeps misses the add.
 #[tokio::test]
-#[ignore = "finding: two concurrent logins both stand when one's decisive answer is lost; its copy misses an acknowledged add"]
 async fn two_logins_of_one_session_when_one_decisive_answer_is_lost() {
     let memory = MemoryStore::new();
     let store = FaultyStore::new(memory.clone());
@@ -112,7 +107,7 @@ async fn two_logins_of_one_session_when_one_decisive_answer_is_lost() {
     let a = tab_a.id().unwrap();
     assert_eq!(cart(&sessions, &a).await.unwrap(), ["apple", "pear"]);
     // B logs in; its decisive call never reaches the store.
-    store.inject(Call::DeleteIfVersion, Fault::TimeoutBefore);
+    store.inject(Call::Save, Fault::TimeoutBefore);
     tab_b.set_principal("alice").await.unwrap();
     let outcome = tab_b.save().await;
     let alive = memory

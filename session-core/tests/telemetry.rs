@@ -240,7 +240,7 @@ fn a_scripted_flow_gives_the_documented_counts() {
     assert!(sizes("create").iter().all(|&bytes| bytes > 64.0));
     // Store calls by operation and outcome.
     assert_eq!(recorded.store("create", "ok"), 6); // 5 sessions + the login's new ID
-    assert_eq!(recorded.store("save", "ok"), 3);
+    assert_eq!(recorded.store("save", "ok"), 4); // 3 writes + the login retiring the old ID
     assert_eq!(recorded.store("save", "conflict"), 2);
     assert_eq!(recorded.store("delete_if_version", "ok"), 1);
     assert_eq!(recorded.store("delete", "ok"), 1);

@@ -16,7 +16,7 @@ use offstate_cache::{CachedStore, DEFAULT_STALENESS};
 use offstate_core::testing::FaultyStore;
 use offstate_core::{LocalChannel, MemoryStore, SessionStore, Sessions};
 use offstate_redis::RedisInvalidationChannel;
-use offstate_testing::history::faults::{Jitter, Witness};
+use offstate_testing::history::faults::Jitter;
 use offstate_testing::history::{self, Config, Report, Target};
 use offstate_testing::node::Node;
 
@@ -35,16 +35,13 @@ const INSTANCES: usize = 3;
 
 fn verdict(report: &Report) {
     println!("{report}");
-    for known in report.known.iter().take(3) {
-        println!("  known finding: {known}");
-    }
     assert!(report.anomalies.is_empty(), "{}", report.failure());
     assert!(report.operations > 0, "no operation ran");
 }
 
 /// Bare instances over `store`, faults injected under them.
 fn bare<S: SessionStore + Clone>(name: &'static str, store: S) -> Target<'static> {
-    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
+    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
     let instances = (0..INSTANCES)
         .map(|_| Sessions::new(faulty.clone()))
         .collect();
@@ -54,7 +51,7 @@ fn bare<S: SessionStore + Clone>(name: &'static str, store: S) -> Target<'static
 /// Instances behind caches in bounded mode (no channel), faults between
 /// the caches and `store`.
 fn cached_bounded<S: SessionStore + Clone>(name: &'static str, store: S) -> Target<'static> {
-    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
+    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
     let instances = (0..INSTANCES)
         .map(|_| {
             Sessions::new(
@@ -84,7 +81,7 @@ async fn history_memory_cached() {
     // Coherent mode on an in-process channel: a peer evicts as soon as the
     // message arrives; the allowance is the documented staleness bound.
     let store = MemoryStore::new();
-    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
+    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
     let channel = LocalChannel::new();
     let instances = (0..INSTANCES)
         .map(|_| {
@@ -108,7 +105,7 @@ async fn redis_target<'a>(
 ) -> Target<'a> {
     let config = redis.config().clone().with_command_timeout(TIMEOUT);
     let store = redis.connect_with(config.clone()).await.expect("store");
-    let faulty = Witness::new(FaultyStore::new(Jitter::new(store.clone(), 1)));
+    let faulty = FaultyStore::new(Jitter::new(store.clone(), 1));
     let mut instances = Vec::new();
     for _ in 0..INSTANCES {
         let sessions = if cached {
@@ -357,7 +354,7 @@ async fn caught(lie: Lie, name: &'static str) -> Vec<String> {
         lie,
         saves: Arc::default(),
     };
-    let faulty = Witness::new(FaultyStore::new(Jitter::new(liar, 1)));
+    let faulty = FaultyStore::new(Jitter::new(liar, 1));
     let instances = (0..INSTANCES)
         .map(|_| Sessions::new(faulty.clone()))
         .collect();

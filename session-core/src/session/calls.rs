@@ -61,7 +61,18 @@ fn ok<T>(_: &T) -> &'static str {
     "ok"
 }
 
+/// The session under `key`. A retired record (an ID a login moved the
+/// session away from) is no session, and reads as absent.
 pub(crate) async fn load(
+    sessions: &Sessions,
+    key: &SessionKey,
+) -> Result<Option<Arc<Record>>, StoreError> {
+    let found = load_any(sessions, key).await?;
+    Ok(found.filter(|record| record.retired_by().is_none()))
+}
+
+/// The record under `key`, retired or not.
+pub(crate) async fn load_any(
     sessions: &Sessions,
     key: &SessionKey,
 ) -> Result<Option<Arc<Record>>, StoreError> {

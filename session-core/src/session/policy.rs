@@ -85,6 +85,11 @@ impl Limits {
     }
 
     pub(crate) fn check_value(&self, key: &str, size: usize) -> Result<(), LimitError> {
+        if key.starts_with(crate::record::RESERVED_KEY_PREFIX) {
+            return Err(LimitError::ReservedKey {
+                key: key.to_owned(),
+            });
+        }
         if size > self.max_value_bytes {
             return Err(LimitError::ValueTooLarge {
                 key: key.to_owned(),

@@ -10,17 +10,23 @@
 //! 1. `create` a record under a fresh ID with the request's data and the
 //!    new principal. Nobody knows that ID yet; stores that index principals
 //!    index it before it exists, so a revoke that runs from here on ends it.
-//! 2. `delete_if_version` the old ID at the version the new record was
-//!    built from. This is the step that decides:
-//!    - deleted: the login happened. Any later write to the old ID finds
-//!      it gone and is refused (never acknowledged, so never lost);
+//! 2. Retire the old ID: a conditional save, at the version the new record
+//!    was built from, that empties the old record and marks it with the
+//!    new key. This is the step that decides:
+//!    - saved: the login happened. The old ID now reads as absent, and any
+//!      later write to it finds it ended and is refused (never
+//!      acknowledged, so never lost);
 //!    - a newer version: a concurrent request wrote the old ID. The new
 //!      record is discarded and the login replays on the fresh record;
-//!    - gone: a logout or revoke ended the session first. The new record
-//!      is discarded and the login fails with [`SessionError::Gone`];
-//!    - unknown (a timeout): the old ID is read again. Still there, the
-//!      step is retried; gone, the login stands (the new ID was never
-//!      known to anyone else, and the principal was never on the old one).
+//!    - gone, or retired by another login: a logout, a revoke or another
+//!      tab's login ended the session first. The new record is discarded
+//!      and the login fails with [`SessionError::Gone`];
+//!    - unknown (a timeout): the old record is read again. Marked with
+//!      this login's key, the login happened; unmarked, the step is
+//!      retried; gone, something else ended it (this login never deletes
+//!      it before it knows), so the login fails.
+//! 3. Delete the retired record. It is inert, so this only saves space; a
+//!    failure leaves it to its deadline.
 //!
 //! A discarded new record is deleted at once, and again in the background
 //! if that fails; until then it is a session nobody holds the ID of.
@@ -33,10 +39,8 @@ use super::state::{self, Op, Overlay, State};
 use super::{Session, Sessions, WritePolicy};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionKey};
-use crate::record::Record;
-use crate::store::{
-    Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, TouchOutcome,
-};
+use crate::record::{RETIRED_KEY, Record, Version};
+use crate::store::{Change, CreateOutcome, PrincipalChange, SaveOutcome, TouchOutcome};
 use crate::telemetry;
 
 /// Longest pause between two save attempts.
@@ -303,6 +307,10 @@ impl Session {
                     self.commit(next, None, true);
                     return Ok(());
                 }
+                SaveOutcome::Conflict(fresh) if fresh.retired_by().is_some() => {
+                    // A login moved the session away: this ID has ended.
+                    return Err(self.gone());
+                }
                 SaveOutcome::Conflict(fresh) => {
                     tracing::debug!(met = %fresh.version, "session save conflicted; replaying on the fresh record");
                     *conflicts += 1;
@@ -369,32 +377,20 @@ impl Session {
             };
             let record = self.fresh_record(Some(&base), overlay, principal)?;
             let (id, key) = self.create_fresh(&record).await?;
-            let decided = match calls::delete_if_version(sessions, &old_key, base.version).await {
-                Ok(outcome) => outcome,
-                Err(error) => match calls::load(sessions, &old_key).await {
-                    // Not deleted: try again with what is there.
-                    Ok(Some(current)) => DeleteOutcome::Conflict(current),
-                    // Deleted, by us or by a logout we cannot tell apart:
-                    // the new ID was never known to anyone else, so the
-                    // login stands.
-                    Ok(None) => {
-                        tracing::info!(%error, "login's final step timed out but took effect");
-                        DeleteOutcome::Deleted
-                    }
-                    Err(_) => {
-                        discard_later(sessions, key);
-                        return Err(error.into());
-                    }
-                },
-            };
-            match decided {
-                DeleteOutcome::Deleted => {
+            match self.retire(&old_key, &base, &key).await {
+                Ok(Retired::Now(retired)) => {
                     telemetry::rotated();
                     telemetry::record_written("rotate", record.size());
                     self.commit(Arc::new(record), Some((id, key)), true);
+                    // The retired record is inert: deleting it only saves
+                    // space, and a failure leaves it to its deadline.
+                    if let Err(error) = calls::delete_if_version(sessions, &old_key, retired).await
+                    {
+                        tracing::debug!(%error, "could not delete a retired session record");
+                    }
                     return Ok(());
                 }
-                DeleteOutcome::Conflict(fresh) => {
+                Ok(Retired::Moved(fresh)) => {
                     discard(sessions, key).await;
                     *conflicts += 1;
                     telemetry::conflict("rotate");
@@ -406,14 +402,59 @@ impl Session {
                     }
                     base = fresh;
                 }
-                _ => {
+                Ok(Retired::Ended) => {
                     discard(sessions, key).await;
                     return Err(self.gone());
+                }
+                Err(error) => {
+                    discard_later(sessions, key);
+                    return Err(error.into());
                 }
             }
         }
         Err(SessionError::RetriesExhausted {
             attempts: config.max_attempts,
+        })
+    }
+
+    /// The decisive step of a login: a conditional save that retires the
+    /// old ID at the version `base` was read at, marking it with the new
+    /// key. A lost answer is settled by reading the old record again: the
+    /// mark says whether this login retired it, and an old ID found gone
+    /// was ended by a logout, a revoke or its deadline, never by this login
+    /// (which deletes it only after it knows).
+    async fn retire(
+        &self,
+        old_key: &SessionKey,
+        base: &Record,
+        new_key: &SessionKey,
+    ) -> Result<Retired, StoreError> {
+        let sessions = self.sessions();
+        let token = new_key.as_str().as_bytes();
+        let mut change = Change::new(base.version, base.deadlines);
+        change.set.insert(RETIRED_KEY.to_owned(), token.to_vec());
+        change.remove = base.data.keys().cloned().collect();
+        if base.principal.is_some() {
+            change.principal = PrincipalChange::Clear;
+        }
+        let now = sessions.now();
+        let answer = match calls::save(sessions, old_key, &change, now).await {
+            Ok(answer) => answer,
+            Err(error) => match calls::load_any(sessions, old_key).await {
+                Ok(Some(current)) if current.retired_by() == Some(token) => {
+                    tracing::info!(%error, "login's decisive step timed out but took effect");
+                    return Ok(Retired::Now(current.version));
+                }
+                Ok(Some(current)) => SaveOutcome::Conflict(current),
+                Ok(None) => SaveOutcome::Gone,
+                Err(_) => return Err(error),
+            },
+        };
+        Ok(match answer {
+            SaveOutcome::Saved(version) => Retired::Now(version),
+            SaveOutcome::Conflict(fresh) if fresh.retired_by().is_none() => Retired::Moved(fresh),
+            // Retired by another login, deleted, or expired.
+            _ => Retired::Ended,
         })
     }
 
@@ -451,6 +492,16 @@ impl Session {
             _ => Err(self.gone()),
         }
     }
+}
+
+/// What the decisive step of a login found.
+enum Retired {
+    /// The old ID is retired, at this version: the login happened.
+    Now(Version),
+    /// A concurrent request wrote the old ID first: replay on this record.
+    Moved(Arc<Record>),
+    /// The session ended before the login could retire it.
+    Ended,
 }
 
 /// The first key a plain insert set whose stored value another request

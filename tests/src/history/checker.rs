@@ -47,18 +47,7 @@ pub struct Findings {
     pub adds_checked: usize,
     /// Sessions gone at the end that only a server restart explains.
     pub lost_to_restarts: usize,
-    /// Violations explained by a known core finding (see [`KNOWN_LOGIN`]):
-    /// reported, counted apart, anomalies only in strict mode.
-    pub known: Vec<String>,
 }
-
-/// The known core finding: a login whose decisive step got no answer, and
-/// that found the old ID gone, stands, even when something else (a logout,
-/// a revoke-all, another login from the same ID) deleted the old ID. The
-/// new session then lives on with a copy that may miss an acknowledged add
-/// (and, after a logout or revoke, outlives it). Reproduced in
-/// offstate-core's `tests/login_lost_answer.rs`.
-pub const KNOWN_LOGIN: &str = "a login stood over another deletion of its old ID after a lost answer (session-core/tests/login_lost_answer.rs)";
 
 /// Where an ID came from: the acknowledged event that handed it out, and
 /// the principal it was created with.
@@ -134,44 +123,6 @@ impl<'a> View<'a> {
             .map(|&i| &self.events[i])
     }
 
-    /// The acknowledged login that carried `add`'s session forward while
-    /// a logout or revoke-all that may have run overlapped it: the known
-    /// finding ([`KNOWN_LOGIN`]) explains an add missing after it.
-    fn login_over_an_end(
-        &self,
-        add: &Event,
-        decisive_failed: &dyn Fn(&SessionId) -> bool,
-    ) -> Option<&Event> {
-        let mut at = add.result.clone()?;
-        while let Some(next) = self.next.get(&at) {
-            let login = self.events.iter().find(|e| {
-                e.kind == OpKind::Login
-                    && e.outcome == Outcome::Ok
-                    && e.presented.as_ref() == Some(&at)
-                    && e.result.as_ref() == Some(next)
-            })?;
-            // Something else that may have deleted the old ID after the
-            // add started and before the login finished: a logout of it,
-            // a revoke-all of its user, or another login from it.
-            let ended = self.events.iter().any(|e| {
-                e.outcome.maybe_applied()
-                    && e.invoked < login.completed
-                    && e.completed > add.invoked
-                    && !std::ptr::eq(e, login)
-                    && match e.kind {
-                        OpKind::Logout | OpKind::Login => e.presented.as_ref() == Some(&at),
-                        OpKind::RevokeAll => e.user == login.user,
-                        _ => false,
-                    }
-            });
-            if ended && add.completed < login.completed && decisive_failed(&at) {
-                return Some(login);
-            }
-            at = next.clone();
-        }
-        None
-    }
-
     /// Whether something may have ended (or moved) the session `id`.
     fn may_have_ended(&self, id: &SessionId) -> bool {
         let ended_here = self.presented(id).any(|e| match e.kind {
@@ -204,8 +155,7 @@ struct End<'a> {
 /// Checks `events` and the final state; `handed_out` is every ID a
 /// response gave a client; `staleness` the cache's allowance for other
 /// instances (`None`: no cache, every read is strict); `lossy` when a
-/// server restarted empty during the history; `decisive_failed` whether
-/// a login's decisive call on an ID failed (the known finding needs it).
+/// server restarted empty during the history.
 pub(crate) async fn check(
     events: &[Event],
     handed_out: &[SessionId],
@@ -213,7 +163,6 @@ pub(crate) async fn check(
     probe: &Sessions,
     staleness: Option<Duration>,
     lossy: bool,
-    decisive_failed: &dyn Fn(&SessionId) -> bool,
 ) -> Findings {
     let mut findings = Findings::default();
     let view = View::new(events);
@@ -355,11 +304,6 @@ pub(crate) async fn check(
             let item = add.item.as_deref().unwrap_or_default();
             if seen.cart.iter().any(|i| i == item) {
                 findings.adds_checked += 1;
-            } else if let Some(login) = view.login_over_an_end(add, decisive_failed) {
-                findings.known.push(format!(
-                    "{KNOWN_LOGIN}: acknowledged add {item} ({add}) is missing from {} after {login}",
-                    short(Some(id))
-                ));
             } else {
                 findings.anomalies.push(format!(
                     "acknowledged add {item} is missing from the live session {}: {add}; its events: {}",

@@ -1,12 +1,10 @@
 //! The fault plan: store faults queued through [`FaultyStore`] at seeded
 //! steps of the client programs, and servers paused (or killed and
 //! restarted) at seeded times while the clients run; and [`Jitter`],
-//! scheduling noise so requests interleave at every store call; and
-//! [`Witness`], which sees which logins' decisive calls failed.
+//! scheduling noise so requests interleave at every store call.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use offstate_core::testing::{Call, Fault, FaultyStore};
@@ -25,12 +23,6 @@ pub trait Injector: Send + Sync {
     fn inject(&self, call: Call, fault: Fault);
     /// Drops every queued fault.
     fn clear(&self);
-    /// Whether a `delete_if_version` of `key` (a login's decisive step)
-    /// failed during the run. Without a [`Witness`], nobody knows: yes.
-    fn decisive_failed(&self, key: &SessionKey) -> bool {
-        let _ = key;
-        true
-    }
 }
 
 impl<S: SessionStore> Injector for FaultyStore<S> {
@@ -214,120 +206,6 @@ impl<S: SessionStore> SessionStore for Jitter<S> {
 
     async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         self.shake().await;
-        self.inner.revoke_principal(principal, now).await
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-}
-
-/// A store over the faulty one that notes every `delete_if_version` that
-/// failed (a login's decisive step without an answer), so the checker can
-/// tell the known login finding from anything else. Queues faults in the
-/// store under it.
-#[derive(Debug, Clone)]
-pub struct Witness<S> {
-    inner: FaultyStore<S>,
-    failed: Arc<Mutex<HashSet<SessionKey>>>,
-}
-
-impl<S: SessionStore> Witness<S> {
-    /// Watches `inner`.
-    pub fn new(inner: FaultyStore<S>) -> Self {
-        Self {
-            inner,
-            failed: Arc::default(),
-        }
-    }
-}
-
-impl<S: SessionStore> Injector for Witness<S> {
-    fn inject(&self, call: Call, fault: Fault) {
-        self.inner.inject(call, fault);
-    }
-
-    fn clear(&self) {
-        self.inner.clear();
-    }
-
-    fn decisive_failed(&self, key: &SessionKey) -> bool {
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(key)
-    }
-}
-
-impl<S: SessionStore> SessionStore for Witness<S> {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Timestamp,
-    ) -> Result<Option<Arc<Record>>, StoreError> {
-        self.inner.load(key, now).await
-    }
-
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.inner.create(key, record, now).await
-    }
-
-    async fn save(
-        &self,
-        key: &SessionKey,
-        change: &Change,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.inner.save(key, change, now).await
-    }
-
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        idle_deadline: Timestamp,
-        now: Timestamp,
-    ) -> Result<TouchOutcome, StoreError> {
-        self.inner.touch(key, idle_deadline, now).await
-    }
-
-    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
-        self.inner.delete(key, now).await
-    }
-
-    async fn delete_if_version(
-        &self,
-        key: &SessionKey,
-        expected: Version,
-        now: Timestamp,
-    ) -> Result<DeleteOutcome, StoreError> {
-        let outcome = self.inner.delete_if_version(key, expected, now).await;
-        if outcome.is_err() {
-            self.failed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key.clone());
-        }
-        outcome
-    }
-
-    async fn list_principal(
-        &self,
-        principal: &str,
-        now: Timestamp,
-    ) -> Result<Vec<SessionKey>, StoreError> {
-        self.inner.list_principal(principal, now).await
-    }
-
-    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         self.inner.revoke_principal(principal, now).await
     }
 

@@ -24,9 +24,6 @@
 //! fault plan (the interleaving is the scheduler's); without it a random
 //! seed is drawn and printed. `OFFSTATE_HISTORY_OPS` sets the number of
 //! requests per backend (a short pass by default; a long run on demand).
-//! A violation that a known core finding explains
-//! ([`checker::KNOWN_LOGIN`]) is reported and counted apart;
-//! `OFFSTATE_HISTORY_STRICT=1` makes it an anomaly.
 //!
 //! # Layout
 //!
@@ -61,8 +58,6 @@ use crate::node::Node;
 pub const SEED_ENV: &str = "OFFSTATE_HISTORY_SEED";
 /// Environment variable with the number of requests per backend.
 pub const OPS_ENV: &str = "OFFSTATE_HISTORY_OPS";
-/// Environment variable that, set to `1`, makes known findings anomalies.
-pub const STRICT_ENV: &str = "OFFSTATE_HISTORY_STRICT";
 /// Requests per backend when [`OPS_ENV`] is not set: a short pass.
 pub const DEFAULT_OPS: usize = 1200;
 
@@ -83,8 +78,6 @@ pub struct Config {
     pub fault_rate: f64,
     /// A request that takes longer is a hang (an anomaly).
     pub deadline: Duration,
-    /// Known findings count as anomalies ([`STRICT_ENV`] set to 1).
-    pub strict: bool,
 }
 
 impl Config {
@@ -114,7 +107,6 @@ impl Config {
             users: 6,
             fault_rate: 0.15,
             deadline: Duration::from_secs(30),
-            strict: std::env::var(STRICT_ENV).is_ok_and(|v| v.trim() == "1"),
         }
     }
 
@@ -257,9 +249,6 @@ pub struct Report {
     pub max_stale: Duration,
     /// Wall time.
     pub elapsed: Duration,
-    /// Violations explained by a known finding
-    /// ([`checker::KNOWN_LOGIN`]); anomalies in strict mode.
-    pub known: Vec<String>,
     /// Violations (must be none).
     pub anomalies: Vec<String>,
 }
@@ -298,7 +287,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "history_{}: seed {} | {} histories, {} operations ({} ok, {} gone, {} unknown), faults {} ({} store, {} server pauses, {} restarts; {} sessions lost to restarts), {} sessions / {} adds checked, max stale read {:?}, {:.1?} | known findings {} | anomalies {}",
+            "history_{}: seed {} | {} histories, {} operations ({} ok, {} gone, {} unknown), faults {} ({} store, {} server pauses, {} restarts; {} sessions lost to restarts), {} sessions / {} adds checked, max stale read {:?}, {:.1?} | anomalies {}",
             self.name,
             self.seed,
             self.histories,
@@ -315,7 +304,6 @@ impl fmt::Display for Report {
             self.adds_checked,
             self.max_stale,
             self.elapsed,
-            self.known.len(),
             self.anomalies.len()
         )
     }
@@ -393,19 +381,7 @@ pub async fn run(config: &Config, target: Target<'_>) -> Report {
         }
         let (events, ids) = shared.recorder.finish();
         let lossy = faults.restarts.load(Ordering::SeqCst) > 0;
-        let injector = Arc::clone(&target.injector);
-        let decisive_failed =
-            move |id: &offstate_core::SessionId| injector.decisive_failed(&id.key());
-        let findings = checker::check(
-            &events,
-            &ids,
-            &users,
-            &probe,
-            target.staleness,
-            lossy,
-            &decisive_failed,
-        )
-        .await;
+        let findings = checker::check(&events, &ids, &users, &probe, target.staleness, lossy).await;
         report.histories += 1;
         report.operations += events.len();
         for event in &events {
@@ -423,15 +399,6 @@ pub async fn run(config: &Config, target: Target<'_>) -> Report {
         report.adds_checked += findings.adds_checked;
         report.max_stale = report.max_stale.max(findings.max_stale);
         report.anomalies.extend(panics);
-        let known = findings
-            .known
-            .into_iter()
-            .map(|a| format!("history {history} (seed {seed}): {a}"));
-        if config.strict {
-            report.anomalies.extend(known);
-        } else {
-            report.known.extend(known);
-        }
         report.anomalies.extend(
             findings
                 .anomalies
