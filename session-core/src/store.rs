@@ -209,8 +209,9 @@ impl Capabilities {
 /// - [`delete`](Self::delete) removes the record; nothing in flight can bring
 ///   it back, because saves and touches require it to exist.
 ///   [`delete_if_version`](Self::delete_if_version) removes it only at the
-///   version the caller read, which is what makes ID rotation lose no
-///   concurrent write.
+///   version the caller read. ID rotation decides with a conditional
+///   [`save`](Self::save) that retires the old ID (so a lost answer can be
+///   settled by reading it again), then removes it with `delete_if_version`.
 /// - The principal operations find and end all of a user's sessions. A
 ///   revoke that fails part-way (a timeout) has still ended the sessions it
 ///   reached, and a retry carries on from there.
