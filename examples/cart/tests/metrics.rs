@@ -252,7 +252,7 @@ async fn the_metrics_endpoint_shows_the_scripted_flow() {
     assert_eq!(m.value(&bytes, &[("op", "rotate")]), 1.0);
     // Store calls.
     assert_eq!(m.store("create", "ok"), 5.0); // 4 sessions + the login's new ID
-    assert_eq!(m.store("save", "ok"), 4.0);
+    assert_eq!(m.store("save", "ok"), 5.0); // 4 writes + the login retiring the old ID
     assert_eq!(m.store("save", "conflict"), 2.0);
     assert_eq!(m.store("touch", "ok"), 1.0);
     assert_eq!(m.store("delete_if_version", "ok"), 1.0);
