@@ -48,7 +48,6 @@ impl Readiness {
 #[derive(Debug)]
 struct Spawned {
     process: Mutex<ServerProcess>,
-    name: &'static str,
     program: PathBuf,
     args: Vec<String>,
 }
@@ -114,7 +113,6 @@ impl Node {
                 readiness,
                 server: Server::Process(Spawned {
                     process: Mutex::new(process),
-                    name,
                     program: program.clone(),
                     args,
                 }),
@@ -255,9 +253,7 @@ impl Node {
     pub async fn restart(&self) -> Result<(), FixtureError> {
         match &self.server {
             Server::Process(spawned) => {
-                let mut process = spawned.process();
-                process.kill();
-                *process = ServerProcess::spawn(spawned.name, &spawned.program, &spawned.args)?;
+                spawned.process().restart(&spawned.program, &spawned.args)?;
             }
             Server::Container(container) => {
                 // Docker kills no frozen container; a running one is thawed.

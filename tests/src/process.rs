@@ -165,24 +165,7 @@ impl ServerProcess {
     /// [`ServerError::Spawn`] when it cannot be started.
     pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Self, ServerError> {
         let dir = temp_dir(name)?;
-        let log = dir.join("server.log");
-        let out = std::fs::File::create(&log)
-            .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| ServerError::Setup(format!("cannot clone log handle: {e}")))?;
-        let child = Command::new(program)
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| ServerError::Spawn {
-                program: program.display().to_string(),
-                source,
-            })?;
-        let watchdog = spawn_watchdog(child.id());
+        let (child, watchdog, log) = launch(&dir, program, args)?;
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -190,6 +173,26 @@ impl ServerProcess {
             log,
             dir,
         })
+    }
+
+    /// Kills the server and starts it again with `args`, in the same folder
+    /// (whatever it left there stays, such as a cluster node's
+    /// `nodes.conf`), its log going on in the same file: a crash and
+    /// restart of the same machine.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Spawn`] when it cannot be started again.
+    pub fn restart(&mut self, program: &Path, args: &[String]) -> Result<(), ServerError> {
+        self.kill();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let (child, watchdog, _) = launch(&self.dir, program, args)?;
+        self.child = child;
+        self.watchdog = watchdog;
+        Ok(())
     }
 
     /// The server's PID.
@@ -303,6 +306,37 @@ fn spawn_watchdog(server: u32) -> Option<Child> {
         .stderr(Stdio::null())
         .spawn()
         .ok()
+}
+
+/// Starts `program` in `dir`, its output appended to `dir/server.log`, with
+/// a watchdog that kills it if this process dies.
+fn launch(
+    dir: &Path,
+    program: &Path,
+    args: &[String],
+) -> Result<(Child, Option<Child>, PathBuf), ServerError> {
+    let log = dir.join("server.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| ServerError::Setup(format!("cannot clone log handle: {e}")))?;
+    let child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|source| ServerError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
+    let watchdog = spawn_watchdog(child.id());
+    Ok((child, watchdog, log))
 }
 
 fn temp_dir(name: &str) -> Result<PathBuf, ServerError> {

@@ -135,12 +135,8 @@ async fn redis_target<'a>(
     let target = Target::new(name, instances, Arc::new(faulty))
         .with_probe(Sessions::new(store))
         .with_nodes(nodes(redis.nodes()), TIMEOUT);
-    // A restarted cluster node would not rejoin its cluster.
-    let target = if redis.is_cluster() {
-        target
-    } else {
-        target.with_restarts()
-    };
+    // A restarted cluster node keeps its nodes.conf and rejoins, empty.
+    let target = target.with_restarts();
     if cached {
         // A lost channel is noticed within the heartbeat and its timeout;
         // then the staleness bound applies (the cache's documented bound).

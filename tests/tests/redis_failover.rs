@@ -264,3 +264,58 @@ async fn sessions_survive_a_master_failover_under_load() {
     assert!(acked_total > acked_before_kill, "the load kept going");
     drop(cluster);
 }
+
+/// A master with no replica that crashes and comes back (same address,
+/// same `nodes.conf`, no data) rejoins its cluster with its slots: its
+/// sessions are gone, as after any crash of a non-persistent store, and
+/// every slot works again. The history checker's cluster run does this at
+/// random moments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_rejoins_its_cluster_empty() {
+    let cluster = offstate_testing::redis_cluster()
+        .start()
+        .await
+        .expect("a Redis cluster");
+    let sessions = Sessions::new(cluster.store().clone());
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let session = sessions.new_session();
+        session.insert("n", &i).await.unwrap();
+        session.save().await.unwrap();
+        ids.push(session.id().unwrap());
+    }
+    let victim = cluster.node(0);
+    let victim_address = victim.address().to_owned();
+    victim.restart().await.expect("restart");
+    wait_until(&cluster, |view| {
+        view.iter()
+            .any(|n| n.address == victim_address && n.master && !n.failed && !n.slots.is_empty())
+            && view.iter().all(|n| !n.failed)
+    })
+    .await;
+    // Every slot answers again; the victim's sessions are gone, the rest kept.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut kept, mut lost) = (0, 0);
+    for id in &ids {
+        loop {
+            match sessions.load(id).await {
+                Ok(Some(session)) => {
+                    assert!(session.get::<i32>("n").await.unwrap().is_some());
+                    kept += 1;
+                }
+                Ok(None) => lost += 1,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "still failing: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            break;
+        }
+    }
+    println!("after the restart: {kept} sessions kept, {lost} lost with the restarted master");
+    assert!(kept > 0 && lost > 0, "kept {kept}, lost {lost}");
+    let session = sessions.new_session();
+    session.insert("n", &1).await.unwrap();
+    session.save().await.unwrap();
+}
