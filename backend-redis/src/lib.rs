@@ -104,6 +104,14 @@
 //! `WAIT` would narrow the window at the cost of a round trip per write;
 //! offstate does not use it.
 //!
+//! A master that restarts **empty** (no replica, no persistence) loses what
+//! it held. On a cluster that can be a principal's index while that user's
+//! sessions live on other masters: revoke-all then misses those sessions
+//! until their next write or touch re-indexes them (the history checker
+//! finds this when its cluster run restarts masters). Run cluster masters
+//! with replicas, or with persistence, when log-out-everywhere must be
+//! complete after a crash.
+//!
 //! # Example
 //!
 //! ```no_run
