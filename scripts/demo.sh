@@ -110,12 +110,13 @@ rm -rf "$run"
 mkdir -p "$run/nginx/logs" "$run/nginx/tmp" "$run/logs"
 
 # --- the shared store -------------------------------------------------------
+store_pids=()
 case "$backend" in
   redis)
     p="$(free_port)"
     "$redis_bin" --bind 127.0.0.1 --port "$p" --save "" --appendonly no \
       --dir "$run" >"$run/logs/redis.log" 2>&1 &
-    pids+=("$!"); wait_port "$p" redis-server "$!"
+    pids+=("$!"); store_pids+=("$!"); wait_port "$p" redis-server "$!"
     store="redis://127.0.0.1:$p" ;;
   memcached)
     nodes=()
@@ -124,7 +125,7 @@ case "$backend" in
       user_flag=(); [ "$(id -u)" -eq 0 ] && user_flag=(-u root)
       "$memcached_bin" -l 127.0.0.1 -p "$p" -U 0 -m 64 "${user_flag[@]}" \
         >"$run/logs/memcached-$n.log" 2>&1 &
-      pids+=("$!"); wait_port "$p" memcached "$!"
+      pids+=("$!"); store_pids+=("$!"); wait_port "$p" memcached "$!"
       nodes+=("127.0.0.1:$p")
     done
     store="memcached://$(IFS=,; echo "${nodes[*]}")" ;;
@@ -143,7 +144,7 @@ def serialized(environ, start_response):
         return list(app(environ, start_response))
 run_simple("127.0.0.1", int(sys.argv[1]), serialized, threaded=True, request_handler=MotoRequestHandler)
 ' "$p" >"$run/logs/moto.log" 2>&1 &
-    pids+=("$!"); wait_port "$p" moto "$!"
+    pids+=("$!"); store_pids+=("$!"); wait_port "$p" moto "$!"
     export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
     store="dynamodb://127.0.0.1:$p/offstate-demo" ;;
   memory)
@@ -214,6 +215,7 @@ pids+=("$pid"); wait_port "$port" nginx "$pid"
 cat <<EOF
 
   offstate cart demo: $instances instance(s) on $store${cache:+ (with local cache)}
+  store server pid(s): ${store_pids[*]:-none (in-process)}
 
     open  http://127.0.0.1:$port/
 
