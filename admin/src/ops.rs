@@ -15,6 +15,12 @@ pub enum AdminError {
     /// base64).
     #[error("not a session key")]
     BadKey(#[source] IdError),
+    /// The cursor of a listing is not one a page gave (a stored key).
+    #[error("not a listing cursor")]
+    BadCursor(#[source] IdError),
+    /// The page size of a listing is 0 or over [`MAX_LIMIT`].
+    #[error("a page holds 1 to {MAX_LIMIT} sessions, not {0}")]
+    BadLimit(usize),
     /// The store cannot do this (memcached cannot list a principal's
     /// sessions).
     #[error("the {store} store cannot {what}")]
@@ -54,6 +60,8 @@ impl AdminError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadKey(_) => "bad_key",
+            Self::BadCursor(_) => "bad_cursor",
+            Self::BadLimit(_) => "bad_limit",
             Self::Unsupported { .. } => "unsupported",
             Self::Store {
                 source: SessionError::Store(StoreError::Timeout(_)),
@@ -77,8 +85,67 @@ pub fn parse_key(text: &str) -> Result<SessionKey, AdminError> {
     SessionKey::from_stored(text).map_err(AdminError::BadKey)
 }
 
-/// The live sessions of `principal`, oldest first. `progress` is called
-/// with (done, total) after each record is read, for a progress bar.
+/// How many sessions a page of a listing holds unless asked otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The most sessions a page of a listing holds: each is one store read.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Which part of a principal's sessions to list: at most `limit`, those
+/// whose key comes after `after` (the cursor a previous page gave).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    limit: usize,
+    after: Option<SessionKey>,
+}
+
+impl Page {
+    /// The first `limit` sessions.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::BadLimit`] when `limit` is 0 or over [`MAX_LIMIT`].
+    pub fn first(limit: usize) -> Result<Self, AdminError> {
+        if (1..=MAX_LIMIT).contains(&limit) {
+            Ok(Self { limit, after: None })
+        } else {
+            Err(AdminError::BadLimit(limit))
+        }
+    }
+
+    /// This page size, after the cursor `cursor` (a page's
+    /// [`next_cursor`](crate::SessionList::next_cursor)).
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::BadCursor`] when `cursor` is not a stored key.
+    pub fn after(self, cursor: &str) -> Result<Self, AdminError> {
+        let after = SessionKey::from_stored(cursor).map_err(AdminError::BadCursor)?;
+        Ok(Self {
+            after: Some(after),
+            ..self
+        })
+    }
+
+    /// The page size.
+    #[must_use]
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Default for Page {
+    /// The first [`DEFAULT_LIMIT`] sessions.
+    fn default() -> Self {
+        Self {
+            limit: DEFAULT_LIMIT,
+            after: None,
+        }
+    }
+}
+
+/// The live sessions of `principal`, oldest first (every one: see
+/// [`list_page`] for a bounded part). `progress` is called with (done,
+/// total) after each record is read, for a progress bar.
 ///
 /// # Errors
 ///
@@ -87,12 +154,52 @@ pub fn parse_key(text: &str) -> Result<SessionKey, AdminError> {
 pub async fn list_sessions(
     sessions: &Sessions,
     principal: &str,
+    progress: impl FnMut(usize, usize) + Send,
+) -> Result<SessionList, AdminError> {
+    list(sessions, principal, None, progress).await
+}
+
+/// One page of the live sessions of `principal`: the keys are listed and
+/// ordered, and only the page's records are read (one store read each).
+/// Pages follow the order of the stored keys; within a page sessions are
+/// oldest first. [`SessionList::next_cursor`] is the cursor of the next
+/// page (`None` on the last). A session created while paging may land on
+/// a page already read and be missed; none is listed twice.
+///
+/// # Errors
+///
+/// As [`list_sessions`].
+pub async fn list_page(
+    sessions: &Sessions,
+    principal: &str,
+    page: &Page,
+    progress: impl FnMut(usize, usize) + Send,
+) -> Result<SessionList, AdminError> {
+    list(sessions, principal, Some(page), progress).await
+}
+
+async fn list(
+    sessions: &Sessions,
+    principal: &str,
+    page: Option<&Page>,
     mut progress: impl FnMut(usize, usize) + Send,
 ) -> Result<SessionList, AdminError> {
-    let keys = sessions
+    let mut keys = sessions
         .list_principal(principal)
         .await
         .map_err(|e| AdminError::store(sessions, e))?;
+    let mut next_cursor = None;
+    if let Some(page) = page {
+        keys.sort_unstable();
+        keys.dedup();
+        if let Some(after) = &page.after {
+            keys.retain(|k| k > after);
+        }
+        if keys.len() > page.limit {
+            keys.truncate(page.limit);
+            next_cursor = keys.last().map(|k| k.as_str().to_owned());
+        }
+    }
     let idle = sessions.expiry().idle();
     let total = keys.len();
     let mut found = Vec::with_capacity(total);
@@ -114,6 +221,7 @@ pub async fn list_sessions(
         store: sessions.store_name().to_owned(),
         sessions: found,
         consistent: sessions.capabilities().consistent_principal_index,
+        next_cursor,
     })
 }
 

@@ -3,7 +3,8 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{Route, delete, get};
@@ -56,12 +57,20 @@ pub struct Guarded<L>(L);
 ///
 /// | method and path | answer |
 /// |---|---|
-/// | `GET /principals/{principal}/sessions` | [`SessionList`](crate::SessionList); 501 where the store cannot list |
+/// | `GET /principals/{principal}/sessions?limit=&cursor=` | [`SessionList`](crate::SessionList), one page; 501 where the store cannot list |
 /// | `DELETE /principals/{principal}/sessions` | [`RevokedAll`](crate::RevokedAll) |
 /// | `DELETE /sessions/{key}` | [`RevokedOne`](crate::RevokedOne); 400 for a malformed key |
 /// | `GET /health` | [`Health`](crate::Health); 200 when up, 503 when down |
 ///
 /// Errors are [`ErrorBody`] with the status in its documentation.
+///
+/// A listing is paged: `limit` sessions at most (default
+/// [`DEFAULT_LIMIT`](crate::ops::DEFAULT_LIMIT), 100; at most
+/// [`MAX_LIMIT`](crate::ops::MAX_LIMIT), 1000, or 400 `bad_limit`), and
+/// `cursor`, the previous page's
+/// [`next_cursor`](crate::SessionList::next_cursor), for the next page
+/// (400 `bad_cursor` for anything else). See [`ops::list_page`] for the
+/// order.
 #[derive(Debug, Clone)]
 pub struct AdminApi<G = Unguarded> {
     sessions: Sessions,
@@ -116,11 +125,36 @@ where
     }
 }
 
+/// The query of a listing.
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
 async fn list_sessions(
     State(sessions): State<Sessions>,
     Path(principal): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
-    answer(ops::list_sessions(&sessions, &principal, |_, _| {}).await)
+    let Ok(Query(query)) = query else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_limit",
+            format!("limit is a number from 1 to {}", ops::MAX_LIMIT),
+        );
+    };
+    let page = ops::Page::first(query.limit.unwrap_or(ops::DEFAULT_LIMIT)).and_then(|page| {
+        match &query.cursor {
+            Some(cursor) => page.after(cursor),
+            None => Ok(page),
+        }
+    });
+    let result = match page {
+        Ok(page) => ops::list_page(&sessions, &principal, &page, |_, _| {}).await,
+        Err(error) => Err(error),
+    };
+    answer(result)
 }
 
 async fn revoke_all(State(sessions): State<Sessions>, Path(principal): Path<String>) -> Response {
@@ -157,7 +191,9 @@ fn answer<T: serde::Serialize>(result: Result<T, AdminError>) -> Response {
         Ok(body) => Json(body).into_response(),
         Err(error) => {
             let status = match &error {
-                AdminError::BadKey(_) => StatusCode::BAD_REQUEST,
+                AdminError::BadKey(_) | AdminError::BadCursor(_) | AdminError::BadLimit(_) => {
+                    StatusCode::BAD_REQUEST
+                }
                 AdminError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
                 AdminError::Store { .. } => match error.code() {
                     "store_timeout" => StatusCode::GATEWAY_TIMEOUT,

@@ -77,12 +77,18 @@ pub struct SessionList {
     pub principal: String,
     /// The store's name (`redis`, `dynamodb`, `memory`...).
     pub store: String,
-    /// The live sessions, oldest first. A session the index named but that
-    /// ended before it could be read is left out.
+    /// The live sessions of this page, oldest first. A session the index
+    /// named but that ended before it could be read is left out, so a page
+    /// can hold fewer than `limit` even when more follow.
     pub sessions: Vec<SessionSummary>,
     /// Whether the store's principal index is read-after-write consistent
     /// (false on DynamoDB: a session created a moment ago may be missing).
     pub consistent: bool,
+    /// The cursor of the next page (`?cursor=` it to get it); `null` on
+    /// the last page, and only then. Absent from answers of versions
+    /// before paging, which read as `null`.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 /// `DELETE /sessions/{key}`.
@@ -162,7 +168,8 @@ impl From<Capabilities> for StoreCapabilities {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ErrorBody {
-    /// A stable code: `bad_key` (400), `unsupported` (501),
+    /// A stable code: `bad_key`, `bad_cursor`, `bad_limit` (400),
+    /// `unsupported` (501),
     /// `store_timeout` (504), `store_unavailable` (503), `store_failed`
     /// (500).
     pub error: String,

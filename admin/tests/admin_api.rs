@@ -210,6 +210,110 @@ async fn list_and_revoke_on_dynamodb() {
     list_and_revoke(Sessions::new(moto.store().clone())).await;
 }
 
+/// Pages of a listing: `limit` at most, each page's records read and no
+/// others, the cursor leading through every session exactly once, and 400
+/// for a limit or a cursor the API does not take.
+async fn list_in_pages(store: impl SessionStore) {
+    let counting = CountingStore::new(store);
+    let sessions = Sessions::new(counting.clone());
+    let alice = unique("alice");
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        let id = login(&sessions, &alice, &format!("secret-{n}")).await;
+        expected.push(id.key().to_string());
+    }
+    expected.sort();
+    let app = admin(sessions.clone());
+    let path = format!("/admin/principals/{alice}/sessions");
+
+    // The default page holds all five: no next page.
+    let (status, body) = call(&app, Method::GET, &path, true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["next_cursor"].is_null(), "{body}");
+    let list: SessionList = serde_json::from_value(body).unwrap();
+    assert_eq!(list.sessions.len(), 5);
+
+    // Pages of two: 2, 2, 1, in key order, each read only its own records.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut sizes = Vec::new();
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("{path}?limit=2&cursor={c}"),
+            None => format!("{path}?limit=2"),
+        };
+        counting.reset();
+        let (status, body) = call(&app, Method::GET, &query, true).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let page: SessionList = serde_json::from_value(body).unwrap();
+        assert_eq!(counting.counts().load, page.sessions.len() as u64);
+        assert_eq!(counting.counts().principal, 1);
+        let created: Vec<u64> = page.sessions.iter().map(|s| s.created_at_ms).collect();
+        assert!(created.is_sorted(), "a page is oldest first: {created:?}");
+        let mut keys: Vec<String> = page.sessions.iter().map(|s| s.key.clone()).collect();
+        keys.sort();
+        if let Some(last) = seen.last() {
+            assert!(keys[0] > *last, "pages follow the key order");
+        }
+        sizes.push(keys.len());
+        seen.extend(keys);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+        assert!(sizes.len() < 5, "the pages never end: {sizes:?}");
+    }
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(seen, expected, "every session once");
+
+    // A session ended after the listing's cursor was given is left out,
+    // and the page after it still ends the listing.
+    let (_, body) = call(&app, Method::GET, &format!("{path}?limit=4"), true).await;
+    let first: SessionList = serde_json::from_value(body).unwrap();
+    let cursor = first.next_cursor.expect("a fifth session follows");
+    let (status, body) = call(
+        &app,
+        Method::DELETE,
+        &format!("/admin/sessions/{}", expected[4]),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = call(
+        &app,
+        Method::GET,
+        &format!("{path}?limit=4&cursor={cursor}"),
+        true,
+    )
+    .await;
+    let last: SessionList = serde_json::from_value(body).unwrap();
+    assert!(last.sessions.is_empty() && last.next_cursor.is_none());
+
+    for bad in ["limit=0", "limit=1001", "limit=lots", "limit=-1"] {
+        counting.reset();
+        let (status, body) = call(&app, Method::GET, &format!("{path}?{bad}"), true).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_limit", "{bad}");
+        assert_eq!(counting.counts().total(), 0, "{bad} reached the store");
+    }
+    let (status, body) = call(&app, Method::GET, &format!("{path}?limit=1000"), true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&app, Method::GET, &format!("{path}?cursor=page-2"), true).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "bad_cursor");
+}
+
+#[tokio::test]
+async fn list_in_pages_on_memory() {
+    list_in_pages(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn list_in_pages_on_redis() {
+    let redis = offstate_testing::redis().await.expect("redis");
+    list_in_pages(redis.store().clone()).await;
+}
+
 /// Memcached cannot list keys: the listing is a 501 that says so, and
 /// health says `list_principal: false`. It still revokes: one session by
 /// its key, and all of a principal's through the principal's epoch (the

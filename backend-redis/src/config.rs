@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use redis::IntoConnectionInfo as _;
+
 /// The key prefix used unless [`RedisConfig::with_key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "offstate:";
 
@@ -195,5 +197,15 @@ impl RedisConfig {
     #[must_use]
     pub fn uses_tls(&self) -> bool {
         self.urls.iter().any(|u| u.starts_with("rediss://"))
+    }
+
+    /// `host:port` of the first URL (the node, or a cluster's first seed),
+    /// for traces' `server.address`: never the credentials, and one value
+    /// per configuration whatever node a call lands on. `None` when the
+    /// URL does not parse.
+    pub(crate) fn server_address(&self) -> Option<String> {
+        let url = self.urls.first()?;
+        let info = url.as_str().into_connection_info().ok()?;
+        Some(info.addr().to_string())
     }
 }

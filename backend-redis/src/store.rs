@@ -38,6 +38,8 @@ pub struct RedisStore {
     scripts: Arc<Scripts>,
     /// The channel every write announces itself on ("" for none).
     announcements: Arc<str>,
+    /// `host:port` of the configured node or first seed, for traces.
+    address: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,6 +84,7 @@ impl RedisStore {
             keys: Arc::new(KeySpace::new(&config.key_prefix)),
             scripts: Arc::new(Scripts::new()),
             announcements: Arc::from(""),
+            address: config.server_address().map(Arc::from),
         })
     }
 
@@ -532,5 +535,11 @@ impl SessionStore for RedisStore {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    /// The configured node's `host:port`; for a cluster, the first seed's
+    /// (the calls go to whichever node owns the key).
+    fn server_address(&self) -> Option<&str> {
+        self.address.as_deref()
     }
 }

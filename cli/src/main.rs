@@ -58,6 +58,13 @@ enum Command {
         /// The principal (user) whose sessions to list.
         #[arg(long)]
         user: String,
+        /// List one page of at most this many sessions (1 to 1000), in the
+        /// order of their keys; without it, every session.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The page after this cursor (printed at the end of a page).
+        #[arg(long, requires = "limit")]
+        cursor: Option<String>,
     },
     /// End sessions: all of one or more users, or one by its hashed key.
     Revoke {
@@ -105,7 +112,7 @@ impl From<AdminError> for Failure {
     fn from(error: AdminError) -> Self {
         let code = match error {
             AdminError::Unsupported { .. } => 3,
-            AdminError::BadKey(_) => 2,
+            AdminError::BadKey(_) | AdminError::BadCursor(_) | AdminError::BadLimit(_) => 2,
             _ => 1,
         };
         Self {
@@ -161,7 +168,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let sessions = backend.clone().into_sessions(&options)?;
     match cli.command {
         Command::Ping => ping(&sessions, cli.json).await,
-        Command::Sessions { user } => list(&sessions, &user, cli.json).await,
+        Command::Sessions {
+            user,
+            limit,
+            cursor,
+        } => {
+            let page = match limit {
+                Some(limit) => {
+                    let page = ops::Page::first(limit)?;
+                    Some(match cursor {
+                        Some(cursor) => page.after(&cursor)?,
+                        None => page,
+                    })
+                }
+                None => None,
+            };
+            list(&sessions, &user, page.as_ref(), cli.json).await
+        }
         Command::Revoke {
             user,
             users_from,
@@ -212,13 +235,21 @@ async fn ping(sessions: &Sessions, json: bool) -> Result<(), Failure> {
     }
 }
 
-async fn list(sessions: &Sessions, user: &str, json: bool) -> Result<(), Failure> {
+async fn list(
+    sessions: &Sessions,
+    user: &str,
+    page: Option<&ops::Page>,
+    json: bool,
+) -> Result<(), Failure> {
     let bar = progress::bar(json, "reading sessions");
-    let list = ops::list_sessions(sessions, user, |done, total| {
+    let progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })
-    .await;
+    };
+    let list = match page {
+        Some(page) => ops::list_page(sessions, user, page, progress).await,
+        None => ops::list_sessions(sessions, user, progress).await,
+    };
     bar.finish_and_clear();
     let list = list?;
     if json {
@@ -241,13 +272,12 @@ fn print_list(list: &SessionList) {
             " (index is eventually consistent: a session created a moment ago may be missing)"
         }
     );
-    if list.sessions.is_empty() {
-        return;
+    if !list.sessions.is_empty() {
+        println!(
+            "{:<43}  {:<20}  {:<20}  {:<20}  {:>7}  keys",
+            "key", "created", "last write", "expires", "bytes"
+        );
     }
-    println!(
-        "{:<43}  {:<20}  {:<20}  {:<20}  {:>7}  keys",
-        "key", "created", "last write", "expires", "bytes"
-    );
     for s in &list.sessions {
         println!(
             "{:<43}  {:<20}  {:<20}  {:<20}  {:>7}  {}",
@@ -258,6 +288,9 @@ fn print_list(list: &SessionList) {
             s.size_bytes,
             s.keys.join(",")
         );
+    }
+    if let Some(cursor) = &list.next_cursor {
+        println!("more: --limit <n> --cursor {cursor}");
     }
 }
 

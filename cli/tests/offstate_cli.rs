@@ -87,6 +87,34 @@ async fn sessions_and_revoke(sessions: &Sessions, url: &str) {
     assert_eq!(keys, expected);
     assert!(list.sessions.iter().all(|s| s.keys == ["cart"]));
 
+    // One page at a time: --limit, then the --cursor the page gave.
+    let out = offstate(&[
+        "--store", url, "--json", "sessions", "--user", &alice, "--limit", "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page: SessionList = serde_json::from_value(json(&out)).unwrap();
+    assert_eq!(page.sessions.len(), 1);
+    let cursor = page.next_cursor.expect("a second page");
+    let out = offstate(&[
+        "--store", url, "--json", "sessions", "--user", &alice, "--limit", "1", "--cursor", &cursor,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last: SessionList = serde_json::from_value(json(&out)).unwrap();
+    assert!(last.next_cursor.is_none());
+    let paged = vec![page.sessions[0].key.clone(), last.sessions[0].key.clone()];
+    assert_eq!(paged, expected, "two pages of one, in key order");
+    let out = offstate(&["--store", url, "sessions", "--user", &alice, "--limit", "1"]);
+    assert!(
+        stdout(&out).contains(&format!("more: --limit <n> --cursor {cursor}")),
+        "{}",
+        stdout(&out)
+    );
+    assert_fails(
+        &offstate(&["--store", url, "sessions", "--user", &alice, "--limit", "0"]),
+        2,
+        "1 to 1000",
+    );
+
     // Text output for people: a header and one row per session.
     let out = offstate(&["--store", url, "sessions", "--user", &alice]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -4,7 +4,11 @@
 //!
 //! Nothing is recorded until the application installs a recorder (for
 //! example `metrics-exporter-prometheus`; the cart example does). Without
-//! one, each call costs a check of the global recorder.
+//! one, each call costs a check of the global recorder. With a global
+//! recorder installed before the first metric is recorded, each handle is
+//! registered once and a call is an atomic add or a histogram record (see
+//! `handles`); a recorder installed later, or set for a thread only, is
+//! asked for the handle on each call.
 //!
 //! # Metrics
 //!
@@ -55,8 +59,11 @@
 //!   itself a hash of the session ID: enough to correlate, never the ID;
 //! - `offstate.outcome`: the outcome, as in the metrics.
 
+mod handles;
+
 use std::time::Duration;
 
+use self::handles::{SAVE_OPS, count, index, observe};
 use crate::error::StoreError;
 
 /// `offstate_store_calls_total`: store calls by backend, operation, outcome.
@@ -140,7 +147,13 @@ impl RefusedInput {
     /// Counts it in `offstate_refused_input_total` (for middleware authors:
     /// offstate-tower calls it).
     pub fn record(self) {
-        metrics::counter!(REFUSED_INPUT, "reason" => self.as_str()).increment(1);
+        let reason = self.as_str();
+        let slot = handles::global().and_then(|h| h.refused.get(self as usize));
+        count(
+            slot,
+            || metrics::counter!(REFUSED_INPUT, "reason" => reason),
+            1,
+        );
     }
 }
 
@@ -160,52 +173,95 @@ pub(crate) fn store_call(
     outcome: &'static str,
     elapsed: Duration,
 ) {
-    metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation)
-        .record(elapsed.as_secs_f64());
+    let slots = handles::global()
+        .and_then(|h| h.backend(backend))
+        .and_then(|b| b.call(operation, outcome));
+    count(
+        slots.map(|(calls, _)| calls),
+        || metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation, "outcome" => outcome),
+        1,
+    );
+    observe(
+        slots.map(|(_, durations)| durations),
+        || metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation),
+        elapsed.as_secs_f64(),
+    );
+}
+
+/// The slot for `op` (one of [`SAVE_OPS`]) in `select`'s array.
+fn by_op<T, const N: usize>(
+    op: &str,
+    select: impl FnOnce(&'static handles::Handles) -> &'static [handles::Slot<T>; N],
+) -> Option<&'static handles::Slot<T>> {
+    let i = index(&SAVE_OPS, op)?;
+    select(handles::global()?).get(i)
 }
 
 /// A save (`op`: `write` or `rotate`) is over: how many conflicts it met,
 /// and whether it gave up.
 pub(crate) fn save_finished(op: &'static str, retries: u32, exhausted: bool) {
-    metrics::histogram!(SESSION_SAVE_RETRIES, "op" => op).record(f64::from(retries));
+    observe(
+        by_op(op, |h| &h.save_retries),
+        || metrics::histogram!(SESSION_SAVE_RETRIES, "op" => op),
+        f64::from(retries),
+    );
     if exhausted {
-        metrics::counter!(SESSION_RETRIES_EXHAUSTED, "op" => op).increment(1);
+        count(
+            by_op(op, |h| &h.retries_exhausted),
+            || metrics::counter!(SESSION_RETRIES_EXHAUSTED, "op" => op),
+            1,
+        );
     }
 }
 
 pub(crate) fn conflict(op: &'static str) {
-    metrics::counter!(SESSION_CONFLICTS, "op" => op).increment(1);
+    count(
+        by_op(op, |h| &h.conflicts),
+        || metrics::counter!(SESSION_CONFLICTS, "op" => op),
+        1,
+    );
 }
 
 pub(crate) fn touch(written: bool) {
     let result = if written { "written" } else { "skipped" };
-    metrics::counter!(SESSION_TOUCHES, "result" => result).increment(1);
+    count(
+        handles::global().map(|h| &h.touches[usize::from(written)]),
+        || metrics::counter!(SESSION_TOUCHES, "result" => result),
+        1,
+    );
 }
 
 pub(crate) fn record_written(op: &'static str, bytes: usize) {
-    metrics::histogram!(SESSION_RECORD_BYTES, "op" => op).record(bytes as f64);
+    observe(
+        by_op(op, |h| &h.record_bytes),
+        || metrics::histogram!(SESSION_RECORD_BYTES, "op" => op),
+        bytes as f64,
+    );
 }
 
 pub(crate) fn created() {
-    metrics::counter!(SESSIONS_CREATED).increment(1);
+    let slot = handles::global().map(|h| &h.created);
+    count(slot, || metrics::counter!(SESSIONS_CREATED), 1);
 }
 
 pub(crate) fn rotated() {
-    metrics::counter!(SESSIONS_ROTATED).increment(1);
+    let slot = handles::global().map(|h| &h.rotated);
+    count(slot, || metrics::counter!(SESSIONS_ROTATED), 1);
 }
 
 pub(crate) fn deleted() {
-    metrics::counter!(SESSIONS_DELETED).increment(1);
+    let slot = handles::global().map(|h| &h.deleted);
+    count(slot, || metrics::counter!(SESSIONS_DELETED), 1);
 }
 
-pub(crate) fn revoked(count: usize) {
-    metrics::counter!(SESSIONS_REVOKED).increment(count as u64);
+pub(crate) fn revoked(n: usize) {
+    let slot = handles::global().map(|h| &h.revoked);
+    count(slot, || metrics::counter!(SESSIONS_REVOKED), n as u64);
 }
 
 pub(crate) fn expired_on_read() {
-    metrics::counter!(SESSIONS_EXPIRED_ON_READ).increment(1);
+    let slot = handles::global().map(|h| &h.expired_on_read);
+    count(slot, || metrics::counter!(SESSIONS_EXPIRED_ON_READ), 1);
 }
 
 pub(crate) fn outage(fail_open: bool) {
@@ -214,5 +270,9 @@ pub(crate) fn outage(fail_open: bool) {
     } else {
         "fail_closed"
     };
-    metrics::counter!(OUTAGE_DECISIONS, "decision" => decision).increment(1);
+    count(
+        handles::global().map(|h| &h.outage[usize::from(fail_open)]),
+        || metrics::counter!(OUTAGE_DECISIONS, "decision" => decision),
+        1,
+    );
 }
