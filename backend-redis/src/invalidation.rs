@@ -207,7 +207,16 @@ fn default_timeout(heartbeat: Duration, config: &RedisConfig) -> Duration {
 
 impl InvalidationChannel for RedisInvalidationChannel {
     async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
-        self.publish_text(&self.channel, message.encode()).await
+        self.publish_text(&self.channel, message.encode()).await?;
+        // A session ended (or a write of unknown outcome): return only once
+        // the message is on every subscriber's socket. Saves do not wait.
+        if matches!(
+            message,
+            Invalidation::Key { version: None, .. } | Invalidation::Principal(_)
+        ) {
+            self.publisher.flush_replies().await;
+        }
+        Ok(())
     }
 
     fn subscribe(&self) -> mpsc::Receiver<ChannelEvent> {
