@@ -17,6 +17,12 @@
 //! subscription needs one node only (any seed URL that answers); publishes
 //! go through a pooled [`RedisConnection`] (standalone or cluster).
 //!
+//! Over plain TCP the subscription opens its own socket and watches it
+//! (the `watch` module), so [`InvalidationChannel::in_transit`] can tell a
+//! cache that a message has reached this process and not the cache yet;
+//! a publish that ends a session returns only after a `PING` answered,
+//! when Redis has written the message to every subscriber's socket.
+//!
 //! A [`RedisStore`](crate::RedisStore) given this channel's name with
 //! [`with_announcements`](crate::RedisStore::with_announcements) publishes
 //! on it from inside its write scripts, in the same wire form; a cache in
