@@ -105,6 +105,8 @@ pub(crate) struct Watched<S> {
     watch: std::sync::Arc<Watch>,
     /// Bytes of a frame not complete yet.
     pending: Vec<u8>,
+    /// The stream stopped parsing as RESP.
+    broken: bool,
 }
 
 impl<S> Watched<S> {
@@ -113,14 +115,17 @@ impl<S> Watched<S> {
             inner,
             watch,
             pending: Vec::new(),
+            broken: false,
         }
     }
 
     fn count(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
         self.pending.extend_from_slice(bytes);
         let mut at = 0;
         let mut messages = 0;
-        let mut broken = false;
         loop {
             match frame(&self.pending[at..]) {
                 Frame::Complete { len, message } => {
@@ -129,9 +134,16 @@ impl<S> Watched<S> {
                 }
                 Frame::Incomplete => break,
                 Frame::Invalid => {
-                    // Not RESP as we know it: trust nothing from now on.
-                    broken = true;
-                    break;
+                    // Not RESP as we know it: trust nothing from now on
+                    // (every hit asks the backend until the next connection).
+                    tracing::warn!(
+                        "the invalidation subscriber read bytes it cannot parse; \
+                         the cache asks the backend on every read until it reconnects"
+                    );
+                    self.broken = true;
+                    self.pending = Vec::new();
+                    self.watch.partial.store(true, Ordering::SeqCst);
+                    return;
                 }
             }
         }
@@ -139,7 +151,7 @@ impl<S> Watched<S> {
         self.watch.read.fetch_add(messages, Ordering::SeqCst);
         self.watch
             .partial
-            .store(broken || !self.pending.is_empty(), Ordering::SeqCst);
+            .store(!self.pending.is_empty(), Ordering::SeqCst);
     }
 }
 
@@ -154,8 +166,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
-            let filled = buf.filled()[before..].to_vec();
-            this.count(&filled);
+            this.count(&buf.filled()[before..]);
         }
         this.watch.reading.store(false, Ordering::SeqCst);
         polled
@@ -334,5 +345,11 @@ mod tests {
         watched.count(&two[10..]);
         assert_eq!(watch.read.load(Ordering::SeqCst), 2);
         assert!(!watch.partial.load(Ordering::SeqCst));
+        // Bytes that are not RESP: nothing is trusted from then on.
+        watched.count(b"?what\r\n");
+        watched.count(&two[..]);
+        assert!(watch.partial.load(Ordering::SeqCst));
+        assert_eq!(watch.read.load(Ordering::SeqCst), 2);
+        assert!(watched.pending.is_empty());
     }
 }
