@@ -172,7 +172,7 @@ mod tests {
     async fn only_the_last_few_records_per_shard_are_kept() {
         let turnstile = Turnstile::default();
         let keys: Vec<SessionKey> = std::iter::repeat_with(|| SessionId::generate().key())
-            .filter(|k| k.as_str().as_bytes()[0] as usize % SHARDS == 0)
+            .filter(|k| usize::from(k.as_str().as_bytes()[0]).is_multiple_of(SHARDS))
             .take(RECENT + 1)
             .collect();
         for key in &keys {
