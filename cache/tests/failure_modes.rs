@@ -985,7 +985,9 @@ async fn a_peer_whose_channel_holds_the_message_asks_the_backend() {
     a.delete(&key, Timestamp::now()).await.unwrap();
     // On its way (in the outbox, and the channel says so, as the Redis
     // channel does of a message on B's socket), not in B's queue.
-    board.in_transit.store(true, std::sync::atomic::Ordering::SeqCst);
+    board
+        .in_transit
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(b.has_pending_invalidations());
     let hits = b.stats().hits;
     assert_eq!(
@@ -995,7 +997,9 @@ async fn a_peer_whose_channel_holds_the_message_asks_the_backend() {
     );
     assert_eq!(b.stats().hits, hits);
     // Nothing on its way: B serves from memory again.
-    board.in_transit.store(false, std::sync::atomic::Ordering::SeqCst);
+    board
+        .in_transit
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     board.deliver().await;
     assert!(!b.has_pending_invalidations());
     let other = created(&a, None).await;
