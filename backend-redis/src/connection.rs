@@ -198,6 +198,21 @@ impl RedisConnection {
         .await
     }
 
+    /// Returns once Redis has written out everything it had to send when
+    /// this was called: a `PING` sent after a reply arrived is read in a
+    /// later pass of Redis's event loop, and answered after every write of
+    /// the pass that produced that reply. Redis 7 writes a command's reply
+    /// before the pub/sub messages the command published, so this is what
+    /// makes "the logout answered" imply "its message is on every
+    /// subscriber's socket" (one server; a cluster forwards publishes to
+    /// other nodes on its bus, later). A failure is only logged: the write
+    /// it follows stands.
+    pub(crate) async fn flush_replies(&self) {
+        if let Err(error) = self.query::<String>(&redis::cmd("PING")).await {
+            tracing::debug!(%error, "the PING after an announced write failed");
+        }
+    }
+
     /// Maps a client error from a command on this connection.
     #[must_use]
     pub(crate) fn error(&self, error: RedisError) -> StoreError {

@@ -17,6 +17,12 @@
 //! subscription needs one node only (any seed URL that answers); publishes
 //! go through a pooled [`RedisConnection`] (standalone or cluster).
 //!
+//! Over plain TCP the subscription opens its own socket and watches it
+//! (the `watch` module), so [`InvalidationChannel::in_transit`] can tell a
+//! cache that a message has reached this process and not the cache yet;
+//! a publish that ends a session returns only after a `PING` answered,
+//! when Redis has written the message to every subscriber's socket.
+//!
 //! A [`RedisStore`](crate::RedisStore) given this channel's name with
 //! [`with_announcements`](crate::RedisStore::with_announcements) publishes
 //! on it from inside its write scripts, in the same wire form; a cache in
@@ -24,20 +30,21 @@
 
 use std::fmt;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 use offstate_core::{ChannelEvent, Invalidation, InvalidationChannel, SessionId, StoreError};
-use redis::Client;
 use redis::aio::PubSub;
+use redis::{Client, ConnectionAddr};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::connection::{RedisConnection, connection_info};
 use crate::error::{ConnectError, from_redis};
+use crate::watch::{Watch, Watched};
 
 /// The channel name used unless
 /// [`RedisInvalidationChannel::with_channel_name`] says otherwise, after the
@@ -88,6 +95,8 @@ pub struct RedisInvalidationChannel {
     channel: Arc<str>,
     heartbeat: Duration,
     heartbeat_timeout: Duration,
+    /// The subscriptions' watches, for `in_transit`.
+    watches: Arc<Mutex<Vec<Weak<Watch>>>>,
 }
 
 impl fmt::Debug for RedisInvalidationChannel {
@@ -140,6 +149,7 @@ impl RedisInvalidationChannel {
             channel: format!("{}{DEFAULT_CHANNEL_SUFFIX}", config.key_prefix).into(),
             heartbeat,
             heartbeat_timeout: default_timeout(heartbeat, config),
+            watches: Arc::default(),
         })
     }
 
@@ -203,20 +213,46 @@ fn default_timeout(heartbeat: Duration, config: &RedisConfig) -> Duration {
 
 impl InvalidationChannel for RedisInvalidationChannel {
     async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
-        self.publish_text(&self.channel, message.encode()).await
+        self.publish_text(&self.channel, message.encode()).await?;
+        // A session ended (or a write of unknown outcome): return only once
+        // the message is on every subscriber's socket. Saves do not wait.
+        if matches!(
+            message,
+            Invalidation::Key { version: None, .. } | Invalidation::Principal(_)
+        ) {
+            self.publisher.flush_replies().await;
+        }
+        Ok(())
     }
 
     fn subscribe(&self) -> mpsc::Receiver<ChannelEvent> {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let watch = Arc::new(Watch::default());
+        {
+            let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+            watches.retain(|w| w.strong_count() > 0);
+            watches.push(Arc::downgrade(&watch));
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(subscription(self.clone(), tx));
+                runtime.spawn(subscription(self.clone(), tx, watch));
             }
             Err(_) => tracing::error!(
                 "RedisInvalidationChannel::subscribe needs a tokio runtime; the subscription is closed"
             ),
         }
         rx
+    }
+
+    /// True while a message is on this process's subscriber socket, or
+    /// read off it and not yet in the subscriber's queue. Over TLS or a
+    /// Unix socket the subscription cannot be watched, and this is false.
+    fn in_transit(&self) -> bool {
+        let watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+        watches
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|watch| watch.in_transit())
     }
 }
 
@@ -230,7 +266,11 @@ enum End {
 
 /// The subscription task: connect, subscribe, forward, notice loss,
 /// reconnect; until the receiver is dropped.
-async fn subscription(channel: RedisInvalidationChannel, tx: mpsc::Sender<ChannelEvent>) {
+async fn subscription(
+    channel: RedisInvalidationChannel,
+    tx: mpsc::Sender<ChannelEvent>,
+    watch: Arc<Watch>,
+) {
     // Reported state: None before the first event.
     let mut connected: Option<bool> = None;
     let mut failures: u32 = 0;
@@ -243,7 +283,11 @@ async fn subscription(channel: RedisInvalidationChannel, tx: mpsc::Sender<Channe
         }
         let url = channel.config.urls[node % channel.config.urls.len()].clone();
         node = node.wrapping_add(1);
-        match open(&channel, &url, &heartbeat_channel).await {
+        let opened = open(&channel, &url, &heartbeat_channel, &watch).await;
+        if opened.is_err() {
+            watch.closed();
+        }
+        match opened {
             Ok(pubsub) => {
                 failures = 0;
                 if tx.send(ChannelEvent::Connected).await.is_err() {
@@ -253,7 +297,9 @@ async fn subscription(channel: RedisInvalidationChannel, tx: mpsc::Sender<Channe
                     tracing::info!(channel = %channel.channel, "session invalidation channel back");
                 }
                 connected = Some(true);
-                match listen(&channel, pubsub, &heartbeat_channel, &tx).await {
+                let end = listen(&channel, pubsub, &heartbeat_channel, &tx, &watch).await;
+                watch.closed();
+                match end {
                     End::Closed => return,
                     End::Lost(why) => {
                         tracing::warn!(channel = %channel.channel, %why, "session invalidation channel lost; reconnecting");
@@ -302,11 +348,13 @@ fn backoff(failures: u32, nonce: &str) -> Duration {
 
 /// Connects a dedicated pub/sub connection to `url` and subscribes to the
 /// channel and this task's heartbeat channel, within the connect and
-/// command timeouts.
+/// command timeouts. A plain TCP connection is opened here, so that
+/// `watch` can peek at its socket; others are left to redis-rs, unwatched.
 async fn open(
     channel: &RedisInvalidationChannel,
     url: &str,
     heartbeat_channel: &str,
+    watch: &Arc<Watch>,
 ) -> Result<PubSub, StoreError> {
     let config = &channel.config;
     let bound = config
@@ -314,11 +362,30 @@ async fn open(
         .saturating_add(config.command_timeout);
     let info = connection_info(config, url).map_err(StoreError::backend)?;
     let work = async {
-        let client = Client::open(info).map_err(|e| from_redis(e, bound))?;
-        let mut pubsub = client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| from_redis(e, bound))?;
+        let mut pubsub = if let ConnectionAddr::Tcp(host, port) = info.addr() {
+            let socket = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .and_then(|socket| {
+                    socket.set_nodelay(true)?;
+                    let socket = socket.into_std()?;
+                    let peek = socket.try_clone()?;
+                    Ok((tokio::net::TcpStream::from_std(socket)?, peek))
+                })
+                .map_err(StoreError::unavailable)?;
+            let (socket, peek) = socket;
+            watch.watch(peek);
+            let stream = Watched::new(socket, Arc::clone(watch));
+            PubSub::new(info.redis_settings(), stream)
+                .await
+                .map_err(|e| from_redis(e, bound))?
+        } else {
+            watch.unwatched();
+            let client = Client::open(info).map_err(|e| from_redis(e, bound))?;
+            client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| from_redis(e, bound))?
+        };
         pubsub
             .subscribe(&[&*channel.channel, heartbeat_channel])
             .await
@@ -338,6 +405,7 @@ async fn listen(
     pubsub: PubSub,
     heartbeat_channel: &str,
     tx: &mpsc::Sender<ChannelEvent>,
+    watch: &Watch,
 ) -> End {
     let mut stream = pubsub.into_on_message();
     let mut beat: u64 = 0;
@@ -364,6 +432,7 @@ async fn listen(
                     if seq == Some(beat) {
                         due = None;
                     }
+                    watch.forwarded();
                     continue;
                 }
                 let decoded = std::str::from_utf8(payload).ok().map(Invalidation::decode);
@@ -372,12 +441,17 @@ async fn listen(
                         if tx.send(ChannelEvent::Message(invalidation)).await.is_err() {
                             return End::Closed;
                         }
+                        // Queued: from now on the cache sees it pending.
+                        watch.forwarded();
                     }
                     // The payload may name a principal: log its size only.
-                    _ => tracing::warn!(
-                        bytes = payload.len(),
-                        "ignoring a malformed invalidation message"
-                    ),
+                    _ => {
+                        tracing::warn!(
+                            bytes = payload.len(),
+                            "ignoring a malformed invalidation message"
+                        );
+                        watch.forwarded();
+                    }
                 }
             }
             Either::Right(((), _)) => {

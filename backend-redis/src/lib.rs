@@ -141,6 +141,7 @@ mod invalidation;
 mod keys;
 mod scripts;
 mod store;
+mod watch;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -148,6 +148,17 @@ impl RedisStore {
         &self.announcements
     }
 
+    /// After a write that ended a session and announced it: answer only
+    /// once the message is on every subscriber's socket (see
+    /// `RedisConnection::flush_replies`), so a peer asked after this
+    /// answer never serves the session. One more round trip, on logouts
+    /// and logins only.
+    async fn after_announced_end(&self) {
+        if !self.announcements.is_empty() {
+            self.conn.flush_replies().await;
+        }
+    }
+
     /// Whether the scripts update the principal index themselves: on a
     /// standalone Redis every key is on the one server, so a script may
     /// write the session and its principal's index in one step.
@@ -459,6 +470,7 @@ impl SessionStore for RedisStore {
         if !principal.is_empty() && !folded {
             self.after_write_unindex(&principal, key).await;
         }
+        self.after_announced_end().await;
         Ok(was)
     }
 
@@ -514,6 +526,9 @@ impl SessionStore for RedisStore {
         if !principal.is_empty() && !folded {
             self.after_write_unindex(&principal, key).await;
         }
+        if outcome == DeleteOutcome::Deleted {
+            self.after_announced_end().await;
+        }
         Ok(outcome)
     }
 
@@ -526,7 +541,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
-        self.revoke_indexed(principal, now).await
+        let revoked = self.revoke_indexed(principal, now).await?;
+        self.after_announced_end().await;
+        Ok(revoked)
     }
 
     fn capabilities(&self) -> Capabilities {

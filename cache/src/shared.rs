@@ -28,6 +28,8 @@ pub(crate) type Inbox = Arc<Mutex<mpsc::Receiver<ChannelEvent>>>;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) type Publisher =
     Arc<dyn Fn(Invalidation) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
+/// The channel's `in_transit`.
+pub(crate) type InTransit = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How many unsent invalidations an instance keeps to send again once a
 /// publish succeeds; past it, the oldest are dropped (peers still have the
@@ -101,6 +103,8 @@ pub(crate) struct Shared {
     /// The channel's events not yet taken by the listener (`None` without
     /// a channel). The listener locks it only to poll.
     pub(crate) inbox: Option<Inbox>,
+    /// Whether the channel holds a message not yet in the inbox.
+    pub(crate) in_transit: Option<InTransit>,
     /// Events the listener took and has not finished handling.
     pub(crate) handling: Arc<AtomicUsize>,
     pub(crate) task: Mutex<Option<AbortHandle>>,
@@ -130,13 +134,22 @@ impl Shared {
     }
 
     /// Whether the channel has delivered something this instance has not
-    /// finished handling: a hit must not be trusted then. Cheap: one
-    /// uncontended lock attempt and two loads; a listener polling at this
-    /// very moment counts as pending.
+    /// finished handling, or holds one on its way (on the subscriber's
+    /// socket, say): a hit must not be trusted then. Cheap: the channel's
+    /// own check, one uncontended lock attempt and two loads; a listener
+    /// polling at this very moment counts as pending. The channel goes
+    /// first: each stage marks a message before the one before lets go.
     pub(crate) fn has_pending(&self) -> bool {
         let Some(inbox) = &self.inbox else {
             return false;
         };
+        if self
+            .in_transit
+            .as_ref()
+            .is_some_and(|in_transit| in_transit())
+        {
+            return true;
+        }
         match inbox.try_lock() {
             Ok(events) => !events.is_empty() || self.handling.load(Ordering::SeqCst) > 0,
             Err(_) => true,

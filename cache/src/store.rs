@@ -28,7 +28,7 @@ use offstate_core::{
 };
 
 use crate::coherence;
-use crate::shared::{Entry, EntryExpiry, Publisher, Shared};
+use crate::shared::{Entry, EntryExpiry, InTransit, Publisher, Shared};
 use crate::stats::{CacheStats, Counter, Counters};
 
 /// Default staleness bound when no invalidation channel is live: 1 second.
@@ -103,6 +103,7 @@ pub struct CachedStoreBuilder<S> {
     channel: Option<(
         Publisher,
         tokio::sync::mpsc::Receiver<offstate_core::ChannelEvent>,
+        InTransit,
     )>,
 }
 
@@ -140,11 +141,13 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
     pub fn with_channel<C: InvalidationChannel>(mut self, channel: C) -> Self {
         let events = channel.subscribe();
         let channel = Arc::new(channel);
+        let watched = Arc::clone(&channel);
+        let in_transit: InTransit = Arc::new(move || watched.in_transit());
         let publisher: Publisher = Arc::new(move |message: Invalidation| {
             let channel = Arc::clone(&channel);
             Box::pin(async move { channel.publish(&message).await })
         });
-        self.channel = Some((publisher, events));
+        self.channel = Some((publisher, events, in_transit));
         self
     }
 
@@ -178,9 +181,11 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             .max_capacity(10_000)
             .time_to_live(fence_ttl)
             .build();
-        let (publisher, events) = match self.channel {
-            Some((publisher, events)) => (Some(publisher), Some(events)),
-            None => (None, None),
+        let (publisher, events, in_transit) = match self.channel {
+            Some((publisher, events, in_transit)) => {
+                (Some(publisher), Some(events), Some(in_transit))
+            }
+            None => (None, None, None),
         };
         let inbox = events.map(|events| Arc::new(Mutex::new(events)));
         // A store that announces its own writes, atomically with them, needs
@@ -202,6 +207,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             unsent: Mutex::new(VecDeque::new()),
             retrying: AtomicBool::new(false),
             inbox: inbox.clone(),
+            in_transit,
             handling: Arc::new(AtomicUsize::new(0)),
             task: Mutex::new(None),
         });
@@ -341,17 +347,22 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
         let shared = &self.shared;
+        // An invalidation already received but not yet handled may be
+        // about this session: then the backend answers, not memory. Asked
+        // before the entry is read, so that what was pending then is
+        // evicted by the time it is (asked after, an eviction finishing in
+        // between would go unseen, and the entry read before it served).
+        let pending = shared.has_pending();
         if let Some(entry) = shared.cache.get(key).await {
-            // An invalidation already received but not yet handled may be
-            // about this session: then the backend answers, not memory.
-            if entry.is_fresh(tokio::time::Instant::now())
-                && !entry.record.is_expired(now)
-                && !shared.has_pending()
-            {
+            let usable =
+                entry.is_fresh(tokio::time::Instant::now()) && !entry.record.is_expired(now);
+            if usable && !pending {
                 shared.counters.bump(Counter::Hit);
                 return Ok(Some(entry.record));
             }
-            shared.cache.invalidate(key).await;
+            if !usable {
+                shared.cache.invalidate(key).await;
+            }
         }
         shared.counters.bump(Counter::Miss);
         let started = shared.seq.load(Ordering::SeqCst);

@@ -101,6 +101,15 @@ pub trait InvalidationChannel: Send + Sync + 'static {
     /// state with [`ChannelEvent::Connected`] and
     /// [`ChannelEvent::Disconnected`]; the first event is one of those two.
     fn subscribe(&self) -> mpsc::Receiver<ChannelEvent>;
+
+    /// Whether a message may have reached this process without being in a
+    /// subscriber's receiver yet (unread on a socket, or in the channel's
+    /// own tasks). A cache asks on every hit and, if so, asks the backend
+    /// instead, so keep it cheap. The default, `false`, is for channels
+    /// that cannot tell, or that hand messages over at once.
+    fn in_transit(&self) -> bool {
+        false
+    }
 }
 
 /// An in-process channel: caches in one process (or one test) invalidate

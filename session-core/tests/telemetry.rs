@@ -126,10 +126,12 @@ fn a_scripted_flow_gives_the_documented_counts() {
         assert!(read.exists().await.unwrap());
         middleware::finish(&read).await;
 
-        // Two requests change the cart at once: the second save conflicts
-        // once and replays.
+        // Two requests change the cart at once, on two instances: the second
+        // save conflicts once and replays. (On one instance the second
+        // would take its turn after the first, from its record.)
+        let instance_b = Sessions::new(store.clone()).with_clock(Arc::new(clock.clone()));
         let first = sessions.load(&id).await.unwrap().unwrap();
-        let second = sessions.load(&id).await.unwrap().unwrap();
+        let second = instance_b.load(&id).await.unwrap().unwrap();
         for (handle, item) in [(&first, "pear"), (&second, "plum")] {
             handle
                 .update("cart", move |cart: Option<Vec<String>>| {
@@ -179,8 +181,12 @@ fn a_scripted_flow_gives_the_documented_counts() {
         assert!(!degraded.exists().await.unwrap());
         assert!(degraded.is_degraded());
 
-        // A save that gives up: one attempt allowed, and a writer got in first.
-        let impatient = sessions.clone().with_max_attempts(1);
+        // A save that gives up: one attempt allowed, and a writer on another
+        // instance got in first (on this one, it would have taken its turn
+        // after that writer, from its record, and not conflicted).
+        let impatient = Sessions::new(store.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_max_attempts(1);
         let slow = impatient.load(&kept).await.unwrap().unwrap();
         let fast = sessions.load(&kept).await.unwrap().unwrap();
         fast.insert("a", &1).await.unwrap();

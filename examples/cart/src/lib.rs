@@ -12,7 +12,9 @@
 //! `scripts/demo.sh` runs three instances on one Redis behind a real nginx
 //! load balancer; `tests/browser.rs` drives the same set-up from headless
 //! Chromium (instance killed mid-session, login, concurrent adds, logout
-//! everywhere).
+//! everywhere). `tests/stale.rs` runs two instances with `--cache` on one
+//! Redis and checks that after a logout on one, the other never serves the
+//! old session (`OFFSTATE_STALE_ROUNDS=full` for 10,000 rounds).
 //!
 //! # Layout
 //!

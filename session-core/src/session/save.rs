@@ -271,6 +271,16 @@ impl Session {
         if let Some(latest) = turn.latest()
             && latest.version > base.version
         {
+            // A newer record than this handle loaded: the same check as a
+            // conflict with it would make.
+            if config.write_policy == WritePolicy::Reject
+                && let Some(key) = contested(&pending.ops, &base, latest)
+            {
+                let latest = Arc::clone(latest);
+                drop(turn);
+                self.lock().reset_to(Some(latest));
+                return Err(SessionError::Conflict { key });
+            }
             base = Arc::clone(latest);
         }
         for attempt in 0..config.max_attempts {
