@@ -67,20 +67,51 @@ pub(crate) fn encode(record: &Record) -> Fields {
 }
 
 /// Decodes a hash's field/value pairs. An empty hash is no record.
+#[cfg(test)]
 pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
-    if pairs.is_empty() {
-        return Ok(None);
+    decode_pairs(pairs.into_iter().map(Ok))
+}
+
+/// Decodes an `HGETALL` reply (or a script's copy of one) straight into a
+/// record, without collecting the pairs first. An empty hash is no record.
+pub(crate) fn decode_hash(value: Value) -> Result<Option<Record>, CorruptRecord> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::Map(entries) => {
+            decode_pairs(entries.into_iter().map(|(k, v)| Ok((bytes(k)?, bytes(v)?))))
+        }
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(CorruptRecord("odd number of hash items".into()));
+            }
+            let mut items = items.into_iter();
+            decode_pairs(std::iter::from_fn(|| {
+                let (k, v) = (items.next()?, items.next()?);
+                Some(bytes(k).and_then(|k| Ok((k, bytes(v)?))))
+            }))
+        }
+        other => Err(CorruptRecord(format!("not a hash: {other:?}"))),
     }
+}
+
+fn decode_pairs(
+    pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), CorruptRecord>>,
+) -> Result<Option<Record>, CorruptRecord> {
+    let mut any = false;
     let mut version = None;
     let mut created = None;
     let mut deadlines = Deadlines::default();
     let mut principal = None;
     let mut data = BTreeMap::new();
-    for (field, value) in pairs {
-        let field = String::from_utf8(field)
+    for pair in pairs {
+        let (field, value) = pair?;
+        any = true;
+        let mut field = String::from_utf8(field)
             .map_err(|_| CorruptRecord("a field name is not UTF-8".into()))?;
-        if let Some(key) = field.strip_prefix(DATA_PREFIX) {
-            data.insert(key.to_owned(), value);
+        if field.starts_with(DATA_PREFIX) {
+            // The field's own buffer becomes the key: no second allocation.
+            field.drain(..DATA_PREFIX.len());
+            data.insert(field, value);
             continue;
         }
         match field.as_str() {
@@ -96,6 +127,9 @@ pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
             }
             _ => {}
         }
+    }
+    if !any {
+        return Ok(None);
     }
     let version = version.ok_or_else(|| CorruptRecord("no version field".into()))?;
     let created = created.ok_or_else(|| CorruptRecord("no created field".into()))?;
@@ -116,9 +150,7 @@ pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn decode_reply(reply: Value) -> Result<Option<Record>, String> {
-    hash_pairs(reply)
-        .and_then(decode)
-        .map_err(|error| error.to_string())
+    decode_hash(reply).map_err(|error| error.to_string())
 }
 
 /// The field/value pairs the store writes for `record`, for the fuzz
@@ -136,30 +168,6 @@ pub(crate) fn number(field: &str, value: &[u8]) -> Result<u64, CorruptRecord> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number")))
-}
-
-/// The field/value pairs of an `HGETALL` reply (a flat array in RESP2, a
-/// map in RESP3).
-pub(crate) fn hash_pairs(value: Value) -> Result<Fields, CorruptRecord> {
-    match value {
-        Value::Nil => Ok(Vec::new()),
-        Value::Map(entries) => entries
-            .into_iter()
-            .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
-            .collect(),
-        Value::Array(items) => {
-            if items.len() % 2 != 0 {
-                return Err(CorruptRecord("odd number of hash items".into()));
-            }
-            let mut pairs = Vec::with_capacity(items.len() / 2);
-            let mut items = items.into_iter();
-            while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                pairs.push((bytes(k)?, bytes(v)?));
-            }
-            Ok(pairs)
-        }
-        other => Err(CorruptRecord(format!("not a hash: {other:?}"))),
-    }
 }
 
 /// The bytes of a string reply.

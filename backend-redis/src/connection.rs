@@ -140,7 +140,8 @@ impl RedisConnection {
     }
 
     /// Takes a connection from the pool, connecting if needed, within the
-    /// connect timeout.
+    /// pool's wait and connect timeouts (the connect timeout each). Call it
+    /// inside [`bounded`](Self::bounded), which bounds the whole call.
     ///
     /// # Errors
     ///
@@ -155,17 +156,15 @@ impl RedisConnection {
         // connection for a whole call halved throughput under load (see
         // bench/results/REPORT.md). Nothing here uses MULTI or WATCH, which
         // sharing would break.
-        let pooled = async {
-            self.pool
-                .get()
-                .await
-                .map(|object| PooledConnection((*object).clone()))
-                .map_err(|e| from_pool(e, bound))
-        };
-        match tokio::time::timeout(bound, pooled).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(bound)),
-        }
+        //
+        // No timer of its own: the pool bounds its wait, connect and recycle
+        // steps (each by the connect or command timeout), and every caller
+        // runs inside `bounded`, the one deadline of the whole call.
+        self.pool
+            .get()
+            .await
+            .map(|object| PooledConnection((*object).clone()))
+            .map_err(|e| from_pool(e, bound))
     }
 
     /// Runs `work` within [`bound`](Self::bound): it never hangs, whatever
@@ -432,13 +431,17 @@ impl managed::Manager for Manager {
     type Error = RedisError;
 
     async fn create(&self) -> Result<SharedConnection, RedisError> {
+        // Connecting (TCP, TLS, handshake) is a future of many kilobytes.
+        // Boxed, it stays out of the pool's checkout future, which every
+        // store call builds and moves; inline, copying it cost more than
+        // parsing the reply.
         let raw = match &self.connector {
             Connector::Standalone { client, config } => Raw::Standalone(
-                client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?,
+                Box::pin(client.get_multiplexed_async_connection_with_config(config)).await?,
             ),
-            Connector::Cluster(client) => Raw::Cluster(client.get_async_connection().await?),
+            Connector::Cluster(client) => {
+                Raw::Cluster(Box::pin(client.get_async_connection()).await?)
+            }
         };
         Ok(SharedConnection {
             raw,
@@ -458,7 +461,8 @@ impl managed::Manager for Manager {
             return Ok(());
         }
         let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
-        let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
+        // Boxed for the same reason as `create`'s connect.
+        let echoed: String = Box::pin(redis::cmd("PING").arg(&n).query_async(conn)).await?;
         if echoed == n {
             Ok(())
         } else {

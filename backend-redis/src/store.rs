@@ -235,8 +235,7 @@ impl SessionStore for RedisStore {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.keys.session(key));
         let value: Value = self.conn.query(&cmd).await?;
-        let pairs = codec::hash_pairs(value).map_err(StoreError::corrupt)?;
-        let record = codec::decode(pairs).map_err(StoreError::corrupt)?;
+        let record = codec::decode_hash(value).map_err(StoreError::corrupt)?;
         Ok(record.filter(|r| !r.is_expired(now)).map(Arc::new))
     }
 
@@ -336,8 +335,7 @@ impl SessionStore for RedisStore {
                     Some(0) => Ok((SaveOutcome::Gone, String::new(), None, true)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
-                        let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
-                        match codec::decode(pairs).map_err(StoreError::corrupt)? {
+                        match codec::decode_hash(hash).map_err(StoreError::corrupt)? {
                             Some(current) => Ok((
                                 SaveOutcome::Conflict(Arc::new(current)),
                                 String::new(),
@@ -486,8 +484,7 @@ impl SessionStore for RedisStore {
                     Some(0) => Ok((DeleteOutcome::Gone, String::new(), true)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
-                        let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
-                        match codec::decode(pairs).map_err(StoreError::corrupt)? {
+                        match codec::decode_hash(hash).map_err(StoreError::corrupt)? {
                             Some(current) => Ok((
                                 DeleteOutcome::Conflict(Arc::new(current)),
                                 String::new(),
