@@ -94,9 +94,72 @@ pub(crate) fn decode_hash(value: Value) -> Result<Option<Record>, CorruptRecord>
     }
 }
 
-fn decode_pairs(
-    pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), CorruptRecord>>,
-) -> Result<Option<Record>, CorruptRecord> {
+/// Decodes the load script's reply (see `scripts::LOAD`): the hash's
+/// fields and values as `<length>:<bytes>`, one after the other. An empty
+/// string is no record.
+pub(crate) fn decode_packed(value: Value) -> Result<Option<Record>, CorruptRecord> {
+    let packed = match value {
+        Value::BulkString(bytes) => bytes,
+        Value::Nil => return Ok(None),
+        other => return Err(CorruptRecord(format!("not a packed hash: {other:?}"))),
+    };
+    let mut items = Packed(packed.as_slice());
+    decode_pairs(std::iter::from_fn(|| {
+        let field = items.next()?;
+        Some(field.and_then(|field| {
+            let value = items
+                .next()
+                .unwrap_or_else(|| Err(CorruptRecord("odd number of hash items".into())))?;
+            Ok((field, value))
+        }))
+    }))
+}
+
+/// The items of a packed hash, `<length>:<bytes>` each.
+struct Packed<'a>(&'a [u8]);
+
+impl<'a> Iterator for Packed<'a> {
+    type Item = Result<&'a [u8], CorruptRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        match split_item(self.0) {
+            Some((item, rest)) => {
+                self.0 = rest;
+                Some(Ok(item))
+            }
+            None => {
+                self.0 = &[];
+                Some(Err(CorruptRecord(
+                    "a packed hash item does not decode".into(),
+                )))
+            }
+        }
+    }
+}
+
+/// The first `<length>:<bytes>` item of `packed`, and what follows it.
+fn split_item(packed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = packed.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(packed.get(..colon)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let end = colon.checked_add(1)?.checked_add(len)?;
+    Some((packed.get(colon + 1..end)?, packed.get(end..)?))
+}
+
+/// Builds a record from a hash's field/value pairs, owned (`Vec<u8>`, moved
+/// into the record) or borrowed (copied once).
+fn decode_pairs<F, V>(
+    pairs: impl Iterator<Item = Result<(F, V), CorruptRecord>>,
+) -> Result<Option<Record>, CorruptRecord>
+where
+    F: AsRef<[u8]> + Into<Vec<u8>>,
+    V: AsRef<[u8]> + Into<Vec<u8>>,
+{
     let mut any = false;
     let mut version = None;
     let mut created = None;
@@ -106,23 +169,27 @@ fn decode_pairs(
     for pair in pairs {
         let (field, value) = pair?;
         any = true;
-        let mut field = String::from_utf8(field)
+        let name = std::str::from_utf8(field.as_ref())
             .map_err(|_| CorruptRecord("a field name is not UTF-8".into()))?;
-        if field.starts_with(DATA_PREFIX) {
-            // The field's own buffer becomes the key: no second allocation.
-            field.drain(..DATA_PREFIX.len());
-            data.insert(field, value);
+        if name.starts_with(DATA_PREFIX) {
+            // Checked UTF-8 above; an owned field's buffer becomes the key.
+            let mut key = String::from_utf8(field.into())
+                .map_err(|_| CorruptRecord("a field name is not UTF-8".into()))?;
+            key.drain(..DATA_PREFIX.len());
+            data.insert(key, value.into());
             continue;
         }
-        match field.as_str() {
-            VERSION => version = Some(Version::new(number(&field, &value)?)),
-            CREATED => created = Some(Timestamp::from_millis(number(&field, &value)?)),
-            IDLE => deadlines.idle = Some(Timestamp::from_millis(number(&field, &value)?)),
-            ABSOLUTE => deadlines.absolute = Some(Timestamp::from_millis(number(&field, &value)?)),
+        let value = value.as_ref();
+        match name {
+            VERSION => version = Some(Version::new(number(name, value)?)),
+            CREATED => created = Some(Timestamp::from_millis(number(name, value)?)),
+            IDLE => deadlines.idle = Some(Timestamp::from_millis(number(name, value)?)),
+            ABSOLUTE => deadlines.absolute = Some(Timestamp::from_millis(number(name, value)?)),
             PRINCIPAL => {
                 principal = Some(
-                    String::from_utf8(value)
-                        .map_err(|_| CorruptRecord("the principal is not UTF-8".into()))?,
+                    std::str::from_utf8(value)
+                        .map_err(|_| CorruptRecord("the principal is not UTF-8".into()))?
+                        .to_owned(),
                 );
             }
             _ => {}
@@ -199,6 +266,31 @@ mod tests {
         record.data.insert("d:x".into(), vec![0, 255]);
         let decoded = decode(encode(&record)).unwrap();
         assert_eq!(decoded, Some(record));
+    }
+
+    #[test]
+    fn packed_hashes_decode_like_field_pairs() {
+        let mut record = Record::new(
+            Timestamp::from_millis(5),
+            Deadlines::idle_at(Timestamp::from_millis(10)),
+        );
+        record.version = Version::new(3);
+        record.data.insert("k:1".into(), b"a:b\x00".to_vec());
+        record.data.insert("empty".into(), Vec::new());
+        let mut packed = Vec::new();
+        for (field, value) in encode(&record) {
+            for item in [field, value] {
+                packed.extend_from_slice(format!("{}:", item.len()).as_bytes());
+                packed.extend_from_slice(&item);
+            }
+        }
+        let decoded = decode_packed(Value::BulkString(packed.clone())).unwrap();
+        assert_eq!(decoded, Some(record));
+        assert_eq!(decode_packed(Value::BulkString(Vec::new())).unwrap(), None);
+        assert!(decode_packed(Value::BulkString(packed[..packed.len() - 1].to_vec())).is_err());
+        assert!(decode_packed(Value::BulkString(b"7:version".to_vec())).is_err());
+        assert!(decode_packed(Value::BulkString(b"x:".to_vec())).is_err());
+        assert!(decode_packed(Value::Int(1)).is_err());
     }
 
     #[test]

@@ -232,10 +232,19 @@ impl SessionStore for RedisStore {
         key: &SessionKey,
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(self.keys.session(key));
-        let value: Value = self.conn.query(&cmd).await?;
-        let record = codec::decode_hash(value).map_err(StoreError::corrupt)?;
+        let value: Value = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                self.scripts
+                    .load
+                    .key(self.keys.session(key))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))
+            })
+            .await?;
+        let record = codec::decode_packed(value).map_err(StoreError::corrupt)?;
         Ok(record.filter(|r| !r.is_expired(now)).map(Arc::new))
     }
 
