@@ -143,21 +143,18 @@ impl<'a> Iterator for Packed<'a> {
 /// The first `<length>:<bytes>` item of `packed`, and what follows it.
 fn split_item(packed: &[u8]) -> Option<(&[u8], &[u8])> {
     let colon = packed.iter().position(|&b| b == b':')?;
-    let len: usize = std::str::from_utf8(packed.get(..colon)?)
-        .ok()?
-        .parse()
-        .ok()?;
+    let len = usize::try_from(decimal(packed.get(..colon)?)?).ok()?;
     let end = colon.checked_add(1)?.checked_add(len)?;
     Some((packed.get(colon + 1..end)?, packed.get(end..)?))
 }
 
-/// Builds a record from a hash's field/value pairs, owned (`Vec<u8>`, moved
-/// into the record) or borrowed (copied once).
+/// Builds a record from a hash's field/value pairs; values owned
+/// (`Vec<u8>`, moved into the record) or borrowed (copied once).
 fn decode_pairs<F, V>(
     pairs: impl Iterator<Item = Result<(F, V), CorruptRecord>>,
 ) -> Result<Option<Record>, CorruptRecord>
 where
-    F: AsRef<[u8]> + Into<Vec<u8>>,
+    F: AsRef<[u8]>,
     V: AsRef<[u8]> + Into<Vec<u8>>,
 {
     let mut any = false;
@@ -171,12 +168,8 @@ where
         any = true;
         let name = std::str::from_utf8(field.as_ref())
             .map_err(|_| CorruptRecord("a field name is not UTF-8".into()))?;
-        if name.starts_with(DATA_PREFIX) {
-            // Checked UTF-8 above; an owned field's buffer becomes the key.
-            let mut key = String::from_utf8(field.into())
-                .map_err(|_| CorruptRecord("a field name is not UTF-8".into()))?;
-            key.drain(..DATA_PREFIX.len());
-            data.insert(key, value.into());
+        if let Some(key) = name.strip_prefix(DATA_PREFIX) {
+            data.insert(key.to_owned(), value.into());
             continue;
         }
         let value = value.as_ref();
@@ -231,10 +224,20 @@ pub fn encode_fields(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Parses a decimal metadata field.
 pub(crate) fn number(field: &str, value: &[u8]) -> Result<u64, CorruptRecord> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number")))
+    decimal(value).ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number")))
+}
+
+/// A `u64` in decimal, as `str::parse` reads it (an optional `+`, digits,
+/// no overflow), straight from the bytes: no UTF-8 pass first.
+fn decimal(bytes: &[u8]) -> Option<u64> {
+    let digits = bytes.strip_prefix(b"+").unwrap_or(bytes);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// The bytes of a string reply.
@@ -291,6 +294,26 @@ mod tests {
         assert!(decode_packed(Value::BulkString(b"7:version".to_vec())).is_err());
         assert!(decode_packed(Value::BulkString(b"x:".to_vec())).is_err());
         assert!(decode_packed(Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn decimals_parse_as_str_parse_does() {
+        let texts = [
+            "0",
+            "+7",
+            "0042",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "+",
+            "-1",
+            "1a",
+            " 1",
+            "++1",
+        ];
+        for text in texts {
+            assert_eq!(decimal(text.as_bytes()), text.parse().ok(), "{text:?}");
+        }
     }
 
     #[test]

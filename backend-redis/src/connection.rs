@@ -298,12 +298,22 @@ impl SharedConnection {
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let request = match &mut self.raw {
-            Raw::Standalone(c) => c.req_packed_command(cmd),
-            Raw::Cluster(c) => c.req_packed_command(cmd),
-        };
-        let broken = self.broken.clone();
-        Self::watch_with(broken, request)
+        match &mut self.raw {
+            // One box, not two: the standalone command is awaited inline.
+            Raw::Standalone(c) => {
+                let broken = &self.broken;
+                Box::pin(async move {
+                    let result = c.send_packed_command(cmd).await;
+                    if let Err(error) = &result
+                        && breaks_connection(error)
+                    {
+                        broken.store(true, Ordering::Relaxed);
+                    }
+                    result
+                })
+            }
+            Raw::Cluster(c) => Self::watch_with(self.broken.clone(), c.req_packed_command(cmd)),
+        }
     }
 
     fn req_packed_commands<'a>(

@@ -59,6 +59,21 @@ use std::time::Duration;
 
 use crate::error::StoreError;
 
+/// Records `$metric!($name, "op" => op)` with `op` (`create`, `write` or
+/// `rotate`) written as a literal: a key whose labels are all literals is
+/// static and built without allocating, which counts on every request when
+/// no recorder listens. Any other op gets a key built per call.
+macro_rules! by_op {
+    ($op:expr, $metric:ident!($name:expr) $($record:tt)*) => {
+        match $op {
+            "create" => metrics::$metric!($name, "op" => "create") $($record)*,
+            "write" => metrics::$metric!($name, "op" => "write") $($record)*,
+            "rotate" => metrics::$metric!($name, "op" => "rotate") $($record)*,
+            other => metrics::$metric!($name, "op" => other) $($record)*,
+        }
+    };
+}
+
 /// `offstate_store_calls_total`: store calls by backend, operation, outcome.
 pub const STORE_CALLS: &str = "offstate_store_calls_total";
 /// `offstate_store_call_duration_seconds`: store call latency.
@@ -169,23 +184,29 @@ pub(crate) fn store_call(
 /// A save (`op`: `write` or `rotate`) is over: how many conflicts it met,
 /// and whether it gave up.
 pub(crate) fn save_finished(op: &'static str, retries: u32, exhausted: bool) {
-    metrics::histogram!(SESSION_SAVE_RETRIES, "op" => op).record(f64::from(retries));
+    by_op!(
+        op,
+        histogram!(SESSION_SAVE_RETRIES).record(f64::from(retries))
+    );
     if exhausted {
-        metrics::counter!(SESSION_RETRIES_EXHAUSTED, "op" => op).increment(1);
+        by_op!(op, counter!(SESSION_RETRIES_EXHAUSTED).increment(1));
     }
 }
 
 pub(crate) fn conflict(op: &'static str) {
-    metrics::counter!(SESSION_CONFLICTS, "op" => op).increment(1);
+    by_op!(op, counter!(SESSION_CONFLICTS).increment(1));
 }
 
 pub(crate) fn touch(written: bool) {
-    let result = if written { "written" } else { "skipped" };
-    metrics::counter!(SESSION_TOUCHES, "result" => result).increment(1);
+    if written {
+        metrics::counter!(SESSION_TOUCHES, "result" => "written").increment(1);
+    } else {
+        metrics::counter!(SESSION_TOUCHES, "result" => "skipped").increment(1);
+    }
 }
 
 pub(crate) fn record_written(op: &'static str, bytes: usize) {
-    metrics::histogram!(SESSION_RECORD_BYTES, "op" => op).record(bytes as f64);
+    by_op!(op, histogram!(SESSION_RECORD_BYTES).record(bytes as f64));
 }
 
 pub(crate) fn created() {
@@ -209,10 +230,9 @@ pub(crate) fn expired_on_read() {
 }
 
 pub(crate) fn outage(fail_open: bool) {
-    let decision = if fail_open {
-        "fail_open"
+    if fail_open {
+        metrics::counter!(OUTAGE_DECISIONS, "decision" => "fail_open").increment(1);
     } else {
-        "fail_closed"
-    };
-    metrics::counter!(OUTAGE_DECISIONS, "decision" => decision).increment(1);
+        metrics::counter!(OUTAGE_DECISIONS, "decision" => "fail_closed").increment(1);
+    }
 }
