@@ -67,35 +67,129 @@ pub(crate) fn encode(record: &Record) -> Fields {
 }
 
 /// Decodes a hash's field/value pairs. An empty hash is no record.
+#[cfg(test)]
 pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
-    if pairs.is_empty() {
-        return Ok(None);
+    decode_pairs(pairs.into_iter().map(Ok))
+}
+
+/// Decodes an `HGETALL` reply (or a script's copy of one) straight into a
+/// record, without collecting the pairs first. An empty hash is no record.
+pub(crate) fn decode_hash(value: Value) -> Result<Option<Record>, CorruptRecord> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::Map(entries) => {
+            decode_pairs(entries.into_iter().map(|(k, v)| Ok((bytes(k)?, bytes(v)?))))
+        }
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(CorruptRecord("odd number of hash items".into()));
+            }
+            let mut items = items.into_iter();
+            decode_pairs(std::iter::from_fn(|| {
+                let (k, v) = (items.next()?, items.next()?);
+                Some(bytes(k).and_then(|k| Ok((k, bytes(v)?))))
+            }))
+        }
+        other => Err(CorruptRecord(format!("not a hash: {other:?}"))),
     }
+}
+
+/// Decodes the load script's reply (see `scripts::LOAD`): the hash's
+/// fields and values as `<length>:<bytes>`, one after the other. An empty
+/// string is no record.
+pub(crate) fn decode_packed(value: Value) -> Result<Option<Record>, CorruptRecord> {
+    let packed = match value {
+        Value::BulkString(bytes) => bytes,
+        Value::Nil => return Ok(None),
+        other => return Err(CorruptRecord(format!("not a packed hash: {other:?}"))),
+    };
+    let mut items = Packed(packed.as_slice());
+    decode_pairs(std::iter::from_fn(|| {
+        let field = items.next()?;
+        Some(field.and_then(|field| {
+            let value = items
+                .next()
+                .unwrap_or_else(|| Err(CorruptRecord("odd number of hash items".into())))?;
+            Ok((field, value))
+        }))
+    }))
+}
+
+/// The items of a packed hash, `<length>:<bytes>` each.
+struct Packed<'a>(&'a [u8]);
+
+impl<'a> Iterator for Packed<'a> {
+    type Item = Result<&'a [u8], CorruptRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        match split_item(self.0) {
+            Some((item, rest)) => {
+                self.0 = rest;
+                Some(Ok(item))
+            }
+            None => {
+                self.0 = &[];
+                Some(Err(CorruptRecord(
+                    "a packed hash item does not decode".into(),
+                )))
+            }
+        }
+    }
+}
+
+/// The first `<length>:<bytes>` item of `packed`, and what follows it.
+fn split_item(packed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = packed.iter().position(|&b| b == b':')?;
+    let len = usize::try_from(decimal(packed.get(..colon)?)?).ok()?;
+    let end = colon.checked_add(1)?.checked_add(len)?;
+    Some((packed.get(colon + 1..end)?, packed.get(end..)?))
+}
+
+/// Builds a record from a hash's field/value pairs; values owned
+/// (`Vec<u8>`, moved into the record) or borrowed (copied once).
+fn decode_pairs<F, V>(
+    pairs: impl Iterator<Item = Result<(F, V), CorruptRecord>>,
+) -> Result<Option<Record>, CorruptRecord>
+where
+    F: AsRef<[u8]>,
+    V: AsRef<[u8]> + Into<Vec<u8>>,
+{
+    let mut any = false;
     let mut version = None;
     let mut created = None;
     let mut deadlines = Deadlines::default();
     let mut principal = None;
     let mut data = BTreeMap::new();
-    for (field, value) in pairs {
-        let field = String::from_utf8(field)
+    for pair in pairs {
+        let (field, value) = pair?;
+        any = true;
+        let name = std::str::from_utf8(field.as_ref())
             .map_err(|_| CorruptRecord("a field name is not UTF-8".into()))?;
-        if let Some(key) = field.strip_prefix(DATA_PREFIX) {
-            data.insert(key.to_owned(), value);
+        if let Some(key) = name.strip_prefix(DATA_PREFIX) {
+            data.insert(key.to_owned(), value.into());
             continue;
         }
-        match field.as_str() {
-            VERSION => version = Some(Version::new(number(&field, &value)?)),
-            CREATED => created = Some(Timestamp::from_millis(number(&field, &value)?)),
-            IDLE => deadlines.idle = Some(Timestamp::from_millis(number(&field, &value)?)),
-            ABSOLUTE => deadlines.absolute = Some(Timestamp::from_millis(number(&field, &value)?)),
+        let value = value.as_ref();
+        match name {
+            VERSION => version = Some(Version::new(number(name, value)?)),
+            CREATED => created = Some(Timestamp::from_millis(number(name, value)?)),
+            IDLE => deadlines.idle = Some(Timestamp::from_millis(number(name, value)?)),
+            ABSOLUTE => deadlines.absolute = Some(Timestamp::from_millis(number(name, value)?)),
             PRINCIPAL => {
                 principal = Some(
-                    String::from_utf8(value)
-                        .map_err(|_| CorruptRecord("the principal is not UTF-8".into()))?,
+                    std::str::from_utf8(value)
+                        .map_err(|_| CorruptRecord("the principal is not UTF-8".into()))?
+                        .to_owned(),
                 );
             }
             _ => {}
         }
+    }
+    if !any {
+        return Ok(None);
     }
     let version = version.ok_or_else(|| CorruptRecord("no version field".into()))?;
     let created = created.ok_or_else(|| CorruptRecord("no created field".into()))?;
@@ -116,9 +210,7 @@ pub(crate) fn decode(pairs: Fields) -> Result<Option<Record>, CorruptRecord> {
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn decode_reply(reply: Value) -> Result<Option<Record>, String> {
-    hash_pairs(reply)
-        .and_then(decode)
-        .map_err(|error| error.to_string())
+    decode_hash(reply).map_err(|error| error.to_string())
 }
 
 /// The field/value pairs the store writes for `record`, for the fuzz
@@ -132,34 +224,20 @@ pub fn encode_fields(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Parses a decimal metadata field.
 pub(crate) fn number(field: &str, value: &[u8]) -> Result<u64, CorruptRecord> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number")))
+    decimal(value).ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number")))
 }
 
-/// The field/value pairs of an `HGETALL` reply (a flat array in RESP2, a
-/// map in RESP3).
-pub(crate) fn hash_pairs(value: Value) -> Result<Fields, CorruptRecord> {
-    match value {
-        Value::Nil => Ok(Vec::new()),
-        Value::Map(entries) => entries
-            .into_iter()
-            .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
-            .collect(),
-        Value::Array(items) => {
-            if items.len() % 2 != 0 {
-                return Err(CorruptRecord("odd number of hash items".into()));
-            }
-            let mut pairs = Vec::with_capacity(items.len() / 2);
-            let mut items = items.into_iter();
-            while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                pairs.push((bytes(k)?, bytes(v)?));
-            }
-            Ok(pairs)
-        }
-        other => Err(CorruptRecord(format!("not a hash: {other:?}"))),
+/// A `u64` in decimal, as `str::parse` reads it (an optional `+`, digits,
+/// no overflow), straight from the bytes: no UTF-8 pass first.
+fn decimal(bytes: &[u8]) -> Option<u64> {
+    let digits = bytes.strip_prefix(b"+").unwrap_or(bytes);
+    if digits.is_empty() {
+        return None;
     }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// The bytes of a string reply.
@@ -191,6 +269,51 @@ mod tests {
         record.data.insert("d:x".into(), vec![0, 255]);
         let decoded = decode(encode(&record)).unwrap();
         assert_eq!(decoded, Some(record));
+    }
+
+    #[test]
+    fn packed_hashes_decode_like_field_pairs() {
+        let mut record = Record::new(
+            Timestamp::from_millis(5),
+            Deadlines::idle_at(Timestamp::from_millis(10)),
+        );
+        record.version = Version::new(3);
+        record.data.insert("k:1".into(), b"a:b\x00".to_vec());
+        record.data.insert("empty".into(), Vec::new());
+        let mut packed = Vec::new();
+        for (field, value) in encode(&record) {
+            for item in [field, value] {
+                packed.extend_from_slice(format!("{}:", item.len()).as_bytes());
+                packed.extend_from_slice(&item);
+            }
+        }
+        let decoded = decode_packed(Value::BulkString(packed.clone())).unwrap();
+        assert_eq!(decoded, Some(record));
+        assert_eq!(decode_packed(Value::BulkString(Vec::new())).unwrap(), None);
+        assert!(decode_packed(Value::BulkString(packed[..packed.len() - 1].to_vec())).is_err());
+        assert!(decode_packed(Value::BulkString(b"7:version".to_vec())).is_err());
+        assert!(decode_packed(Value::BulkString(b"x:".to_vec())).is_err());
+        assert!(decode_packed(Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn decimals_parse_as_str_parse_does() {
+        let texts = [
+            "0",
+            "+7",
+            "0042",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "+",
+            "-1",
+            "1a",
+            " 1",
+            "++1",
+        ];
+        for text in texts {
+            assert_eq!(decimal(text.as_bytes()), text.parse().ok(), "{text:?}");
+        }
     }
 
     #[test]

@@ -140,7 +140,8 @@ impl RedisConnection {
     }
 
     /// Takes a connection from the pool, connecting if needed, within the
-    /// connect timeout.
+    /// pool's wait and connect timeouts (the connect timeout each). Call it
+    /// inside [`bounded`](Self::bounded), which bounds the whole call.
     ///
     /// # Errors
     ///
@@ -155,17 +156,15 @@ impl RedisConnection {
         // connection for a whole call halved throughput under load (see
         // bench/results/REPORT.md). Nothing here uses MULTI or WATCH, which
         // sharing would break.
-        let pooled = async {
-            self.pool
-                .get()
-                .await
-                .map(|object| PooledConnection((*object).clone()))
-                .map_err(|e| from_pool(e, bound))
-        };
-        match tokio::time::timeout(bound, pooled).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(bound)),
-        }
+        //
+        // No timer of its own: the pool bounds its wait, connect and recycle
+        // steps (each by the connect or command timeout), and every caller
+        // runs inside `bounded`, the one deadline of the whole call.
+        self.pool
+            .get()
+            .await
+            .map(|object| PooledConnection((*object).clone()))
+            .map_err(|e| from_pool(e, bound))
     }
 
     /// Runs `work` within [`bound`](Self::bound): it never hangs, whatever
@@ -314,12 +313,22 @@ impl SharedConnection {
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let request = match &mut self.raw {
-            Raw::Standalone(c) => c.req_packed_command(cmd),
-            Raw::Cluster(c) => c.req_packed_command(cmd),
-        };
-        let broken = self.broken.clone();
-        Self::watch_with(broken, request)
+        match &mut self.raw {
+            // One box, not two: the standalone command is awaited inline.
+            Raw::Standalone(c) => {
+                let broken = &self.broken;
+                Box::pin(async move {
+                    let result = c.send_packed_command(cmd).await;
+                    if let Err(error) = &result
+                        && breaks_connection(error)
+                    {
+                        broken.store(true, Ordering::Relaxed);
+                    }
+                    result
+                })
+            }
+            Raw::Cluster(c) => Self::watch_with(self.broken.clone(), c.req_packed_command(cmd)),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -447,13 +456,17 @@ impl managed::Manager for Manager {
     type Error = RedisError;
 
     async fn create(&self) -> Result<SharedConnection, RedisError> {
+        // Connecting (TCP, TLS, handshake) is a future of many kilobytes.
+        // Boxed, it stays out of the pool's checkout future, which every
+        // store call builds and moves; inline, copying it cost more than
+        // parsing the reply.
         let raw = match &self.connector {
             Connector::Standalone { client, config } => Raw::Standalone(
-                client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?,
+                Box::pin(client.get_multiplexed_async_connection_with_config(config)).await?,
             ),
-            Connector::Cluster(client) => Raw::Cluster(client.get_async_connection().await?),
+            Connector::Cluster(client) => {
+                Raw::Cluster(Box::pin(client.get_async_connection()).await?)
+            }
         };
         Ok(SharedConnection {
             raw,
@@ -473,7 +486,8 @@ impl managed::Manager for Manager {
             return Ok(());
         }
         let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
-        let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
+        // Boxed for the same reason as `create`'s connect.
+        let echoed: String = Box::pin(redis::cmd("PING").arg(&n).query_async(conn)).await?;
         if echoed == n {
             Ok(())
         } else {

@@ -26,7 +26,15 @@ impl KeySpace {
 
     /// The hash holding one session: `<prefix>s:{<session key>}`.
     pub(crate) fn session(&self, key: &SessionKey) -> String {
-        format!("{}s:{{{}}}", self.prefix, key.as_str())
+        // Built by hand: this runs on every store call, and `format!` costs
+        // several times the copying.
+        let key = key.as_str();
+        let mut name = String::with_capacity(self.prefix.len() + key.len() + 4);
+        name.push_str(&self.prefix);
+        name.push_str("s:{");
+        name.push_str(key);
+        name.push('}');
+        name
     }
 
     /// The sorted set indexing one principal's sessions:

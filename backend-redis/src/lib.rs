@@ -32,9 +32,12 @@
 //! Redis the hash also holds `ix`, its principal's index key, so the
 //! scripts can keep the index in step (see the `index` module).
 //!
-//! - **Load** is one `HGETALL`; the record's deadlines are checked against
-//!   the caller's "now" (the `Sessions`' clock) whatever the server TTL
-//!   did. Fields that do not decode give `StoreError::Corrupt`.
+//! - **Load** is one round trip: a read-only script that runs `HGETALL`
+//!   and packs the hash into one string (cheaper for the client to parse
+//!   than the many short strings of `HGETALL`'s reply); the record's
+//!   deadlines are checked against the caller's "now" (the `Sessions`'
+//!   clock) whatever the server TTL did. Fields that do not decode give
+//!   `StoreError::Corrupt`.
 //! - **Every write is one Lua script** (`EVALSHA`, loading the script on
 //!   `NOSCRIPT`) that atomically checks existence, expected version and
 //!   expiry (with "now" passed by the caller, never the server's

@@ -281,9 +281,26 @@ index_add(KEYS[1], ARGV[2], ARGV[1], ARGV[3])
 return 1
 ";
 
+/// Reads a session: the whole hash as one string, each field and each
+/// value as `<byte length>:<bytes>`, in `HGETALL` order; "" for no hash. A
+/// key of another type answers `HGETALL`'s own `WRONGTYPE` error (returned,
+/// not raised, so its code survives on every Redis version).
+///
+/// Why a script for a read: the client parses one string reply in a few
+/// hundred instructions, where the many short strings of `HGETALL` took
+/// the redis client's parser over ten thousand (bench/results/REPORT.md,
+/// section 3). The expiry check stays with the caller, on its clock.
+const LOAD: &str = r"
+local h = redis.pcall('HGETALL', KEYS[1])
+if h.err then return h end
+for i = 1, #h do h[i] = #h[i] .. ':' .. h[i] end
+return table.concat(h)
+";
+
 /// The compiled scripts (each knows its SHA-1).
 #[derive(Debug)]
 pub(crate) struct Scripts {
+    pub(crate) load: Script,
     pub(crate) create: Script,
     pub(crate) save: Script,
     pub(crate) touch: Script,
@@ -297,6 +314,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         let session = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Self {
+            load: Script::new(LOAD),
             create: session(CREATE),
             save: session(SAVE),
             touch: session(TOUCH),

@@ -246,11 +246,19 @@ impl SessionStore for RedisStore {
         key: &SessionKey,
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(self.keys.session(key));
-        let value: Value = self.conn.query(&cmd).await?;
-        let pairs = codec::hash_pairs(value).map_err(StoreError::corrupt)?;
-        let record = codec::decode(pairs).map_err(StoreError::corrupt)?;
+        let value: Value = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                self.scripts
+                    .load
+                    .key(self.keys.session(key))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))
+            })
+            .await?;
+        let record = codec::decode_packed(value).map_err(StoreError::corrupt)?;
         Ok(record.filter(|r| !r.is_expired(now)).map(Arc::new))
     }
 
@@ -350,8 +358,7 @@ impl SessionStore for RedisStore {
                     Some(0) => Ok((SaveOutcome::Gone, String::new(), None, true)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
-                        let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
-                        match codec::decode(pairs).map_err(StoreError::corrupt)? {
+                        match codec::decode_hash(hash).map_err(StoreError::corrupt)? {
                             Some(current) => Ok((
                                 SaveOutcome::Conflict(Arc::new(current)),
                                 String::new(),
@@ -501,8 +508,7 @@ impl SessionStore for RedisStore {
                     Some(0) => Ok((DeleteOutcome::Gone, String::new(), true)),
                     Some(1) => {
                         let hash = reply.next().unwrap_or(Value::Nil);
-                        let pairs = codec::hash_pairs(hash).map_err(StoreError::corrupt)?;
-                        match codec::decode(pairs).map_err(StoreError::corrupt)? {
+                        match codec::decode_hash(hash).map_err(StoreError::corrupt)? {
                             Some(current) => Ok((
                                 DeleteOutcome::Conflict(Arc::new(current)),
                                 String::new(),

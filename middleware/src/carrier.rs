@@ -18,7 +18,7 @@ use offstate_core::middleware::ClientUpdate;
 use offstate_core::telemetry::RefusedInput;
 use offstate_core::{SessionId, Timestamp};
 
-use crate::config::{CookieConfig, Transport};
+use crate::config::{CookieConfig, SameSite, Transport};
 use crate::signing::SigningKey;
 
 /// Everything the middleware needs to read and write the ID.
@@ -59,10 +59,12 @@ impl Refusal {
 #[derive(Debug)]
 pub(crate) struct BadHeader;
 
-/// The distinct values seen, or why they are refused.
+/// The distinct values seen (kept inline: no allocation per request), or
+/// why they are refused.
 #[derive(Default)]
 struct Seen<'a> {
-    values: Vec<&'a [u8]>,
+    values: [&'a [u8]; MAX_CANDIDATES],
+    len: usize,
     refusal: Option<Refusal>,
 }
 
@@ -72,9 +74,14 @@ impl<'a> Seen<'a> {
             self.refusal = Some(Refusal::TooLong);
             return;
         }
-        if !self.values.contains(&value) && self.values.len() < MAX_CANDIDATES {
-            self.values.push(value);
+        if self.len < MAX_CANDIDATES && !self.values().contains(&value) {
+            self.values[self.len] = value;
+            self.len += 1;
         }
+    }
+
+    fn values(&self) -> &[&'a [u8]] {
+        self.values.get(..self.len).unwrap_or_default()
     }
 }
 
@@ -124,8 +131,9 @@ impl Carrier {
             return Err(refusal);
         }
         Ok(seen
-            .values
-            .into_iter()
+            .values()
+            .iter()
+            .copied()
             .filter(|value| !value.is_empty())
             .filter_map(|value| self.decode(value).map_err(|reason| reason.record()).ok())
             .collect())
@@ -165,7 +173,7 @@ impl Carrier {
                 let max_age = expires_at
                     .filter(|_| config.persistent())
                     .map(|at| at.saturating_since(now).as_secs().max(1));
-                let value = set_cookie(config, self.encode(id), max_age);
+                let value = set_cookie(config, &self.encode(id), max_age);
                 headers.append(SET_COOKIE, header_value(value)?);
                 Ok(())
             }
@@ -211,13 +219,39 @@ fn base_cookie(config: &CookieConfig, value: String) -> cookie::Cookie<'static> 
     cookie
 }
 
-fn set_cookie(config: &CookieConfig, value: String, max_age_secs: Option<u64>) -> String {
-    let mut cookie = base_cookie(config, value);
+/// The `Set-Cookie` value that sends the ID: the same text the `cookie`
+/// crate writes for [`base_cookie`] (attributes in its order), written
+/// straight into one string, since every write and touch sends it.
+fn set_cookie(config: &CookieConfig, value: &str, max_age_secs: Option<u64>) -> String {
+    use std::fmt::Write as _;
+
+    let name = config.wire_name();
+    let mut text = String::with_capacity(name.len() + value.len() + 96);
+    text.push_str(name);
+    text.push('=');
+    text.push_str(value);
+    if config.http_only() {
+        text.push_str("; HttpOnly");
+    }
+    text.push_str(match config.same_site() {
+        SameSite::Strict => "; SameSite=Strict",
+        SameSite::Lax => "; SameSite=Lax",
+        SameSite::None => "; SameSite=None",
+    });
+    if config.secure() {
+        text.push_str("; Secure");
+    }
+    text.push_str("; Path=");
+    text.push_str(config.path());
+    if let Some(domain) = config.domain() {
+        text.push_str("; Domain=");
+        text.push_str(domain.strip_prefix('.').unwrap_or(domain));
+    }
     if let Some(secs) = max_age_secs {
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        cookie.set_max_age(cookie::time::Duration::seconds(secs));
+        let _ = write!(text, "; Max-Age={secs}");
     }
-    cookie.to_string()
+    text
 }
 
 /// A cookie that makes the browser forget the session cookie: same name,
@@ -227,4 +261,46 @@ pub(crate) fn removal_cookie(config: &CookieConfig) -> String {
     cookie.set_max_age(cookie::time::Duration::ZERO);
     cookie.set_expires(cookie::time::OffsetDateTime::UNIX_EPOCH);
     cookie.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cookie_crate(config: &CookieConfig, value: &str, max_age: Option<u64>) -> String {
+        let mut cookie = base_cookie(config, value.to_owned());
+        if let Some(secs) = max_age {
+            cookie.set_max_age(cookie::time::Duration::seconds(
+                i64::try_from(secs).unwrap_or(i64::MAX),
+            ));
+        }
+        cookie.to_string()
+    }
+
+    #[test]
+    fn set_cookie_writes_what_the_cookie_crate_writes() {
+        let configs = [
+            CookieConfig::default(),
+            CookieConfig::default().with_secure(false),
+            CookieConfig::default()
+                .with_http_only(false)
+                .with_same_site(SameSite::Strict)
+                .with_domain(".example.com")
+                .with_path("/app"),
+            CookieConfig::default()
+                .with_same_site(SameSite::None)
+                .with_domain("example.com"),
+            CookieConfig::default()
+                .with_same_site(SameSite::None)
+                .with_secure(false),
+        ];
+        for config in &configs {
+            for max_age in [None, Some(0), Some(1800), Some(u64::MAX)] {
+                assert_eq!(
+                    set_cookie(config, "abc", max_age),
+                    with_cookie_crate(config, "abc", max_age),
+                );
+            }
+        }
+    }
 }

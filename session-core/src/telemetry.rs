@@ -66,6 +66,21 @@ use std::time::Duration;
 use self::handles::{SAVE_OPS, count, index, observe};
 use crate::error::StoreError;
 
+/// `$metric!($name, "op" => op)` with `op` (`create`, `write` or `rotate`)
+/// written as a literal: a key whose labels are all literals is static and
+/// built without allocating, which counts on every request when no
+/// recorder listens. Any other op gets a key built per call.
+macro_rules! literal_op {
+    ($op:expr, $metric:ident!($name:expr)) => {
+        match $op {
+            "create" => metrics::$metric!($name, "op" => "create"),
+            "write" => metrics::$metric!($name, "op" => "write"),
+            "rotate" => metrics::$metric!($name, "op" => "rotate"),
+            other => metrics::$metric!($name, "op" => other),
+        }
+    };
+}
+
 /// `offstate_store_calls_total`: store calls by backend, operation, outcome.
 pub const STORE_CALLS: &str = "offstate_store_calls_total";
 /// `offstate_store_call_duration_seconds`: store call latency.
@@ -202,13 +217,13 @@ fn by_op<T, const N: usize>(
 pub(crate) fn save_finished(op: &'static str, retries: u32, exhausted: bool) {
     observe(
         by_op(op, |h| &h.save_retries),
-        || metrics::histogram!(SESSION_SAVE_RETRIES, "op" => op),
+        || literal_op!(op, histogram!(SESSION_SAVE_RETRIES)),
         f64::from(retries),
     );
     if exhausted {
         count(
             by_op(op, |h| &h.retries_exhausted),
-            || metrics::counter!(SESSION_RETRIES_EXHAUSTED, "op" => op),
+            || literal_op!(op, counter!(SESSION_RETRIES_EXHAUSTED)),
             1,
         );
     }
@@ -217,16 +232,21 @@ pub(crate) fn save_finished(op: &'static str, retries: u32, exhausted: bool) {
 pub(crate) fn conflict(op: &'static str) {
     count(
         by_op(op, |h| &h.conflicts),
-        || metrics::counter!(SESSION_CONFLICTS, "op" => op),
+        || literal_op!(op, counter!(SESSION_CONFLICTS)),
         1,
     );
 }
 
 pub(crate) fn touch(written: bool) {
-    let result = if written { "written" } else { "skipped" };
     count(
         handles::global().map(|h| &h.touches[usize::from(written)]),
-        || metrics::counter!(SESSION_TOUCHES, "result" => result),
+        || {
+            if written {
+                metrics::counter!(SESSION_TOUCHES, "result" => "written")
+            } else {
+                metrics::counter!(SESSION_TOUCHES, "result" => "skipped")
+            }
+        },
         1,
     );
 }
@@ -234,7 +254,7 @@ pub(crate) fn touch(written: bool) {
 pub(crate) fn record_written(op: &'static str, bytes: usize) {
     observe(
         by_op(op, |h| &h.record_bytes),
-        || metrics::histogram!(SESSION_RECORD_BYTES, "op" => op),
+        || literal_op!(op, histogram!(SESSION_RECORD_BYTES)),
         bytes as f64,
     );
 }
@@ -265,14 +285,15 @@ pub(crate) fn expired_on_read() {
 }
 
 pub(crate) fn outage(fail_open: bool) {
-    let decision = if fail_open {
-        "fail_open"
-    } else {
-        "fail_closed"
-    };
     count(
         handles::global().map(|h| &h.outage[usize::from(fail_open)]),
-        || metrics::counter!(OUTAGE_DECISIONS, "decision" => decision),
+        || {
+            if fail_open {
+                metrics::counter!(OUTAGE_DECISIONS, "decision" => "fail_open")
+            } else {
+                metrics::counter!(OUTAGE_DECISIONS, "decision" => "fail_closed")
+            }
+        },
         1,
     );
 }

@@ -115,6 +115,15 @@ impl Session {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Takes this handle's turn at the store: at once when nobody holds it
+    /// (the usual case, one task per request), else in line.
+    async fn io(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        match self.inner.io.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.inner.io.lock().await,
+        }
+    }
+
     /// Runs `f` on the loaded state, loading it first if needed.
     async fn loaded<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, SessionError> {
         {
@@ -128,7 +137,7 @@ impl Session {
     }
 
     async fn load(&self) -> Result<(), SessionError> {
-        let _io = self.inner.io.lock().await;
+        let _io = self.io().await;
         let (key, candidates) = {
             let mut state = self.lock();
             if state.loaded {
@@ -482,7 +491,7 @@ impl Session {
     ///
     /// [`SessionError::Store`] when the store fails.
     pub async fn delete(&self) -> Result<(), SessionError> {
-        let _io = self.inner.io.lock().await;
+        let _io = self.io().await;
         let key = {
             let mut state = self.lock();
             let record = state.record.take();

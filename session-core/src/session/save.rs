@@ -157,7 +157,7 @@ impl Session {
     }
 
     pub(crate) async fn save_pending(&self) -> Result<(), SessionError> {
-        let _io = self.inner.io.lock().await;
+        let _io = self.io().await;
         let (plan, pending) = {
             let mut state = self.lock();
             let plan = Self::plan(&state);
