@@ -81,15 +81,23 @@ impl CommandStats {
 
 /// Commands offstate's Lua scripts run inside Redis. They appear in
 /// `INFO commandstats` but cost no round trip: the client sent one
-/// `EVALSHA`.
+/// `EVALSHA`. `hgetall` is the load script's; `publish` the write scripts'
+/// announcements (the invalidation channel's own heartbeat `PUBLISH`, one
+/// per process per second, is left out with them); `exists`, `zadd` and
+/// `zremrangebyscore` the principal index's inside the write scripts.
 pub const SCRIPT_INTERNAL: &[&str] = &[
     "type",
+    "hgetall",
     "hmget",
     "hset",
     "hdel",
     "pexpireat",
     "persist",
     "del",
+    "publish",
+    "exists",
+    "zadd",
+    "zremrangebyscore",
 ];
 
 /// Commands clients sent (round trips): all of `calls`, less the commands

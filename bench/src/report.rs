@@ -153,25 +153,22 @@ fn analysis(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
         "- **Reads.** Both libraries make exactly one Redis round trip per \
-         read (offstate `HGETALL`, tower-sessions `GET`). offstate reads cost \
-         {:.0} µs of app CPU and {:.0} µs of Redis CPU per request against \
-         {:.0} µs and {:.0} µs. The session layers themselves differ by a few \
-         µs in process (section 1). A `perf` profile of the offstate app \
-         process under this load shows no single hot spot: syscalls and \
-         allocation first, then the store call's two nested \
-         `tokio::time::timeout`s (timer-wheel insert and removal), the \
-         session handle's `tokio::sync::Mutex`, and decoding the hash's \
-         fields into a `Record`. Redis spends more per `HGETALL` of a \
-         five-field hash than per `GET` of one blob. Until this run's \
-         library, offstate-redis held a pooled connection for a whole call, \
-         so concurrent requests could not pipeline; that cost about half \
-         the read throughput and is fixed (momentary checkout).",
+         read (offstate one `EVALSHA` of its load script, which runs \
+         `HGETALL` and answers the hash as one string; tower-sessions `GET`). \
+         offstate reads cost {:.0} µs of app CPU and {:.0} µs of Redis CPU \
+         per request against {:.0} µs and {:.0} µs. Section 3 counts the \
+         instructions and says where they go: a SHA-256 of the session ID \
+         (the store key), building the `EVALSHA` command, the pool checkout, \
+         the store call's deadline and redis-rs's own, decoding the reply, \
+         and the cookie. The load script costs Redis more than a bare \
+         `HGETALL`, and `HGETALL` of a five-field hash more than `GET` of \
+         one blob.",
         o.read.app_cpu_us, o.read.redis_cpu_us, t.read.app_cpu_us, t.read.redis_cpu_us
     );
     let _ = writeln!(
         out,
         "- **Adds.** An offstate add is two round trips like tower-sessions' \
-         (`HGETALL`, then one `EVALSHA`), but the script runs {:.0} commands \
+         (the load script, then the save script), but the save script runs {:.0} commands \
          inside Redis (`HMGET` to check existence, version and deadlines; one \
          `HSET` of the data, version and deadlines; `PEXPIREAT`), \
          which is what makes a write safe against concurrent writers and \
@@ -509,8 +506,9 @@ pub fn render(results: &Results) -> String {
         out,
         "`redis-benchmark -c {} -n {} -r 100000 -t get,set` against the same \
          server: {:.0} GET/s and {:.0} SET/s. A session read costs one Redis \
-         round trip (HGETALL) and a session write two (HGETALL, then one \
-         EVALSHA), so these are the ceilings the sessions are compared with:\n",
+         round trip (the load script) and a session write two (the load \
+         script, then the save script), so these are the ceilings the \
+         sessions are compared with:\n",
         s.clients, s.raw_requests, raw.get, raw.set
     );
     let _ = writeln!(

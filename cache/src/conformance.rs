@@ -2,6 +2,10 @@
 //! coherent (or bounded) cache promises across instances, run by every
 //! cache configuration (feature `conformance`).
 //!
+//! Why this file is long: it is the cache contract in executable form, one
+//! function per promise with the helpers they share; split, the promises
+//! would no longer read as one list.
+//!
 //! A configuration's tests implement [`CacheHarness`] (how to reach the
 //! shared backend, and how to open a channel to the other instances, if
 //! there is one) and call
