@@ -28,6 +28,10 @@ pub(crate) type Inbox = Arc<Mutex<mpsc::Receiver<ChannelEvent>>>;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) type Publisher =
     Arc<dyn Fn(Invalidation) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
+/// How many times a load yields for pending invalidations to be handled
+/// before it reads the backend instead of its cache.
+const DRAIN_TURNS: u32 = 16;
+
 /// The channel's `in_transit`.
 pub(crate) type InTransit = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -139,6 +143,21 @@ impl Shared {
     /// own check, one uncontended lock attempt and two loads; a listener
     /// polling at this very moment counts as pending. The channel goes
     /// first: each stage marks a message before the one before lets go.
+    /// Lets the listener handle what is pending, for a few turns of the
+    /// scheduler: true once nothing is pending. Every write anywhere in the
+    /// fleet puts a message on every instance's socket, so under write load
+    /// something is often pending; a hit that waits a moment for it stays
+    /// a hit instead of becoming a backend read.
+    pub(crate) async fn drained(&self) -> bool {
+        for _ in 0..DRAIN_TURNS {
+            tokio::task::yield_now().await;
+            if !self.has_pending() {
+                return true;
+            }
+        }
+        false
+    }
+
     pub(crate) fn has_pending(&self) -> bool {
         let Some(inbox) = &self.inbox else {
             return false;

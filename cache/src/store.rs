@@ -352,7 +352,7 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         // before the entry is read, so that what was pending then is
         // evicted by the time it is (asked after, an eviction finishing in
         // between would go unseen, and the entry read before it served).
-        let pending = shared.has_pending();
+        let pending = shared.has_pending() && !shared.drained().await;
         if let Some(entry) = shared.cache.get(key).await {
             let usable =
                 entry.is_fresh(tokio::time::Instant::now()) && !entry.record.is_expired(now);
