@@ -61,21 +61,29 @@ enum Counter {
 impl Counter {
     async fn total(&mut self) -> Result<u64, BenchError> {
         match self {
-            Self::Redis(stats) => Ok(crate::redis_stats::client_commands(&stats.calls().await?)),
-            Self::Memcached(nodes) => {
-                let mut total = 0;
-                for node in nodes.iter() {
-                    total += memcached_requests(node).await?;
-                }
-                Ok(total)
-            }
+            Self::Redis(stats) => Ok(crate::redis_stats::round_trips(&stats.calls().await?)),
+            Self::Memcached(nodes) => memcached_requests(nodes).await,
             Self::Dynamo(count) => Ok(count.load(Ordering::SeqCst)),
         }
     }
 }
 
-/// Sum of a memcached node's request counters.
-async fn memcached_requests(node: &str) -> Result<u64, BenchError> {
+/// Requests the memcached nodes at `nodes` (`host:port`) have served:
+/// the sum of their `stats` request counters.
+///
+/// # Errors
+///
+/// [`BenchError::Io`] when a node cannot be reached.
+pub async fn memcached_requests(nodes: &[String]) -> Result<u64, BenchError> {
+    let mut total = 0;
+    for node in nodes {
+        total += node_requests(node).await?;
+    }
+    Ok(total)
+}
+
+/// Sum of one memcached node's request counters.
+async fn node_requests(node: &str) -> Result<u64, BenchError> {
     const COUNTED: &[&str] = &[
         "cmd_get",
         "cmd_set",

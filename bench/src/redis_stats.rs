@@ -114,6 +114,26 @@ pub fn client_commands(calls: &BTreeMap<String, u64>) -> u64 {
         .sum()
 }
 
+/// Commands an offstate client sends itself, each a round trip: offstate's
+/// store sends `EVALSHA` (the load script and every write, with a one-time
+/// `SCRIPT LOAD` per script and server) and a `PING` after a write that
+/// ends a session when it announces its writes; the cache's invalidation
+/// channel sends `SUBSCRIBE`. Every other command in `INFO commandstats`
+/// (`HGETALL`, `HMGET`, `HSET`, `EXISTS`, `DEL`, `ZADD`, and `PUBLISH` of
+/// the announcements...) runs inside a script and costs Redis CPU, not a
+/// round trip; the channel's heartbeat `PUBLISH` (one per process per
+/// second) is left out with them. For clients that send plain commands
+/// too (the peer's), see [`client_commands`].
+#[must_use]
+pub fn round_trips(calls: &BTreeMap<String, u64>) -> u64 {
+    const SENT: &[&str] = &["evalsha", "eval", "script|load", "subscribe", "ping"];
+    calls
+        .iter()
+        .filter(|(name, _)| SENT.contains(&name.as_str()))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// `cmdstat_hgetall:calls=12,usec=...` lines to `{"hgetall": 12}`.
 #[must_use]
 pub fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {

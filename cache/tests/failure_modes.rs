@@ -147,7 +147,7 @@ impl InvalidationChannel for Board {
     async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
         let gate = self.inner.lock().unwrap().gate.take();
         if let Some(gate) = gate {
-            gate.reached_and_wait().await;
+            gate.pass().await;
         }
         let (failing, delay) = {
             let state = self.inner.lock().unwrap();
@@ -173,21 +173,6 @@ impl InvalidationChannel for Board {
     }
 }
 
-/// `Gate` lets a store call wait; the board reuses it for publishes.
-trait GateExt {
-    async fn reached_and_wait(&self);
-}
-
-impl GateExt for Gate {
-    async fn reached_and_wait(&self) {
-        // A one-call FaultyStore would do the same; a publish is no store
-        // call, so the board passes the gate through a tiny store.
-        let store = FaultyStore::new(MemoryStore::new());
-        store.inject(Call::Load, Fault::Gate(self.clone()));
-        let _ = store.load(&barrier_key(), Timestamp::now()).await;
-    }
-}
-
 type Backend = CountingStore<FaultyStore<MemoryStore>>;
 
 /// One instance: a cache over the shared (faulty, counted) backend, on
@@ -207,6 +192,34 @@ async fn instance<S: SessionStore>(backend: S, board: &Board) -> CachedStore<S> 
 fn backend() -> (Backend, FaultyStore<MemoryStore>) {
     let faulty = FaultyStore::new(MemoryStore::new());
     (CountingStore::new(faulty.clone()), faulty)
+}
+
+/// Two instances, A and B, over one backend on one board, and a session
+/// that A created and B has read (and cached).
+struct Peers {
+    board: Board,
+    backend: Backend,
+    faulty: FaultyStore<MemoryStore>,
+    a: CachedStore<Backend>,
+    b: CachedStore<Backend>,
+    key: SessionKey,
+}
+
+async fn peers() -> Peers {
+    let board = Board::default();
+    let (backend, faulty) = backend();
+    let a = instance(backend.clone(), &board).await;
+    let b = instance(backend.clone(), &board).await;
+    let key = created(&a, None).await;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    Peers {
+        board,
+        backend,
+        faulty,
+        a,
+        b,
+        key,
+    }
 }
 
 fn record(principal: Option<&str>) -> Record {
@@ -398,12 +411,14 @@ async fn a_store_that_announces_its_writes_gets_no_second_announcement() {
 
 #[tokio::test(start_paused = true)]
 async fn a_write_whose_outcome_is_unknown_makes_the_instance_forget_the_session() {
-    let board = Board::default();
-    let (backend, faulty) = backend();
-    let a = instance(backend.clone(), &board).await;
-    let b = instance(backend.clone(), &board).await;
-    let key = created(&a, None).await;
-    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    let Peers {
+        board,
+        backend,
+        faulty,
+        a,
+        b,
+        key,
+    } = peers().await;
     // The save reaches the store; its answer is lost.
     faulty.inject(Call::Save, Fault::TimeoutAfter);
     let outcome = a
@@ -540,13 +555,15 @@ async fn a_revoke_evicts_locally_before_the_backend_call() {
 
 #[tokio::test(start_paused = true)]
 async fn a_publisher_whose_publishes_fail_falls_back_to_bounded_staleness_and_counts_it() {
-    let board = Board::default();
-    let (backend, _) = backend();
-    let a = instance(backend.clone(), &board).await;
-    let b = instance(backend.clone(), &board).await;
-    let key = created(&a, None).await;
+    let Peers {
+        board,
+        backend,
+        a,
+        b,
+        key,
+        ..
+    } = peers().await;
     let other = created(&a, None).await;
-    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
     board.set_failing(true);
     a.save(&key, &change_to(Version::new(1), "1"), Timestamp::now())
         .await
@@ -706,89 +723,15 @@ async fn writers_on_one_instance_take_turns_before_the_store() {
     );
 }
 
-/// A memory store whose next load, once armed, reads and then waits at a
-/// gate before answering: a load that is slow after it read.
-#[derive(Clone, Default)]
-struct SlowAnswer {
-    inner: MemoryStore,
-    gate: Arc<Mutex<Option<Gate>>>,
-}
-
-impl SessionStore for SlowAnswer {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Timestamp,
-    ) -> Result<Option<Arc<Record>>, StoreError> {
-        let read = self.inner.load(key, now).await;
-        let gate = self.gate.lock().unwrap().take();
-        if let Some(gate) = gate {
-            gate.reached_and_wait().await;
-        }
-        read
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.inner.create(key, record, now).await
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        change: &Change,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.inner.save(key, change, now).await
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        idle: Timestamp,
-        now: Timestamp,
-    ) -> Result<TouchOutcome, StoreError> {
-        self.inner.touch(key, idle, now).await
-    }
-    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
-        self.inner.delete(key, now).await
-    }
-    async fn delete_if_version(
-        &self,
-        key: &SessionKey,
-        expected: Version,
-        now: Timestamp,
-    ) -> Result<DeleteOutcome, StoreError> {
-        self.inner.delete_if_version(key, expected, now).await
-    }
-    async fn list_principal(
-        &self,
-        principal: &str,
-        now: Timestamp,
-    ) -> Result<Vec<SessionKey>, StoreError> {
-        self.inner.list_principal(principal, now).await
-    }
-    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.revoke_principal(principal, now).await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn name(&self) -> &'static str {
-        "slow-answer"
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_slow_load_never_replaces_a_newer_cached_version() {
     let board = Board::default();
-    let store = SlowAnswer::default();
+    let store = FaultyStore::new(MemoryStore::new());
     let a = instance(store.clone(), &board).await;
     let key = created(&store, None).await;
     // A load reads version 1 and is slow to answer...
     let gate = Gate::new();
-    *store.gate.lock().unwrap() = Some(gate.clone());
+    store.inject(Call::Load, Fault::GateAfter(gate.clone()));
     let slow = tokio::spawn({
         let (a, key) = (a.clone(), key.clone());
         async move { n_of(&a, &key).await }
@@ -872,12 +815,12 @@ async fn a_delete_evicts_locally_before_the_backend_call() {
 #[tokio::test(start_paused = true)]
 async fn a_load_in_flight_when_the_invalidation_lands_is_not_cached() {
     let board = Board::default();
-    let store = SlowAnswer::default();
+    let store = FaultyStore::new(MemoryStore::new());
     let b = instance(store.clone(), &board).await;
     let key = created(&store, None).await;
     // B reads version 1 and is slow to answer...
     let gate = Gate::new();
-    *store.gate.lock().unwrap() = Some(gate.clone());
+    store.inject(Call::Load, Fault::GateAfter(gate.clone()));
     let loading = tokio::spawn({
         let (b, key) = (b.clone(), key.clone());
         async move { n_of(&b, &key).await }
@@ -906,12 +849,9 @@ async fn until_a_peer_reads_the_message_it_may_still_serve_the_session() {
     // The residual window: A's logout has returned and its message is on
     // its way (here: in the outbox, as on B's socket), but B has not read
     // it yet. Until it does, B serves the session from memory.
-    let board = Board::default();
-    let (backend, _) = backend();
-    let a = instance(backend.clone(), &board).await;
-    let b = instance(backend.clone(), &board).await;
-    let key = created(&a, None).await;
-    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    let Peers {
+        board, a, b, key, ..
+    } = peers().await;
     a.delete(&key, Timestamp::now()).await.unwrap();
     assert_eq!(n_of(&a, &key).await, None);
     assert_eq!(
@@ -978,12 +918,9 @@ async fn a_peer_whose_channel_holds_the_message_asks_the_backend() {
     // to this process (the Redis channel peeks at its subscriber socket
     // and counts what its tasks hold), the window closes there: B's reads
     // skip its cache before its listener has even seen the message.
-    let board = Board::default();
-    let (backend, _) = backend();
-    let a = instance(backend.clone(), &board).await;
-    let b = instance(backend.clone(), &board).await;
-    let key = created(&a, None).await;
-    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    let Peers {
+        board, a, b, key, ..
+    } = peers().await;
     a.delete(&key, Timestamp::now()).await.unwrap();
     // On its way (in the outbox, and the channel says so, as the Redis
     // channel does of a message on B's socket), not in B's queue.
@@ -1014,12 +951,9 @@ async fn a_peer_whose_channel_holds_the_message_asks_the_backend() {
 async fn a_peer_with_an_unhandled_invalidation_in_its_queue_asks_the_backend() {
     // The window closes at the peer's queue, not at its listener: once the
     // message is in B's queue, B's reads skip its cache until it is handled.
-    let board = Board::default();
-    let (backend, _) = backend();
-    let a = instance(backend.clone(), &board).await;
-    let b = instance(backend.clone(), &board).await;
-    let key = created(&a, None).await;
-    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    let Peers {
+        board, a, b, key, ..
+    } = peers().await;
     a.delete(&key, Timestamp::now()).await.unwrap();
     // In B's queue, not yet handled (the listener has not run since).
     let sent = std::mem::take(&mut board.inner.lock().unwrap().outbox);

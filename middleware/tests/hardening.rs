@@ -314,7 +314,7 @@ async fn no_session_id_cookie_or_value_reaches_the_logs_at_debug() {
             logs.contains("offstate.store")
                 && logs.contains(r#"db.operation.name="load""#)
                 && logs.contains(r#"db.operation.name="save""#)
-                && logs.contains(r#"db.system="custom""#)
+                && logs.contains(r#"db.system="memory""#)
                 && logs.contains("offstate.key="),
             "the capture saw the flow's spans"
         );

@@ -19,6 +19,8 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -68,6 +70,14 @@ pub enum Fault {
     Delay(Duration),
     /// The call waits at the gate until the test opens it.
     Gate(Gate),
+    /// The call reaches the store and takes effect, then its answer waits
+    /// at the gate until the test opens it: a call that is slow after it
+    /// read or wrote.
+    GateAfter(Gate),
+    /// A create never reaches the store and answers
+    /// [`CreateOutcome::Exists`], as when another session drew the same
+    /// ID. Any other call goes through.
+    Collision,
 }
 
 /// Holds one call until the test opens it: `reached` tells the test the
@@ -117,7 +127,11 @@ impl Gate {
         self.inner.open.add_permits(1);
     }
 
-    async fn pass(&self) {
+    /// Waits at the gate: tells [`Gate::reached`] that the caller is here,
+    /// then holds it until the gate opens. [`FaultyStore`] passes its gated
+    /// calls through here; a test holds its own steps the same way (a
+    /// publish on a channel the test drives, say).
+    pub async fn pass(&self) {
         self.inner.arrived.add_permits(1);
         self.inner.reached.notify_waiters();
         if let Ok(permit) = self.inner.open.acquire().await {
@@ -129,14 +143,33 @@ impl Gate {
 /// Queued faults, per kind of call.
 type Queues = Vec<(Call, VecDeque<Fault>)>;
 
+/// What [`FaultyStore::on_call`] runs before a call.
+type HookFn = dyn Fn(Call) -> Pin<Box<dyn Future<Output = Option<Fault>> + Send>> + Send + Sync;
+
+/// The hook a test set, if any.
+#[derive(Clone, Default)]
+struct Hook(Option<Arc<HookFn>>);
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Hook(set)"
+        } else {
+            "Hook(none)"
+        })
+    }
+}
+
 /// A store that hands each call to `inner`, except those a test has
 /// injected a [`Fault`] for. Faults queue per kind of call and are used up
-/// one call at a time; calls without a queued fault go straight through.
-/// Clones share the queues.
+/// one call at a time; a call without a queued fault asks the hook set with
+/// [`FaultyStore::on_call`], if any, and otherwise goes straight through.
+/// Clones share the queues and the hook.
 #[derive(Debug, Clone)]
 pub struct FaultyStore<S> {
     inner: Arc<S>,
     faults: Arc<Mutex<Queues>>,
+    hook: Arc<Mutex<Hook>>,
 }
 
 impl<S: SessionStore> FaultyStore<S> {
@@ -145,6 +178,7 @@ impl<S: SessionStore> FaultyStore<S> {
         Self {
             inner: Arc::new(inner),
             faults: Arc::default(),
+            hook: Arc::default(),
         }
     }
 
@@ -171,6 +205,35 @@ impl<S: SessionStore> FaultyStore<S> {
         gate
     }
 
+    /// Runs `hook` before every call that has no fault queued, and applies
+    /// the fault it answers, if any, to that call. The hook may do async
+    /// work of its own first (another writer's write, say), so a test
+    /// scripts what happens around every call of a kind, not only the next
+    /// one, or switches faults on and off for as long as it likes. Replaces
+    /// the hook set before.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use offstate_core::testing::{Call, Fault, FaultyStore};
+    /// use offstate_core::{MemoryStore, SessionStore as _, SessionId, Timestamp};
+    ///
+    /// let store = FaultyStore::new(MemoryStore::new());
+    /// // Every read fails; writes go through.
+    /// store.on_call(|call| async move { (call == Call::Load).then_some(Fault::Unavailable) });
+    /// let key = SessionId::generate().key();
+    /// assert!(store.load(&key, Timestamp::now()).await.is_err());
+    /// assert!(store.delete(&key, Timestamp::now()).await.is_ok());
+    /// # }
+    /// ```
+    pub fn on_call<F, Fut>(&self, hook: F)
+    where
+        F: Fn(Call) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<Fault>> + Send + 'static,
+    {
+        let hook: Arc<HookFn> = Arc::new(move |call| Box::pin(hook(call)));
+        *self.hook.lock().unwrap_or_else(PoisonError::into_inner) = Hook(Some(hook));
+    }
+
     /// Drops every queued fault.
     pub fn clear(&self) {
         self.faults
@@ -179,23 +242,49 @@ impl<S: SessionStore> FaultyStore<S> {
             .clear();
     }
 
-    fn next(&self, call: Call) -> Option<Fault> {
-        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
-        faults
-            .iter_mut()
-            .find(|(c, _)| *c == call)
-            .and_then(|(_, queue)| queue.pop_front())
+    /// The fault for this call: the next queued one, else the hook's.
+    async fn next(&self, call: Call) -> Option<Fault> {
+        let queued = {
+            let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+            faults
+                .iter_mut()
+                .find(|(c, _)| *c == call)
+                .and_then(|(_, queue)| queue.pop_front())
+        };
+        if queued.is_some() {
+            return queued;
+        }
+        let hook = self
+            .hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone();
+        match hook {
+            Some(hook) => hook(call).await,
+            None => None,
+        }
     }
 
-    /// Runs `work` (the inner call) as the queued fault says.
+    /// Runs `work` (the inner call) as the fault for this call says.
     async fn run<T>(
         &self,
         call: Call,
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let fault = self.next(call).await;
+        Self::apply(call, fault, work).await
+    }
+
+    /// Runs `work` as `fault` says.
+    async fn apply<T>(
+        call: Call,
+        fault: Option<Fault>,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let lost = || StoreError::Timeout(Duration::from_millis(100));
-        match self.next(call) {
-            None => work.await,
+        match fault {
+            None | Some(Fault::Collision) => work.await,
             Some(Fault::TimeoutBefore) => Err(lost()),
             Some(Fault::Unavailable) => Err(StoreError::unavailable(format!(
                 "{call:?}: injected: store unreachable"
@@ -211,6 +300,11 @@ impl<S: SessionStore> FaultyStore<S> {
             Some(Fault::Gate(gate)) => {
                 gate.pass().await;
                 work.await
+            }
+            Some(Fault::GateAfter(gate)) => {
+                let answer = work.await;
+                gate.pass().await;
+                answer
             }
         }
     }
@@ -231,8 +325,10 @@ impl<S: SessionStore> SessionStore for FaultyStore<S> {
         record: &Record,
         now: Timestamp,
     ) -> Result<CreateOutcome, StoreError> {
-        self.run(Call::Create, self.inner.create(key, record, now))
-            .await
+        match self.next(Call::Create).await {
+            Some(Fault::Collision) => Ok(CreateOutcome::Exists),
+            fault => Self::apply(Call::Create, fault, self.inner.create(key, record, now)).await,
+        }
     }
 
     async fn save(

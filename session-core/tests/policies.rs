@@ -11,137 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use offstate_core::testing::{Call, Fault, FaultyStore};
 use offstate_core::{
-    Change, CountingStore, CreateOutcome, DeleteOutcome, MemoryStore, OutagePolicy, Record,
-    SaveOutcome, SessionError, SessionKey, SessionStore, Sessions, StoreError, Timestamp,
-    TouchOutcome, Version, WritePolicy,
+    Change, CountingStore, MemoryStore, OutagePolicy, SessionError, SessionStore, Sessions,
+    Timestamp, WritePolicy,
 };
-
-/// A store where another writer always changes the session (key `other`)
-/// just before each save arrives, so every save conflicts.
-#[derive(Debug, Clone, Default)]
-struct AlwaysBeaten {
-    inner: MemoryStore,
-    saves: Arc<AtomicU32>,
-}
-
-impl SessionStore for AlwaysBeaten {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Timestamp,
-    ) -> Result<Option<Arc<Record>>, StoreError> {
-        self.inner.load(key, now).await
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.inner.create(key, record, now).await
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        change: &Change,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.saves.fetch_add(1, Ordering::SeqCst);
-        if let Some(current) = self.inner.load(key, now).await? {
-            let mut first = Change::new(current.version, current.deadlines);
-            let n = self.saves.load(Ordering::SeqCst);
-            first.set.insert("other".into(), n.to_string().into_bytes());
-            self.inner.save(key, &first, now).await?;
-        }
-        self.inner.save(key, change, now).await
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        at: Timestamp,
-        now: Timestamp,
-    ) -> Result<TouchOutcome, StoreError> {
-        self.inner.touch(key, at, now).await
-    }
-    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
-        self.inner.delete(key, now).await
-    }
-    async fn delete_if_version(
-        &self,
-        key: &SessionKey,
-        v: Version,
-        now: Timestamp,
-    ) -> Result<DeleteOutcome, StoreError> {
-        self.inner.delete_if_version(key, v, now).await
-    }
-    async fn list_principal(&self, p: &str, now: Timestamp) -> Result<Vec<SessionKey>, StoreError> {
-        self.inner.list_principal(p, now).await
-    }
-    async fn revoke_principal(&self, p: &str, now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.revoke_principal(p, now).await
-    }
-}
-
-/// A store whose first create answers `Exists`, as a colliding ID would.
-#[derive(Debug, Clone, Default)]
-struct FirstCreateCollides {
-    inner: MemoryStore,
-    creates: Arc<AtomicU32>,
-}
-
-impl SessionStore for FirstCreateCollides {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Timestamp,
-    ) -> Result<Option<Arc<Record>>, StoreError> {
-        self.inner.load(key, now).await
-    }
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        if self.creates.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Ok(CreateOutcome::Exists);
-        }
-        self.inner.create(key, record, now).await
-    }
-    async fn save(
-        &self,
-        key: &SessionKey,
-        change: &Change,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.inner.save(key, change, now).await
-    }
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        at: Timestamp,
-        now: Timestamp,
-    ) -> Result<TouchOutcome, StoreError> {
-        self.inner.touch(key, at, now).await
-    }
-    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
-        self.inner.delete(key, now).await
-    }
-    async fn delete_if_version(
-        &self,
-        key: &SessionKey,
-        v: Version,
-        now: Timestamp,
-    ) -> Result<DeleteOutcome, StoreError> {
-        self.inner.delete_if_version(key, v, now).await
-    }
-    async fn list_principal(&self, p: &str, now: Timestamp) -> Result<Vec<SessionKey>, StoreError> {
-        self.inner.list_principal(p, now).await
-    }
-    async fn revoke_principal(&self, p: &str, now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.revoke_principal(p, now).await
-    }
-}
 
 async fn stored_session(sessions: &Sessions) -> offstate_core::SessionId {
     let session = sessions.new_session();
@@ -153,17 +25,38 @@ async fn stored_session(sessions: &Sessions) -> offstate_core::SessionId {
 #[tokio::test(start_paused = true)]
 async fn retries_end_with_retries_exhausted_after_max_attempts() {
     // Why: a write that can never win must fail in bounded time, not spin.
-    let store = AlwaysBeaten::default();
+    let memory = MemoryStore::new();
+    let store = FaultyStore::new(memory.clone());
     let sessions = Sessions::new(store.clone()).with_max_attempts(5);
     let id = stored_session(&sessions).await;
     let session = sessions.load(&id).await.unwrap().unwrap();
     session.insert("mine", &2).await.unwrap();
-    store.saves.store(0, Ordering::SeqCst);
+    // Another writer changes the session (key `other`) just before each
+    // save arrives, so every save conflicts.
+    let saves = Arc::new(AtomicU32::new(0));
+    store.on_call({
+        let (saves, key) = (saves.clone(), id.key());
+        move |call| {
+            let (memory, saves, key) = (memory.clone(), saves.clone(), key.clone());
+            async move {
+                if call == Call::Save {
+                    let n = saves.fetch_add(1, Ordering::SeqCst) + 1;
+                    let now = Timestamp::now();
+                    if let Some(current) = memory.load(&key, now).await.unwrap() {
+                        let mut first = Change::new(current.version, current.deadlines);
+                        first.set.insert("other".into(), n.to_string().into_bytes());
+                        memory.save(&key, &first, now).await.unwrap();
+                    }
+                }
+                None
+            }
+        }
+    });
     match session.save().await {
         Err(SessionError::RetriesExhausted { attempts: 5 }) => {}
         other => panic!("expected RetriesExhausted after 5 attempts, got {other:?}"),
     }
-    assert_eq!(store.saves.load(Ordering::SeqCst), 5);
+    assert_eq!(saves.load(Ordering::SeqCst), 5);
     // Nothing of this request was written.
     let stored = sessions.load(&id).await.unwrap().unwrap();
     assert_eq!(stored.get::<u32>("mine").await.unwrap(), Some(1));
@@ -286,13 +179,16 @@ async fn a_session_that_ends_mid_write_is_gone_and_stays_gone() {
 #[tokio::test]
 async fn an_id_collision_on_create_draws_another_id() {
     // Why: a create never adopts or overwrites someone else's session.
-    let store = FirstCreateCollides::default();
+    let memory = MemoryStore::new();
+    let faulty = FaultyStore::new(memory.clone());
+    faulty.inject(Call::Create, Fault::Collision);
+    let store = CountingStore::new(faulty);
     let sessions = Sessions::new(store.clone());
     let session = sessions.new_session();
     session.insert("mine", &1).await.unwrap();
     session.save().await.unwrap();
-    assert_eq!(store.creates.load(Ordering::SeqCst), 2);
-    assert_eq!(store.inner.len(), 1);
+    assert_eq!(store.counts().create, 2);
+    assert_eq!(memory.len(), 1);
     assert!(session.id().is_some());
 }
 

@@ -30,7 +30,8 @@ use axum::body::Body;
 use axum::http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use axum::http::{Method, Request};
 use http_body_util::BodyExt as _;
-use offstate_bench::redis_stats::CommandStats;
+use offstate_bench::counts::memcached_requests;
+use offstate_bench::redis_stats::{CommandStats, round_trips};
 use offstate_cache::CachedStore;
 use offstate_core::{
     CallCounts, CountingStore, ManualClock, SessionId, SessionStore, Sessions, Timestamp,
@@ -43,7 +44,6 @@ use offstate_dynamodb::{DynamoDbStore, encode_item};
 use offstate_example_cart::{AppConfig, app};
 use offstate_redis::RedisInvalidationChannel;
 use offstate_testing::Source;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tower::ServiceExt as _;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -125,63 +125,10 @@ impl Counter {
     async fn total(&mut self) -> Result<u64, Error> {
         Ok(match self {
             Self::Redis(stats) => round_trips(&stats.calls().await?),
-            Self::Memcached(nodes) => {
-                let mut total = 0;
-                for node in nodes.iter() {
-                    total += memcached_requests(node).await?;
-                }
-                total
-            }
+            Self::Memcached(nodes) => memcached_requests(nodes).await?,
             Self::Dynamo(ops) => ops.snapshot().values().sum(),
         })
     }
-}
-
-/// Commands a Redis client sends itself, each a round trip: offstate's
-/// store sends `EVALSHA` (the load script and every write, with a one-time
-/// `SCRIPT LOAD` per script and server) and a `PING` after a write that
-/// ends a session when it announces its writes; the cache's invalidation
-/// channel sends `SUBSCRIBE`. Every other command in `INFO commandstats`
-/// (`HGETALL`, `HMGET`, `HSET`, `EXISTS`, `DEL`, `ZADD`, and `PUBLISH` of
-/// the announcements...) runs inside a script and costs Redis CPU, not a
-/// round trip; the channel's heartbeat `PUBLISH` (one per process per
-/// second) is left out with them.
-fn round_trips(calls: &BTreeMap<String, u64>) -> u64 {
-    const SENT: &[&str] = &["evalsha", "eval", "script|load", "subscribe", "ping"];
-    calls
-        .iter()
-        .filter(|(name, _)| SENT.contains(&name.as_str()))
-        .map(|(_, n)| n)
-        .sum()
-}
-
-/// Sum of a memcached node's request counters.
-async fn memcached_requests(node: &str) -> Result<u64, Error> {
-    const COUNTED: &[&str] = &[
-        "cmd_get",
-        "cmd_set",
-        "cmd_touch",
-        "delete_hits",
-        "delete_misses",
-        "incr_hits",
-        "incr_misses",
-    ];
-    let mut stream = tokio::net::TcpStream::connect(node).await?;
-    stream.write_all(b"stats\r\n").await?;
-    let mut lines = BufReader::new(stream).lines();
-    let mut total = 0;
-    while let Some(line) = lines.next_line().await? {
-        if line.trim() == "END" {
-            break;
-        }
-        let mut parts = line.split_whitespace();
-        if let (Some("STAT"), Some(name), Some(value)) = (parts.next(), parts.next(), parts.next())
-            && COUNTED.contains(&name)
-        {
-            total += value.parse::<u64>().unwrap_or(0);
-        }
-    }
-    Ok(total)
 }
 
 /// One request of a kind, averaged over [`N`].

@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -19,35 +18,23 @@ use axum::routing::{get, post};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt as _;
 use offstate_core::SessionError;
-use offstate_core::{
-    Capabilities, Change, CountingStore, CreateOutcome, DeleteOutcome, ManualClock, MemoryStore,
-    Record, SaveOutcome, SessionKey, SessionStore, Sessions, StoreError, Timestamp, TouchOutcome,
-    Version,
-};
+use offstate_core::testing::{Call, Fault, FaultyStore};
+use offstate_core::{CountingStore, ManualClock, MemoryStore, Sessions};
 use offstate_tower::{Session, SessionLayer};
 use tower::ServiceExt as _;
 
-/// A MemoryStore that fails on demand: reads, writes, or both, with a
-/// timeout or an unavailable error. A test double for failure injection;
-/// real-server fault tests live with the backends.
-#[derive(Debug, Clone)]
-pub struct FlakyStore {
-    inner: MemoryStore,
+/// Switches that make a store fail on demand: reads, writes, or both,
+/// with a timeout or an unavailable error, for as long as they are on
+/// (through [`FaultyStore::on_call`]). Real-server fault tests live with
+/// the backends.
+#[derive(Debug, Clone, Default)]
+pub struct Outage {
     fail_reads: Arc<AtomicBool>,
     fail_writes: Arc<AtomicBool>,
     timeout: Arc<AtomicBool>,
 }
 
-impl FlakyStore {
-    pub fn new(inner: MemoryStore) -> Self {
-        Self {
-            inner,
-            fail_reads: Arc::default(),
-            fail_writes: Arc::default(),
-            timeout: Arc::default(),
-        }
-    }
-
+impl Outage {
     pub fn fail_reads(&self, yes: bool) {
         self.fail_reads.store(yes, Ordering::SeqCst);
     }
@@ -61,94 +48,21 @@ impl FlakyStore {
         self.timeout.store(yes, Ordering::SeqCst);
     }
 
-    fn error(&self) -> StoreError {
-        if self.timeout.load(Ordering::SeqCst) {
-            StoreError::Timeout(Duration::from_millis(250))
+    /// The fault for `call` while the switches are as they are.
+    fn fault(&self, call: Call) -> Option<Fault> {
+        let read = matches!(call, Call::Load | Call::ListPrincipal);
+        let failing = if read {
+            &self.fail_reads
         } else {
-            StoreError::unavailable("connection refused by 10.1.2.3:6379")
-        }
-    }
-
-    fn check(&self, flag: &AtomicBool) -> Result<(), StoreError> {
-        if flag.load(Ordering::SeqCst) {
-            Err(self.error())
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl SessionStore for FlakyStore {
-    async fn load(
-        &self,
-        key: &SessionKey,
-        now: Timestamp,
-    ) -> Result<Option<Arc<Record>>, StoreError> {
-        self.check(&self.fail_reads)?;
-        self.inner.load(key, now).await
-    }
-
-    async fn create(
-        &self,
-        key: &SessionKey,
-        record: &Record,
-        now: Timestamp,
-    ) -> Result<CreateOutcome, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.create(key, record, now).await
-    }
-
-    async fn save(
-        &self,
-        key: &SessionKey,
-        change: &Change,
-        now: Timestamp,
-    ) -> Result<SaveOutcome, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.save(key, change, now).await
-    }
-
-    async fn touch(
-        &self,
-        key: &SessionKey,
-        deadline: Timestamp,
-        now: Timestamp,
-    ) -> Result<TouchOutcome, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.touch(key, deadline, now).await
-    }
-
-    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.delete(key, now).await
-    }
-
-    async fn delete_if_version(
-        &self,
-        key: &SessionKey,
-        expected: Version,
-        now: Timestamp,
-    ) -> Result<DeleteOutcome, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.delete_if_version(key, expected, now).await
-    }
-
-    async fn list_principal(
-        &self,
-        principal: &str,
-        now: Timestamp,
-    ) -> Result<Vec<SessionKey>, StoreError> {
-        self.check(&self.fail_reads)?;
-        self.inner.list_principal(principal, now).await
-    }
-
-    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
-        self.check(&self.fail_writes)?;
-        self.inner.revoke_principal(principal, now).await
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+            &self.fail_writes
+        };
+        failing.load(Ordering::SeqCst).then(|| {
+            if self.timeout.load(Ordering::SeqCst) {
+                Fault::TimeoutBefore
+            } else {
+                Fault::Unavailable
+            }
+        })
     }
 }
 
@@ -156,8 +70,8 @@ impl SessionStore for FlakyStore {
 pub struct Fixture {
     pub clock: ManualClock,
     pub memory: MemoryStore,
-    pub flaky: FlakyStore,
-    pub store: CountingStore<FlakyStore>,
+    pub flaky: Outage,
+    pub store: CountingStore<FaultyStore<MemoryStore>>,
     pub sessions: Sessions,
 }
 
@@ -165,8 +79,13 @@ impl Fixture {
     pub fn new() -> Self {
         let clock = ManualClock::new();
         let memory = MemoryStore::new();
-        let flaky = FlakyStore::new(memory.clone());
-        let store = CountingStore::new(flaky.clone());
+        let flaky = Outage::default();
+        let faulty = FaultyStore::new(memory.clone());
+        faulty.on_call({
+            let flaky = flaky.clone();
+            move |call| std::future::ready(flaky.fault(call))
+        });
+        let store = CountingStore::new(faulty);
         let sessions = Sessions::new(store.clone()).with_clock(Arc::new(clock.clone()));
         Self {
             clock,
