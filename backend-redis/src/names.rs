@@ -20,7 +20,7 @@ use crate::store::RedisStore;
 
 impl RedisStore {
     /// Whether sessions and principal indexes are also looked for under
-    /// their names from before offstate 0.x's short hash tags (on by
+    /// their names in offstate 0.1, before the short hash tags (on by
     /// default).
     ///
     /// Sessions are stored under `<prefix>s:{<2>}<41>` (the first two

@@ -99,7 +99,7 @@ impl RedisStore {
     /// script as the write, in the wire form of
     /// [`Invalidation`](offstate_core::Invalidation) that
     /// [`RedisInvalidationChannel`](crate::RedisInvalidationChannel)
-    /// subscribers decode. [`capabilities`](SessionStore::capabilities)
+    /// subscribers decode. [`capabilities`](offstate_core::SessionStore::capabilities)
     /// then says `announces_writes`, and a cache in front of this store
     /// publishes nothing itself: a cached write is one round trip.
     ///
