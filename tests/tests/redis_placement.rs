@@ -7,11 +7,13 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use offstate_core::{
-    Clock, Deadlines, Record, SessionId, SessionKey, SessionStore, Sessions, SystemClock,
+    Change, Clock, Deadlines, Record, SaveOutcome, SessionId, SessionKey, SessionStore, Sessions,
+    SystemClock, TouchOutcome,
 };
 use offstate_redis::RedisStore;
-use offstate_redis::redis::cmd;
+use offstate_redis::redis::{Client, cmd};
 use offstate_testing::Redis;
 
 /// Logs a new session in as `principal` through the real login path and
@@ -212,6 +214,85 @@ async fn an_unplaced_session_is_reindexed_by_its_next_touch_after_a_restart() {
     settled(|| store.touch(&key, idle, SystemClock.now())).await;
     assert_eq!(settled(revoke).await, 1, "the touch re-indexed it");
     assert!(store.load(&key, SystemClock.now()).await.unwrap().is_none());
+    drop(cluster);
+}
+
+/// On a cluster, a write of a session a login placed is one script call,
+/// the index update included: the node serving it sees nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_placed_session_on_a_cluster_are_one_round_trip_each() {
+    // A cluster of its own: MONITOR sees only this test.
+    let cluster = offstate_testing::redis_cluster()
+        .start()
+        .await
+        .expect("a Redis cluster");
+    let store = cluster.store().clone();
+    let sessions = Sessions::new(store.clone());
+    let principal = format!("user-{}", &SessionId::generate().to_string()[..10]);
+    // Every script loaded once (a first call may add SCRIPT LOAD).
+    let warm = log_in(&sessions, &principal, 1).await.key();
+    let idle = SystemClock.now().saturating_add(Duration::from_secs(7200));
+    store.touch(&warm, idle, SystemClock.now()).await.unwrap();
+    let key = log_in(&sessions, &principal, 2).await.key();
+    let node = cluster.node_serving(&store.store_key(&key)).await.unwrap();
+    let version = store
+        .load(&key, SystemClock.now())
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+
+    let client = Client::open(format!("redis://{}", cluster.node(node).address())).unwrap();
+    let mut monitor = client.get_async_monitor().await.expect("MONITOR");
+    let later = idle.saturating_add(Duration::from_secs(60));
+    let mut change = Change::new(version, record(None).deadlines);
+    change.set.insert("n".into(), b"3".to_vec());
+    assert!(matches!(
+        store.save(&key, &change, SystemClock.now()).await.unwrap(),
+        SaveOutcome::Saved(_)
+    ));
+    assert_eq!(
+        store.touch(&key, later, SystemClock.now()).await.unwrap(),
+        TouchOutcome::Touched
+    );
+    let sentinel = format!("sentinel-{}", &SessionId::generate().to_string()[..10]);
+    let node_conn = cluster.node_connection(node).await.unwrap();
+    let _: String = node_conn.query(cmd("ECHO").arg(&sentinel)).await.unwrap();
+    let mut lines = monitor.on_message::<String>();
+    let mut commands = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
+            .await
+            .expect("MONITOR line")
+            .expect("MONITOR stream");
+        if line.contains(&sentinel) {
+            break;
+        }
+        // Scripts' own commands, and the client's cluster upkeep.
+        if line.contains(" lua] ") || line.contains("\"PING\"") || line.contains("\"CLUSTER\"") {
+            continue;
+        }
+        commands.push(line);
+    }
+    assert_eq!(commands.len(), 2, "save, touch: {commands:?}");
+    assert!(
+        commands
+            .iter()
+            .all(|c| c.contains("\"EVALSHA\"") || c.contains("\"evalsha\""))
+    );
+    let score: Option<f64> = cluster
+        .query(
+            cmd("ZSCORE")
+                .arg(store.principal_key(&principal))
+                .arg(key.as_str()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        score,
+        Some(later.as_millis() as f64),
+        "the entry follows the touch"
+    );
     drop(cluster);
 }
 
