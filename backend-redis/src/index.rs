@@ -1,20 +1,24 @@
 //! The principal index: one sorted set per principal, member = session key,
 //! score = the session's end (ms; `+inf` for none).
 //!
-//! **On a standalone Redis** every key is on the one server, so each
+//! **Together.** Wherever a session hash and its principal's index are
+//! on one server (a standalone Redis) or in one slot (a cluster, for every
+//! session a login placed with its principal; see the `keys` module), each
 //! session script updates the index in the same step as the session: the
-//! session hash remembers its principal's index key (field `ix`, written
-//! when the principal is set), and create, save, touch, delete and revoke
-//! add, raise, re-add or remove the entry themselves. A write of a
-//! logged-in session is then one round trip, and the index never lags its
-//! sessions. (A session written before `ix` existed has its index updated
-//! by a separate command, as on a cluster, until its principal is set
-//! again.)
+//! hash remembers its principal's index key (field `ix`, written when the
+//! principal is set), and create, save, touch, delete and revoke add,
+//! raise, re-add or remove the entry themselves. A write of a logged-in
+//! session is then one round trip, the index never lags its sessions, and
+//! a cluster master that restarts empty loses the index and the sessions
+//! together. (A session written before `ix` existed has its index updated
+//! by a separate command, as below, until its principal is set again.)
 //!
-//! **In Redis Cluster** the index lives in another slot than the session
-//! hash, so no script can change both, and the index update is one more
-//! round trip per write of a logged-in session. The order of the separate
-//! commands is what keeps revocation complete:
+//! **Apart.** On a cluster a session whose key does not carry its
+//! principal's tag (given a principal through the store directly, or
+//! written before the short tags) is in another slot than the index, so
+//! no script can change both, and the index update is one more round trip
+//! per write. The order of the separate commands is what keeps revocation
+//! complete:
 //!
 //! - **Index first.** A create or save that attaches a principal adds the
 //!   index entry *before* the session write. A session therefore never
@@ -38,21 +42,25 @@
 //!   write succeeded, the index update after it failed) keeps its old
 //!   score, and once that has passed, the next add of the same principal
 //!   may trim it while it still lives; the session's next write or touch
-//!   adds it back. Until then a revoke misses it. On a standalone Redis
-//!   there is no such window: the update is part of the write.
+//!   adds it back. Until then a revoke misses it. Together, there is no
+//!   such window: the update is part of the write.
 //! - **Revoke** works in batches of [`REVOKE_BATCH`] entries: it deletes
 //!   each listed session with a one-key script that checks the session
 //!   still belongs to the principal, then removes the entries it
 //!   processed, batch by batch. A revoke cut short by its time bound has
-//!   removed what it processed, and a retry continues with the rest. On a
-//!   standalone Redis each session's entry leaves in the same script that
-//!   deletes it; on a cluster (other slot) after its batch, so a revoke cut
-//!   inside a batch may leave up to one batch of entries whose sessions it
-//!   deleted: a retry checks them again (one script each) and keeps them
+//!   removed what it processed, and a retry continues with the rest.
+//!   Together, each session's entry leaves in the same script that
+//!   deletes it; apart, after its batch, so a revoke cut inside a batch
+//!   may leave up to one batch of entries whose sessions it deleted: a retry checks them again (one script each) and keeps them
 //!   until their score passes, as it must keep any entry of a session that
 //!   does not exist yet (a racing login writes its entry first). It never
 //!   deletes the whole set, so an entry added by a login racing with the
 //!   revoke survives for the next revoke.
+//!
+//! While legacy names are on (`RedisStore::with_legacy_names`), listings
+//! and revokes also read the principal's index under its legacy name, and
+//! check each member under both of its session names: sessions from before
+//! the short tags were indexed there.
 //!
 //! Nothing here uses `KEYS`, `SCAN` or cross-slot multi-key commands.
 
@@ -62,6 +70,7 @@ use redis::Value;
 
 use crate::codec;
 use crate::connection::{PooledConnection, SharedConnection};
+use crate::keys::Name;
 use crate::store::{RedisStore, int, score};
 
 /// One index entry, as read from the sorted set.
@@ -88,7 +97,7 @@ impl RedisStore {
         let _: Value = self
             .scripts()
             .index_add
-            .key(self.keys().principal(principal))
+            .key(self.keys().principal(principal).name)
             .arg(score(expires))
             .arg(key.as_str())
             .arg(now.as_millis())
@@ -124,7 +133,8 @@ impl RedisStore {
     /// logged (a stale entry is filtered by every listing).
     pub(crate) async fn after_write_unindex(&self, principal: &str, key: &SessionKey) {
         let mut cmd = redis::cmd("ZREM");
-        cmd.arg(self.keys().principal(principal)).arg(key.as_str());
+        cmd.arg(self.keys().principal(principal).name)
+            .arg(key.as_str());
         if let Err(error) = self.conn().query::<Value>(&cmd).await {
             tracing::warn!(%error, "session detached, but its principal index entry was not removed");
         }
@@ -175,11 +185,36 @@ impl RedisStore {
         principal: &str,
         now: Timestamp,
     ) -> Result<Vec<SessionKey>, StoreError> {
-        let index = self.keys().principal(principal);
+        let mut listed = Vec::new();
+        for index in self.indexes(principal) {
+            listed.extend(self.list_index(&index.name, principal, now).await?);
+        }
+        listed.sort();
+        listed.dedup();
+        Ok(listed)
+    }
+
+    /// The principal's indexes: its index, and while legacy names are on,
+    /// its index from before the short hash tags (see the `keys` module).
+    fn indexes(&self, principal: &str) -> Vec<Name> {
+        let mut indexes = vec![self.keys().principal(principal)];
+        if self.legacy() {
+            indexes.push(self.keys().legacy_principal(principal));
+        }
+        indexes
+    }
+
+    /// [`list_indexed`](Self::list_indexed) on one index.
+    async fn list_index(
+        &self,
+        index: &str,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         self.conn()
             .bounded(async {
                 let mut conn = self.conn().get().await?;
-                let entries = self.entries(&mut conn, &index, 0, -1).await?;
+                let entries = self.entries(&mut conn, index, 0, -1).await?;
                 let checks = entries.iter().map(|entry| {
                     let conn = conn.shared();
                     async move { self.belongs(conn, &entry.member, principal, now).await }
@@ -196,17 +231,17 @@ impl RedisStore {
                         None => {}
                     }
                 }
-                self.trim(&mut conn, &index, &stale).await?;
-                listed.sort();
+                self.trim(&mut conn, index, &stale).await?;
                 Ok(listed)
             })
             .await
     }
 
-    /// Whether `member` names a live session of `principal` at `now`.
+    /// Whether `member` names a live session of `principal` at `now`
+    /// (under its name, or its legacy name while those are on).
     async fn belongs(
         &self,
-        mut conn: SharedConnection,
+        conn: SharedConnection,
         member: &str,
         principal: &str,
         now: Timestamp,
@@ -214,20 +249,41 @@ impl RedisStore {
         let Ok(key) = SessionKey::from_stored(member) else {
             return Ok(None);
         };
+        let name = self.keys().session(&key);
+        if self.belongs_at(conn.clone(), &name, principal, now).await? {
+            return Ok(Some(key));
+        }
+        if self.legacy() {
+            let legacy = self.keys().legacy_session(&key);
+            if self.belongs_at(conn, &legacy, principal, now).await? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the hash at `name` is a live session of `principal` at `now`.
+    async fn belongs_at(
+        &self,
+        mut conn: SharedConnection,
+        name: &Name,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.keys().session(&key))
+        cmd.arg(&name.name)
             .arg(codec::PRINCIPAL)
             .arg(codec::IDLE)
             .arg(codec::ABSOLUTE);
         let fields: Vec<Option<Vec<u8>>> = match cmd.query_async(&mut conn).await {
             Ok(fields) => fields,
             // Another type at the session key: not a session of anyone's.
-            Err(error) if error.code() == Some("WRONGTYPE") => return Ok(None),
+            Err(error) if error.code() == Some("WRONGTYPE") => return Ok(false),
             Err(error) => return Err(self.conn().error(error)),
         };
         let mut fields = fields.into_iter();
         if fields.next().flatten().as_deref() != Some(principal.as_bytes()) {
-            return Ok(None);
+            return Ok(false);
         }
         let deadline = |value: Option<Option<Vec<u8>>>| {
             value
@@ -238,7 +294,7 @@ impl RedisStore {
         let mut deadlines = offstate_core::Deadlines::none();
         deadlines.idle = deadline(fields.next());
         deadlines.absolute = deadline(fields.next());
-        Ok((!deadlines.is_expired(now)).then_some(key))
+        Ok(!deadlines.is_expired(now))
     }
 
     /// Deletes every session of `principal` (checking each still belongs to
@@ -249,13 +305,26 @@ impl RedisStore {
         principal: &str,
         now: Timestamp,
     ) -> Result<usize, StoreError> {
-        let index = self.keys().principal(principal);
+        let mut revoked = 0;
+        for index in self.indexes(principal) {
+            revoked += self.revoke_index(&index, principal, now).await?;
+        }
+        Ok(revoked)
+    }
+
+    /// [`revoke_indexed`](Self::revoke_indexed) on one index.
+    async fn revoke_index(
+        &self,
+        index: &Name,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
         self.conn()
             .bounded(async {
                 let mut conn = self.conn().get().await?;
                 let mut revoked = 0;
                 loop {
-                    let pass = self.revoke_pass(&mut conn, &index, principal, now).await?;
+                    let pass = self.revoke_pass(&mut conn, index, principal, now).await?;
                     revoked += pass.revoked;
                     // Entries kept in place (a racing login's) shift the
                     // ranks; if another client removed entries meanwhile,
@@ -273,7 +342,7 @@ impl RedisStore {
     async fn revoke_pass(
         &self,
         conn: &mut PooledConnection,
-        index: &str,
+        index: &Name,
         principal: &str,
         now: Timestamp,
     ) -> Result<Pass, StoreError> {
@@ -283,29 +352,24 @@ impl RedisStore {
             // next batch.
             let from = isize::try_from(pass.kept).unwrap_or(isize::MAX);
             let to = from.saturating_add(REVOKE_BATCH as isize - 1);
-            let entries = self.entries(conn, index, from, to).await?;
+            let entries = self.entries(conn, &index.name, from, to).await?;
             let revokes = entries.iter().map(|entry| {
-                let mut conn = conn.shared();
+                let conn = conn.shared();
                 async move {
                     let Ok(key) = SessionKey::from_stored(&entry.member) else {
                         // Not a session key at all: drop the entry.
                         return Ok(2);
                     };
-                    let mut call = self.scripts().revoke_one.prepare_invoke();
-                    call.key(self.keys().session(&key));
-                    if self.folds() {
-                        // One server: the entry goes in the same step.
-                        call.key(index);
+                    let name = self.keys().session(&key);
+                    let found = self
+                        .revoke_one(conn.clone(), &name, index, principal, &key, now)
+                        .await?;
+                    if found != 0 || !self.legacy() {
+                        return Ok(found);
                     }
-                    let reply: Value = call
-                        .arg(now.as_millis())
-                        .arg(principal)
-                        .arg(self.announcements())
-                        .arg(key.as_str())
-                        .invoke_async(&mut conn)
+                    let legacy = self.keys().legacy_session(&key);
+                    self.revoke_one(conn, &legacy, index, principal, &key, now)
                         .await
-                        .map_err(|e| self.conn().error(e))?;
-                    Ok::<_, StoreError>(int(Some(&reply)).unwrap_or(0))
                 }
             });
             let results = join_all(revokes).await;
@@ -332,7 +396,7 @@ impl RedisStore {
                 }
             }
             // What this batch did stays done, even if it failed in part.
-            self.trim(conn, index, &done).await?;
+            self.trim(conn, &index.name, &done).await?;
             pass.removed += done.len();
             if let Some(error) = first_error {
                 return Err(error);
@@ -341,6 +405,37 @@ impl RedisStore {
                 return Ok(pass);
             }
         }
+    }
+}
+
+impl RedisStore {
+    /// Deletes the session at `name` if it belongs to `principal` (the
+    /// `REVOKE_ONE` script), with its entry in `index` when one script
+    /// can reach both.
+    async fn revoke_one(
+        &self,
+        mut conn: SharedConnection,
+        name: &Name,
+        index: &Name,
+        principal: &str,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let mut call = self.scripts().revoke_one.prepare_invoke();
+        call.key(&name.name);
+        if self.together(name, index) {
+            // One server or slot: the entry goes in the same step.
+            call.key(&index.name);
+        }
+        let reply: Value = call
+            .arg(now.as_millis())
+            .arg(principal)
+            .arg(self.announcements())
+            .arg(key.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.conn().error(e))?;
+        Ok(int(Some(&reply)).unwrap_or(0))
     }
 }
 

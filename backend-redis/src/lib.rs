@@ -19,18 +19,24 @@
 //!   notices a paused or partitioned server. It works with ANY backend
 //!   whenever a Redis URL is available: e.g. sessions in DynamoDB and
 //!   invalidations through a small ElastiCache Redis.
-//! - Inside: `keys` (key names and hash tags), `codec` (record ⇄ hash
+//! - Inside: `keys` (key names and hash tags), `names` (the store contract
+//!   on a session's name, and its legacy name), `codec` (record ⇄ hash
 //!   fields), `scripts` (the Lua scripts), `index` (the principal index),
 //!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)).
 //!
 //! # Data model
 //!
-//! One hash per session at `<prefix>s:{<session key>}` (default prefix
-//! `offstate:`): one field `d:<key>` per data key, and metadata fields
-//! `version`, `created`, `idle`, `abs`, `principal`. The `{...}` hash tag
-//! keeps everything of one session in one cluster slot. On a standalone
-//! Redis the hash also holds `ix`, its principal's index key, so the
-//! scripts can keep the index in step (see the `index` module).
+//! One hash per session at `<prefix>s:{<2>}<41>`, the 43 characters of
+//! the session key with its first two as the cluster hash tag (default
+//! prefix `offstate:`): one field `d:<key>` per data key, and metadata
+//! fields `version`, `created`, `idle`, `abs`, `principal`. A login draws
+//! the session's new ID so that its key starts with the tag of its
+//! principal's index, which puts a logged-in session in its index's
+//! cluster slot. Wherever the hash shares a server (standalone) or a slot
+//! (cluster) with its principal's index, it also holds `ix`, the index's
+//! key, so the scripts keep the index in step (see the `index` module).
+//! Sessions from before the short tags (`<prefix>s:{<session key>}`) are
+//! still found: [`RedisStore::with_legacy_names`].
 //!
 //! - **Load** is one round trip: a read-only script that runs `HGETALL`
 //!   and packs the hash into one string (cheaper for the client to parse
@@ -47,13 +53,15 @@
 //!   read. Create writes only if the key is absent or expired by the clock;
 //!   touch only rewrites `idle` and the TTL of a live session.
 //! - **Principal index**: a sorted set per principal at
-//!   `<prefix>principal:{<sha256 of the name>}`; see the `index` module's
-//!   docs for the ordering that keeps revocation complete across slots.
-//!   On a standalone Redis every write is one script call, the index
-//!   update included; on a cluster a write of a session with a principal
-//!   costs one more command (the index update, in the index's slot). The
-//!   update also re-adds an entry that was lost and trims the entries of
-//!   ended sessions. A revoke works in batches of 100 entries and keeps
+//!   `<prefix>principal:{<2>}<41>` of the SHA-256 of the name; see the
+//!   `index` module's docs for the ordering that keeps revocation complete
+//!   across slots. Every write of a session placed with its principal
+//!   (every login's, on a standalone Redis every one) is one script call,
+//!   the index update included; on a cluster a write of a session with a
+//!   principal in another slot (created through the store directly, or
+//!   before the short tags) costs one more command. The update also
+//!   re-adds an entry that was lost and trims the entries of ended
+//!   sessions. A revoke works in batches of 100 entries and keeps
 //!   what each batch did, so a revoke cut short by its bound is continued
 //!   by a retry.
 //! - **Announcements** (optional, [`RedisStore::with_announcements`]):
@@ -108,12 +116,25 @@
 //! offstate does not use it.
 //!
 //! A master that restarts **empty** (no replica, no persistence) loses what
-//! it held. On a cluster that can be a principal's index while that user's
-//! sessions live on other masters: revoke-all then misses those sessions
-//! until their next write or touch re-indexes them (the history checker
-//! finds this when its cluster run restarts masters). Run cluster masters
-//! with replicas, or with persistence, when log-out-everywhere must be
-//! complete after a crash.
+//! it held: the sessions in its slots are gone, as a crash of any
+//! non-persistent store loses them (their users log in again). Log-out-
+//! everywhere stays complete: a login puts the session in the slot of its
+//! principal's index (the new ID is drawn until its key starts with the
+//! index's two-character hash tag: 4,096 draws, about 1.5 ms of CPU per
+//! login; one character would cost 64 draws but give only 64 slots, too
+//! few to spread over the masters), so a restart loses a principal's index together with all its
+//! logged-in sessions, never the index alone. The cluster history check
+//! restarts masters and finds no session alive after revoke-all.
+//!
+//! Two kinds of sessions stay outside that guarantee, both only through a
+//! restart of the master holding their principal's index: sessions
+//! written before the short tags (under their legacy names, until they
+//! end; see [`RedisStore::with_legacy_names`]), and sessions given a
+//! principal through [`SessionStore`](offstate_core::SessionStore) calls
+//! that pick their own key (not through a login). Revoke-all misses such a
+//! session until its next write or touch re-indexes it. A principal's
+//! tag holds 1/4,096 of the principals: slots are balanced over masters as
+//! long as the cluster has far fewer than 4,096 masters.
 //!
 //! # Example
 //!
@@ -142,6 +163,7 @@ mod error;
 mod index;
 mod invalidation;
 mod keys;
+mod names;
 mod scripts;
 mod store;
 mod watch;

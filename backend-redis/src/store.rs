@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use offstate_core::{
-    Capabilities, Change, CreateOutcome, DeleteOutcome, PrincipalChange, Record, SaveOutcome,
-    SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome, Version,
+    Change, CreateOutcome, DeleteOutcome, PrincipalChange, Record, SaveOutcome, SessionKey,
+    StoreError, Timestamp, TouchOutcome, Version,
 };
 use redis::Value;
 
@@ -13,7 +13,7 @@ use crate::codec::{self, data_field};
 use crate::config::RedisConfig;
 use crate::connection::RedisConnection;
 use crate::error::{ConnectError, UnexpectedReply};
-use crate::keys::KeySpace;
+use crate::keys::{KeySpace, Name, TAG_LEN};
 use crate::scripts::Scripts;
 
 /// Sessions in Redis or ElastiCache (standalone or cluster mode). Clones
@@ -40,6 +40,9 @@ pub struct RedisStore {
     announcements: Arc<str>,
     /// `host:port` of the configured node or first seed, for traces.
     address: Option<Arc<str>>,
+    /// Whether sessions and indexes are also looked for under their names
+    /// from before the short hash tags (see `with_legacy_names`).
+    legacy: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for RedisStore {
             .field("conn", &self.conn)
             .field("keys", &self.keys)
             .field("announcements", &self.announcements)
+            .field("legacy", &self.legacy)
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +89,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts::new()),
             announcements: Arc::from(""),
             address: config.server_address().map(Arc::from),
+            legacy: true,
         })
     }
 
@@ -94,7 +99,7 @@ impl RedisStore {
     /// script as the write, in the wire form of
     /// [`Invalidation`](offstate_core::Invalidation) that
     /// [`RedisInvalidationChannel`](crate::RedisInvalidationChannel)
-    /// subscribers decode. [`capabilities`](SessionStore::capabilities)
+    /// subscribers decode. [`capabilities`](offstate_core::SessionStore::capabilities)
     /// then says `announces_writes`, and a cache in front of this store
     /// publishes nothing itself: a cached write is one round trip.
     ///
@@ -153,21 +158,42 @@ impl RedisStore {
     /// `RedisConnection::flush_replies`), so a peer asked after this
     /// answer never serves the session. One more round trip, on logouts
     /// and logins only.
-    async fn after_announced_end(&self) {
+    pub(crate) async fn after_announced_end(&self) {
         if !self.announcements.is_empty() {
             self.conn.flush_replies().await;
         }
     }
 
-    /// Whether the scripts update the principal index themselves: on a
-    /// standalone Redis every key is on the one server, so a script may
-    /// write the session and its principal's index in one step.
-    pub(crate) fn folds(&self) -> bool {
-        !self.conn.is_cluster()
+    /// Whether one script may write both `session` and `index`: always on
+    /// a standalone Redis (every key is on the one server), and on a
+    /// cluster when they share a hash slot (a session placed with its
+    /// principal; see the `keys` module).
+    pub(crate) fn together(&self, session: &Name, index: &Name) -> bool {
+        !self.conn.is_cluster() || session.same_slot(index)
     }
 
-    fn fold_arg(&self) -> &'static str {
-        if self.folds() { "1" } else { "0" }
+    /// Whether the scripts on `session` may update the index its hash
+    /// remembers (`ix`). On a cluster a hash holds `ix` only when it was
+    /// written together with that index, in its slot; hashes under legacy
+    /// names never did, and are left to the separate index commands.
+    fn fold_arg(&self, session: &Name) -> &'static str {
+        if !self.conn.is_cluster() || session.tag().len() == TAG_LEN {
+            "1"
+        } else {
+            "0"
+        }
+    }
+
+    pub(crate) fn legacy(&self) -> bool {
+        self.legacy
+    }
+
+    pub(crate) fn set_legacy(&mut self, on: bool) {
+        self.legacy = on;
+    }
+
+    pub(crate) fn address(&self) -> Option<&str> {
+        self.address.as_deref()
     }
 
     /// The connection pool, to share with other Redis users (the cache layer).
@@ -179,13 +205,13 @@ impl RedisStore {
     /// The Redis key of a session's hash (for operators and tests).
     #[must_use]
     pub fn store_key(&self, key: &SessionKey) -> String {
-        self.keys.session(key)
+        self.keys.session(key).name
     }
 
     /// The Redis key of a principal's index (for operators and tests).
     #[must_use]
     pub fn principal_key(&self, principal: &str) -> String {
-        self.keys.principal(principal)
+        self.keys.principal(principal).name
     }
 
     pub(crate) fn keys(&self) -> &KeySpace {
@@ -240,10 +266,12 @@ fn corrupt_here(key: &SessionKey) -> StoreError {
     )))
 }
 
-impl SessionStore for RedisStore {
-    async fn load(
+/// Each call on one name of the session; `SessionStore` (in `names`)
+/// picks the name.
+impl RedisStore {
+    pub(crate) async fn load_at(
         &self,
-        key: &SessionKey,
+        name: &Name,
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
         let value: Value = self
@@ -252,7 +280,7 @@ impl SessionStore for RedisStore {
                 let mut conn = self.conn.get().await?;
                 self.scripts
                     .load
-                    .key(self.keys.session(key))
+                    .key(&name.name)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))
@@ -262,8 +290,9 @@ impl SessionStore for RedisStore {
         Ok(record.filter(|r| !r.is_expired(now)).map(Arc::new))
     }
 
-    async fn create(
+    pub(crate) async fn create_at(
         &self,
+        name: &Name,
         key: &SessionKey,
         record: &Record,
         now: Timestamp,
@@ -273,11 +302,12 @@ impl SessionStore for RedisStore {
             .bounded(async {
                 let mut conn = self.conn.get().await?;
                 let mut call = self.scripts.create.prepare_invoke();
-                call.key(self.keys.session(key));
+                call.key(&name.name);
                 if let Some(principal) = &record.principal {
-                    if self.folds() {
-                        // One server: the entry is added by the script.
-                        call.key(self.keys.principal(principal));
+                    let index = self.keys.principal(principal);
+                    if self.together(name, &index) {
+                        // One server or slot: the script adds the entry.
+                        call.key(&index.name);
                     } else {
                         // Index first: a session never exists unindexed, so
                         // a revoke never misses it. A create that then finds
@@ -306,8 +336,9 @@ impl SessionStore for RedisStore {
             .await
     }
 
-    async fn save(
+    pub(crate) async fn save_at(
         &self,
+        name: &Name,
         key: &SessionKey,
         change: &Change,
         now: Timestamp,
@@ -318,11 +349,12 @@ impl SessionStore for RedisStore {
             .bounded(async {
                 let mut conn = self.conn.get().await?;
                 let mut call = self.scripts.save.prepare_invoke();
-                call.key(self.keys.session(key));
+                call.key(&name.name);
                 let (op, principal) = match &change.principal {
                     PrincipalChange::Set(p) => {
-                        if self.folds() {
-                            call.key(self.keys.principal(p));
+                        let index = self.keys.principal(p);
+                        if self.together(name, &index) {
+                            call.key(&index.name);
                         } else {
                             // Index first, as for create.
                             self.index_add(&mut conn, p, key, expires, now).await?;
@@ -340,7 +372,7 @@ impl SessionStore for RedisStore {
                     .arg(key.as_str())
                     .arg(op)
                     .arg(principal)
-                    .arg(self.fold_arg())
+                    .arg(self.fold_arg(name))
                     .arg(change.set.len() * 2);
                 for (k, value) in &change.set {
                     call.arg(data_field(k)).arg(value.as_slice());
@@ -407,8 +439,9 @@ impl SessionStore for RedisStore {
         Ok(outcome)
     }
 
-    async fn touch(
+    pub(crate) async fn touch_at(
         &self,
+        name: &Name,
         key: &SessionKey,
         idle_deadline: Timestamp,
         now: Timestamp,
@@ -420,12 +453,12 @@ impl SessionStore for RedisStore {
                 let reply: Value = self
                     .scripts
                     .touch
-                    .key(self.keys.session(key))
+                    .key(&name.name)
                     .arg(now.as_millis())
                     .arg(idle_deadline.as_millis())
                     .arg(&*self.announcements)
                     .arg(key.as_str())
-                    .arg(self.fold_arg())
+                    .arg(self.fold_arg(name))
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
@@ -451,7 +484,12 @@ impl SessionStore for RedisStore {
         Ok(outcome)
     }
 
-    async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
+    pub(crate) async fn delete_at(
+        &self,
+        name: &Name,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         let (was, principal, folded) = self
             .conn
             .bounded(async {
@@ -459,11 +497,11 @@ impl SessionStore for RedisStore {
                 let reply: Value = self
                     .scripts
                     .delete
-                    .key(self.keys.session(key))
+                    .key(&name.name)
                     .arg(now.as_millis())
                     .arg(&*self.announcements)
                     .arg(key.as_str())
-                    .arg(self.fold_arg())
+                    .arg(self.fold_arg(name))
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
@@ -481,8 +519,9 @@ impl SessionStore for RedisStore {
         Ok(was)
     }
 
-    async fn delete_if_version(
+    pub(crate) async fn delete_if_version_at(
         &self,
+        name: &Name,
         key: &SessionKey,
         expected: Version,
         now: Timestamp,
@@ -494,12 +533,12 @@ impl SessionStore for RedisStore {
                 let reply: Value = self
                     .scripts
                     .delete_if_version
-                    .key(self.keys.session(key))
+                    .key(&name.name)
                     .arg(now.as_millis())
                     .arg(expected.get())
                     .arg(&*self.announcements)
                     .arg(key.as_str())
-                    .arg(self.fold_arg())
+                    .arg(self.fold_arg(name))
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
@@ -536,33 +575,5 @@ impl SessionStore for RedisStore {
             self.after_announced_end().await;
         }
         Ok(outcome)
-    }
-
-    async fn list_principal(
-        &self,
-        principal: &str,
-        now: Timestamp,
-    ) -> Result<Vec<SessionKey>, StoreError> {
-        self.list_indexed(principal, now).await
-    }
-
-    async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
-        let revoked = self.revoke_indexed(principal, now).await?;
-        self.after_announced_end().await;
-        Ok(revoked)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::full().with_announces_writes(!self.announcements.is_empty())
-    }
-
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
-    /// The configured node's `host:port`; for a cluster, the first seed's
-    /// (the calls go to whichever node owns the key).
-    fn server_address(&self) -> Option<&str> {
-        self.address.as_deref()
     }
 }

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use moka::notification::RemovalCause;
 use offstate_core::{
-    Capabilities, Change, CreateOutcome, DeleteOutcome, Invalidation, InvalidationChannel, Record,
-    SaveOutcome, SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome, Version,
+    Capabilities, Change, CreateOutcome, DeleteOutcome, Invalidation, InvalidationChannel,
+    KeyPrefix, Record, SaveOutcome, SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome,
+    Version,
 };
 
 use crate::coherence;
@@ -555,6 +556,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     // served from memory while the store is down.
     async fn ping(&self, now: Timestamp) -> Result<(), StoreError> {
         self.inner.ping(now).await
+    }
+
+    fn key_prefix(&self, principal: &str) -> Option<KeyPrefix> {
+        self.inner.key_prefix(principal)
     }
 
     fn capabilities(&self) -> Capabilities {

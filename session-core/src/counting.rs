@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::StoreError;
-use crate::id::SessionKey;
+use crate::id::{KeyPrefix, SessionKey};
 use crate::record::{Record, Timestamp, Version};
 use crate::store::{
     Capabilities, Change, CreateOutcome, DeleteOutcome, SaveOutcome, SessionStore, TouchOutcome,
@@ -203,6 +203,10 @@ impl<S: SessionStore> SessionStore for CountingStore<S> {
     // loads that includes probes would skew the per-request figures.
     async fn ping(&self, now: Timestamp) -> Result<(), StoreError> {
         self.inner.ping(now).await
+    }
+
+    fn key_prefix(&self, principal: &str) -> Option<KeyPrefix> {
+        self.inner.key_prefix(principal)
     }
 
     fn capabilities(&self) -> Capabilities {

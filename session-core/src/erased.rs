@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::error::StoreError;
-use crate::id::SessionKey;
+use crate::id::{KeyPrefix, SessionKey};
 use crate::record::{Record, Timestamp, Version};
 use crate::store::{
     Capabilities, Change, CreateOutcome, DeleteOutcome, SaveOutcome, SessionStore, TouchOutcome,
@@ -64,6 +64,7 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
     fn ping(&self, now: Timestamp) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn key_prefix(&self, principal: &str) -> Option<KeyPrefix>;
     fn capabilities(&self) -> Capabilities;
     fn name(&self) -> &'static str;
     fn server_address(&self) -> Option<&str>;
@@ -132,6 +133,9 @@ impl<S: SessionStore> ErasedStore for S {
     }
     fn ping(&self, now: Timestamp) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(SessionStore::ping(self, now))
+    }
+    fn key_prefix(&self, principal: &str) -> Option<KeyPrefix> {
+        SessionStore::key_prefix(self, principal)
     }
     fn capabilities(&self) -> Capabilities {
         SessionStore::capabilities(self)

@@ -45,13 +45,49 @@ impl SessionId {
     #[must_use]
     pub fn generate() -> Self {
         let mut bytes = [0u8; ID_BYTES];
-        if let Err(error) = getrandom::fill(&mut bytes) {
-            // A predictable session ID is a security hole; refusing to run is
-            // the only safe answer, and there is no error the caller could act on.
-            tracing::error!(%error, "the operating system's random source failed");
-            std::process::abort();
-        }
+        fill_random(&mut bytes);
         Self(bytes)
+    }
+
+    /// Draws a new random ID whose [`key`](Self::key) starts with `prefix`:
+    /// random IDs are drawn until one's key matches, so the result is
+    /// uniform over the IDs that match (a prefix of `n` characters leaves
+    /// 192 − 6·`n` bits unknown to someone who knows the prefix, and the
+    /// prefix says nothing about the ID itself).
+    ///
+    /// It costs 64ⁿ draws on average (one SHA-256 of 24 bytes each, about
+    /// 0.1 µs with SHA instructions): 64 for one character (30 µs), 4,096
+    /// for two (1.5 ms, measured on a busy 2-core machine), spent on the
+    /// calling thread. A store asks for it through
+    /// [`SessionStore::key_prefix`](crate::SessionStore::key_prefix), to
+    /// file a new session beside its principal's other data.
+    ///
+    /// ```
+    /// use offstate_core::{KeyPrefix, SessionId};
+    ///
+    /// let prefix = KeyPrefix::new("Ab").unwrap();
+    /// let id = SessionId::generate_with_key_prefix(&prefix);
+    /// assert!(id.key().as_str().starts_with("Ab"));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Never in practice, as [`generate`](Self::generate).
+    #[must_use]
+    pub fn generate_with_key_prefix(prefix: &KeyPrefix) -> Self {
+        // Random bytes in batches: one system call per many candidates.
+        const BATCH: usize = 64;
+        let mut pool = [0u8; ID_BYTES * BATCH];
+        loop {
+            fill_random(&mut pool);
+            for chunk in pool.chunks_exact(ID_BYTES) {
+                if prefix.matches(&Sha256::digest(chunk)) {
+                    let mut bytes = [0u8; ID_BYTES];
+                    bytes.copy_from_slice(chunk);
+                    return Self(bytes);
+                }
+            }
+        }
     }
 
     /// Parses the text form of an ID.
@@ -84,6 +120,103 @@ impl SessionId {
     pub fn key(&self) -> SessionKey {
         let digest = Sha256::digest(self.0);
         SessionKey(URL_SAFE_NO_PAD.encode(digest))
+    }
+}
+
+/// Fills `bytes` from the operating system's CSPRNG, or aborts.
+fn fill_random(bytes: &mut [u8]) {
+    if let Err(error) = getrandom::fill(bytes) {
+        // A predictable session ID is a security hole; refusing to run is
+        // the only safe answer, and there is no error the caller could act on.
+        tracing::error!(%error, "the operating system's random source failed");
+        std::process::abort();
+    }
+}
+
+/// The longest [`KeyPrefix`]: two characters (12 bits, 4,096 draws per
+/// ID). Each more character would multiply the cost of an ID by 64.
+pub const MAX_KEY_PREFIX_LEN: usize = 2;
+
+/// The first characters a [`SessionKey`] must start with: how a store asks
+/// for a new session to be filed in a place of its choosing (a Redis
+/// Cluster hash slot, say) without learning anything about the ID. Made of
+/// 1 to [`MAX_KEY_PREFIX_LEN`] URL-safe base64 characters, the alphabet of
+/// keys.
+///
+/// ```
+/// use offstate_core::KeyPrefix;
+///
+/// assert!(KeyPrefix::new("x_").is_ok());
+/// assert!(KeyPrefix::new("").is_err());
+/// assert!(KeyPrefix::new("abc").is_err());
+/// assert!(KeyPrefix::new("a+").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyPrefix {
+    text: String,
+    /// The prefix's bits, left-aligned in 24 bits (the first 3 bytes of a
+    /// key's digest), and which of those bits it fixes.
+    bits: u32,
+    mask: u32,
+}
+
+impl KeyPrefix {
+    /// Checks `text` and builds the prefix.
+    ///
+    /// # Errors
+    ///
+    /// [`IdError::Length`] for an empty text or one longer than
+    /// [`MAX_KEY_PREFIX_LEN`]; [`IdError::Alphabet`] for a character
+    /// outside URL-safe base64.
+    pub fn new(text: &str) -> Result<Self, IdError> {
+        if text.is_empty() || text.len() > MAX_KEY_PREFIX_LEN {
+            return Err(IdError::Length(text.len()));
+        }
+        let mut bits = 0u32;
+        for (i, byte) in text.bytes().enumerate() {
+            let value = sextet(byte).ok_or(IdError::Alphabet)?;
+            bits |= u32::from(value) << (18 - 6 * i);
+        }
+        let fixed = 6 * text.len() as u32;
+        let mask = ((1u32 << fixed) - 1) << (24 - fixed);
+        Ok(Self {
+            text: text.to_owned(),
+            bits,
+            mask,
+        })
+    }
+
+    /// The prefix as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether a key with this SHA-256 digest starts with the prefix.
+    fn matches(&self, digest: &[u8]) -> bool {
+        let head = match digest {
+            [a, b, c, ..] => u32::from_be_bytes([0, *a, *b, *c]),
+            _ => return false,
+        };
+        head & self.mask == self.bits
+    }
+}
+
+impl fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The 6-bit value of one URL-safe base64 character.
+fn sextet(byte: u8) -> Option<u8> {
+    match byte {
+        b'A'..=b'Z' => Some(byte - b'A'),
+        b'a'..=b'z' => Some(byte - b'a' + 26),
+        b'0'..=b'9' => Some(byte - b'0' + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
     }
 }
 
@@ -211,6 +344,43 @@ mod tests {
         assert!(!key.as_str().contains(&id.to_string()));
         assert_eq!(key, id.key());
         assert_eq!(SessionKey::from_stored(key.as_str()).unwrap(), key);
+    }
+
+    #[test]
+    fn ids_drawn_for_a_prefix_have_keys_that_start_with_it() {
+        for text in ["A", "_", "zz", "-9", "Ab"] {
+            let prefix = KeyPrefix::new(text).unwrap();
+            for _ in 0..3 {
+                let id = SessionId::generate_with_key_prefix(&prefix);
+                assert!(id.key().as_str().starts_with(text), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_prefix_character_maps_to_its_bits() {
+        // Each character of the alphabet, in either position, matches the
+        // key that starts with it and no other.
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for id in std::iter::repeat_with(SessionId::generate).take(200) {
+            let digest = Sha256::digest(id.0);
+            let key = id.key();
+            for (i, c) in alphabet.chars().enumerate() {
+                let one = KeyPrefix::new(&c.to_string()).unwrap();
+                assert_eq!(one.matches(&digest), key.as_str().starts_with(c), "{i}");
+            }
+            let two = KeyPrefix::new(&key.as_str()[..2]).unwrap();
+            assert!(two.matches(&digest));
+        }
+    }
+
+    #[test]
+    fn key_prefixes_refuse_bad_text() {
+        assert_eq!(KeyPrefix::new(""), Err(IdError::Length(0)));
+        assert_eq!(KeyPrefix::new("abc"), Err(IdError::Length(3)));
+        assert_eq!(KeyPrefix::new("a="), Err(IdError::Alphabet));
+        assert_eq!(KeyPrefix::new("é"), Err(IdError::Alphabet));
+        assert_eq!(KeyPrefix::new("Q").unwrap().as_str(), "Q");
     }
 
     #[test]

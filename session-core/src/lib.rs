@@ -70,7 +70,7 @@ pub use error::{BoxError, LimitError, SessionError, StoreError};
 pub use expiry::ExpiryPolicy;
 #[cfg(feature = "axum")]
 pub use extract::MissingSessionLayer;
-pub use id::{IdError, SESSION_ID_LEN, SessionId, SessionKey};
+pub use id::{IdError, KeyPrefix, MAX_KEY_PREFIX_LEN, SESSION_ID_LEN, SessionId, SessionKey};
 pub use invalidation::{
     ChannelEvent, Invalidation, InvalidationChannel, LocalChannel, MalformedInvalidation,
 };

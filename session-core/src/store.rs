@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::error::StoreError;
-use crate::id::SessionKey;
+use crate::id::{KeyPrefix, SessionId, SessionKey};
 use crate::record::{Deadlines, Record, Timestamp, Version};
 
 /// A versioned, conditional write of a session's changes.
@@ -361,9 +361,29 @@ pub trait SessionStore: Send + Sync + 'static {
     /// [`StoreError`] when the store does not answer or fails.
     fn ping(&self, now: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send {
         async move {
-            let probe = crate::id::SessionId::generate().key();
+            let probe = SessionId::generate().key();
             self.load(&probe, now).await.map(|_| ())
         }
+    }
+
+    /// Where a new session of `principal` should be filed: the
+    /// [`KeyPrefix`] its key should start with, or `None` (the default)
+    /// when the store does not mind.
+    ///
+    /// A login asks for it when it draws the session's new ID (the ID is
+    /// then drawn until its key matches; see
+    /// [`SessionId::generate_with_key_prefix`]). A store that partitions by
+    /// key uses it to put a principal's sessions in the partition of its
+    /// principal index, so that the two are written together and lost
+    /// together (Redis Cluster: the same hash slot). It is a placement
+    /// wish, never a requirement: every other operation must still work
+    /// on a key that does not match (a session created before the store
+    /// asked, or under another principal), only less well placed. The
+    /// answer must depend on `principal` alone, and be cheap.
+    /// Wrappers (a cache, a counter) pass it to the store they wrap.
+    fn key_prefix(&self, principal: &str) -> Option<KeyPrefix> {
+        let _ = principal;
+        None
     }
 
     /// What this store can do beyond the required contract.

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::error::StoreError;
-use crate::id::SessionKey;
+use crate::id::{KeyPrefix, SessionKey};
 use crate::record::{Record, Timestamp, Version};
 use crate::store::{
     Capabilities, Change, CreateOutcome, DeleteOutcome, SaveOutcome, SessionStore, TouchOutcome,
@@ -386,6 +386,10 @@ impl<S: SessionStore> SessionStore for FaultyStore<S> {
             self.inner.revoke_principal(principal, now),
         )
         .await
+    }
+
+    fn key_prefix(&self, principal: &str) -> Option<KeyPrefix> {
+        self.inner.key_prefix(principal)
     }
 
     fn capabilities(&self) -> Capabilities {

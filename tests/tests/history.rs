@@ -135,18 +135,12 @@ async fn redis_target<'a>(
     let target = Target::new(name, instances, Arc::new(faulty))
         .with_probe(Sessions::new(store))
         .with_nodes(nodes(redis.nodes()), TIMEOUT);
-    // A restarted cluster node keeps its nodes.conf and rejoins, empty
-    // (redis_failover.rs), but the cluster run has no restarts: a master
-    // without a replica that loses the principal index while the sessions
-    // on other masters survive leaves those sessions out of revoke-all
-    // until their next write or touch (docs/backends.md). With restarts,
-    // the run reports exactly that (OFFSTATE_HISTORY_SEED=704250549626,
-    // OFFSTATE_HISTORY_OPS=15000).
-    let target = if redis.is_cluster() {
-        target
-    } else {
-        target.with_restarts()
-    };
+    // Servers are also killed and restarted empty. A restarted cluster
+    // node keeps its nodes.conf and rejoins its cluster empty
+    // (redis_failover.rs); a principal's sessions share their index's
+    // slot, so a restart loses both together and revoke-all stays
+    // complete (issue 13; OFFSTATE_HISTORY_SEED=704250549626 found it).
+    let target = target.with_restarts();
     if cached {
         // A lost channel is noticed within the heartbeat and its timeout;
         // then the staleness bound applies (the cache's documented bound).

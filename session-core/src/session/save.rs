@@ -206,12 +206,21 @@ impl Session {
         Ok(record)
     }
 
-    /// Stores `record` under a fresh ID. Never adopts an ID the client
-    /// chose.
+    /// Stores `record` under a fresh ID, placed with its principal when
+    /// the store asks. Never adopts an ID the client chose.
     async fn create_fresh(&self, record: &Record) -> Result<(SessionId, SessionKey), SessionError> {
         let sessions = self.sessions();
+        // A session with a principal goes where its store files that
+        // principal's data (SessionStore::key_prefix).
+        let prefix = record
+            .principal
+            .as_deref()
+            .and_then(|p| sessions.store.key_prefix(p));
         for _ in 0..CREATE_ATTEMPTS {
-            let id = SessionId::generate();
+            let id = match &prefix {
+                Some(prefix) => SessionId::generate_with_key_prefix(prefix),
+                None => SessionId::generate(),
+            };
             let key = id.key();
             match calls::create(sessions, &key, record, sessions.now()).await {
                 Ok(CreateOutcome::Created) => return Ok((id, key)),

@@ -27,11 +27,18 @@
 //!    login's principal).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use offstate_core::{SessionId, Sessions};
 
 use super::model::{Event, Observation, OpKind, Outcome, short};
+
+/// How long the final reads and revokes retry while the backend recovers
+/// from the run's faults. A time, not a number of tries: after a Redis
+/// Cluster master restarts, a client's calls fail for about 2 s (at once
+/// with "unavailable", then by timeouts) until it reconnects, longer
+/// than ten quick retries took.
+const RECOVERY: Duration = Duration::from_secs(15);
 
 /// What checking one history found.
 #[derive(Debug, Default)]
@@ -353,7 +360,8 @@ pub(crate) async fn check(
 async fn sweep(probe: &Sessions, ids: &[SessionId], users: &[String], findings: &mut Findings) {
     for user in users {
         let mut last = None;
-        for _ in 0..5 {
+        let start = Instant::now();
+        while start.elapsed() < RECOVERY {
             match probe.revoke_principal(user).await {
                 Ok(_) => {
                     last = None;
@@ -456,7 +464,7 @@ async fn final_load(
     probe: &Sessions,
     id: &SessionId,
 ) -> Result<Observation, offstate_core::SessionError> {
-    let mut attempt = 0;
+    let start = Instant::now();
     loop {
         match probe.load(id).await {
             Ok(Some(session)) => {
@@ -476,11 +484,8 @@ async fn final_load(
                     cart: Vec::new(),
                 });
             }
-            Err(error) if attempt >= 10 => return Err(error),
-            Err(_) => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Err(error) if start.elapsed() >= RECOVERY => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use offstate_core::testing::{Call, Fault, FaultyStore};
 use offstate_core::{
-    Capabilities, Change, CreateOutcome, DeleteOutcome, Record, SaveOutcome, SessionKey,
+    Capabilities, Change, CreateOutcome, DeleteOutcome, KeyPrefix, Record, SaveOutcome, SessionKey,
     SessionStore, StoreError, Timestamp, TouchOutcome, Version,
 };
 
@@ -207,6 +207,10 @@ impl<S: SessionStore> SessionStore for Jitter<S> {
     async fn revoke_principal(&self, principal: &str, now: Timestamp) -> Result<usize, StoreError> {
         self.shake().await;
         self.inner.revoke_principal(principal, now).await
+    }
+
+    fn key_prefix(&self, principal: &str) -> Option<KeyPrefix> {
+        self.inner.key_prefix(principal)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -143,8 +143,8 @@ pub struct Target<'a> {
     pub staleness: Option<Duration>,
     /// Servers to pause while the clients run.
     pub nodes: Vec<&'a Node>,
-    /// Whether servers are also killed and restarted empty (standalone
-    /// servers only: a restarted cluster node would not rejoin).
+    /// Whether servers are also killed and restarted empty (a cluster
+    /// node keeps its nodes.conf and rejoins its cluster, empty).
     pub restarts: bool,
     /// The store's command timeout (pauses run from a tenth of it to twice it).
     pub timeout: Duration,
