@@ -5,6 +5,7 @@
 //! the store therefore reveals no ID that could be replayed as a cookie.
 
 use std::fmt;
+use std::hash::Hasher;
 use std::str::FromStr;
 
 use base64::Engine as _;
@@ -83,7 +84,13 @@ impl SessionId {
     #[must_use]
     pub fn key(&self) -> SessionKey {
         let digest = Sha256::digest(self.0);
-        SessionKey(URL_SAFE_NO_PAD.encode(digest))
+        let mut text = [0u8; KEY_LEN];
+        match URL_SAFE_NO_PAD.encode_slice(digest, &mut text) {
+            Ok(KEY_LEN) => SessionKey(text),
+            // 32 bytes always encode to 43 characters; should base64 ever
+            // disagree, the owned encoding is the same text.
+            _ => SessionKey::from_text(&URL_SAFE_NO_PAD.encode(digest)),
+        }
     }
 }
 
@@ -123,19 +130,53 @@ pub enum IdError {
     Alphabet,
 }
 
+/// Length of a key's text form: base64url without padding of a SHA-256.
+const KEY_LEN: usize = 43;
+
 /// The key a session is stored under: the SHA-256 of its [`SessionId`], in
 /// URL-safe base64 (43 characters).
 ///
 /// Stores add their own prefix or namespace in front of it. Revocation lists
 /// return keys, not IDs: the store never learns an ID it could leak.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(String);
+///
+/// The text is kept inline (always 43 ASCII bytes), so a key is made and
+/// cloned without allocating: the session layer clones it a few times per
+/// request.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionKey([u8; KEY_LEN]);
+
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As its text would (`str`'s hash: the bytes, then 0xff), not as
+        // an array (a length prefix first): the memory store's hasher
+        // takes the first bytes it is given.
+        state.write(&self.0);
+        state.write_u8(0xff);
+    }
+}
 
 impl SessionKey {
     /// The key as text, ready to be prefixed and sent to a store.
     #[must_use]
     pub fn as_str(&self) -> &str {
+        // Only base64url characters are ever stored (see `key` and
+        // `from_stored`), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The key's bytes (its ASCII text).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// A key from text already checked to be 43 base64url characters;
+    /// anything else leaves the rest of the key zeroed (never the case).
+    fn from_text(text: &str) -> Self {
+        let mut bytes = [0u8; KEY_LEN];
+        for (to, from) in bytes.iter_mut().zip(text.bytes()) {
+            *to = from;
+        }
+        Self(bytes)
     }
 
     /// Rebuilds a key that a store returned (from a principal index, say).
@@ -144,7 +185,6 @@ impl SessionKey {
     ///
     /// [`IdError`] when the text is not a 43-character URL-safe base64 hash.
     pub fn from_stored(text: &str) -> Result<Self, IdError> {
-        const KEY_LEN: usize = 43;
         if text.len() != KEY_LEN {
             return Err(IdError::Length(text.len()));
         }
@@ -154,13 +194,13 @@ impl SessionKey {
         {
             return Err(IdError::Alphabet);
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self::from_text(text))
     }
 }
 
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -168,9 +208,41 @@ impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A key is a hash and cannot be replayed, but a short prefix is enough
         // to correlate log lines.
-        write!(f, "SessionKey({}…)", &self.0[..self.0.len().min(8)])
+        let text = self.as_str();
+        write!(f, "SessionKey({}…)", text.get(..8).unwrap_or(text))
     }
 }
+
+/// Hashes a [`SessionKey`] by its first bytes. The key is already the
+/// output of a cryptographic hash of a server-generated ID, so hashing it
+/// again (SipHash, on every lookup) buys nothing; clients cannot choose
+/// the keys that get stored, so they cannot crowd one bucket either.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // Spread the key's text (a few bits of each byte carry entropy)
+        // over all 64 bits, top bits included (the map uses them).
+        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.0 == 0 && bytes.len() >= 8 {
+            let mut first = [0_u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(first);
+        } else {
+            for b in bytes {
+                self.0 = self.0.rotate_left(5) ^ u64::from(*b);
+            }
+        }
+    }
+}
+
+/// Builds [`KeyHasher`]s, for maps keyed by [`SessionKey`].
+pub(crate) type KeyHashing = std::hash::BuildHasherDefault<KeyHasher>;
 
 #[cfg(test)]
 mod tests {
