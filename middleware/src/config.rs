@@ -202,12 +202,12 @@ impl CookieConfig {
         &self.wire_name
     }
 
-    /// Whether the `__Host-` prefix is used when the cookie qualifies.
     /// Whether the name sent is an HTTP token, as cookie names must be.
     pub(crate) fn wire_name_ok(&self) -> bool {
         self.wire_name_ok
     }
 
+    /// Whether the `__Host-` prefix is used when the cookie qualifies.
     #[must_use]
     pub fn host_prefix(&self) -> bool {
         self.host_prefix
