@@ -155,15 +155,28 @@ impl Carrier {
         }
     }
 
+    /// Writes the ID's text form (signed, if signing is on) into `text`.
+    fn encode_into(&self, id: &SessionId, text: &mut HeaderText) {
+        use std::fmt::Write as _;
+
+        match &self.signing {
+            Some(key) => text.push(&key.sign(id)),
+            // HeaderText's `write_str` never fails.
+            None => {
+                let _ = write!(text, "{id}");
+            }
+        }
+    }
+
     /// Adds what the client must be told to the response headers.
     pub(crate) fn write(
         &self,
         headers: &mut HeaderMap,
         update: &ClientUpdate,
-        now: Timestamp,
+        now: impl FnOnce() -> Timestamp,
     ) -> Result<(), BadHeader> {
         if let Transport::Cookie(config) = &self.transport
-            && !is_token(config.wire_name())
+            && !config.wire_name_ok()
         {
             return Err(BadHeader);
         }
@@ -172,9 +185,16 @@ impl Carrier {
             (Transport::Cookie(config), ClientUpdate::Set { id, expires_at }) => {
                 let max_age = expires_at
                     .filter(|_| config.persistent())
-                    .map(|at| at.saturating_since(now).as_secs().max(1));
-                let value = set_cookie(config, &self.encode(id), max_age);
-                headers.append(SET_COOKIE, header_value(value)?);
+                    .map(|at| at.saturating_since(now()).as_secs().max(1));
+                let mut text = HeaderText::new();
+                set_cookie(
+                    &mut text,
+                    config,
+                    |text| self.encode_into(id, text),
+                    max_age,
+                );
+                let value = HeaderValue::from_bytes(text.as_bytes()).map_err(|_| BadHeader)?;
+                headers.append(SET_COOKIE, value);
                 Ok(())
             }
             (Transport::Cookie(config), ClientUpdate::Remove) => {
@@ -200,7 +220,7 @@ fn header_value(text: String) -> Result<HeaderValue, BadHeader> {
 }
 
 /// Whether `name` is an HTTP token (RFC 9110 `tchar`s), as cookie names must be.
-fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -219,39 +239,96 @@ fn base_cookie(config: &CookieConfig, value: String) -> cookie::Cookie<'static> 
     cookie
 }
 
-/// The `Set-Cookie` value that sends the ID: the same text the `cookie`
-/// crate writes for [`base_cookie`] (attributes in its order), written
-/// straight into one string, since every write and touch sends it.
-fn set_cookie(config: &CookieConfig, value: &str, max_age_secs: Option<u64>) -> String {
+/// Text for a header value, on the stack while it fits (the usual
+/// `Set-Cookie` does): the header then copies it once, with no other
+/// allocation per response.
+pub(crate) struct HeaderText {
+    inline: [u8; INLINE_TEXT],
+    len: usize,
+    /// Everything, once the text no longer fits inline.
+    spilled: Vec<u8>,
+}
+
+/// Room on the stack for a header value: a cookie's name, a signed ID
+/// and the usual attributes.
+const INLINE_TEXT: usize = 256;
+
+impl HeaderText {
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [0; INLINE_TEXT],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, text: &str) {
+        let bytes = text.as_bytes();
+        if self.spilled.is_empty() {
+            if let Some(room) = self.inline.get_mut(self.len..self.len + bytes.len()) {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+                return;
+            }
+            let inline = self.inline.get(..self.len).unwrap_or_default();
+            self.spilled.extend_from_slice(inline);
+        }
+        self.spilled.extend_from_slice(bytes);
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            self.inline.get(..self.len).unwrap_or_default()
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+impl std::fmt::Write for HeaderText {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.push(text);
+        Ok(())
+    }
+}
+
+/// The `Set-Cookie` value that sends the ID (`value` writes it): the same
+/// text the `cookie` crate writes for [`base_cookie`] (attributes in its
+/// order), written straight into `text`, since every write and touch sends
+/// it.
+fn set_cookie(
+    text: &mut HeaderText,
+    config: &CookieConfig,
+    value: impl FnOnce(&mut HeaderText),
+    max_age_secs: Option<u64>,
+) {
     use std::fmt::Write as _;
 
-    let name = config.wire_name();
-    let mut text = String::with_capacity(name.len() + value.len() + 96);
-    text.push_str(name);
-    text.push('=');
-    text.push_str(value);
+    text.push(config.wire_name());
+    text.push("=");
+    value(text);
     if config.http_only() {
-        text.push_str("; HttpOnly");
+        text.push("; HttpOnly");
     }
-    text.push_str(match config.same_site() {
+    text.push(match config.same_site() {
         SameSite::Strict => "; SameSite=Strict",
         SameSite::Lax => "; SameSite=Lax",
         SameSite::None => "; SameSite=None",
     });
     if config.secure() {
-        text.push_str("; Secure");
+        text.push("; Secure");
     }
-    text.push_str("; Path=");
-    text.push_str(config.path());
+    text.push("; Path=");
+    text.push(config.path());
     if let Some(domain) = config.domain() {
-        text.push_str("; Domain=");
-        text.push_str(domain.strip_prefix('.').unwrap_or(domain));
+        text.push("; Domain=");
+        text.push(domain.strip_prefix('.').unwrap_or(domain));
     }
     if let Some(secs) = max_age_secs {
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        // HeaderText's `write_str` never fails.
         let _ = write!(text, "; Max-Age={secs}");
     }
-    text
 }
 
 /// A cookie that makes the browser forget the session cookie: same name,
@@ -278,6 +355,16 @@ mod tests {
     }
 
     #[test]
+    fn header_text_spills_to_the_heap_when_it_does_not_fit() {
+        let mut text = HeaderText::new();
+        text.push("a=");
+        let long = "b".repeat(INLINE_TEXT);
+        text.push(&long);
+        text.push(";");
+        assert_eq!(text.as_bytes(), format!("a={long};").as_bytes());
+    }
+
+    #[test]
     fn set_cookie_writes_what_the_cookie_crate_writes() {
         let configs = [
             CookieConfig::default(),
@@ -296,8 +383,10 @@ mod tests {
         ];
         for config in &configs {
             for max_age in [None, Some(0), Some(1800), Some(u64::MAX)] {
+                let mut text = HeaderText::new();
+                set_cookie(&mut text, config, |text| text.push("abc"), max_age);
                 assert_eq!(
-                    set_cookie(config, "abc", max_age),
+                    std::str::from_utf8(text.as_bytes()).unwrap(),
                     with_cookie_crate(config, "abc", max_age),
                 );
             }

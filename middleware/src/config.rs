@@ -78,6 +78,9 @@ pub struct CookieConfig {
     host_prefix: bool,
     /// The name the cookie travels under (with `__Host-` when it applies).
     wire_name: Cow<'static, str>,
+    /// Whether `wire_name` is an HTTP token, checked once here rather than
+    /// on every response.
+    wire_name_ok: bool,
 }
 
 impl Default for CookieConfig {
@@ -92,6 +95,7 @@ impl Default for CookieConfig {
             persistent: true,
             host_prefix: true,
             wire_name: Cow::Borrowed(""),
+            wire_name_ok: false,
         }
         .refreshed()
     }
@@ -181,6 +185,7 @@ impl CookieConfig {
         } else {
             self.name.clone()
         };
+        self.wire_name_ok = crate::carrier::is_token(&self.wire_name);
         self
     }
 
@@ -195,6 +200,11 @@ impl CookieConfig {
     #[must_use]
     pub fn wire_name(&self) -> &str {
         &self.wire_name
+    }
+
+    /// Whether the name sent is an HTTP token, as cookie names must be.
+    pub(crate) fn wire_name_ok(&self) -> bool {
+        self.wire_name_ok
     }
 
     /// Whether the `__Host-` prefix is used when the cookie qualifies.

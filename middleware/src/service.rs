@@ -138,8 +138,9 @@ fn tell_client<B: From<&'static str>>(
         _ => "unchanged",
     };
     tracing::Span::current().record("client_update", label);
-    // Max-Age is computed on the clock the deadlines were set with.
-    let now = shared.sessions.clock().now();
+    // Max-Age is computed on the clock the deadlines were set with (read
+    // only when a cookie is sent).
+    let now = || shared.sessions.clock().now();
     if shared
         .carrier
         .write(response.headers_mut(), update, now)

@@ -36,6 +36,14 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
         change: &'a Change,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<SaveOutcome, StoreError>>;
+    fn save_applied<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        change: &'a Change,
+        base: &'a Arc<Record>,
+        next: &'a Arc<Record>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<SaveOutcome, StoreError>>;
     fn touch<'a>(
         &'a self,
         key: &'a SessionKey,
@@ -93,6 +101,18 @@ impl<S: SessionStore> ErasedStore for S {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<SaveOutcome, StoreError>> {
         Box::pin(SessionStore::save(self, key, change, now))
+    }
+    fn save_applied<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        change: &'a Change,
+        base: &'a Arc<Record>,
+        next: &'a Arc<Record>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<SaveOutcome, StoreError>> {
+        Box::pin(SessionStore::save_applied(
+            self, key, change, base, next, now,
+        ))
     }
     fn touch<'a>(
         &'a self,

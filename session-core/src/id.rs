@@ -5,6 +5,7 @@
 //! the store therefore reveals no ID that could be replayed as a cookie.
 
 use std::fmt;
+use std::hash::Hasher;
 use std::str::FromStr;
 
 use base64::Engine as _;
@@ -100,26 +101,49 @@ impl SessionId {
         if text.len() != SESSION_ID_LEN {
             return Err(IdError::Length(text.len()));
         }
-        if !text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(IdError::Alphabet);
-        }
+        // 32 characters of 6 bits are exactly the 24 bytes, with no
+        // padding bits: each group of 4 characters gives 3 bytes. Decoded
+        // here rather than by the base64 engine, since every request with
+        // a cookie parses one.
         let mut bytes = [0u8; ID_BYTES];
-        match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
-            Ok(ID_BYTES) => Ok(Self(bytes)),
-            // The length check above makes other outcomes unreachable, but a
-            // parser that sees outside input answers with an error, not a panic.
-            _ => Err(IdError::Alphabet),
+        for (quad, out) in text
+            .as_bytes()
+            .chunks_exact(4)
+            .zip(bytes.chunks_exact_mut(3))
+        {
+            let mut group = 0u32;
+            for &c in quad {
+                group = (group << 6) | u32::from(sextet(c).ok_or(IdError::Alphabet)?);
+            }
+            let [_, a, b, c] = group.to_be_bytes();
+            out.copy_from_slice(&[a, b, c]);
         }
+        Ok(Self(bytes))
     }
 
     /// The key a store files this session under: a hash, never the ID itself.
     #[must_use]
     pub fn key(&self) -> SessionKey {
         let digest = Sha256::digest(self.0);
-        SessionKey(URL_SAFE_NO_PAD.encode(digest))
+        let mut text = [0u8; KEY_LEN];
+        match URL_SAFE_NO_PAD.encode_slice(digest, &mut text) {
+            Ok(KEY_LEN) => SessionKey(text),
+            // 32 bytes always encode to 43 characters; should base64 ever
+            // disagree, the owned encoding is the same text.
+            _ => SessionKey::from_text(&URL_SAFE_NO_PAD.encode(digest)),
+        }
+    }
+}
+
+/// The value of a URL-safe base64 character.
+fn sextet(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
     }
 }
 
@@ -256,19 +280,53 @@ pub enum IdError {
     Alphabet,
 }
 
+/// Length of a key's text form: base64url without padding of a SHA-256.
+const KEY_LEN: usize = 43;
+
 /// The key a session is stored under: the SHA-256 of its [`SessionId`], in
 /// URL-safe base64 (43 characters).
 ///
 /// Stores add their own prefix or namespace in front of it. Revocation lists
 /// return keys, not IDs: the store never learns an ID it could leak.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(String);
+///
+/// The text is kept inline (always 43 ASCII bytes), so a key is made and
+/// cloned without allocating: the session layer clones it a few times per
+/// request.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionKey([u8; KEY_LEN]);
+
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As its text would (`str`'s hash: the bytes, then 0xff), not as
+        // an array (a length prefix first): the memory store's hasher
+        // takes the first bytes it is given.
+        state.write(&self.0);
+        state.write_u8(0xff);
+    }
+}
 
 impl SessionKey {
     /// The key as text, ready to be prefixed and sent to a store.
     #[must_use]
     pub fn as_str(&self) -> &str {
+        // Only base64url characters are ever stored (see `key` and
+        // `from_stored`), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The key's bytes (its ASCII text).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// A key from text already checked to be 43 base64url characters;
+    /// anything else leaves the rest of the key zeroed (never the case).
+    fn from_text(text: &str) -> Self {
+        let mut bytes = [0u8; KEY_LEN];
+        for (to, from) in bytes.iter_mut().zip(text.bytes()) {
+            *to = from;
+        }
+        Self(bytes)
     }
 
     /// Rebuilds a key that a store returned (from a principal index, say).
@@ -277,7 +335,6 @@ impl SessionKey {
     ///
     /// [`IdError`] when the text is not a 43-character URL-safe base64 hash.
     pub fn from_stored(text: &str) -> Result<Self, IdError> {
-        const KEY_LEN: usize = 43;
         if text.len() != KEY_LEN {
             return Err(IdError::Length(text.len()));
         }
@@ -287,13 +344,13 @@ impl SessionKey {
         {
             return Err(IdError::Alphabet);
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self::from_text(text))
     }
 }
 
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -301,9 +358,41 @@ impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A key is a hash and cannot be replayed, but a short prefix is enough
         // to correlate log lines.
-        write!(f, "SessionKey({}…)", &self.0[..self.0.len().min(8)])
+        let text = self.as_str();
+        write!(f, "SessionKey({}…)", text.get(..8).unwrap_or(text))
     }
 }
+
+/// Hashes a [`SessionKey`] by its first bytes. The key is already the
+/// output of a cryptographic hash of a server-generated ID, so hashing it
+/// again (SipHash, on every lookup) buys nothing; clients cannot choose
+/// the keys that get stored, so they cannot crowd one bucket either.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // Spread the key's text (a few bits of each byte carry entropy)
+        // over all 64 bits, top bits included (the map uses them).
+        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.0 == 0 && bytes.len() >= 8 {
+            let mut first = [0_u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(first);
+        } else {
+            for b in bytes {
+                self.0 = self.0.rotate_left(5) ^ u64::from(*b);
+            }
+        }
+    }
+}
+
+/// Builds [`KeyHasher`]s, for maps keyed by [`SessionKey`].
+pub(crate) type KeyHashing = std::hash::BuildHasherDefault<KeyHasher>;
 
 #[cfg(test)]
 mod tests {
@@ -317,6 +406,25 @@ mod tests {
         let text = a.to_string();
         assert_eq!(text.len(), SESSION_ID_LEN);
         assert_eq!(SessionId::parse(&text).unwrap(), a);
+    }
+
+    #[test]
+    fn parse_decodes_as_the_base64_engine_does() {
+        for _ in 0..64 {
+            let id = SessionId::generate();
+            let text = URL_SAFE_NO_PAD.encode(id.0);
+            assert_eq!(SessionId::parse(&text).unwrap().0, id.0);
+        }
+        let every_character = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for window in every_character.as_bytes().windows(SESSION_ID_LEN) {
+            let text = std::str::from_utf8(window).unwrap();
+            let mut expected = [0u8; ID_BYTES];
+            assert_eq!(
+                URL_SAFE_NO_PAD.decode_slice(text, &mut expected),
+                Ok(ID_BYTES)
+            );
+            assert_eq!(SessionId::parse(text).unwrap().0, expected);
+        }
     }
 
     #[test]

@@ -28,13 +28,12 @@
 //! of that state are at the end.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
-use crate::id::SessionKey;
+use crate::id::{KeyHashing, SessionKey};
 use crate::record::{Record, Timestamp, Version};
 use crate::store::{
     Change, CreateOutcome, DeleteOutcome, PrincipalChange, SaveOutcome, SessionStore, TouchOutcome,
@@ -99,7 +98,7 @@ impl Default for Shared {
 /// One shard: its records and their deadlines in order.
 #[derive(Debug, Default)]
 struct Shard {
-    records: HashMap<SessionKey, Arc<Record>, BuildHasherDefault<KeyHasher>>,
+    records: HashMap<SessionKey, Arc<Record>, KeyHashing>,
     expiries: BTreeSet<(Timestamp, SessionKey)>,
 }
 
@@ -289,37 +288,9 @@ fn start_purger(shared: Weak<Shared>) {
     }
 }
 
-/// Hashes a [`SessionKey`] by its first bytes. The key is already the
-/// output of a cryptographic hash of a server-generated ID, so hashing it
-/// again (SipHash, on every lookup) buys nothing; clients cannot choose
-/// the keys that get stored, so they cannot crowd one bucket either.
-#[derive(Debug, Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        // Spread the key's text (a few bits of each byte carry entropy)
-        // over all 64 bits, top bits included (the map uses them).
-        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^ (h >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        if self.0 == 0 && bytes.len() >= 8 {
-            let mut first = [0_u8; 8];
-            first.copy_from_slice(&bytes[..8]);
-            self.0 = u64::from_le_bytes(first);
-        } else {
-            for b in bytes {
-                self.0 = self.0.rotate_left(5) ^ u64::from(*b);
-            }
-        }
-    }
-}
-
 fn shard_of(key: &SessionKey) -> usize {
     // The key is a hash already: its last bytes are as good as any.
-    let bytes = key.as_str().as_bytes();
+    let bytes = key.as_bytes();
     let tail = bytes.iter().rev().take(4).fold(0_usize, |acc, b| {
         acc.wrapping_mul(31).wrapping_add(usize::from(*b))
     });
@@ -401,6 +372,67 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// A conditional save. With `built` (the record the writer read, and
+    /// the one it built from it), the writer's record is kept as it is when
+    /// the live record is the one it read and the built one has what
+    /// applying the change would give it: no second copy of the data.
+    fn save_now(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        built: Option<(&Arc<Record>, &Arc<Record>)>,
+        now: Timestamp,
+    ) -> SaveOutcome {
+        // A principal change takes the index lock first (the one order).
+        let mut principals =
+            (change.principal != PrincipalChange::Keep).then(|| self.shared.principals());
+        let (version, freed) = {
+            let mut shard = self.shared.shard(key);
+            let Some(current) = shard.live(key, now) else {
+                return SaveOutcome::Gone;
+            };
+            if current.version != change.expected {
+                return SaveOutcome::Conflict(Arc::clone(current));
+            }
+            let next = match built {
+                Some((base, next)) if Arc::ptr_eq(base, current) && applies(change, base, next) => {
+                    Arc::clone(next)
+                }
+                _ => Arc::new(change.apply_to(current)),
+            };
+            if let Some(index) = principals.as_deref_mut() {
+                if let Some(old) = &current.principal {
+                    Self::unindex(index, key, old);
+                }
+                if let Some(new) = &next.principal {
+                    Self::index(index, key, new);
+                }
+            }
+            let version = next.version;
+            shard.put(key, next);
+            (version, self.shared.wrote(&mut shard, now))
+        };
+        drop(principals);
+        self.shared.unindex_freed(freed, now);
+        SaveOutcome::Saved(version)
+    }
+}
+
+/// Whether `next` has the version, deadlines and principal that applying
+/// `change` to `base` gives (the data is the writer's word: it built `next`
+/// from `base`).
+fn applies(change: &Change, base: &Record, next: &Record) -> bool {
+    let principal = match &change.principal {
+        PrincipalChange::Set(p) => Some(p.as_str()),
+        PrincipalChange::Clear => None,
+        _ => base.principal.as_deref(),
+    };
+    next.version == change.expected.next()
+        && next.deadlines == base.deadlines.extended_to(change.deadlines.idle)
+        && next.principal.as_deref() == principal
+}
+
 impl SessionStore for MemoryStore {
     async fn load(
         &self,
@@ -446,33 +478,18 @@ impl SessionStore for MemoryStore {
         change: &Change,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        // A principal change takes the index lock first (the one order).
-        let mut principals =
-            (change.principal != PrincipalChange::Keep).then(|| self.shared.principals());
-        let (version, freed) = {
-            let mut shard = self.shared.shard(key);
-            let Some(current) = shard.live(key, now) else {
-                return Ok(SaveOutcome::Gone);
-            };
-            if current.version != change.expected {
-                return Ok(SaveOutcome::Conflict(Arc::clone(current)));
-            }
-            let next = change.apply_to(current);
-            if let Some(index) = principals.as_deref_mut() {
-                if let Some(old) = &current.principal {
-                    Self::unindex(index, key, old);
-                }
-                if let Some(new) = &next.principal {
-                    Self::index(index, key, new);
-                }
-            }
-            let version = next.version;
-            shard.put(key, Arc::new(next));
-            (version, self.shared.wrote(&mut shard, now))
-        };
-        drop(principals);
-        self.shared.unindex_freed(freed, now);
-        Ok(SaveOutcome::Saved(version))
+        Ok(self.save_now(key, change, None, now))
+    }
+
+    async fn save_applied(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        base: &Arc<Record>,
+        next: &Arc<Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        Ok(self.save_now(key, change, Some((base, next)), now))
     }
 
     async fn touch(
@@ -608,6 +625,50 @@ mod tests {
         );
         store.purge_expired(later);
         assert_eq!(store.len(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_save_with_the_record_built_keeps_it_when_the_live_record_is_its_base() {
+        let store = MemoryStore::new();
+        let t0 = Timestamp::from_millis(1_000);
+        let key = crate::SessionId::generate().key();
+        store
+            .create(&key, &record(t0, Duration::from_secs(60)), t0)
+            .await
+            .unwrap();
+        let base = store.load(&key, t0).await.unwrap().unwrap();
+        let t1 = t0.saturating_add(Duration::from_secs(1));
+        let mut change = Change::new(base.version, base.deadlines);
+        change.set.insert("a".into(), b"1".to_vec());
+        let next = Arc::new(change.apply_to(&base));
+        let saved = store.save_applied(&key, &change, &base, &next, t1).await;
+        assert_eq!(saved.unwrap(), SaveOutcome::Saved(next.version));
+        let stored = store.load(&key, t1).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&stored, &next), "the change was applied again");
+    }
+
+    #[tokio::test]
+    async fn a_save_with_the_record_built_from_a_record_since_touched_keeps_the_touch() {
+        // Why: a touch changes the deadline, not the version. A record
+        // built from the untouched one would move the deadline back.
+        let store = MemoryStore::new();
+        let t0 = Timestamp::from_millis(1_000);
+        let key = crate::SessionId::generate().key();
+        store
+            .create(&key, &record(t0, Duration::from_secs(60)), t0)
+            .await
+            .unwrap();
+        let base = store.load(&key, t0).await.unwrap().unwrap();
+        let later = t0.saturating_add(Duration::from_secs(600));
+        store.touch(&key, later, t0).await.unwrap();
+        let mut change = Change::new(base.version, base.deadlines);
+        change.set.insert("a".into(), b"1".to_vec());
+        let next = Arc::new(change.apply_to(&base));
+        let saved = store.save_applied(&key, &change, &base, &next, t0).await;
+        assert_eq!(saved.unwrap(), SaveOutcome::Saved(next.version));
+        let stored = store.load(&key, t0).await.unwrap().unwrap();
+        assert_eq!(stored.deadlines.idle, Some(later));
+        assert_eq!(stored.data.get("a").map(Vec::as_slice), Some(&b"1"[..]));
     }
 
     #[tokio::test]

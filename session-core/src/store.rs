@@ -53,7 +53,13 @@ impl Change {
             next.data.remove(key);
         }
         for (key, value) in &self.set {
-            next.data.insert(key.clone(), value.clone());
+            // A key that is there keeps its allocations (the common write).
+            match next.data.get_mut(key) {
+                Some(stored) => stored.clone_from(value),
+                None => {
+                    next.data.insert(key.clone(), value.clone());
+                }
+            }
         }
         next.deadlines = record.deadlines.extended_to(self.deadlines.idle);
         match &self.principal {
@@ -286,6 +292,32 @@ pub trait SessionStore: Send + Sync + 'static {
         change: &Change,
         now: Timestamp,
     ) -> impl Future<Output = Result<SaveOutcome, StoreError>> + Send;
+
+    /// [`save`](Self::save), from a writer that has already built the
+    /// record the change makes: `next` is `change.apply_to(base)`, where
+    /// `base` is the record the writer read (at `change.expected`).
+    ///
+    /// A store that keeps records in this process may keep `next` itself
+    /// when its live record is `base` (the same allocation), instead of
+    /// applying the change a second time; the version check and the later
+    /// idle deadline are exactly those of `save`. The default saves the
+    /// change. Wrappers need not forward it: the default calls their own
+    /// `save`.
+    ///
+    /// # Errors
+    ///
+    /// As [`save`](Self::save).
+    fn save_applied(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        base: &Arc<Record>,
+        next: &Arc<Record>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<SaveOutcome, StoreError>> + Send {
+        let _ = (base, next);
+        self.save(key, change, now)
+    }
 
     /// Extends the idle deadline of the live record under `key` to
     /// `idle_deadline` (a later stored deadline stays).

@@ -191,17 +191,37 @@ pub(crate) fn store_call(
     let slots = handles::global()
         .and_then(|h| h.backend(backend))
         .and_then(|b| b.call(operation, outcome));
+    // Keys are needed only off the table of handles.
+    let keys = match slots {
+        Some(_) => None,
+        None => handles::call_keys(backend, operation, outcome),
+    };
     count(
         slots.map(|(calls, _)| calls),
-        || metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation, "outcome" => outcome),
+        || match keys {
+            Some((key, _)) => metrics::with_recorder(|r| r.register_counter(key, &METADATA)),
+            None => {
+                metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation, "outcome" => outcome)
+            }
+        },
         1,
     );
     observe(
         slots.map(|(_, durations)| durations),
-        || metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation),
+        || match keys {
+            Some((_, key)) => metrics::with_recorder(|r| r.register_histogram(key, &METADATA)),
+            None => {
+                metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation)
+            }
+        },
         elapsed.as_secs_f64(),
     );
 }
+
+/// What the `metrics` macros called here register with: this module as
+/// target, at level INFO.
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// The slot for `op` (one of [`SAVE_OPS`]) in `select`'s array.
 fn by_op<T, const N: usize>(

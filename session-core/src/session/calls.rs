@@ -119,6 +119,26 @@ pub(crate) async fn save(
     .await
 }
 
+/// [`save`], with the record the change makes already built (see
+/// [`SessionStore::save_applied`](crate::SessionStore::save_applied)).
+/// Counted and traced as a `save`.
+pub(crate) async fn save_applied(
+    sessions: &Sessions,
+    key: &SessionKey,
+    change: &Change,
+    base: &Arc<Record>,
+    next: &Arc<Record>,
+    now: Timestamp,
+) -> Result<SaveOutcome, StoreError> {
+    let work = sessions.store.save_applied(key, change, base, next, now);
+    call(sessions, "save", Some(key), work, |outcome| match outcome {
+        SaveOutcome::Saved(_) => "ok",
+        SaveOutcome::Conflict(_) => "conflict",
+        _ => "gone",
+    })
+    .await
+}
+
 pub(crate) async fn touch(
     sessions: &Sessions,
     key: &SessionKey,

@@ -316,12 +316,15 @@ impl Session {
                 return self.maybe_touch().await;
             }
             config.limits.check_record(keys, size)?;
-            match calls::save(sessions, &key, &change, now).await? {
+            // Built before the save, so a store in this process can keep
+            // it as it is instead of applying the change again.
+            let mut next = Arc::new(change.apply_to(&base));
+            match calls::save_applied(sessions, &key, &change, &base, &next, now).await? {
                 SaveOutcome::Saved(version) => {
-                    let mut next = change.apply_to(&base);
-                    next.version = version;
-                    telemetry::record_written("write", next.size());
-                    let next = Arc::new(next);
+                    if next.version != version {
+                        Arc::make_mut(&mut next).version = version;
+                    }
+                    telemetry::record_written("write", size);
                     turn.hand_over(Arc::clone(&next));
                     self.commit(next, None, true);
                     return Ok(());

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
-use crate::id::SessionKey;
+use crate::id::{KeyHashing, SessionKey};
 use crate::record::Record;
 
 const SHARDS: usize = 16;
@@ -29,7 +29,7 @@ type Latest = Option<Arc<Record>>;
 
 #[derive(Debug, Default)]
 struct Shard {
-    queues: HashMap<SessionKey, Arc<AsyncMutex<Latest>>>,
+    queues: HashMap<SessionKey, Arc<AsyncMutex<Latest>>, KeyHashing>,
     /// The last records of queues that emptied, oldest first.
     recent: VecDeque<(SessionKey, Arc<Record>)>,
 }
@@ -74,7 +74,7 @@ impl Default for Turnstile {
 impl Turnstile {
     fn shard(&self, key: &SessionKey) -> MutexGuard<'_, Shard> {
         // Keys are uniform hashes: their first byte spreads them evenly.
-        let index = key.as_str().as_bytes().first().copied().unwrap_or(0) as usize % SHARDS;
+        let index = key.as_bytes().first().copied().unwrap_or(0) as usize % SHARDS;
         self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -17,7 +17,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Histogram, Recorder};
+use metrics::{Counter, Histogram, Key, Label, Recorder};
 
 /// Values of `operation` in `offstate_store_calls_total`.
 const OPERATIONS: [&str; 8] = [
@@ -175,6 +175,57 @@ impl Backend {
         let outcome = index(&OUTCOMES, outcome)?;
         Some((&self.calls[op][outcome], &self.durations[op]))
     }
+}
+
+/// Ready-made keys of the store-call metrics for one backend. When the
+/// table of handles is not in use (no global recorder, or a thread's own
+/// recorder), a store call registers with one of these, as the `metrics`
+/// macros would with the key they build: the same key and metadata,
+/// without building a vector of labels and hashing it on every call.
+#[derive(Debug)]
+struct CallKeys {
+    name: &'static str,
+    calls: [[OnceLock<Key>; OUTCOMES.len()]; OPERATIONS.len()],
+    durations: [OnceLock<Key>; OPERATIONS.len()],
+}
+
+static CALL_KEYS: [OnceLock<CallKeys>; MAX_BACKENDS] = [const { OnceLock::new() }; MAX_BACKENDS];
+
+/// The keys of `offstate_store_calls_total` and
+/// `offstate_store_call_duration_seconds` for this call (`None` for a
+/// value outside the label sets, or past [`MAX_BACKENDS`] names).
+pub(super) fn call_keys(
+    backend: &'static str,
+    operation: &str,
+    outcome: &str,
+) -> Option<(&'static Key, &'static Key)> {
+    let op = index(&OPERATIONS, operation)?;
+    let outcome = index(&OUTCOMES, outcome)?;
+    let keys = CALL_KEYS.iter().find_map(|slot| {
+        let keys = slot.get_or_init(|| CallKeys {
+            name: backend,
+            calls: Default::default(),
+            durations: Default::default(),
+        });
+        (keys.name == backend).then_some(keys)
+    })?;
+    let operation = OPERATIONS[op];
+    let call = keys.calls[op][outcome].get_or_init(|| {
+        let labels = vec![
+            Label::new("backend", backend),
+            Label::new("operation", operation),
+            Label::new("outcome", OUTCOMES[outcome]),
+        ];
+        Key::from_parts(super::STORE_CALLS, labels)
+    });
+    let duration = keys.durations[op].get_or_init(|| {
+        let labels = vec![
+            Label::new("backend", backend),
+            Label::new("operation", operation),
+        ];
+        Key::from_parts(super::STORE_CALL_DURATION, labels)
+    });
+    Some((call, duration))
 }
 
 /// Adds `n` to the counter in `slot` (registered by `register` the first
