@@ -278,7 +278,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = &mut *self;
         // Held across the read: a check sees the bytes either still on the
         // socket or already accounted for.
-        let mut io = this.watch.io.write().unwrap_or_else(PoisonError::into_inner);
+        let mut io = this
+            .watch
+            .io
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
@@ -312,7 +316,10 @@ enum Frame {
     /// A whole top-level value of `len` bytes; `seen` when it is a pub/sub
     /// message (`message`, `pmessage`, `smessage`), which redis-rs hands to
     /// the subscription's stream.
-    Complete { len: usize, seen: Option<Seen> },
+    Complete {
+        len: usize,
+        seen: Option<Seen>,
+    },
     Incomplete,
     Invalid,
 }
@@ -437,7 +444,6 @@ fn value(b: &[u8]) -> Value<'_> {
         _ => Value::Invalid,
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,9 @@ use std::time::Duration;
 use offstate_cache::CachedStore;
 use offstate_core::testing::{Call, Fault, FaultyStore, Gate};
 use offstate_core::{
-    CachedCopy, Capabilities, Change, ChannelEvent, CountingStore, CreateOutcome, Deadlines, DeleteOutcome,
-    Invalidation, InvalidationChannel, MemoryStore, Record, SaveOutcome, SessionId, SessionKey,
-    SessionStore, Sessions, StoreError, Timestamp, TouchOutcome, Version,
+    CachedCopy, Capabilities, Change, ChannelEvent, CountingStore, CreateOutcome, Deadlines,
+    DeleteOutcome, Invalidation, InvalidationChannel, MemoryStore, Record, SaveOutcome, SessionId,
+    SessionKey, SessionStore, Sessions, StoreError, Timestamp, TouchOutcome, Version,
 };
 use tokio::sync::mpsc;
 
@@ -1020,7 +1020,13 @@ async fn a_peer_whose_channel_holds_the_message_asks_the_backend() {
 /// cached on B (B's hits so far returned too).
 async fn cached_on_b(
     principal: Option<&str>,
-) -> (Board, CachedStore<Backend>, CachedStore<Backend>, SessionKey, u64) {
+) -> (
+    Board,
+    CachedStore<Backend>,
+    CachedStore<Backend>,
+    SessionKey,
+    u64,
+) {
     let board = Board::default();
     let (backend, _) = backend();
     let a = instance(backend.clone(), &board).await;
@@ -1051,7 +1057,11 @@ async fn another_sessions_invalidation_on_its_way_does_not_cost_a_hit() {
     board.in_transit.lock().unwrap().messages = on_its_way;
     let loads = b.get_ref().counts().load;
     assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
-    assert_eq!(b.stats().hits, hits + 1, "B refused a hit for another session");
+    assert_eq!(
+        b.stats().hits,
+        hits + 1,
+        "B refused a hit for another session"
+    );
     assert_eq!(b.get_ref().counts().load, loads);
 }
 
@@ -1068,7 +1078,12 @@ async fn a_write_or_revoke_of_this_session_on_its_way_costs_the_hit() {
         board.in_transit.lock().unwrap().messages = vec![message(&key)];
         let loads = b.get_ref().counts().load;
         assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
-        assert_eq!(b.stats().hits, hits, "B served with {:?} on its way", message(&key));
+        assert_eq!(
+            b.stats().hits,
+            hits,
+            "B served with {:?} on its way",
+            message(&key)
+        );
         assert_eq!(b.get_ref().counts().load, loads + 1);
     }
 }
@@ -1096,10 +1111,16 @@ async fn another_sessions_invalidation_in_the_queue_does_not_cost_a_hit() {
     }
     assert!(b.has_pending_invalidations());
     assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
-    assert_eq!(b.stats().hits, hits + 1, "B refused a hit for another session");
+    assert_eq!(
+        b.stats().hits,
+        hits + 1,
+        "B refused a hit for another session"
+    );
     // One about this session's principal, queued: refused.
     board.settle().await;
-    board.push(ChannelEvent::Message(Invalidation::Principal("alice".into())));
+    board.push(ChannelEvent::Message(Invalidation::Principal(
+        "alice".into(),
+    )));
     assert!(b.has_pending_invalidations());
     let loads = b.get_ref().counts().load;
     assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));

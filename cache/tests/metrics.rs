@@ -11,8 +11,8 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use offstate_cache::CachedStore;
 use offstate_core::{
-    Change, ChannelEvent, Deadlines, Invalidation, InvalidationChannel, MemoryStore, Record, SessionId,
-    SaveOutcome, SessionStore, StoreError, Timestamp, Version,
+    Change, ChannelEvent, Deadlines, Invalidation, InvalidationChannel, MemoryStore, Record,
+    SaveOutcome, SessionId, SessionStore, StoreError, Timestamp, Version,
 };
 use tokio::sync::mpsc;
 
@@ -203,7 +203,10 @@ fn the_cache_times_its_own_announcements_on_their_way_back() {
             change.set.insert("n".into(), b"1".to_vec());
             let saved = cached.save(&key, &change, now).await.unwrap();
             assert_eq!(saved, SaveOutcome::Saved(Version::new(2)));
-            cached.delete(&SessionId::generate().key(), now).await.unwrap();
+            cached
+                .delete(&SessionId::generate().key(), now)
+                .await
+                .unwrap();
             // Both announcements come back 5 ms and 7 ms after their writes.
             tokio::time::advance(Duration::from_millis(5)).await;
             let sent = std::mem::take(&mut *bag.outbox.lock().unwrap());

@@ -498,7 +498,10 @@ fn publish_blocking(redis: &Redis, channel: &str, payload: &str) {
 fn block_until(mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < SOON, "the message never reached the socket");
+        assert!(
+            start.elapsed() < SOON,
+            "the message never reached the socket"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -567,7 +570,11 @@ async fn only_messages_about_the_session_on_the_socket_cost_its_hit() {
     block_until(|| watched.in_transit(&other_copy));
     assert!(!watched.in_transit(&copy));
     assert_eq!(value(&sessions, &id).await, Some(1));
-    assert_eq!(cached.stats().hits, hits + 1, "a hit refused for another session");
+    assert_eq!(
+        cached.stats().hits,
+        hits + 1,
+        "a hit refused for another session"
+    );
     assert!(
         watched.in_transit(&other_copy),
         "the message left the socket during the hit: the test proves nothing"
@@ -579,12 +586,15 @@ async fn only_messages_about_the_session_on_the_socket_cost_its_hit() {
         format!("k {} {}", key.as_str(), version.get() + 1),
         "p alice".to_owned(),
     ] {
-        let hits =
-            cached_with_nothing_on_its_way(&cached, &watched, &sessions, &id, &copy).await;
+        let hits = cached_with_nothing_on_its_way(&cached, &watched, &sessions, &id, &copy).await;
         publish_blocking(&redis, &name, &payload);
         block_until(|| watched.in_transit(&copy));
         assert_eq!(value(&sessions, &id).await, Some(1));
-        assert_eq!(cached.stats().hits, hits, "served from memory with {payload:?} on the socket");
+        assert_eq!(
+            cached.stats().hits,
+            hits,
+            "served from memory with {payload:?} on the socket"
+        );
     }
 
     // A payload that does not decode: not served while it is on the socket

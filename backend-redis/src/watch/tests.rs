@@ -41,7 +41,9 @@ fn frames_are_measured_and_messages_read() {
             seen: expected.clone()
         }
     );
-    let push = String::from_utf8(message.clone()).unwrap().replacen('*', ">", 1);
+    let push = String::from_utf8(message.clone())
+        .unwrap()
+        .replacen('*', ">", 1);
     assert_eq!(
         frame(push.as_bytes(), CHANNEL.as_bytes()),
         Frame::Complete {
