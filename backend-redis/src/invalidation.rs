@@ -19,7 +19,8 @@
 //!
 //! Over plain TCP the subscription opens its own socket and watches it
 //! (the `watch` module), so [`InvalidationChannel::in_transit`] can tell a
-//! cache that a message has reached this process and not the cache yet;
+//! cache that a message about the session it would serve has reached this
+//! process and not the cache yet;
 //! a publish that ends a session returns only after a `PING` answered,
 //! when Redis has written the message to every subscriber's socket.
 //!
@@ -35,7 +36,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
-use offstate_core::{ChannelEvent, Invalidation, InvalidationChannel, SessionId, StoreError};
+use offstate_core::{
+    CachedCopy, ChannelEvent, Invalidation, InvalidationChannel, SessionId, StoreError,
+};
 use redis::aio::PubSub;
 use redis::{Client, ConnectionAddr};
 use tokio::sync::mpsc;
@@ -227,7 +230,7 @@ impl InvalidationChannel for RedisInvalidationChannel {
 
     fn subscribe(&self) -> mpsc::Receiver<ChannelEvent> {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let watch = Arc::new(Watch::default());
+        let watch = Arc::new(Watch::new(&self.channel));
         {
             let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
             watches.retain(|w| w.strong_count() > 0);
@@ -244,15 +247,17 @@ impl InvalidationChannel for RedisInvalidationChannel {
         rx
     }
 
-    /// True while a message is on this process's subscriber socket, or
+    /// True while a message about `copy` (its key at a newer version, a
+    /// delete of it, a revoke of its principal), or bytes that cannot be
+    /// read as a message yet, are on this process's subscriber socket, or
     /// read off it and not yet in the subscriber's queue. Over TLS or a
     /// Unix socket the subscription cannot be watched, and this is false.
-    fn in_transit(&self) -> bool {
+    fn in_transit(&self, copy: &CachedCopy<'_>) -> bool {
         let watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
         watches
             .iter()
             .filter_map(Weak::upgrade)
-            .any(|watch| watch.in_transit())
+            .any(|watch| watch.in_transit(copy))
     }
 }
 

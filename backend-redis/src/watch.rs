@@ -1,5 +1,6 @@
 //! Watching the subscriber's socket, so a cache hit can tell whether an
-//! invalidation has reached this process without reaching the cache yet.
+//! invalidation about the session it would serve has reached this process
+//! without reaching the cache yet.
 //!
 //! Why: a peer's logout script publishes before Redis answers the peer, so
 //! by the time a client hears "logged out" and asks this instance, the
@@ -8,129 +9,224 @@
 //! subscription task and queued for the cache; a hit that runs meanwhile
 //! would serve the session. Each stage marks what it holds before the
 //! previous one lets go of it, and [`Watch::in_transit`] checks them
-//! upstream first: unread bytes on the socket, a read in progress, a
-//! message read but not yet queued. The cache checks its own queue after.
+//! upstream first: the socket's unread bytes together with the start of a
+//! frame redis-rs has read only partly (read under the same lock that
+//! redis-rs's reads take, so a read is either wholly before the check or
+//! wholly after it), then the messages read but not yet queued. The cache
+//! checks its own queue after.
+//!
+//! Per session: the bytes are parsed as RESP pub/sub frames and each
+//! payload decoded as an [`Invalidation`], so a message about another
+//! session does not count. What cannot be read that way (bytes that are
+//! not RESP, a payload that does not decode, a frame not complete yet,
+//! more unread bytes than [`PEEK_MAX`]) counts for every session.
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
+use offstate_core::{CachedCopy, Invalidation};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// One subscription's view of its socket and of the messages in its tasks.
+/// The most unread bytes a check inspects; more than that on the socket
+/// counts as a message about every session.
+pub(crate) const PEEK_MAX: usize = 16 * 1024;
+
+/// The most messages read and not yet queued that are kept decoded; past
+/// it, they count as messages about every session until they are queued.
+const HELD_MAX: usize = 1024;
+
+/// What one pub/sub message read off the socket says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// A message on another channel (the heartbeat's): about no session.
+    Elsewhere,
+    /// An invalidation.
+    About(Invalidation),
+    /// A payload that does not decode: about every session.
+    Unreadable,
+}
+
+impl Seen {
+    fn concerns(&self, copy: &CachedCopy<'_>) -> bool {
+        match self {
+            Self::Elsewhere => false,
+            Self::About(message) => message.concerns(copy),
+            Self::Unreadable => true,
+        }
+    }
+}
+
+/// The socket and what redis-rs has read of it, behind one lock.
 #[derive(Debug, Default)]
-pub(crate) struct Watch {
+struct Io {
     /// A duplicate of the subscriber socket, only ever peeked at; `None`
     /// while no watched connection is up.
-    socket: Mutex<Option<TcpStream>>,
+    socket: Option<TcpStream>,
+    /// Bytes of a frame redis-rs has read only partly: the socket's unread
+    /// bytes continue it.
+    partial: Vec<u8>,
+    /// The stream stopped parsing as RESP: nothing is trusted until the
+    /// next connection.
+    broken: bool,
+}
+
+/// Messages read off the socket and not yet queued for the cache, oldest
+/// first.
+#[derive(Debug, Default)]
+struct Held {
+    messages: VecDeque<Seen>,
+    /// Messages past [`HELD_MAX`], not kept (they follow `messages`).
+    uncounted: usize,
+}
+
+/// One subscription's view of its socket and of the messages in its tasks.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    /// The invalidation channel's name; messages on others concern no
+    /// session.
+    channel: Box<[u8]>,
+    /// Taken for writing by every read of the socket, for reading by checks.
+    io: RwLock<Io>,
     /// True while the subscription runs on a connection that cannot be
     /// watched (TLS, a Unix socket): nothing can be told, as before.
     blind: AtomicBool,
-    /// True while redis-rs reads the socket, until what it read is counted.
-    reading: AtomicBool,
-    /// True when the socket's bytes ended inside a frame, or were not RESP.
-    partial: AtomicBool,
-    /// Pub/sub messages read off the socket.
-    read: AtomicU64,
-    /// Of those, how many the subscription task has queued for the cache
-    /// (or dropped: heartbeats, malformed ones).
-    forwarded: AtomicU64,
+    held: Mutex<Held>,
 }
 
 impl Watch {
-    /// Whether a message may be between the socket and the subscriber's
-    /// queue. Cheap: one `peek` system call and a few atomic loads.
-    pub(crate) fn in_transit(&self) -> bool {
+    /// A watch for the subscription to `channel`.
+    pub(crate) fn new(channel: &str) -> Self {
+        Self {
+            channel: channel.as_bytes().into(),
+            io: RwLock::default(),
+            blind: AtomicBool::new(false),
+            held: Mutex::default(),
+        }
+    }
+
+    /// Whether a message that concerns `copy`, or one that cannot be read,
+    /// may be between the socket and the subscriber's queue. One `peek`
+    /// system call and a parse of what it returned.
+    pub(crate) fn in_transit(&self, copy: &CachedCopy<'_>) -> bool {
         if self.blind.load(Ordering::SeqCst) {
             return false;
         }
-        let Ok(socket) = self.socket.try_lock() else {
-            return true;
-        };
-        // No connection: nothing can be on its way (and the cache, told
-        // the channel is down, trusts its entries for the staleness bound).
-        let Some(socket) = socket.as_ref() else {
-            return false;
-        };
-        // The duplicate shares the non-blocking flag: this never waits.
-        let unread = match socket.peek(&mut [0u8; 1]) {
-            Ok(_) => true,
-            Err(error) => error.kind() != ErrorKind::WouldBlock,
-        };
-        if unread || self.reading.load(Ordering::SeqCst) || self.partial.load(Ordering::SeqCst) {
-            return true;
+        {
+            let io = self.io.read().unwrap_or_else(PoisonError::into_inner);
+            // No connection: nothing can be on its way (and the cache, told
+            // the channel is down, trusts its entries for the staleness bound).
+            let Some(socket) = io.socket.as_ref() else {
+                return false;
+            };
+            if io.broken || self.unread_concerns(socket, &io.partial, copy) {
+                return true;
+            }
         }
-        let forwarded = self.forwarded.load(Ordering::SeqCst);
-        self.read.load(Ordering::SeqCst) > forwarded
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.uncounted > 0 || held.messages.iter().any(|seen| seen.concerns(copy))
     }
 
-    /// A new watched connection: counts start over.
+    /// Whether the socket's unread bytes, after `partial`, hold a message
+    /// that concerns `copy` or cannot be read.
+    fn unread_concerns(&self, socket: &TcpStream, partial: &[u8], copy: &CachedCopy<'_>) -> bool {
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUFFER.with_borrow_mut(|buffer| {
+            // Grown once, never cleared: only the bytes peeked are read.
+            let start = partial.len();
+            if buffer.len() < start + PEEK_MAX {
+                buffer.resize(start + PEEK_MAX, 0);
+            }
+            buffer[..start].copy_from_slice(partial);
+            // The duplicate shares the non-blocking flag: this never waits.
+            let peeked = match socket.peek(&mut buffer[start..start + PEEK_MAX]) {
+                // End of stream: the subscription is ending; trust nothing.
+                Ok(0) => return true,
+                Ok(n) if n == PEEK_MAX => return true,
+                Ok(n) => n,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => 0,
+                Err(_) => return true,
+            };
+            let unread = &buffer[..start + peeked];
+            let mut at = 0;
+            while at < unread.len() {
+                match frame(&unread[at..], &self.channel) {
+                    Frame::Complete { len, seen } => {
+                        if seen.is_some_and(|seen| seen.concerns(copy)) {
+                            return true;
+                        }
+                        at += len;
+                    }
+                    // Its key is not readable yet, or the bytes are not RESP.
+                    Frame::Incomplete | Frame::Invalid => return true,
+                }
+            }
+            false
+        })
+    }
+
+    /// Whether anything at all may be between the socket and the queue.
+    #[cfg(test)]
+    fn anything_in_transit(&self) -> bool {
+        let io = self.io.read().unwrap_or_else(PoisonError::into_inner);
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        io.broken || !io.partial.is_empty() || !held.messages.is_empty() || held.uncounted > 0
+    }
+
+    /// A new watched connection: what was held for the last one is gone.
     pub(crate) fn watch(&self, socket: TcpStream) {
-        let mut slot = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        self.read.store(0, Ordering::SeqCst);
-        self.forwarded.store(0, Ordering::SeqCst);
-        self.partial.store(false, Ordering::SeqCst);
+        let mut io = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Held::default();
+        *io = Io {
+            socket: Some(socket),
+            ..Io::default()
+        };
         self.blind.store(false, Ordering::SeqCst);
-        *slot = Some(socket);
     }
 
     /// A connection that cannot be watched.
     pub(crate) fn unwatched(&self) {
-        let mut slot = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        *slot = None;
+        let mut io = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        *io = Io::default();
         self.blind.store(true, Ordering::SeqCst);
     }
 
     /// No connection.
     pub(crate) fn closed(&self) {
-        let mut slot = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        *slot = None;
+        let mut io = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        *io = Io::default();
         self.blind.store(false, Ordering::SeqCst);
     }
 
-    /// One message read off the socket has been queued for the cache, or
-    /// dropped.
+    /// The oldest message read off the socket has been queued for the
+    /// cache, or dropped.
     pub(crate) fn forwarded(&self) {
-        self.forwarded.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// The subscriber's stream, counting the pub/sub messages redis-rs reads
-/// before redis-rs sees them.
-pub(crate) struct Watched<S> {
-    inner: S,
-    watch: std::sync::Arc<Watch>,
-    /// Bytes of a frame not complete yet.
-    pending: Vec<u8>,
-    /// The stream stopped parsing as RESP.
-    broken: bool,
-}
-
-impl<S> Watched<S> {
-    pub(crate) fn new(inner: S, watch: std::sync::Arc<Watch>) -> Self {
-        Self {
-            inner,
-            watch,
-            pending: Vec::new(),
-            broken: false,
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.messages.pop_front().is_none() {
+            held.uncounted = held.uncounted.saturating_sub(1);
         }
     }
 
-    fn count(&mut self, bytes: &[u8]) {
-        if self.broken {
+    /// Accounts for `bytes` just read off the socket: complete messages are
+    /// held (before the lock on `io` is let go), the rest of a frame kept.
+    fn account(&self, io: &mut Io, bytes: &[u8]) {
+        if io.broken {
             return;
         }
-        self.pending.extend_from_slice(bytes);
+        io.partial.extend_from_slice(bytes);
         let mut at = 0;
-        let mut messages = 0;
+        let mut read = Vec::new();
         loop {
-            match frame(&self.pending[at..]) {
-                Frame::Complete { len, message } => {
+            match frame(&io.partial[at..], &self.channel) {
+                Frame::Complete { len, seen } => {
                     at += len;
-                    messages += u64::from(message);
+                    read.extend(seen);
                 }
                 Frame::Incomplete => break,
                 Frame::Invalid => {
@@ -140,18 +236,36 @@ impl<S> Watched<S> {
                         "the invalidation subscriber read bytes it cannot parse; \
                          the cache asks the backend on every read until it reconnects"
                     );
-                    self.broken = true;
-                    self.pending = Vec::new();
-                    self.watch.partial.store(true, Ordering::SeqCst);
+                    io.broken = true;
+                    io.partial = Vec::new();
                     return;
                 }
             }
         }
-        self.pending.drain(..at);
-        self.watch.read.fetch_add(messages, Ordering::SeqCst);
-        self.watch
-            .partial
-            .store(!self.pending.is_empty(), Ordering::SeqCst);
+        io.partial.drain(..at);
+        if !read.is_empty() {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            for seen in read {
+                if held.uncounted > 0 || held.messages.len() >= HELD_MAX {
+                    held.uncounted += 1;
+                } else {
+                    held.messages.push_back(seen);
+                }
+            }
+        }
+    }
+}
+
+/// The subscriber's stream, holding the pub/sub messages redis-rs reads
+/// before redis-rs sees them.
+pub(crate) struct Watched<S> {
+    inner: S,
+    watch: Arc<Watch>,
+}
+
+impl<S> Watched<S> {
+    pub(crate) fn new(inner: S, watch: Arc<Watch>) -> Self {
+        Self { inner, watch }
     }
 }
 
@@ -162,13 +276,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        this.watch.reading.store(true, Ordering::SeqCst);
+        // Held across the read: a check sees the bytes either still on the
+        // socket or already accounted for.
+        let mut io = this
+            .watch
+            .io
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
-            this.count(&buf.filled()[before..]);
+            this.watch.account(&mut io, &buf.filled()[before..]);
         }
-        this.watch.reading.store(false, Ordering::SeqCst);
         polled
     }
 }
@@ -194,12 +313,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// What the start of a buffer holds.
 #[derive(Debug, PartialEq, Eq)]
 enum Frame {
-    /// A whole top-level value of `len` bytes; `message` when it is a
-    /// pub/sub message (`message`, `pmessage`, `smessage`), which redis-rs
-    /// hands to the subscription's stream.
+    /// A whole top-level value of `len` bytes; `seen` when it is a pub/sub
+    /// message (`message`, `pmessage`, `smessage`), which redis-rs hands to
+    /// the subscription's stream.
     Complete {
         len: usize,
-        message: bool,
+        seen: Option<Seen>,
     },
     Incomplete,
     Invalid,
@@ -213,27 +332,55 @@ enum Value<'a> {
     Invalid,
 }
 
-fn frame(b: &[u8]) -> Frame {
-    if b.is_empty() {
-        return Frame::Incomplete;
-    }
-    let message = matches!(b[0], b'*' | b'>') && {
-        // The first element of an aggregate says what kind of push it is.
-        match line(b) {
-            Some((_, head)) => match value(&b[head..]) {
-                Value::Done(_, Some(kind)) => {
-                    matches!(kind, b"message" | b"pmessage" | b"smessage")
-                }
-                _ => false,
-            },
-            None => false,
-        }
-    };
+/// The frame at the start of `b`, a subscription to `channel` reading it.
+fn frame(b: &[u8], channel: &[u8]) -> Frame {
     match value(b) {
-        Value::Done(len, _) => Frame::Complete { len, message },
+        Value::Done(len, _) => Frame::Complete {
+            len,
+            seen: message(&b[..len], channel),
+        },
         Value::Incomplete => Frame::Incomplete,
         Value::Invalid => Frame::Invalid,
     }
+}
+
+/// What a complete frame says, if it is a pub/sub message: an aggregate
+/// whose first element names the kind of push, whose last two are the
+/// channel and the payload.
+fn message(b: &[u8], channel: &[u8]) -> Option<Seen> {
+    if !matches!(b.first(), Some(b'*' | b'>')) {
+        return None;
+    }
+    let (_, mut at) = line(b)?;
+    let mut elements: [Option<&[u8]>; 5] = [None; 5];
+    let mut count = 0;
+    while at < b.len() {
+        let Value::Done(len, text) = value(&b[at..]) else {
+            return Some(Seen::Unreadable);
+        };
+        if let Some(slot) = elements.get_mut(count) {
+            *slot = text;
+        }
+        count += 1;
+        at += len;
+    }
+    let kind = elements[0]?;
+    let (named, payload) = match (kind, &elements[..count.min(5)]) {
+        (b"message" | b"smessage", [_, named, payload]) => (named, payload),
+        (b"pmessage", [_, _, named, payload]) => (named, payload),
+        (b"message" | b"smessage" | b"pmessage", _) => return Some(Seen::Unreadable),
+        _ => return None,
+    };
+    if named.is_some_and(|named| named != channel) {
+        return Some(Seen::Elsewhere);
+    }
+    let decoded = payload
+        .and_then(|payload| std::str::from_utf8(payload).ok())
+        .map(Invalidation::decode);
+    Some(match decoded {
+        Some(Ok(invalidation)) => Seen::About(invalidation),
+        _ => Seen::Unreadable,
+    })
 }
 
 /// The first line's text (after the type byte) and where the next starts.
@@ -299,57 +446,4 @@ fn value(b: &[u8]) -> Value<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_are_measured_and_messages_told_apart() {
-        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nk a 1\r\n";
-        assert_eq!(
-            frame(message),
-            Frame::Complete {
-                len: message.len(),
-                message: true
-            }
-        );
-        let push = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n";
-        assert_eq!(
-            frame(push),
-            Frame::Complete {
-                len: push.len(),
-                message: true
-            }
-        );
-        let confirmation = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
-        assert_eq!(
-            frame(confirmation),
-            Frame::Complete {
-                len: confirmation.len(),
-                message: false
-            }
-        );
-        for cut in 0..message.len() {
-            assert_eq!(frame(&message[..cut]), Frame::Incomplete, "cut at {cut}");
-        }
-        assert_eq!(frame(b"?oops\r\n"), Frame::Invalid);
-    }
-
-    #[test]
-    fn counting_across_reads() {
-        let watch = std::sync::Arc::new(Watch::default());
-        let mut watched = Watched::new((), std::sync::Arc::clone(&watch));
-        let two = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\ny\r\n";
-        watched.count(&two[..10]);
-        assert_eq!(watch.read.load(Ordering::SeqCst), 0);
-        assert!(watch.partial.load(Ordering::SeqCst));
-        watched.count(&two[10..]);
-        assert_eq!(watch.read.load(Ordering::SeqCst), 2);
-        assert!(!watch.partial.load(Ordering::SeqCst));
-        // Bytes that are not RESP: nothing is trusted from then on.
-        watched.count(b"?what\r\n");
-        watched.count(&two[..]);
-        assert!(watch.partial.load(Ordering::SeqCst));
-        assert_eq!(watch.read.load(Ordering::SeqCst), 2);
-        assert!(watched.pending.is_empty());
-    }
-}
+mod tests;

@@ -1,31 +1,22 @@
 //! Listening to the invalidation channel: evict what peers changed, and
 //! fall back to bounded staleness while the channel is down.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, Weak};
-use std::task::Poll;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use offstate_core::{ChannelEvent, Invalidation};
 
-use crate::shared::{Inbox, Shared};
+use crate::inbox::Inbox;
+use crate::shared::Shared;
 use crate::stats::Counter;
 
 /// Runs until the cache is dropped or the channel closes for good.
 ///
-/// The inbox is locked only while polling, so a hit can see whether an
-/// event waits; an event taken counts in `handling` (under the same lock)
-/// until its eviction is done.
-pub(crate) async fn listen(shared: Weak<Shared>, inbox: Inbox, handling: Arc<AtomicUsize>) {
+/// An event taken stays visible in the inbox, as being handled, until its
+/// eviction is done, so a hit about its session never misses it.
+pub(crate) async fn listen(shared: Weak<Shared>, inbox: Arc<Inbox>) {
     loop {
-        let event = std::future::poll_fn(|cx| {
-            let mut events = inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            let polled = events.poll_recv(cx);
-            if let Poll::Ready(Some(_)) = &polled {
-                handling.fetch_add(1, Ordering::SeqCst);
-            }
-            polled
-        })
-        .await;
+        let event = std::future::poll_fn(|cx| inbox.poll_take(cx)).await;
         let Some(event) = event else {
             break;
         };
@@ -33,7 +24,7 @@ pub(crate) async fn listen(shared: Weak<Shared>, inbox: Inbox, handling: Arc<Ato
             return;
         };
         handle(&shared, event).await;
-        handling.fetch_sub(1, Ordering::SeqCst);
+        inbox.handled();
     }
     if let Some(shared) = shared.upgrade() {
         disconnected(&shared);
@@ -59,6 +50,7 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
         }
         ChannelEvent::Disconnected => disconnected(shared),
         ChannelEvent::Message(message) => {
+            shared.echoes.came_back(&message);
             match message {
                 Invalidation::Key {
                     key,

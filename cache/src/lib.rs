@@ -16,6 +16,10 @@
 //!   instance's writes.
 //! - `coherence`: the listener that evicts on peers' invalidations and
 //!   falls back to bounded staleness while the channel is down.
+//! - `inbox`: the channel's events not yet handled, where a hit can see
+//!   which sessions they are about.
+//! - `echo`: timing this instance's own announcements on their way back
+//!   (`offstate_cache_invalidation_delay_seconds`).
 //! - `stats`: [`CacheStats`], also exported through the `metrics` facade
 //!   as `offstate_cache_*_total` counters.
 //! - `conformance` (feature `conformance`): the public cache conformance
@@ -75,17 +79,34 @@
 //!     `PING` and returns on its answer, which Redis writes only after
 //!     every write of the pass that published (0 of 20,000 then). One more
 //!     round trip, on logouts and logins only; saves do not wait.
-//!   - On B: every hit first asks whether a message is anywhere between
-//!     its socket and its cache: unread on the socket (the Redis channel
-//!     peeks at it), being read, read by its tasks but not yet queued
+//!   - On B: every hit asks whether a message about its session is
+//!     anywhere between its socket and its cache: unread on the socket (the
+//!     Redis channel peeks at it and parses what is there), read by its
+//!     tasks but not yet queued
 //!     ([`InvalidationChannel::in_transit`](offstate_core::InvalidationChannel::in_transit);
 //!     `a_peer_whose_channel_holds_the_message_asks_the_backend`), or queued
 //!     and not yet handled
 //!     (`a_peer_with_an_unhandled_invalidation_in_its_queue_asks_the_backend`);
-//!     if so, the backend answers. It asks before reading the entry, so an
-//!     eviction finishing in between cannot go unseen. Any message on its
-//!     way counts, not only this session's: a busy channel costs some hits,
-//!     never a stale read.
+//!     if so, it lets its listener handle it for a few turns and otherwise
+//!     the backend answers. A message is about the session when it deletes
+//!     its key, writes its key at a version newer than the cached one, or
+//!     revokes its principal
+//!     ([`Invalidation::concerns`](offstate_core::Invalidation::concerns));
+//!     what cannot be read as a message counts as about every session:
+//!     bytes that are not RESP, a payload that does not decode, a frame
+//!     whose key has not arrived yet, more unread bytes than a check
+//!     inspects (16 KiB), a Connected or Disconnected event
+//!     (`bytes_the_channel_cannot_read_cost_every_hit`). A message about
+//!     another session, or this instance's own write coming back at the
+//!     version it cached, costs no hit
+//!     (`another_sessions_invalidation_on_its_way_does_not_cost_a_hit`,
+//!     `another_sessions_invalidation_in_the_queue_does_not_cost_a_hit`,
+//!     `a_write_or_revoke_of_this_session_on_its_way_costs_the_hit`; on a
+//!     real Redis socket, `only_messages_about_the_session_on_the_socket_cost_its_hit`).
+//!     The entry is read first, to know its principal and version; an
+//!     eviction that finished between that read and the check is caught
+//!     by a count of evictions, and the entry then served only if it is
+//!     still there, the same record.
 //!
 //!   Measured over HTTP with two cart processes (`--cache`) on one Redis, a
 //!   fresh session per round cached on B, the logout on A, then at once a
@@ -200,6 +221,8 @@
 mod coherence;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod echo;
+mod inbox;
 mod shared;
 mod stats;
 mod store;

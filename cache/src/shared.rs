@@ -11,20 +11,19 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::Expiry;
 use moka::ops::compute::Op;
-use offstate_core::{ChannelEvent, Invalidation, Record, SessionKey, StoreError, Timestamp};
-use tokio::sync::mpsc;
+use offstate_core::{CachedCopy, Invalidation, Record, SessionKey, StoreError, Timestamp};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::echo::Echoes;
+use crate::inbox::Inbox;
 use crate::stats::{Counter, Counters};
-
-pub(crate) type Inbox = Arc<Mutex<mpsc::Receiver<ChannelEvent>>>;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) type Publisher =
     Arc<dyn Fn(Invalidation) -> BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
@@ -33,7 +32,7 @@ pub(crate) type Publisher =
 const DRAIN_TURNS: u32 = 16;
 
 /// The channel's `in_transit`.
-pub(crate) type InTransit = Arc<dyn Fn() -> bool + Send + Sync>;
+pub(crate) type InTransit = Arc<dyn Fn(&CachedCopy<'_>) -> bool + Send + Sync>;
 
 /// How many unsent invalidations an instance keeps to send again once a
 /// publish succeeds; past it, the oldest are dropped (peers still have the
@@ -88,6 +87,9 @@ pub(crate) struct Shared {
     /// Sequence number of the last time the whole cache was emptied, so a
     /// load that started before it does not refill the cache.
     pub(crate) cleared: AtomicU64,
+    /// Evictions done (bumped once each has taken effect), so a hit can
+    /// tell whether one finished while it checked what is pending.
+    pub(crate) evictions: AtomicU64,
     /// True while the invalidation channel reports itself live.
     pub(crate) subscribed: AtomicBool,
     /// True after a publish of this instance failed, until one succeeds.
@@ -104,13 +106,15 @@ pub(crate) struct Shared {
     pub(crate) unsent: Mutex<VecDeque<Invalidation>>,
     /// True while a background task sends what is queued.
     pub(crate) retrying: AtomicBool,
-    /// The channel's events not yet taken by the listener (`None` without
-    /// a channel). The listener locks it only to poll.
-    pub(crate) inbox: Option<Inbox>,
-    /// Whether the channel holds a message not yet in the inbox.
+    /// The channel's events not yet handled by the listener (`None`
+    /// without a channel).
+    pub(crate) inbox: Option<Arc<Inbox>>,
+    /// Whether the channel holds a message about a session not yet in the
+    /// inbox.
     pub(crate) in_transit: Option<InTransit>,
-    /// Events the listener took and has not finished handling.
-    pub(crate) handling: Arc<AtomicUsize>,
+    /// When this instance's own announced writes returned, to time their
+    /// announcements' way back.
+    pub(crate) echoes: Echoes,
     pub(crate) task: Mutex<Option<AbortHandle>>,
 }
 
@@ -137,42 +141,71 @@ impl Shared {
             && !self.is_unsure()
     }
 
-    /// Whether the channel has delivered something this instance has not
-    /// finished handling, or holds one on its way (on the subscriber's
-    /// socket, say): a hit must not be trusted then. Cheap: the channel's
-    /// own check, one uncontended lock attempt and two loads; a listener
-    /// polling at this very moment counts as pending. The channel goes
-    /// first: each stage marks a message before the one before lets go.
-    /// Lets the listener handle what is pending, for a few turns of the
-    /// scheduler: true once nothing is pending. Every write anywhere in the
-    /// fleet puts a message on every instance's socket, so under write load
-    /// something is often pending; a hit that waits a moment for it stays
-    /// a hit instead of becoming a backend read.
-    pub(crate) async fn drained(&self) -> bool {
-        for _ in 0..DRAIN_TURNS {
-            tokio::task::yield_now().await;
-            if !self.has_pending() {
-                return true;
-            }
+    /// Whether the cached `entry` of `key`, read after `evictions` was
+    /// read, may be served: nothing pending concerns it (see
+    /// [`Shared::pending_for`]), after letting the listener handle what
+    /// does for a few turns, and no eviction that finished meanwhile
+    /// removed it.
+    ///
+    /// Why the second part: an invalidation handled between reading the
+    /// entry and checking what is pending is seen by neither. Every
+    /// eviction bumps `evictions` once it has taken effect, so if the count
+    /// is unchanged none finished; if it moved, the entry is read again and
+    /// served only if it is still the same record.
+    pub(crate) async fn may_serve(&self, key: &SessionKey, entry: &Entry, evictions: u64) -> bool {
+        let record = &entry.record;
+        let copy = CachedCopy::new(key, record.principal.as_deref(), record.version);
+        if self.pending_for(&copy) && !self.drained_for(&copy).await {
+            return false;
         }
-        false
+        if self.evictions.load(Ordering::SeqCst) == evictions {
+            return true;
+        }
+        self.cache
+            .get(key)
+            .await
+            .is_some_and(|now| Arc::ptr_eq(&now.record, record))
     }
 
-    pub(crate) fn has_pending(&self) -> bool {
+    /// Whether something that concerns `copy` (see
+    /// [`Invalidation::concerns`]), or that cannot be told, has reached
+    /// this process and not been handled yet: on its way in the channel
+    /// (on the subscriber's socket, say), in the inbox, or being handled.
+    /// The channel goes first: each stage marks a message before the one
+    /// before lets go.
+    pub(crate) fn pending_for(&self, copy: &CachedCopy<'_>) -> bool {
         let Some(inbox) = &self.inbox else {
             return false;
         };
         if self
             .in_transit
             .as_ref()
-            .is_some_and(|in_transit| in_transit())
+            .is_some_and(|in_transit| in_transit(copy))
         {
             return true;
         }
-        match inbox.try_lock() {
-            Ok(events) => !events.is_empty() || self.handling.load(Ordering::SeqCst) > 0,
-            Err(_) => true,
+        inbox.holds(|event| crate::inbox::concerns(event, copy))
+    }
+
+    /// Lets the listener handle what is pending about `copy`, for a few
+    /// turns of the scheduler: true once nothing is. Only a message about
+    /// this very session (or one that cannot be read) makes a hit wait.
+    async fn drained_for(&self, copy: &CachedCopy<'_>) -> bool {
+        for _ in 0..DRAIN_TURNS {
+            tokio::task::yield_now().await;
+            if !self.pending_for(copy) {
+                return true;
+            }
         }
+        false
+    }
+
+    /// Whether the channel has delivered events this instance has not
+    /// finished handling.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.inbox
+            .as_ref()
+            .is_some_and(|inbox| inbox.holds(|_| true))
     }
 
     fn is_unsure(&self) -> bool {
@@ -188,6 +221,7 @@ impl Shared {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.recent.insert(key.clone(), seq);
         self.cache.invalidate(key).await;
+        self.evictions.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Evicts every cached session of `principal`, and fences off loads of
@@ -206,6 +240,7 @@ impl Shared {
             self.clear();
         }
         self.cache.run_pending_tasks().await;
+        self.evictions.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Evicts what `message` names, on this instance.
@@ -224,6 +259,7 @@ impl Shared {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.cleared.fetch_max(seq, Ordering::SeqCst);
         self.cache.invalidate_all();
+        self.evictions.fetch_add(1, Ordering::SeqCst);
     }
 
     /// How long an entry for `record` may be served from now.
@@ -287,6 +323,7 @@ impl Shared {
         // set before their eviction runs, so one of the two sees the other.)
         if self.fenced(key, principal.as_deref(), started) {
             self.cache.invalidate(key).await;
+            self.evictions.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -319,6 +356,14 @@ impl Shared {
         tracing::warn!(
             "a session write's outcome is unknown; the cache runs on bounded staleness for the coherent TTL"
         );
+    }
+
+    /// This instance's write announced `message` and returns now: remembered
+    /// to time the message's way back through the subscription.
+    pub(crate) fn returned(&self, message: Invalidation) {
+        if self.inbox.is_some() {
+            self.echoes.returned(message);
+        }
     }
 
     /// Tells peers about this instance's write, as part of the write: the

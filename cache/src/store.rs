@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ use offstate_core::{
 };
 
 use crate::coherence;
+use crate::echo::Echoes;
+use crate::inbox::Inbox;
 use crate::shared::{Entry, EntryExpiry, InTransit, Publisher, Shared};
 use crate::stats::{CacheStats, Counter, Counters};
 
@@ -143,7 +145,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
         let events = channel.subscribe();
         let channel = Arc::new(channel);
         let watched = Arc::clone(&channel);
-        let in_transit: InTransit = Arc::new(move || watched.in_transit());
+        let in_transit: InTransit = Arc::new(move |copy| watched.in_transit(copy));
         let publisher: Publisher = Arc::new(move |message: Invalidation| {
             let channel = Arc::clone(&channel);
             Box::pin(async move { channel.publish(&message).await })
@@ -188,7 +190,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             }
             None => (None, None, None),
         };
-        let inbox = events.map(|events| Arc::new(Mutex::new(events)));
+        let inbox = events.map(|events| Arc::new(Inbox::new(events)));
         // A store that announces its own writes, atomically with them, needs
         // no second announcement from the cache.
         let publisher = publisher.filter(|_| !self.inner.capabilities().announces_writes);
@@ -198,6 +200,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             recent_principals,
             seq: AtomicU64::new(0),
             cleared: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
             publish_failing: AtomicBool::new(false),
             unsure_until: Mutex::new(None),
@@ -209,17 +212,13 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
             retrying: AtomicBool::new(false),
             inbox: inbox.clone(),
             in_transit,
-            handling: Arc::new(AtomicUsize::new(0)),
+            echoes: Echoes::default(),
             task: Mutex::new(None),
         });
         if let Some(inbox) = inbox {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    let task = runtime.spawn(coherence::listen(
-                        Arc::downgrade(&shared),
-                        inbox,
-                        Arc::clone(&shared.handling),
-                    ));
+                    let task = runtime.spawn(coherence::listen(Arc::downgrade(&shared), inbox));
                     *shared.task.lock().unwrap_or_else(PoisonError::into_inner) =
                         Some(task.abort_handle());
                 }
@@ -277,8 +276,9 @@ impl<S: SessionStore> CachedStore<S> {
     }
 
     /// Whether the channel has delivered events this instance has not
-    /// finished handling yet. While it has, loads skip the cache and ask
-    /// the backend (an unhandled invalidation may be about them).
+    /// finished handling yet. A load skips the cache while one of them, or
+    /// a message still in the channel, is about its session (see
+    /// [`InvalidationChannel::in_transit`]).
     #[must_use]
     pub fn has_pending_invalidations(&self) -> bool {
         self.shared.has_pending()
@@ -348,21 +348,19 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
         let shared = &self.shared;
-        // An invalidation already received but not yet handled may be
-        // about this session: then the backend answers, not memory. Asked
-        // before the entry is read, so that what was pending then is
-        // evicted by the time it is (asked after, an eviction finishing in
-        // between would go unseen, and the entry read before it served).
-        let pending = shared.has_pending() && !shared.drained().await;
+        // An invalidation that reached this process but is not handled yet
+        // may be about this session: then the backend answers, not memory.
+        // Read first, so that an eviction finishing after the entry was
+        // read is noticed (see `Shared::may_serve`).
+        let evictions = shared.evictions.load(Ordering::SeqCst);
         if let Some(entry) = shared.cache.get(key).await {
             let usable =
                 entry.is_fresh(tokio::time::Instant::now()) && !entry.record.is_expired(now);
-            if usable && !pending {
-                shared.counters.bump(Counter::Hit);
-                return Ok(Some(entry.record));
-            }
             if !usable {
                 shared.cache.invalidate(key).await;
+            } else if shared.may_serve(key, &entry, evictions).await {
+                shared.counters.bump(Counter::Hit);
+                return Ok(Some(entry.record));
             }
         }
         shared.counters.bump(Counter::Miss);
@@ -424,12 +422,12 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
                     }
                     None => shared.forget(key).await,
                 }
-                shared
-                    .announce(Invalidation::Key {
-                        key: key.clone(),
-                        version: Some(*version),
-                    })
-                    .await;
+                let message = Invalidation::Key {
+                    key: key.clone(),
+                    version: Some(*version),
+                };
+                shared.announce(message.clone()).await;
+                shared.returned(message);
             }
             Ok(SaveOutcome::Conflict(_)) => {
                 // The caller replays on the record the backend sent with the
@@ -494,7 +492,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             shared.unsure();
             self.announce_again_later(message.clone());
         }
-        shared.announce(message).await;
+        shared.announce(message.clone()).await;
+        if outcome.is_ok() {
+            shared.returned(message);
+        }
         outcome
     }
 
@@ -516,12 +517,14 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             });
         }
         if let Ok(DeleteOutcome::Deleted) | Err(_) = outcome {
-            shared
-                .announce(Invalidation::Key {
-                    key: key.clone(),
-                    version: None,
-                })
-                .await;
+            let message = Invalidation::Key {
+                key: key.clone(),
+                version: None,
+            };
+            shared.announce(message.clone()).await;
+            if outcome.is_ok() {
+                shared.returned(message);
+            }
         }
         outcome
     }
@@ -548,7 +551,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             shared.unsure();
             self.announce_again_later(message.clone());
         }
-        shared.announce(message).await;
+        shared.announce(message.clone()).await;
+        if outcome.is_ok() {
+            shared.returned(message);
+        }
         outcome
     }
 

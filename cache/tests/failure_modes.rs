@@ -13,9 +13,9 @@ use std::time::Duration;
 use offstate_cache::CachedStore;
 use offstate_core::testing::{Call, Fault, FaultyStore, Gate};
 use offstate_core::{
-    Capabilities, Change, ChannelEvent, CountingStore, CreateOutcome, Deadlines, DeleteOutcome,
-    Invalidation, InvalidationChannel, MemoryStore, Record, SaveOutcome, SessionId, SessionKey,
-    SessionStore, Sessions, StoreError, Timestamp, TouchOutcome, Version,
+    CachedCopy, Capabilities, Change, ChannelEvent, CountingStore, CreateOutcome, Deadlines,
+    DeleteOutcome, Invalidation, InvalidationChannel, MemoryStore, Record, SaveOutcome, SessionId,
+    SessionKey, SessionStore, Sessions, StoreError, Timestamp, TouchOutcome, Version,
 };
 use tokio::sync::mpsc;
 
@@ -29,9 +29,18 @@ const COHERENT_TTL: Duration = Duration::from_secs(30);
 #[derive(Clone, Default)]
 struct Board {
     inner: Arc<Mutex<BoardState>>,
-    /// What `in_transit` answers, set by hand (apart from `inner`: the
-    /// caches ask while `settle` holds it).
-    in_transit: Arc<std::sync::atomic::AtomicBool>,
+    /// What `in_transit` sees on its way, set by hand (apart from `inner`:
+    /// the caches ask while `settle` holds it).
+    in_transit: Arc<Mutex<OnItsWay>>,
+}
+
+/// Messages the board's `in_transit` reports as on their way to every
+/// subscriber (as the Redis channel does of what is on its socket), and
+/// whether it also sees bytes it cannot read.
+#[derive(Default)]
+struct OnItsWay {
+    messages: Vec<Invalidation>,
+    unreadable: bool,
 }
 
 #[derive(Default)]
@@ -168,8 +177,9 @@ impl InvalidationChannel for Board {
         rx
     }
 
-    fn in_transit(&self) -> bool {
-        self.in_transit.load(std::sync::atomic::Ordering::SeqCst)
+    fn in_transit(&self, copy: &CachedCopy<'_>) -> bool {
+        let on_its_way = self.in_transit.lock().unwrap();
+        on_its_way.unreadable || on_its_way.messages.iter().any(|m| m.concerns(copy))
     }
 }
 
@@ -914,20 +924,18 @@ async fn a_dead_channel_costs_one_publish_timeout_not_one_per_write() {
 
 #[tokio::test(start_paused = true)]
 async fn a_peer_whose_channel_holds_the_message_asks_the_backend() {
-    // Why: issue 14. With a channel that can tell a message is on its way
-    // to this process (the Redis channel peeks at its subscriber socket
-    // and counts what its tasks hold), the window closes there: B's reads
-    // skip its cache before its listener has even seen the message.
+    // Why: issue 14. With a channel that can tell a message about a session
+    // is on its way to this process (the Redis channel parses what is on
+    // its subscriber socket and holds what its tasks read), the window
+    // closes there: B's reads skip its cache before its listener has even
+    // seen the message.
     let Peers {
         board, a, b, key, ..
     } = peers().await;
     a.delete(&key, Timestamp::now()).await.unwrap();
-    // On its way (in the outbox, and the channel says so, as the Redis
-    // channel does of a message on B's socket), not in B's queue.
-    board
-        .in_transit
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(b.has_pending_invalidations());
+    // On its way (the channel says so, as the Redis channel does of a
+    // message on B's socket), not in B's queue.
+    board.in_transit.lock().unwrap().messages = board.outbox();
     let hits = b.stats().hits;
     assert_eq!(
         n_of(&b, &key).await,
@@ -936,15 +944,125 @@ async fn a_peer_whose_channel_holds_the_message_asks_the_backend() {
     );
     assert_eq!(b.stats().hits, hits);
     // Nothing on its way: B serves from memory again.
-    board
-        .in_transit
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    board.in_transit.lock().unwrap().messages.clear();
     board.deliver().await;
     assert!(!b.has_pending_invalidations());
     let other = created(&a, None).await;
     assert_eq!(n_of(&b, &other).await.as_deref(), Some("0"));
     assert_eq!(n_of(&b, &other).await.as_deref(), Some("0"));
     assert_eq!(b.stats().hits, hits + 1);
+}
+
+/// Two instances on a board, and a session of `principal` created on A and
+/// cached on B (B's hits so far returned too).
+async fn cached_on_b(
+    principal: Option<&str>,
+) -> (
+    Board,
+    CachedStore<Backend>,
+    CachedStore<Backend>,
+    SessionKey,
+    u64,
+) {
+    let board = Board::default();
+    let (backend, _) = backend();
+    let a = instance(backend.clone(), &board).await;
+    let b = instance(backend, &board).await;
+    let key = created(&a, principal).await;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    let hits = b.stats().hits;
+    assert!(hits >= 1, "B did not cache the session");
+    (board, a, b, key, hits)
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_sessions_invalidation_on_its_way_does_not_cost_a_hit() {
+    // Issue 14: the fence is per session. Under write load some message is
+    // almost always on its way; only one about this session may cost a hit.
+    let (board, a, b, key, hits) = cached_on_b(Some("alice")).await;
+    let other = created(&a, Some("bob")).await;
+    a.delete(&other, Timestamp::now()).await.unwrap();
+    let mut on_its_way = board.outbox();
+    on_its_way.push(Invalidation::Principal("bob".into()));
+    // A write of this very session at the version B already has (a
+    // write's own message coming back) does not make B's copy stale.
+    on_its_way.push(Invalidation::Key {
+        key: key.clone(),
+        version: Some(Version::new(1)),
+    });
+    board.in_transit.lock().unwrap().messages = on_its_way;
+    let loads = b.get_ref().counts().load;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    assert_eq!(
+        b.stats().hits,
+        hits + 1,
+        "B refused a hit for another session"
+    );
+    assert_eq!(b.get_ref().counts().load, loads);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_or_revoke_of_this_session_on_its_way_costs_the_hit() {
+    for message in [
+        |key: &SessionKey| Invalidation::Key {
+            key: key.clone(),
+            version: Some(Version::new(2)),
+        },
+        |_: &SessionKey| Invalidation::Principal("alice".into()),
+    ] {
+        let (board, _a, b, key, hits) = cached_on_b(Some("alice")).await;
+        board.in_transit.lock().unwrap().messages = vec![message(&key)];
+        let loads = b.get_ref().counts().load;
+        assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+        assert_eq!(
+            b.stats().hits,
+            hits,
+            "B served with {:?} on its way",
+            message(&key)
+        );
+        assert_eq!(b.get_ref().counts().load, loads + 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_the_channel_cannot_read_cost_every_hit() {
+    let (board, _a, b, key, hits) = cached_on_b(None).await;
+    board.in_transit.lock().unwrap().unreadable = true;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    assert_eq!(b.stats().hits, hits);
+    board.in_transit.lock().unwrap().unreadable = false;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    assert_eq!(b.stats().hits, hits + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_sessions_invalidation_in_the_queue_does_not_cost_a_hit() {
+    let (board, a, b, key, hits) = cached_on_b(Some("alice")).await;
+    let other = created(&a, Some("bob")).await;
+    a.delete(&other, Timestamp::now()).await.unwrap();
+    // In B's queue, not yet handled (the listener has not run since).
+    let sent = std::mem::take(&mut board.inner.lock().unwrap().outbox);
+    for message in sent {
+        board.push(ChannelEvent::Message(message));
+    }
+    assert!(b.has_pending_invalidations());
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    assert_eq!(
+        b.stats().hits,
+        hits + 1,
+        "B refused a hit for another session"
+    );
+    // One about this session's principal, queued: refused.
+    board.settle().await;
+    board.push(ChannelEvent::Message(Invalidation::Principal(
+        "alice".into(),
+    )));
+    assert!(b.has_pending_invalidations());
+    let loads = b.get_ref().counts().load;
+    assert_eq!(n_of(&b, &key).await.as_deref(), Some("0"));
+    assert_eq!(b.stats().hits, hits + 1);
+    assert_eq!(b.get_ref().counts().load, loads + 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
 //! The cache's metrics under a test recorder: hits, misses, evictions by
-//! cause, invalidations, and how long a fallback lasted.
+//! cause, invalidations, how long a fallback lasted, and how long this
+//! instance's own announcements take to come back.
 
 // Integration tests: a panic is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,8 +11,8 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use offstate_cache::CachedStore;
 use offstate_core::{
-    ChannelEvent, Deadlines, Invalidation, InvalidationChannel, MemoryStore, Record, SessionId,
-    SessionStore, StoreError, Timestamp,
+    Change, ChannelEvent, Deadlines, Invalidation, InvalidationChannel, MemoryStore, Record,
+    SaveOutcome, SessionId, SessionStore, StoreError, Timestamp, Version,
 };
 use tokio::sync::mpsc;
 
@@ -154,4 +155,89 @@ fn the_cache_counts_hits_misses_evictions_invalidations_and_fallback_time() {
         panic!("not a counter")
     };
     assert!(*evicted > 0);
+}
+
+/// A channel whose publishes wait in an outbox until the test delivers
+/// them, as a message on its way through Redis would.
+#[derive(Clone, Default)]
+struct Mailbag {
+    board: Switchboard,
+    outbox: Arc<Mutex<Vec<Invalidation>>>,
+}
+
+impl InvalidationChannel for Mailbag {
+    async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
+        self.outbox.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<ChannelEvent> {
+        self.board.subscribe()
+    }
+}
+
+#[test]
+fn the_cache_times_its_own_announcements_on_their_way_back() {
+    // Issue 18: from a write's return to its announcement coming back
+    // through the subscription, without changing the wire form.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let bag = Mailbag::default();
+            let cached = CachedStore::builder(MemoryStore::new())
+                .with_channel(bag.clone())
+                .build();
+            bag.board.send(ChannelEvent::Connected).await;
+            settle().await;
+            assert!(cached.is_coherent());
+            let key = SessionId::generate().key();
+            let now = Timestamp::now();
+            cached.create(&key, &record(10), now).await.unwrap();
+            let mut change = Change::new(Version::new(1), record(10).deadlines);
+            change.set.insert("n".into(), b"1".to_vec());
+            let saved = cached.save(&key, &change, now).await.unwrap();
+            assert_eq!(saved, SaveOutcome::Saved(Version::new(2)));
+            cached
+                .delete(&SessionId::generate().key(), now)
+                .await
+                .unwrap();
+            // Both announcements come back 5 ms and 7 ms after their writes.
+            tokio::time::advance(Duration::from_millis(5)).await;
+            let sent = std::mem::take(&mut *bag.outbox.lock().unwrap());
+            assert_eq!(sent.len(), 2);
+            bag.board.send(ChannelEvent::Message(sent[0].clone())).await;
+            settle().await;
+            tokio::time::advance(Duration::from_millis(2)).await;
+            bag.board.send(ChannelEvent::Message(sent[1].clone())).await;
+            settle().await;
+            // A peer's write, and the same announcement again: not timed.
+            bag.board
+                .send(ChannelEvent::Message(Invalidation::Key {
+                    key: SessionId::generate().key(),
+                    version: Some(Version::new(3)),
+                }))
+                .await;
+            bag.board.send(ChannelEvent::Message(sent[0].clone())).await;
+            settle().await;
+            assert_eq!(cached.stats().invalidations_received, 4);
+        });
+    });
+    let recorded = snapshotter.snapshot().into_hashmap();
+    let (_, (_, _, delays)) = recorded
+        .iter()
+        .find(|(key, _)| key.key().name() == "offstate_cache_invalidation_delay_seconds")
+        .expect("the delay was not recorded");
+    let DebugValue::Histogram(delays) = delays else {
+        panic!("not a histogram")
+    };
+    let delays: Vec<f64> = delays.iter().map(|d| d.into_inner()).collect();
+    assert_eq!(delays.len(), 2, "{delays:?}");
+    assert!((delays[0] - 0.005).abs() < 1e-6, "{delays:?}");
+    assert!((delays[1] - 0.007).abs() < 1e-6, "{delays:?}");
 }

@@ -16,7 +16,7 @@ use crate::id::SessionKey;
 use crate::record::Version;
 
 /// A message on the channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Invalidation {
     /// The session under `key` was written (`version` is the new one) or
@@ -70,6 +70,45 @@ impl Invalidation {
         };
         Ok(Self::Key { key, version })
     }
+
+    /// Whether this message makes `copy` stale: a delete of its key, a
+    /// write of its key at a version newer than the copy's, or a revoke of
+    /// its principal. A write at the copy's own version (this instance's
+    /// write coming back) or an older one does not.
+    #[must_use]
+    pub fn concerns(&self, copy: &CachedCopy<'_>) -> bool {
+        match self {
+            Self::Key { key, version } => {
+                key == copy.key && version.is_none_or(|version| version > copy.version)
+            }
+            Self::Principal(principal) => copy.principal == Some(principal.as_str()),
+        }
+    }
+}
+
+/// A cached copy of a session that a cache is about to serve: what
+/// [`InvalidationChannel::in_transit`] asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CachedCopy<'a> {
+    /// The session's key.
+    pub key: &'a SessionKey,
+    /// The session's principal, if it has one.
+    pub principal: Option<&'a str>,
+    /// The version the copy holds.
+    pub version: Version,
+}
+
+impl<'a> CachedCopy<'a> {
+    /// The copy of `key` at `version`, owned by `principal`.
+    #[must_use]
+    pub fn new(key: &'a SessionKey, principal: Option<&'a str>, version: Version) -> Self {
+        Self {
+            key,
+            principal,
+            version,
+        }
+    }
 }
 
 /// What a subscriber receives.
@@ -102,12 +141,15 @@ pub trait InvalidationChannel: Send + Sync + 'static {
     /// [`ChannelEvent::Disconnected`]; the first event is one of those two.
     fn subscribe(&self) -> mpsc::Receiver<ChannelEvent>;
 
-    /// Whether a message may have reached this process without being in a
-    /// subscriber's receiver yet (unread on a socket, or in the channel's
-    /// own tasks). A cache asks on every hit and, if so, asks the backend
-    /// instead, so keep it cheap. The default, `false`, is for channels
-    /// that cannot tell, or that hand messages over at once.
-    fn in_transit(&self) -> bool {
+    /// Whether a message that [concerns](Invalidation::concerns) `copy`
+    /// may have reached this process without being in a subscriber's
+    /// receiver yet (unread on a socket, or in the channel's own tasks).
+    /// Bytes that cannot be read as a message, or not yet, count as
+    /// concerning every copy. A cache asks on every hit and, if so, asks
+    /// the backend instead, so keep it cheap. The default, `false`, is for
+    /// channels that cannot tell, or that hand messages over at once.
+    fn in_transit(&self, copy: &CachedCopy<'_>) -> bool {
+        let _ = copy;
         false
     }
 }
@@ -197,6 +239,27 @@ mod tests {
         ] {
             assert_eq!(Invalidation::decode(&message.encode()), Ok(message));
         }
+    }
+
+    #[test]
+    fn a_message_concerns_the_copies_it_makes_stale() {
+        let key = SessionId::generate().key();
+        let other = SessionId::generate().key();
+        let copy = CachedCopy::new(&key, Some("alice"), Version::new(3));
+        let about = |key: &SessionKey, version: Option<u64>| Invalidation::Key {
+            key: key.clone(),
+            version: version.map(Version::new),
+        };
+        assert!(about(&key, None).concerns(&copy));
+        assert!(about(&key, Some(4)).concerns(&copy));
+        // This instance's own write coming back, or an older one.
+        assert!(!about(&key, Some(3)).concerns(&copy));
+        assert!(!about(&key, Some(2)).concerns(&copy));
+        assert!(!about(&other, None).concerns(&copy));
+        assert!(Invalidation::Principal("alice".into()).concerns(&copy));
+        assert!(!Invalidation::Principal("bob".into()).concerns(&copy));
+        let anonymous = CachedCopy::new(&key, None, Version::new(3));
+        assert!(!Invalidation::Principal("alice".into()).concerns(&anonymous));
     }
 
     #[test]

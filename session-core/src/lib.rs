@@ -72,7 +72,8 @@ pub use expiry::ExpiryPolicy;
 pub use extract::MissingSessionLayer;
 pub use id::{IdError, KeyPrefix, MAX_KEY_PREFIX_LEN, SESSION_ID_LEN, SessionId, SessionKey};
 pub use invalidation::{
-    ChannelEvent, Invalidation, InvalidationChannel, LocalChannel, MalformedInvalidation,
+    CachedCopy, ChannelEvent, Invalidation, InvalidationChannel, LocalChannel,
+    MalformedInvalidation,
 };
 pub use memory::MemoryStore;
 pub use record::{Deadlines, RESERVED_KEY_PREFIX, Record, Timestamp, Version};

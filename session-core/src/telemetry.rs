@@ -41,9 +41,7 @@
 //! | `offstate_cache_fallbacks_total` | counter | — | (offstate-cache) Times the invalidation channel dropped and the cache fell back to bounded staleness. |
 //! | `offstate_cache_fallback_active` | gauge | — | (offstate-cache) 1 while the cache is on bounded staleness, 0 when coherent. |
 //! | `offstate_cache_fallback_duration_seconds` | histogram | — | (offstate-cache) How long each fallback lasted, recorded when the channel comes back, in seconds (its sum is the time spent in fallback). |
-//!
-//! Not measured yet: the delay between a peer's write and the arrival of
-//! its invalidation (the messages carry no send time).
+//! | `offstate_cache_invalidation_delay_seconds` | histogram | — | (offstate-cache) From the return of this instance's own write (save, delete, revoke) to its invalidation coming back through this instance's subscription, in seconds: how long a peer as near as the channel takes to hear of a write. One that came back before its write returned is not recorded, and the messages carry no send time, so a peer's own delay is not measured. |
 //!
 //! # Traces
 //!

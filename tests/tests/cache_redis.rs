@@ -1,7 +1,8 @@
 //! The cache layer on real Redis, where the suite's switch is not enough:
 //! the channel's own detection of a paused or killed server (and the log
 //! line and counter it leaves), and fifty writers on one session over two
-//! cached instances, measured with and without the cache. What the cache
+//! cached instances, measured with and without the cache; and which
+//! messages on a real subscriber socket cost a hit. What the cache
 //! promises on every configuration is the cache conformance suite
 //! (cache_conformance.rs).
 
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use offstate_cache::CachedStore;
-use offstate_core::{SessionId, SessionStore, Sessions};
+use offstate_core::{CachedCopy, InvalidationChannel, SessionId, SessionStore, Sessions};
 use offstate_redis::{RedisConfig, RedisInvalidationChannel, RedisStore};
 use offstate_testing::{Redis, redis};
 
@@ -478,4 +479,133 @@ async fn logout_on_a_then_at_once_read_on_b() {
         }
     );
     assert_eq!(stale, 0, "B served a session after A's logout returned");
+}
+
+/// Publishes `payload` on `channel` from a blocking connection, so the
+/// test's (single-threaded) runtime does not run meanwhile.
+fn publish_blocking(redis: &Redis, channel: &str, payload: &str) {
+    let client = offstate_redis::redis::Client::open(redis.url()).expect("client");
+    let mut connection = client.get_connection().expect("connection");
+    let _: i64 = offstate_redis::redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query(&mut connection)
+        .expect("publish");
+}
+
+/// Blocks the thread (so redis-rs cannot read the socket) until `check`
+/// holds: the message published is on the subscriber's socket.
+fn block_until(mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < SOON,
+            "the message never reached the socket"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Once nothing is on its way to `cached`, loads `id` until a hit; the hit
+/// count then.
+async fn cached_with_nothing_on_its_way(
+    cached: &CachedStore<RedisStore>,
+    channel: &RedisInvalidationChannel,
+    sessions: &Sessions,
+    id: &SessionId,
+    copy: &CachedCopy<'_>,
+) -> u64 {
+    wait_until(SOON, || {
+        !cached.has_pending_invalidations() && !channel.in_transit(copy)
+    })
+    .await
+    .expect("the invalidations were never handled");
+    for _ in 0..20 {
+        let hits = cached.stats().hits;
+        assert_eq!(value(sessions, id).await, Some(1));
+        if cached.stats().hits > hits {
+            return cached.stats().hits;
+        }
+    }
+    panic!("the session was never served from memory");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn only_messages_about_the_session_on_the_socket_cost_its_hit() {
+    // Issue 14 on a real subscriber socket: a message about another session
+    // on B's socket does not cost B a hit; one about this session (a newer
+    // version, its principal's revoke) or one B cannot read does. The
+    // runtime has one thread and the test publishes from a blocking
+    // connection, so redis-rs reads nothing until the test awaits.
+    let redis = sessions_server().await;
+    let channel = RedisInvalidationChannel::connect(redis.config())
+        .await
+        .expect("invalidation channel")
+        // No heartbeat while the thread is blocked.
+        .with_heartbeat(Duration::from_secs(3600));
+    let name = channel.channel_name().to_owned();
+    let watched = channel.clone();
+    let cached = coherent(store_on(&redis).await, channel, Duration::from_secs(1)).await;
+    let sessions = Sessions::new(cached.clone());
+    let session = sessions.new_session();
+    session.insert("n", &1u32).await.expect("insert");
+    session.set_principal("alice").await.expect("principal");
+    session.save().await.expect("create");
+    let id = session.id().expect("id");
+    let key = id.key();
+    let version = cached
+        .get_ref()
+        .load(&key, offstate_core::Timestamp::now())
+        .await
+        .expect("load")
+        .expect("live")
+        .version;
+    let copy = CachedCopy::new(&key, Some("alice"), version);
+    let other = SessionId::generate().key();
+    let other_copy = CachedCopy::new(&other, None, version);
+    // Another session's logout on the socket: served from memory, and the
+    // message is still on the socket after the hit.
+    let hits = cached_with_nothing_on_its_way(&cached, &watched, &sessions, &id, &copy).await;
+    publish_blocking(&redis, &name, &format!("k {} -", other.as_str()));
+    block_until(|| watched.in_transit(&other_copy));
+    assert!(!watched.in_transit(&copy));
+    assert_eq!(value(&sessions, &id).await, Some(1));
+    assert_eq!(
+        cached.stats().hits,
+        hits + 1,
+        "a hit refused for another session"
+    );
+    assert!(
+        watched.in_transit(&other_copy),
+        "the message left the socket during the hit: the test proves nothing"
+    );
+
+    // A newer version of this session, and its principal's revoke: each
+    // costs the hit.
+    for payload in [
+        format!("k {} {}", key.as_str(), version.get() + 1),
+        "p alice".to_owned(),
+    ] {
+        let hits = cached_with_nothing_on_its_way(&cached, &watched, &sessions, &id, &copy).await;
+        publish_blocking(&redis, &name, &payload);
+        block_until(|| watched.in_transit(&copy));
+        assert_eq!(value(&sessions, &id).await, Some(1));
+        assert_eq!(
+            cached.stats().hits,
+            hits,
+            "served from memory with {payload:?} on the socket"
+        );
+    }
+
+    // A payload that does not decode: not served while it is on the socket
+    // (the load waits for the subscription to read and drop it, or asks
+    // the backend).
+    cached_with_nothing_on_its_way(&cached, &watched, &sessions, &id, &copy).await;
+    publish_blocking(&redis, &name, "not an invalidation");
+    block_until(|| watched.in_transit(&other_copy));
+    assert_eq!(value(&sessions, &id).await, Some(1));
+    assert!(
+        !watched.in_transit(&copy),
+        "answered while the unreadable message was still on its way"
+    );
 }
