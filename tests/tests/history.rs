@@ -173,6 +173,15 @@ async fn history_redis_cluster() {
     verdict(&history::run(&Config::from_env(), target).await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_redis_cluster_cached() {
+    let redis = offstate_testing::redis_cluster()
+        .await
+        .expect("a Redis cluster");
+    let target = redis_target("redis_cluster_cached", &redis, true).await;
+    verdict(&history::run(&Config::from_env(), target).await);
+}
+
 async fn memcached_target<'a>(
     name: &'static str,
     memcached: &'a offstate_testing::Memcached,
