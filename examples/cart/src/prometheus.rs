@@ -27,6 +27,11 @@ const BYTES: &[f64] = &[
 const RETRIES: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
 /// How long the cache's invalidation channel stayed down, in seconds.
 const FALLBACK: &[f64] = &[1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0];
+/// How long an instance's own invalidation took to come back through its
+/// subscription, in seconds: well under a millisecond on a quiet network.
+const DELAY: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
 
 /// Installs the Prometheus recorder as the process's `metrics` recorder,
 /// with buckets for offstate's histograms. Call it once, before building
@@ -42,6 +47,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(full(telemetry::SESSION_RECORD_BYTES), BYTES)?
         .set_buckets_for_metric(full(telemetry::SESSION_SAVE_RETRIES), RETRIES)?
         .set_buckets_for_metric(full("offstate_cache_fallback_duration_seconds"), FALLBACK)?
+        .set_buckets_for_metric(full("offstate_cache_invalidation_delay_seconds"), DELAY)?
         .install_recorder()
 }
 

@@ -223,6 +223,10 @@ async fn after_a_logout_on_a_b_never_serves_the_old_session() {
     let everywhere = run(&shopper, &a, &b, "/logout-everywhere", m).await;
     let hits = shopper.counter(&b, "offstate_cache_hits_total").await;
     let misses = shopper.counter(&b, "offstate_cache_misses_total").await;
+    // A timed each of its logouts' announcements on their way back to it.
+    let delays = "offstate_cache_invalidation_delay_seconds";
+    let echoes = shopper.counter(&a, &format!("{delays}_count")).await;
+    let delay_sum = shopper.counter(&a, &format!("{delays}_sum")).await;
     for (what, tally) in [("logout", &logout), ("log out everywhere", &everywhere)] {
         println!(
             "{what} on A, then at once a read on B: {} stale of {} rounds, {:.1} s",
@@ -232,6 +236,15 @@ async fn after_a_logout_on_a_b_never_serves_the_old_session() {
         );
     }
     println!("B's cache: {hits} hits, {misses} misses");
+    println!(
+        "A's invalidation delay: {echoes} timed, mean {:.0} µs",
+        delay_sum / echoes.max(1.0) * 1e6
+    );
+    assert!(
+        echoes >= 1.0,
+        "A's metrics endpoint shows no {delays} after {} logouts",
+        logout.rounds
+    );
     assert_eq!(
         (logout.stale, everywhere.stale),
         (0, 0),
