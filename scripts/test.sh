@@ -39,7 +39,7 @@ step "cargo test (all crates, real servers)"
 cargo test --workspace --no-fail-fast
 
 step "fuzz every parser that sees outside input (short, bounded run)"
-bash scripts/fuzz.sh all 10
+bash scripts/fuzz.sh all 5
 
 step "no test container or network left behind"
 # Fixtures remove their containers when dropped; only a killed test binary
