@@ -371,6 +371,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Ends every session of `principal`. Returns how many were deleted, when
     /// the store can tell (an epoch-based store returns 0 and still revokes).
     ///
+    /// A call that fails with [`StoreError::Timeout`] or
+    /// [`StoreError::Unavailable`] may still take effect later: the request
+    /// can sit in a stalled server's socket after the caller gave up, and
+    /// then also ends sessions the principal logged in to after the failure
+    /// was reported. It errs towards logging out, never towards keeping a
+    /// session it should have ended. Retry it; it is idempotent.
+    ///
     /// # Errors
     ///
     /// [`StoreError`] when the store fails.

@@ -4,8 +4,10 @@
 //!
 //! An operation whose outcome is unknown (a timeout, an unreachable store,
 //! a hang) may have taken effect or not, as a linearizability checker
-//! allows; an acknowledged one must have, and a refused one (`Gone`) must
-//! not have.
+//! allows, and at any time after it started: the request may still sit in
+//! a paused server's socket when the client gives up. An acknowledged one
+//! must have taken effect before it completed, and a refused one (`Gone`)
+//! must not have.
 //!
 //! 1. **No lost add**: every acknowledged add is in the final record of
 //!    its session (following the logins that moved it), and a session that
@@ -135,7 +137,7 @@ impl<'a> View<'a> {
         let ended_here = self.presented(id).any(|e| match e.kind {
             OpKind::Logout => e.outcome.maybe_applied(),
             OpKind::RevokeAll => e.outcome.maybe_applied(),
-            OpKind::Login => matches!(e.outcome, Outcome::Unknown(_) | Outcome::Hung),
+            OpKind::Login => e.outcome.unknown(),
             _ => false,
         });
         let revoked = self.origin.get(id).is_some_and(|origin| {
@@ -144,8 +146,8 @@ impl<'a> View<'a> {
                 self.events.iter().any(|e| {
                     e.kind == OpKind::RevokeAll
                         && &e.user == p
-                        && e.outcome.maybe_applied()
-                        && e.completed > created.invoked
+                        && (e.outcome.maybe_applied() && e.completed > created.invoked
+                            || e.outcome.unknown())
                 })
             })
         });
@@ -487,5 +489,62 @@ async fn final_load(
             Err(error) if start.elapsed() >= RECOVERY => return Err(error),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(
+        at: u64,
+        kind: OpKind,
+        presented: Option<&SessionId>,
+        result: Option<&SessionId>,
+        outcome: Outcome,
+    ) -> Event {
+        let now = Instant::now();
+        Event {
+            client: 0,
+            instance: 0,
+            kind,
+            user: "user3".into(),
+            presented: presented.cloned(),
+            observed: None,
+            result: result.cloned(),
+            item: None,
+            invoked: at,
+            completed: at + 10,
+            started: now,
+            ended: now,
+            outcome,
+        }
+    }
+
+    /// CI seed 722662398701 (memcached behind a cache, a server paused): a
+    /// revoke-all timed out, the user logged in again, and the new session
+    /// was gone at the end, because the paused memcached applied the
+    /// revoke's `incr` when it resumed, after the login read the epoch.
+    #[test]
+    fn a_timed_out_revoke_may_end_a_later_login() {
+        let old = SessionId::generate();
+        let new = SessionId::generate();
+        let timed_out = Outcome::Unknown("store: did not answer within 400ms".into());
+        let events = [
+            event(0, OpKind::RevokeAll, Some(&old), None, timed_out),
+            event(20, OpKind::Login, None, Some(&new), Outcome::Ok),
+        ];
+        assert!(View::new(&events).may_have_ended(&new));
+    }
+
+    #[test]
+    fn an_acknowledged_revoke_does_not_end_a_later_login() {
+        let old = SessionId::generate();
+        let new = SessionId::generate();
+        let events = [
+            event(0, OpKind::RevokeAll, Some(&old), None, Outcome::Ok),
+            event(20, OpKind::Login, None, Some(&new), Outcome::Ok),
+        ];
+        assert!(!View::new(&events).may_have_ended(&new));
     }
 }

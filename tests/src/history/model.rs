@@ -65,6 +65,16 @@ impl Outcome {
     pub fn maybe_applied(&self) -> bool {
         !matches!(self, Self::Gone)
     }
+
+    /// Whether the client gave up without an answer (a timeout, a lost
+    /// connection, a hang). Such a request may still be in flight at the
+    /// server and take effect after the client saw the failure: a
+    /// memcached paused with an `incr` in its socket applies it when it
+    /// resumes. Its effect is bounded below by its invocation only.
+    #[must_use]
+    pub fn unknown(&self) -> bool {
+        matches!(self, Self::Unknown(_) | Self::Hung)
+    }
 }
 
 /// What a load of a presented ID found.
