@@ -202,7 +202,7 @@ impl Node {
     pub async fn pause(&self) -> Result<(), FixtureError> {
         match &self.server {
             Server::Process(spawned) => {
-                spawned.process().pause();
+                spawned.process().pause()?;
                 Ok(())
             }
             Server::Container(container) => Ok(container.pause().await?),
@@ -218,7 +218,7 @@ impl Node {
     pub async fn resume(&self) -> Result<(), FixtureError> {
         match &self.server {
             Server::Process(spawned) => {
-                spawned.process().resume();
+                spawned.process().resume()?;
                 Ok(())
             }
             Server::Container(container) => Ok(container.unpause().await?),

@@ -49,6 +49,17 @@ pub enum ServerError {
         /// The end of its log.
         log: String,
     },
+    /// A signal (pause, resume) could not be sent.
+    #[error("could not send SIG{signal} to `{program}`")]
+    Signal {
+        /// The program.
+        program: String,
+        /// The signal's name.
+        signal: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A set-up command failed.
     #[error("set-up step failed: {0}")]
     Setup(String),
@@ -260,19 +271,37 @@ impl ServerProcess {
     }
 
     /// Pauses the server (SIGSTOP): it keeps its sockets but answers nothing.
-    pub fn pause(&self) {
-        signal(self.child.id(), "STOP");
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Signal`] when the signal could not be sent: a pause
+    /// that silently did not happen would pass a test of a hung server
+    /// off as a failure of the code under test.
+    pub fn pause(&self) -> Result<(), ServerError> {
+        self.signal("STOP")
     }
 
     /// Resumes a paused server (SIGCONT).
-    pub fn resume(&self) {
-        signal(self.child.id(), "CONT");
+    ///
+    /// # Errors
+    ///
+    /// As [`pause`](Self::pause).
+    pub fn resume(&self) -> Result<(), ServerError> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &'static str) -> Result<(), ServerError> {
+        signal(self.child.id(), name).map_err(|source| ServerError::Signal {
+            program: self.name.clone(),
+            signal: name,
+            source,
+        })
     }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        signal(self.child.id(), "CONT");
+        let _ = signal(self.child.id(), "CONT");
         self.kill();
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
@@ -282,14 +311,21 @@ impl Drop for ServerProcess {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
+fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
+    let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "kill -{sig} {pid}: {status}"
+        )))
+    }
 }
 
 /// A shell loop that kills `server` once this test process is gone.
