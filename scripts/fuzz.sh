@@ -2,6 +2,7 @@
 # Runs offstate's coverage-guided fuzz targets (fuzz/) for a bounded time.
 #
 #   scripts/fuzz.sh TARGET|all SECONDS [extra libFuzzer flags...]
+#   scripts/fuzz.sh TARGET|all build    # build only (CI builds while tests run)
 #
 # Builds the libFuzzer binaries directly with the sanitizer-coverage flags
 # cargo-fuzz passes (minus ASan: the code under test is safe Rust), on the
@@ -14,7 +15,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/fuzz"
 
 if [ $# -lt 2 ]; then
-    echo "usage: scripts/fuzz.sh TARGET|all SECONDS [libFuzzer flags...]" >&2
+    echo "usage: scripts/fuzz.sh TARGET|all SECONDS|build [libFuzzer flags...]" >&2
     exit 2
 fi
 which_target="$1"
@@ -44,6 +45,9 @@ bins=()
 for t in $targets; do bins+=(--bin "$t"); done
 echo "==> building fuzz targets: $(echo $targets)"
 cargo build --release --locked --target "$host" "${bins[@]}"
+if [ "$seconds" = build ]; then
+    exit 0
+fi
 
 failed=()
 for t in $targets; do

@@ -8,11 +8,35 @@ cd "$root"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "install test servers (redis, memcached, moto, nginx, chromium)"
-bash scripts/setup.sh
+# Two slow jobs that the checks before the tests do not need run beside
+# them, and are waited for (their logs printed) where they are needed:
+# installing the servers (mostly network and disk), then, niced so that the
+# tests keep the CPU they ask for, building the fuzz targets while the tests
+# run (mostly waiting on servers: about a third of the CPU is busy).
+logs="$(mktemp -d)"
+# On an early exit, the jobs beside are waited for (an apt-get killed
+# half-way would leave dpkg locked), not left running.
+trap 'wait; rm -rf "$logs"' EXIT
+declare -A beside_pids=()
+beside() { # NAME COMMAND...
+  local name="$1"
+  shift
+  ("$@") >"$logs/$name.log" 2>&1 &
+  beside_pids[$name]=$!
+}
+await() { # NAME: its log, and its exit status
+  local name="$1" status=0
+  wait "${beside_pids[$name]}" || status=$?
+  step "$name (ran beside the steps above)"
+  cat "$logs/$name.log"
+  if [ "$status" -ne 0 ]; then
+    echo "$name failed (exit $status)" >&2
+    exit "$status"
+  fi
+}
 
-step "local images for the container-backed tests (no registry needed)"
-bash scripts/build-images.sh
+beside "install test servers (redis, memcached, moto, nginx, chromium) and local images" \
+  bash -c 'bash scripts/setup.sh && bash scripts/build-images.sh'
 # Machines that can pull may point these at the official images instead.
 export OFFSTATE_REDIS_IMAGE="${OFFSTATE_REDIS_IMAGE:-offstate-local/redis:7}"
 export OFFSTATE_MEMCACHED_IMAGE="${OFFSTATE_MEMCACHED_IMAGE:-offstate-local/memcached:1.6}"
@@ -35,9 +59,16 @@ bash scripts/check-docs.sh
 # The public API is committed (api/*.txt): a change to it shows in review.
 python3 scripts/public-api.py --check
 
+step "cargo test: build"
+cargo test --workspace --no-run
+
+await "install test servers (redis, memcached, moto, nginx, chromium) and local images"
+beside "build the fuzz targets" nice -n 19 bash scripts/fuzz.sh all build
+
 step "cargo test (all crates, real servers)"
 cargo test --workspace --no-fail-fast
 
+await "build the fuzz targets"
 step "fuzz every parser that sees outside input (short, bounded run)"
 bash scripts/fuzz.sh all 5
 
