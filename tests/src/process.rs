@@ -270,15 +270,36 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
-    /// Pauses the server (SIGSTOP): it keeps its sockets but answers nothing.
+    /// Pauses the server (SIGSTOP): it keeps its sockets but answers
+    /// nothing. Returns once every thread of it has stopped: `kill` returns
+    /// as soon as the signal is queued, and on a loaded machine a server's
+    /// other threads went on answering requests for a while (memcached's
+    /// workers did, failing a hung-node test in CI), until the thread the
+    /// kernel woke for the signal got a CPU and stopped them.
     ///
     /// # Errors
     ///
-    /// [`ServerError::Signal`] when the signal could not be sent: a pause
-    /// that silently did not happen would pass a test of a hung server
-    /// off as a failure of the code under test.
+    /// [`ServerError::Signal`] when the signal could not be sent or the
+    /// server did not stop within 10 s: a pause that silently did
+    /// not happen would pass a test of a hung server off as a failure of
+    /// the code under test.
     pub fn pause(&self) -> Result<(), ServerError> {
-        self.signal("STOP")
+        self.signal("STOP")?;
+        let pid = self.child.id();
+        let start = Instant::now();
+        while !all_threads_stopped(pid) {
+            if start.elapsed() > STOP_WITHIN {
+                return Err(ServerError::Signal {
+                    program: self.name.clone(),
+                    signal: "STOP",
+                    source: std::io::Error::other(format!(
+                        "not every thread of process {pid} stopped within {STOP_WITHIN:?}"
+                    )),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Resumes a paused server (SIGCONT).
@@ -309,6 +330,27 @@ impl Drop for ServerProcess {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// How long [`ServerProcess::pause`] waits for every thread to stop.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// Whether every thread of `pid` is stopped (state `T`, or `t` when traced),
+/// read from `/proc/<pid>/task/*/stat`. A process whose tasks cannot be
+/// read (not Linux, or gone) counts as stopped: there is nothing to wait for.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and
+        // may itself contain spaces or parentheses.
+        match stat.rfind(')').map(|end| stat[end + 1..].trim_start()) {
+            Some(rest) => rest.starts_with('T') || rest.starts_with('t'),
+            None => true,
+        }
+    })
 }
 
 fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
