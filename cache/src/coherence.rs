@@ -52,18 +52,9 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
         ChannelEvent::Message(message) => {
             shared.echoes.came_back(&message);
             match message {
-                Invalidation::Key {
-                    key,
-                    version: Some(version),
-                } => {
-                    // Our own writes come back too: keep an entry that is
-                    // already at (or past) the announced version.
-                    let current = shared.cache.get(&key).await;
-                    if current.is_none_or(|e| e.record.version < version) {
-                        shared.forget(&key).await;
-                    }
-                }
-                Invalidation::Key { key, version: None } => shared.forget(&key).await,
+                // Our own writes come back too: an entry already at (or
+                // past) the announced version stays.
+                Invalidation::Key { key, version } => shared.forget_before(&key, version).await,
                 Invalidation::Principal(principal) => shared.forget_principal(&principal).await,
                 _ => shared.clear(),
             }

@@ -107,6 +107,13 @@
 //!     eviction that finished between that read and the check is caught
 //!     by a count of evictions, and the entry then served only if it is
 //!     still there, the same record.
+//!   - A message that names a version evicts and fences off only copies
+//!     older than it: the echo of an instance's own write, which often
+//!     comes back before the write has cached its result, leaves that
+//!     result cached
+//!     (`the_echo_of_its_own_write_arriving_first_does_not_evict_the_write`),
+//!     while a load in flight that read an older version is not cached
+//!     (`a_load_in_flight_older_than_an_announced_version_is_not_cached`).
 //!
 //!   Measured over HTTP with two cart processes (`--cache`) on one Redis, a
 //!   fresh session per round cached on B, the logout on A, then at once a

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use moka::Expiry;
 use moka::ops::compute::Op;
-use offstate_core::{CachedCopy, Invalidation, Record, SessionKey, StoreError, Timestamp};
+use offstate_core::{CachedCopy, Invalidation, Record, SessionKey, StoreError, Timestamp, Version};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -76,11 +76,40 @@ impl Expiry<SessionKey, Entry> for EntryExpiry {
     }
 }
 
+/// What the invalidations of one key since some point allow: a copy read
+/// by a load that started before `seq` may be cached only at `at_least` or
+/// later (`None`: not at all). One fence stands for several invalidations
+/// by keeping the latest `seq` and the strictest version: that fences a few
+/// loads more than needed, never fewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fence {
+    seq: u64,
+    at_least: Option<Version>,
+}
+
+impl Fence {
+    fn merged(self, newer: Self) -> Self {
+        Self {
+            seq: self.seq.max(newer.seq),
+            at_least: match (self.at_least, newer.at_least) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether it keeps a copy at `version`, read by a load that started
+    /// at `started`, out of the cache.
+    fn blocks(self, started: u64, version: Version) -> bool {
+        self.seq > started && self.at_least.is_none_or(|at_least| version < at_least)
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) cache: moka::future::Cache<SessionKey, Entry>,
-    /// Sequence number of the last invalidation seen per key, so a load
-    /// that started before it does not fill the cache with what it read.
-    pub(crate) recent: moka::sync::Cache<SessionKey, u64>,
+    /// The last invalidations seen per key, so a load that started before
+    /// them does not fill the cache with what it read.
+    pub(crate) recent: moka::sync::Cache<SessionKey, Fence>,
     /// The same fence for whole principals (revoke-all).
     pub(crate) recent_principals: moka::sync::Cache<String, u64>,
     pub(crate) seq: AtomicU64,
@@ -218,9 +247,38 @@ impl Shared {
 
     /// Evicts `key` and fences off loads that started before now.
     pub(crate) async fn forget(&self, key: &SessionKey) {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        self.recent.insert(key.clone(), seq);
-        self.cache.invalidate(key).await;
+        self.forget_before(key, None).await;
+    }
+
+    /// Evicts the cached copy of `key` if it is older than `version`
+    /// (every copy, with `None`), and fences off loads still in flight
+    /// likewise. An announcement that a session is now at version 7 makes
+    /// copies of 6 stale, not the 7 this instance's own write has just
+    /// cached: its echo often arrives before the write's caller has cached
+    /// the result, and evicting or fencing that would turn the next read
+    /// into a miss.
+    pub(crate) async fn forget_before(&self, key: &SessionKey, version: Option<Version>) {
+        let fence = Fence {
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            at_least: version,
+        };
+        self.recent
+            .entry_by_ref(key)
+            .and_upsert_with(|old| old.map_or(fence, |old| old.into_value().merged(fence)));
+        match version {
+            None => self.cache.invalidate(key).await,
+            Some(version) => {
+                self.cache
+                    .entry_by_ref(key)
+                    .and_compute_with(|current| {
+                        std::future::ready(match current {
+                            Some(current) if current.value().record.version < version => Op::Remove,
+                            _ => Op::Nop,
+                        })
+                    })
+                    .await;
+            }
+        }
         self.evictions.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -277,9 +335,13 @@ impl Shared {
 
     /// Whether something invalidated `key` (or its principal, or the whole
     /// cache) after sequence number `started`.
-    fn fenced(&self, key: &SessionKey, principal: Option<&str>, started: u64) -> bool {
+    fn fenced(&self, key: &SessionKey, record: &Record, started: u64) -> bool {
+        let principal = record.principal.as_deref();
         self.cleared.load(Ordering::SeqCst) > started
-            || self.recent.get(key).is_some_and(|seq| seq > started)
+            || self
+                .recent
+                .get(key)
+                .is_some_and(|fence| fence.blocks(started, record.version))
             || principal.is_some_and(|p| {
                 self.recent_principals
                     .get(p)
@@ -296,8 +358,7 @@ impl Shared {
         started: u64,
         now: Timestamp,
     ) {
-        let principal = record.principal.clone();
-        if self.fenced(key, principal.as_deref(), started) {
+        if self.fenced(key, &record, started) {
             return;
         }
         let ttl = self.ttl_for(&record, now);
@@ -306,7 +367,11 @@ impl Shared {
         }
         let until = Instant::now() + ttl;
         let version = record.version;
-        let entry = Entry { record, until, ttl };
+        let entry = Entry {
+            record: Arc::clone(&record),
+            until,
+            ttl,
+        };
         // Never replace a newer version: a slow load that read version 5
         // must not overwrite the 6 a local write cached meanwhile.
         self.cache
@@ -321,7 +386,7 @@ impl Shared {
         // An invalidation may have landed between the check and the insert,
         // its eviction running before the insert: check again. (Fences are
         // set before their eviction runs, so one of the two sees the other.)
-        if self.fenced(key, principal.as_deref(), started) {
+        if self.fenced(key, &record, started) {
             self.cache.invalidate(key).await;
             self.evictions.fetch_add(1, Ordering::SeqCst);
         }
@@ -457,5 +522,39 @@ impl Shared {
         if self.publish_failing.swap(false, Ordering::SeqCst) {
             tracing::info!("session invalidations get through again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(seq: u64, at_least: Option<u64>) -> Fence {
+        Fence {
+            seq,
+            at_least: at_least.map(Version::new),
+        }
+    }
+
+    #[test]
+    fn a_fence_keeps_out_only_older_copies_read_before_it() {
+        let announced = fence(5, Some(7));
+        assert!(announced.blocks(4, Version::new(6)));
+        assert!(!announced.blocks(4, Version::new(7)));
+        assert!(!announced.blocks(5, Version::new(6)), "read after it");
+        assert!(fence(5, None).blocks(4, Version::new(99)));
+    }
+
+    #[test]
+    fn merged_fences_are_never_weaker_than_either() {
+        // A delete (no version) then a late echo of an older write: the
+        // delete must still fence every copy.
+        let merged = fence(5, None).merged(fence(6, Some(3)));
+        assert_eq!(merged, fence(6, None));
+        assert!(merged.blocks(4, Version::new(3)));
+        assert_eq!(
+            fence(5, Some(9)).merged(fence(6, Some(3))),
+            fence(6, Some(9))
+        );
     }
 }
