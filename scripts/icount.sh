@@ -5,7 +5,7 @@
 #
 #   scripts/icount.sh CASE LIB [in-process|http] [--top N]
 #
-#   CASE  read | add | cached-read   (cached-read: offstate over HTTP only)
+#   CASE  read | add | cached-read | cached-add   (cached-*: offstate over HTTP only)
 #   LIB   offstate | tower-sessions | none
 #
 #   scripts/icount.sh read offstate                # in process (default)

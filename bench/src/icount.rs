@@ -70,7 +70,7 @@ pub struct Case {
 }
 
 impl Case {
-    /// The case `op` (`read`, `add` or `cached-read`) on `lib`
+    /// The case `op` (`read`, `add`, `cached-read` or `cached-add`) on `lib`
     /// (`offstate`, `tower-sessions` or `none`), in process or over HTTP.
     ///
     /// # Errors
@@ -82,25 +82,27 @@ impl Case {
             "none" | "plain" => Variant::Plain,
             other => other.parse()?,
         };
+        let name = op;
         let (op, variant) = match (op, variant) {
             ("read", v) => (Op::Read, v),
             ("add", v) => (Op::Add, v),
             ("cached-read", Variant::Offstate) => (Op::Read, Variant::OffstateCached),
-            ("cached-read", _) => {
-                return Err(BenchError::Usage(
-                    "cached-read exists for offstate only (its coherent cache)".into(),
-                ));
+            ("cached-add", Variant::Offstate) => (Op::Add, Variant::OffstateCached),
+            ("cached-read" | "cached-add", _) => {
+                return Err(BenchError::Usage(format!(
+                    "{op} exists for offstate only (its coherent cache)"
+                )));
             }
             (other, _) => {
                 return Err(BenchError::Usage(format!(
-                    "unknown case {other:?} (read, add or cached-read)"
+                    "unknown case {other:?} (read, add, cached-read or cached-add)"
                 )));
             }
         };
         if place == Place::InProcess && variant == Variant::OffstateCached {
-            return Err(BenchError::Usage(
-                "cached-read is measured over HTTP only (in process the store is in memory)".into(),
-            ));
+            return Err(BenchError::Usage(format!(
+                "{name} is measured over HTTP only (in process the store is in memory)"
+            )));
         }
         Ok(Self { place, op, variant })
     }
@@ -117,11 +119,13 @@ impl Case {
                 }
             }
         }
-        cases.push(Self {
-            place: Place::Http,
-            op: Op::Read,
-            variant: Variant::OffstateCached,
-        });
+        for op in [Op::Read, Op::Add] {
+            cases.push(Self {
+                place: Place::Http,
+                op,
+                variant: Variant::OffstateCached,
+            });
+        }
         cases
     }
 
@@ -568,6 +572,9 @@ mod tests {
         assert!(matches!(case, Ok(c) if c.variant == Variant::OffstateCached));
         assert!(Case::parse("cached-read", "tower-sessions", Place::Http).is_err());
         assert!(Case::parse("cached-read", "offstate", Place::InProcess).is_err());
+        let add = Case::parse("cached-add", "offstate", Place::Http);
+        assert!(matches!(add, Ok(c) if c.variant == Variant::OffstateCached && c.op == Op::Add));
+        assert!(Case::parse("cached-add", "none", Place::Http).is_err());
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub(crate) struct Shared {
     /// The last invalidations seen per key, so a load that started before
     /// them does not fill the cache with what it read.
     pub(crate) recent: moka::sync::Cache<SessionKey, Fence>,
+    /// Held while a fence is merged into `recent` (read, merge, write):
+    /// cheaper than moka's compute, and only invalidations take it.
+    pub(crate) fencing: Mutex<()>,
     /// The same fence for whole principals (revoke-all).
     pub(crate) recent_principals: moka::sync::Cache<String, u64>,
     pub(crate) seq: AtomicU64,
@@ -258,13 +261,24 @@ impl Shared {
     /// the result, and evicting or fencing that would turn the next read
     /// into a miss.
     pub(crate) async fn forget_before(&self, key: &SessionKey, version: Option<Version>) {
+        if let Some(version) = version {
+            // The usual echo of this instance's own write, handled after
+            // the write cached its result: nothing older is left to evict,
+            // and a slower load cannot replace a newer entry.
+            let current = self.cache.get(key).await;
+            if current.is_some_and(|current| current.record.version >= version) {
+                return;
+            }
+        }
         let fence = Fence {
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
             at_least: version,
         };
-        self.recent
-            .entry_by_ref(key)
-            .and_upsert_with(|old| old.map_or(fence, |old| old.into_value().merged(fence)));
+        {
+            let _fencing = self.fencing.lock().unwrap_or_else(PoisonError::into_inner);
+            let merged = self.recent.get(key).map_or(fence, |old| old.merged(fence));
+            self.recent.insert(key.clone(), merged);
+        }
         match version {
             None => self.cache.invalidate(key).await,
             Some(version) => {

@@ -197,6 +197,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
         let shared = Arc::new(Shared {
             cache,
             recent,
+            fencing: std::sync::Mutex::new(()),
             recent_principals,
             seq: AtomicU64::new(0),
             cleared: AtomicU64::new(0),

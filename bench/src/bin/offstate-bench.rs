@@ -19,7 +19,7 @@ usage:
                      [--raw-requests N] [--lost-adds N]
                      [--out DIR] [--criterion DIR]
                      [--icount-requests SMALL,LARGE] [--icount-dir DIR]
-  offstate-bench icount --case read|add|cached-read --lib offstate|tower-sessions|none
+  offstate-bench icount --case read|add|cached-read|cached-add --lib offstate|tower-sessions|none
                         [--http] [--redis URL] [--requests SMALL,LARGE]
                         [--out DIR] [--top N]
       (instructions per request under callgrind; over HTTP it starts its
