@@ -867,10 +867,14 @@ async fn the_echo_of_its_own_write_arriving_first_does_not_evict_the_write() {
     );
 }
 
-/// The other side of the same rule: an announcement of version 2 fences a
-/// load in flight that read version 1.
-#[tokio::test(start_paused = true)]
-async fn a_load_in_flight_older_than_an_announced_version_is_not_cached() {
+/// One instance, B, whose load of a fresh session (version 1) is held
+/// after reading, while `peer` changes the session in the backend and B
+/// hears `announced`; the load then answers what it read. Returns B (and
+/// its board, which must outlive it) and the session's key.
+async fn load_held_while(
+    peer: impl AsyncFnOnce(&FaultyStore<MemoryStore>, &SessionKey),
+    announced: Option<Version>,
+) -> (CachedStore<FaultyStore<MemoryStore>>, Board, SessionKey) {
     let board = Board::default();
     let store = FaultyStore::new(MemoryStore::new());
     let b = instance(store.clone(), &board).await;
@@ -882,18 +886,29 @@ async fn a_load_in_flight_older_than_an_announced_version_is_not_cached() {
         async move { n_of(&b, &key).await }
     });
     gate.reached().await;
-    store
-        .save(&key, &change_to(Version::new(1), "1"), Timestamp::now())
-        .await
-        .unwrap();
+    peer(&store, &key).await;
     board
         .send(ChannelEvent::Message(Invalidation::Key {
             key: key.clone(),
-            version: Some(Version::new(2)),
+            version: announced,
         }))
         .await;
     gate.open();
     assert_eq!(loading.await.unwrap().as_deref(), Some("0"));
+    (b, board, key)
+}
+
+/// The other side of the same rule: an announcement of version 2 fences a
+/// load in flight that read version 1.
+#[tokio::test(start_paused = true)]
+async fn a_load_in_flight_older_than_an_announced_version_is_not_cached() {
+    let write = async |store: &FaultyStore<MemoryStore>, key: &SessionKey| {
+        store
+            .save(key, &change_to(Version::new(1), "1"), Timestamp::now())
+            .await
+            .unwrap();
+    };
+    let (b, _board, key) = load_held_while(write, Some(Version::new(2))).await;
     let misses = b.stats().misses;
     assert_eq!(n_of(&b, &key).await.as_deref(), Some("1"));
     assert_eq!(
@@ -905,29 +920,13 @@ async fn a_load_in_flight_older_than_an_announced_version_is_not_cached() {
 
 #[tokio::test(start_paused = true)]
 async fn a_load_in_flight_when_the_invalidation_lands_is_not_cached() {
-    let board = Board::default();
-    let store = FaultyStore::new(MemoryStore::new());
-    let b = instance(store.clone(), &board).await;
-    let key = created(&store, None).await;
-    // B reads version 1 and is slow to answer...
-    let gate = Gate::new();
-    store.inject(Call::Load, Fault::GateAfter(gate.clone()));
-    let loading = tokio::spawn({
-        let (b, key) = (b.clone(), key.clone());
-        async move { n_of(&b, &key).await }
-    });
-    gate.reached().await;
-    // ...while a peer deletes the session and B hears of it.
-    store.delete(&key, Timestamp::now()).await.unwrap();
-    board
-        .send(ChannelEvent::Message(Invalidation::Key {
-            key: key.clone(),
-            version: None,
-        }))
-        .await;
-    gate.open();
-    // The load answers what it read, but does not cache it.
-    assert_eq!(loading.await.unwrap().as_deref(), Some("0"));
+    // B reads version 1 and is slow to answer, while a peer deletes the
+    // session and B hears of it: the load answers what it read, but does
+    // not cache it.
+    let delete = async |store: &FaultyStore<MemoryStore>, key: &SessionKey| {
+        store.delete(key, Timestamp::now()).await.unwrap();
+    };
+    let (b, _board, key) = load_held_while(delete, None).await;
     assert_eq!(
         n_of(&b, &key).await,
         None,
