@@ -155,7 +155,15 @@ def listing(doc):
 
 
 def main():
-    check = "--check" in sys.argv[1:]
+    args = sys.argv[1:]
+    if any(arg in ("-h", "--help") for arg in args):
+        print(__doc__.strip())
+        return 0
+    unknown = [arg for arg in args if arg != "--check"]
+    if unknown:
+        print(f"public-api.py: unknown argument(s) {' '.join(unknown)}; see --help", file=sys.stderr)
+        return 2
+    check = "--check" in args
     out_dir = os.path.join(ROOT, "api")
     os.makedirs(out_dir, exist_ok=True)
     stale = []
@@ -185,4 +193,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,9 @@ use offstate_redis::redis;
 
 use crate::BenchError;
 
-/// Commands the bench itself sends to read the statistics; not counted.
+/// Commands the bench itself sends to read and reset the statistics; not
+/// counted, subcommands included (Redis 7 names `CONFIG RESETSTAT`
+/// `config|resetstat`).
 const OWN_COMMANDS: &[&str] = &["info", "config"];
 
 /// A connection used only to read and reset the server's statistics.
@@ -145,7 +147,8 @@ pub fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
         let Some((name, fields)) = rest.split_once(':') else {
             continue;
         };
-        if OWN_COMMANDS.contains(&name) {
+        let command = name.split_once('|').map_or(name, |(command, _)| command);
+        if OWN_COMMANDS.contains(&command) {
             continue;
         }
         let count = fields
@@ -165,10 +168,14 @@ mod tests {
 
     #[test]
     fn parses_info_output() {
-        let text = "# Commandstats\r\ncmdstat_hgetall:calls=10,usec=5,usec_per_call=0.5\r\ncmdstat_info:calls=3,usec=1\r\ncmdstat_client|setinfo:calls=2,usec=0\r\n";
+        let text = "# Commandstats\r\ncmdstat_hgetall:calls=10,usec=5,usec_per_call=0.5\r\ncmdstat_info:calls=3,usec=1\r\ncmdstat_client|setinfo:calls=2,usec=0\r\ncmdstat_config|resetstat:calls=1,usec=9\r\n";
         let calls = parse_commandstats(text);
         assert_eq!(calls.get("hgetall"), Some(&10));
         assert_eq!(calls.get("client|setinfo"), Some(&2));
         assert!(!calls.contains_key("info"));
+        assert!(
+            !calls.contains_key("config|resetstat"),
+            "the bench's own reset"
+        );
     }
 }
