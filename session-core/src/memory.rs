@@ -627,20 +627,29 @@ mod tests {
         assert_eq!(store.len(), 50);
     }
 
-    #[tokio::test]
-    async fn a_save_with_the_record_built_keeps_it_when_the_live_record_is_its_base() {
+    /// A store with one session created at `t0`, as loaded (the base of a
+    /// change), and a change of it with the record that change builds.
+    async fn built_change(
+        t0: Timestamp,
+    ) -> (MemoryStore, SessionKey, Arc<Record>, Change, Arc<Record>) {
         let store = MemoryStore::new();
-        let t0 = Timestamp::from_millis(1_000);
         let key = crate::SessionId::generate().key();
         store
             .create(&key, &record(t0, Duration::from_secs(60)), t0)
             .await
             .unwrap();
         let base = store.load(&key, t0).await.unwrap().unwrap();
-        let t1 = t0.saturating_add(Duration::from_secs(1));
         let mut change = Change::new(base.version, base.deadlines);
         change.set.insert("a".into(), b"1".to_vec());
         let next = Arc::new(change.apply_to(&base));
+        (store, key, base, change, next)
+    }
+
+    #[tokio::test]
+    async fn a_save_with_the_record_built_keeps_it_when_the_live_record_is_its_base() {
+        let t0 = Timestamp::from_millis(1_000);
+        let (store, key, base, change, next) = built_change(t0).await;
+        let t1 = t0.saturating_add(Duration::from_secs(1));
         let saved = store.save_applied(&key, &change, &base, &next, t1).await;
         assert_eq!(saved.unwrap(), SaveOutcome::Saved(next.version));
         let stored = store.load(&key, t1).await.unwrap().unwrap();
@@ -651,19 +660,10 @@ mod tests {
     async fn a_save_with_the_record_built_from_a_record_since_touched_keeps_the_touch() {
         // Why: a touch changes the deadline, not the version. A record
         // built from the untouched one would move the deadline back.
-        let store = MemoryStore::new();
         let t0 = Timestamp::from_millis(1_000);
-        let key = crate::SessionId::generate().key();
-        store
-            .create(&key, &record(t0, Duration::from_secs(60)), t0)
-            .await
-            .unwrap();
-        let base = store.load(&key, t0).await.unwrap().unwrap();
+        let (store, key, base, change, next) = built_change(t0).await;
         let later = t0.saturating_add(Duration::from_secs(600));
         store.touch(&key, later, t0).await.unwrap();
-        let mut change = Change::new(base.version, base.deadlines);
-        change.set.insert("a".into(), b"1".to_vec());
-        let next = Arc::new(change.apply_to(&base));
         let saved = store.save_applied(&key, &change, &base, &next, t0).await;
         assert_eq!(saved.unwrap(), SaveOutcome::Saved(next.version));
         let stored = store.load(&key, t0).await.unwrap().unwrap();

@@ -111,12 +111,16 @@ pub(crate) async fn save(
     now: Timestamp,
 ) -> Result<SaveOutcome, StoreError> {
     let work = sessions.store.save(key, change, now);
-    call(sessions, "save", Some(key), work, |outcome| match outcome {
+    call(sessions, "save", Some(key), work, save_label).await
+}
+
+/// The outcome label of a save, for both ways of saving.
+fn save_label(outcome: &SaveOutcome) -> &'static str {
+    match outcome {
         SaveOutcome::Saved(_) => "ok",
         SaveOutcome::Conflict(_) => "conflict",
         _ => "gone",
-    })
-    .await
+    }
 }
 
 /// [`save`], with the record the change makes already built (see
@@ -131,12 +135,7 @@ pub(crate) async fn save_applied(
     now: Timestamp,
 ) -> Result<SaveOutcome, StoreError> {
     let work = sessions.store.save_applied(key, change, base, next, now);
-    call(sessions, "save", Some(key), work, |outcome| match outcome {
-        SaveOutcome::Saved(_) => "ok",
-        SaveOutcome::Conflict(_) => "conflict",
-        _ => "gone",
-    })
-    .await
+    call(sessions, "save", Some(key), work, save_label).await
 }
 
 pub(crate) async fn touch(
