@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offstate_core::SessionKey;
 use offstate_core::conformance::Harness;
+use offstate_core::{SessionId, SessionKey};
 use offstate_redis::redis::{Cmd, FromRedisValue, cmd};
 use offstate_redis::{ClusterMode, RedisConfig, RedisConnection, RedisStore};
 
@@ -651,6 +651,55 @@ impl Redis {
         self.servers.node_connection(i).await
     }
 
+    /// What MONITOR on server `i` saw while `work` ran: every command line
+    /// (`<time> [<db> <client>] "COMMAND" "arg" ...`; commands run by
+    /// scripts show `lua]` as their client), up to a sentinel `ECHO` sent
+    /// after `work`. Use a server of the test's own: MONITOR sees every
+    /// client.
+    ///
+    /// # Errors
+    ///
+    /// [`FixtureError::Store`] when MONITOR cannot be started, the sentinel
+    /// cannot be sent, or no line comes for 10 s.
+    pub async fn monitor(
+        &self,
+        i: usize,
+        work: impl Future<Output = ()>,
+    ) -> Result<Vec<String>, FixtureError> {
+        use futures_util::StreamExt as _;
+        let url = self.urls()[i].clone();
+        let failed = |what| {
+            let url = url.clone();
+            move |e: offstate_redis::redis::RedisError| FixtureError::store(what, url, e)
+        };
+        let client =
+            offstate_redis::redis::Client::open(url.as_str()).map_err(failed("MONITOR"))?;
+        let mut monitor = client
+            .get_async_monitor()
+            .await
+            .map_err(failed("MONITOR"))?;
+        let sentinel = format!("sentinel-{}", SessionId::generate().key().as_str());
+        work.await;
+        let node = self.node_connection(i).await?;
+        let _: String = node
+            .query(cmd("ECHO").arg(&sentinel))
+            .await
+            .map_err(|e| FixtureError::store("ECHO", url.clone(), e))?;
+        let mut lines = monitor.on_message::<String>();
+        let mut seen = Vec::new();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| FixtureError::store("MONITOR", url.clone(), "no line for 10 s"))?;
+            if line.contains(&sentinel) {
+                return Ok(seen);
+            }
+            seen.push(line);
+        }
+    }
+
     /// Runs a command through the store's connection (routed by key on a
     /// cluster).
     ///
@@ -810,6 +859,23 @@ fn split_address(address: &str) -> (&str, u16) {
         Some((host, port)) => (host, port.parse().unwrap_or(PORT)),
         None => (address, PORT),
     }
+}
+
+/// The command of a MONITOR line (see [`Redis::monitor`]), upper case;
+/// empty for a line that is not a command.
+#[must_use]
+pub fn monitored_command(line: &str) -> String {
+    line.split("] \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_ascii_uppercase()
+}
+
+/// Whether a MONITOR line is a command a script ran (not a round trip).
+#[must_use]
+pub fn monitored_from_script(line: &str) -> bool {
+    line.contains(" lua] ")
 }
 
 #[cfg(test)]

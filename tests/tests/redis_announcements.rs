@@ -11,14 +11,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use offstate_core::{
     Change, ChannelEvent, Clock, CreateOutcome, Deadlines, DeleteOutcome, Invalidation,
     InvalidationChannel, Record, SaveOutcome, SessionId, SessionKey, SessionStore, SystemClock,
     Timestamp, TouchOutcome, Version,
 };
-use offstate_redis::redis::{Client, cmd};
 use offstate_redis::{RedisInvalidationChannel, RedisStore};
+use offstate_testing::redis::{monitored_command, monitored_from_script};
 use offstate_testing::{Redis, redis, redis_cluster};
 use tokio::sync::mpsc;
 
@@ -169,40 +168,27 @@ async fn every_write_announces_itself_from_its_script() {
     assert!(!server.store().capabilities().announces_writes);
     assert_eq!(store.announcement_channel(), Some(name.as_str()));
 
-    let client = Client::open(server.url()).expect("client");
-    let mut monitor = client.get_async_monitor().await.expect("MONITOR");
-    let sentinel = unique("sentinel");
-
-    write_and_hear(&store, &mut events).await;
-    let _: String = server
-        .query(cmd("ECHO").arg(&sentinel))
+    let lines = server
+        .monitor(0, write_and_hear(&store, &mut events))
         .await
-        .expect("ECHO");
+        .expect("MONITOR");
 
-    // What MONITOR saw up to the sentinel: every PUBLISH on the channel
-    // ran inside a script.
+    // Every PUBLISH on the channel ran inside a script.
     let mut from_scripts = 0;
     let mut from_clients = 0;
-    let mut lines = monitor.on_message::<String>();
-    loop {
-        let line = tokio::time::timeout(PATIENCE, lines.next())
-            .await
-            .expect("MONITOR line")
-            .expect("MONITOR stream");
-        if line.contains(&sentinel) {
-            break;
+    for line in lines
+        .iter()
+        .filter(|line| monitored_command(line) == "PUBLISH")
+    {
+        // The subscription's own heartbeat is `<name>:hb:<nonce>`.
+        if !line.contains(&name) || line.contains(":hb:") {
+            continue;
         }
-        if line.contains("\"PUBLISH\"") || line.contains("\"publish\"") {
-            // The subscription's own heartbeat is `<name>:hb:<nonce>`.
-            if !line.contains(&name) || line.contains(":hb:") {
-                continue;
-            }
-            if line.contains(" lua] ") {
-                from_scripts += 1;
-            } else {
-                println!("{line}");
-                from_clients += 1;
-            }
+        if monitored_from_script(line) {
+            from_scripts += 1;
+        } else {
+            println!("{line}");
+            from_clients += 1;
         }
     }
     assert_eq!(from_clients, 0, "a PUBLISH round trip of its own");

@@ -12,14 +12,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use offstate_core::{
     Change, Clock, CreateOutcome, Deadlines, PrincipalChange, Record, SaveOutcome, SessionId,
     SessionKey, SessionStore, StoreError, SystemClock, Timestamp, TouchOutcome, Version,
 };
 use offstate_redis::RedisStore;
 use offstate_redis::redis::{Client, cmd, pipe};
+use offstate_testing::redis::{monitored_command, monitored_from_script};
 use offstate_testing::{Redis, redis as redis_fixture};
 
 async fn shared() -> Redis {
@@ -350,36 +349,12 @@ async fn writes_to_a_redis_out_of_memory_are_an_outage() {
 /// The commands clients (not scripts) sent while `work` ran, as MONITOR
 /// shows them: the command names, upper case.
 async fn client_commands(server: &Redis, work: impl Future<Output = ()>) -> Vec<String> {
-    let client = Client::open(server.url()).expect("client");
-    let mut monitor = client.get_async_monitor().await.expect("MONITOR");
-    let sentinel = unique("sentinel");
-    work.await;
-    let _: String = server
-        .query(cmd("ECHO").arg(&sentinel))
-        .await
-        .expect("ECHO");
-    let mut lines = monitor.on_message::<String>();
-    let mut commands = Vec::new();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
-            .await
-            .expect("MONITOR line")
-            .expect("MONITOR stream");
-        if line.contains(&sentinel) {
-            return commands;
-        }
-        if line.contains(" lua] ") {
-            continue;
-        }
-        // `<time> [<db> <client>] "COMMAND" "arg" ...`
-        let name = line
-            .split("] \"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        commands.push(name);
-    }
+    let lines = server.monitor(0, work).await.expect("MONITOR");
+    lines
+        .iter()
+        .filter(|line| !monitored_from_script(line))
+        .map(|line| monitored_command(line))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

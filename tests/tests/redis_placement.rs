@@ -7,14 +7,14 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use offstate_core::{
     Change, Clock, Deadlines, Record, SaveOutcome, SessionId, SessionKey, SessionStore, Sessions,
     SystemClock, TouchOutcome,
 };
 use offstate_redis::RedisStore;
-use offstate_redis::redis::{Client, cmd};
+use offstate_redis::redis::cmd;
 use offstate_testing::Redis;
+use offstate_testing::redis::{monitored_command, monitored_from_script};
 
 /// Logs a new session in as `principal` through the real login path and
 /// returns its ID.
@@ -44,6 +44,18 @@ async fn settled<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     }
 }
 
+/// A Redis Cluster of the test's own (a restart or MONITOR must not
+/// disturb other tests), its store, and a fresh principal.
+async fn own_cluster() -> (Redis, RedisStore, String) {
+    let cluster = offstate_testing::redis_cluster()
+        .start()
+        .await
+        .expect("a Redis cluster");
+    let store = cluster.store().clone();
+    let principal = format!("user-{}", &SessionId::generate().to_string()[..10]);
+    (cluster, store, principal)
+}
+
 /// Restarts server `victim` empty and waits until every slot is served
 /// again.
 async fn restart_empty(cluster: &Redis, victim: usize) {
@@ -67,13 +79,8 @@ async fn restart_empty(cluster: &Redis, victim: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_all_stays_complete_when_the_index_master_restarts_empty() {
     // Its own cluster: a restart must not disturb other tests.
-    let cluster = offstate_testing::redis_cluster()
-        .start()
-        .await
-        .expect("a Redis cluster");
-    let store = cluster.store().clone();
+    let (cluster, store, principal) = own_cluster().await;
     let sessions = Sessions::new(store.clone());
-    let principal = format!("user-{}", &SessionId::generate().to_string()[..10]);
     let index_node = cluster
         .node_serving(&store.principal_key(&principal))
         .await
@@ -174,12 +181,7 @@ async fn revoke_all_stays_complete_when_the_index_master_restarts_empty() {
 /// from revoke-all until its next touch re-indexes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unplaced_session_is_reindexed_by_its_next_touch_after_a_restart() {
-    let cluster = offstate_testing::redis_cluster()
-        .start()
-        .await
-        .expect("a Redis cluster");
-    let store = cluster.store().clone();
-    let principal = format!("user-{}", &SessionId::generate().to_string()[..10]);
+    let (cluster, store, principal) = own_cluster().await;
     let index_node = cluster
         .node_serving(&store.principal_key(&principal))
         .await
@@ -222,13 +224,8 @@ async fn an_unplaced_session_is_reindexed_by_its_next_touch_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_of_a_placed_session_on_a_cluster_are_one_round_trip_each() {
     // A cluster of its own: MONITOR sees only this test.
-    let cluster = offstate_testing::redis_cluster()
-        .start()
-        .await
-        .expect("a Redis cluster");
-    let store = cluster.store().clone();
+    let (cluster, store, principal) = own_cluster().await;
     let sessions = Sessions::new(store.clone());
-    let principal = format!("user-{}", &SessionId::generate().to_string()[..10]);
     // Every script loaded once (a first call may add SCRIPT LOAD).
     let warm = log_in(&sessions, &principal, 1).await.key();
     let idle = SystemClock.now().saturating_add(Duration::from_secs(7200));
@@ -242,44 +239,30 @@ async fn writes_of_a_placed_session_on_a_cluster_are_one_round_trip_each() {
         .unwrap()
         .version;
 
-    let client = Client::open(format!("redis://{}", cluster.node(node).address())).unwrap();
-    let mut monitor = client.get_async_monitor().await.expect("MONITOR");
     let later = idle.saturating_add(Duration::from_secs(60));
     let mut change = Change::new(version, record(None).deadlines);
     change.set.insert("n".into(), b"3".to_vec());
-    assert!(matches!(
-        store.save(&key, &change, SystemClock.now()).await.unwrap(),
-        SaveOutcome::Saved(_)
-    ));
-    assert_eq!(
-        store.touch(&key, later, SystemClock.now()).await.unwrap(),
-        TouchOutcome::Touched
-    );
-    let sentinel = format!("sentinel-{}", &SessionId::generate().to_string()[..10]);
-    let node_conn = cluster.node_connection(node).await.unwrap();
-    let _: String = node_conn.query(cmd("ECHO").arg(&sentinel)).await.unwrap();
-    let mut lines = monitor.on_message::<String>();
-    let mut commands = Vec::new();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
-            .await
-            .expect("MONITOR line")
-            .expect("MONITOR stream");
-        if line.contains(&sentinel) {
-            break;
-        }
-        // Scripts' own commands, and the client's cluster upkeep.
-        if line.contains(" lua] ") || line.contains("\"PING\"") || line.contains("\"CLUSTER\"") {
-            continue;
-        }
-        commands.push(line);
-    }
-    assert_eq!(commands.len(), 2, "save, touch: {commands:?}");
-    assert!(
-        commands
-            .iter()
-            .all(|c| c.contains("\"EVALSHA\"") || c.contains("\"evalsha\""))
-    );
+    let lines = cluster
+        .monitor(node, async {
+            assert!(matches!(
+                store.save(&key, &change, SystemClock.now()).await.unwrap(),
+                SaveOutcome::Saved(_)
+            ));
+            assert_eq!(
+                store.touch(&key, later, SystemClock.now()).await.unwrap(),
+                TouchOutcome::Touched
+            );
+        })
+        .await
+        .expect("MONITOR");
+    // Less scripts' own commands and the client's cluster upkeep.
+    let commands: Vec<String> = lines
+        .iter()
+        .filter(|line| !monitored_from_script(line))
+        .map(|line| monitored_command(line))
+        .filter(|command| command != "PING" && command != "CLUSTER")
+        .collect();
+    assert_eq!(commands, ["EVALSHA"; 2], "save, touch");
     let score: Option<f64> = cluster
         .query(
             cmd("ZSCORE")
