@@ -56,26 +56,35 @@ enum Command {
     /// deadlines, size, key names (never values or IDs).
     Sessions {
         /// The principal (user) whose sessions to list.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         user: String,
         /// List one page of at most this many sessions (1 to 1000), in the
         /// order of their keys; without it, every session.
         #[arg(long)]
         limit: Option<usize>,
         /// The page after this cursor (printed at the end of a page).
-        #[arg(long, requires = "limit")]
+        // Keys and cursors are base64url, so they may start with '-'.
+        #[arg(long, requires = "limit", allow_hyphen_values = true)]
         cursor: Option<String>,
     },
     /// End sessions: all of one or more users, or one by its hashed key.
     Revoke {
         /// A principal whose sessions to end (repeat for several).
-        #[arg(long, required_unless_present_any = ["key", "users_from"])]
+        #[arg(
+            long,
+            required_unless_present_any = ["key", "users_from"],
+            allow_hyphen_values = true
+        )]
         user: Vec<String>,
         /// A file with one principal per line (an incident's list).
         #[arg(long)]
         users_from: Option<std::path::PathBuf>,
         /// The hashed key of one session (from `offstate sessions`).
-        #[arg(long, conflicts_with_all = ["user", "users_from"])]
+        #[arg(
+            long,
+            conflicts_with_all = ["user", "users_from"],
+            allow_hyphen_values = true
+        )]
         key: Option<String>,
     },
     /// The store server's statistics (memory, items, hit rate, evictions).

@@ -320,6 +320,33 @@ fn memory_store_pings_and_has_nothing_to_list() {
     assert_eq!(list["sessions"], Value::Array(vec![]));
 }
 
+/// Keys and cursors are base64url, so one in 32 starts with '-'; such a
+/// value (and a user name like it) is a value, not an unknown option.
+#[test]
+fn values_that_start_with_a_dash_are_values() {
+    let key = format!("-{}", "A".repeat(42));
+    let out = offstate(&["--store", "memory://", "revoke", "--key", &key]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no live session"), "{}", stdout(&out));
+
+    let list = json(&offstate(&[
+        "--store",
+        "memory://",
+        "--json",
+        "sessions",
+        "--user",
+        "-z",
+        "--limit",
+        "1",
+        "--cursor",
+        &key,
+    ]));
+    assert_eq!(list["sessions"], Value::Array(vec![]));
+
+    let out = offstate(&["--store", "memory://", "revoke", "--user", "-mallory"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// A Redis cluster through one seed URL: the same sessions and revokes;
 /// stats reads one node's INFO and says so instead of counting keys.
 #[tokio::test(flavor = "multi_thread")]
