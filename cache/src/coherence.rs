@@ -54,8 +54,8 @@ async fn handle(shared: &Arc<Shared>, event: ChannelEvent) {
             match message {
                 // Our own writes come back too: an entry already at (or
                 // past) the announced version stays.
-                Invalidation::Key { key, version } => shared.forget_before(&key, version).await,
-                Invalidation::Principal(principal) => shared.forget_principal(&principal).await,
+                Invalidation::Key { key, version } => shared.forget_before(&key, version),
+                Invalidation::Principal(principal) => shared.forget_principal(&principal),
                 _ => shared.clear(),
             }
             // Counted once handled: a reader that sees the count knows the

@@ -229,6 +229,7 @@ mod coherence;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod echo;
+mod entries;
 mod inbox;
 mod shared;
 mod stats;

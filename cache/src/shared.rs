@@ -15,13 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use moka::Expiry;
-use moka::ops::compute::Op;
 use offstate_core::{CachedCopy, Invalidation, Record, SessionKey, StoreError, Timestamp, Version};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::echo::Echoes;
+use crate::entries::{Entries, Entry};
 use crate::inbox::Inbox;
 use crate::stats::{Counter, Counters};
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,43 +37,6 @@ pub(crate) type InTransit = Arc<dyn Fn(&CachedCopy<'_>) -> bool + Send + Sync>;
 /// publish succeeds; past it, the oldest are dropped (peers still have the
 /// coherent TTL as their last net).
 const UNSENT_MAX: usize = 1024;
-
-#[derive(Clone)]
-pub(crate) struct Entry {
-    pub(crate) record: Arc<Record>,
-    /// When this entry stops being served (tokio time).
-    until: Instant,
-    ttl: Duration,
-}
-
-impl Entry {
-    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
-        now < self.until
-    }
-}
-
-pub(crate) struct EntryExpiry;
-
-impl Expiry<SessionKey, Entry> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _: &SessionKey,
-        value: &Entry,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &SessionKey,
-        value: &Entry,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-}
 
 /// What the invalidations of one key since some point allow: a copy read
 /// by a load that started before `seq` may be cached only at `at_least` or
@@ -106,7 +68,7 @@ impl Fence {
 }
 
 pub(crate) struct Shared {
-    pub(crate) cache: moka::future::Cache<SessionKey, Entry>,
+    pub(crate) cache: Entries,
     /// The last invalidations seen per key, so a load that started before
     /// them does not fill the cache with what it read.
     pub(crate) recent: moka::sync::Cache<SessionKey, Fence>,
@@ -195,7 +157,6 @@ impl Shared {
         }
         self.cache
             .get(key)
-            .await
             .is_some_and(|now| Arc::ptr_eq(&now.record, record))
     }
 
@@ -249,8 +210,8 @@ impl Shared {
     }
 
     /// Evicts `key` and fences off loads that started before now.
-    pub(crate) async fn forget(&self, key: &SessionKey) {
-        self.forget_before(key, None).await;
+    pub(crate) fn forget(&self, key: &SessionKey) {
+        self.forget_before(key, None);
     }
 
     /// Evicts the cached copy of `key` if it is older than `version`
@@ -260,13 +221,12 @@ impl Shared {
     /// cached: its echo often arrives before the write's caller has cached
     /// the result, and evicting or fencing that would turn the next read
     /// into a miss.
-    pub(crate) async fn forget_before(&self, key: &SessionKey, version: Option<Version>) {
+    pub(crate) fn forget_before(&self, key: &SessionKey, version: Option<Version>) {
         if let Some(version) = version {
             // The usual echo of this instance's own write, handled after
             // the write cached its result: nothing older is left to evict,
             // and a slower load cannot replace a newer entry.
-            let current = self.cache.get(key).await;
-            if current.is_some_and(|current| current.record.version >= version) {
+            if self.cache.holds_at_least(key, version) {
                 return;
             }
         }
@@ -280,46 +240,28 @@ impl Shared {
             self.recent.insert(key.clone(), merged);
         }
         match version {
-            None => self.cache.invalidate(key).await,
-            Some(version) => {
-                self.cache
-                    .entry_by_ref(key)
-                    .and_compute_with(|current| {
-                        std::future::ready(match current {
-                            Some(current) if current.value().record.version < version => Op::Remove,
-                            _ => Op::Nop,
-                        })
-                    })
-                    .await;
+            None => {
+                self.cache.remove(key);
             }
+            Some(version) => self.cache.remove_older_than(key, version),
         }
         self.evictions.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Evicts every cached session of `principal`, and fences off loads of
     /// them that are still in flight.
-    pub(crate) async fn forget_principal(&self, principal: &str) {
+    pub(crate) fn forget_principal(&self, principal: &str) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.recent_principals.insert(principal.to_owned(), seq);
-        let owned = principal.to_owned();
-        let predicate = self.cache.invalidate_entries_if(move |_, entry| {
-            entry.record.principal.as_deref() == Some(&owned)
-        });
-        if let Err(error) = predicate {
-            // Only possible if closures were not enabled at build time; they
-            // are. Dropping everything is the safe answer.
-            tracing::error!(%error, "could not evict a principal's sessions; emptying the cache");
-            self.clear();
-        }
-        self.cache.run_pending_tasks().await;
+        self.cache.remove_principal(principal);
         self.evictions.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Evicts what `message` names, on this instance.
-    pub(crate) async fn forget_message(&self, message: &Invalidation) {
+    pub(crate) fn forget_message(&self, message: &Invalidation) {
         match message {
-            Invalidation::Key { key, .. } => self.forget(key).await,
-            Invalidation::Principal(principal) => self.forget_principal(principal).await,
+            Invalidation::Key { key, .. } => self.forget(key),
+            Invalidation::Principal(principal) => self.forget_principal(principal),
             _ => self.clear(),
         }
     }
@@ -330,7 +272,7 @@ impl Shared {
     pub(crate) fn clear(&self) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.cleared.fetch_max(seq, Ordering::SeqCst);
-        self.cache.invalidate_all();
+        self.cache.clear();
         self.evictions.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -350,6 +292,11 @@ impl Shared {
     /// Whether something invalidated `key` (or its principal, or the whole
     /// cache) after sequence number `started`.
     fn fenced(&self, key: &SessionKey, record: &Record, started: u64) -> bool {
+        // Every fence and clear takes its number from `seq`: if it has not
+        // moved, nothing happened since `started`.
+        if self.seq.load(Ordering::SeqCst) == started {
+            return false;
+        }
         let principal = record.principal.as_deref();
         self.cleared.load(Ordering::SeqCst) > started
             || self
@@ -365,7 +312,7 @@ impl Shared {
 
     /// Caches `record` under `key`, unless an invalidation since `started`
     /// fences it off.
-    pub(crate) async fn remember(
+    pub(crate) fn remember(
         &self,
         key: &SessionKey,
         record: Arc<Record>,
@@ -379,29 +326,16 @@ impl Shared {
         if ttl.is_zero() {
             return;
         }
-        let until = Instant::now() + ttl;
-        let version = record.version;
-        let entry = Entry {
-            record: Arc::clone(&record),
-            until,
-            ttl,
-        };
-        // Never replace a newer version: a slow load that read version 5
-        // must not overwrite the 6 a local write cached meanwhile.
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                std::future::ready(match current {
-                    Some(current) if current.value().record.version > version => Op::Nop,
-                    _ => Op::Put(entry),
-                })
-            })
-            .await;
+        // Never replaces a newer version (see `Entries::put_unless_newer`).
+        let entry = Entry::new(Arc::clone(&record), ttl);
+        if !self.cache.put_unless_newer(key, entry) {
+            return;
+        }
         // An invalidation may have landed between the check and the insert,
         // its eviction running before the insert: check again. (Fences are
         // set before their eviction runs, so one of the two sees the other.)
         if self.fenced(key, &record, started) {
-            self.cache.invalidate(key).await;
+            self.cache.remove(key);
             self.evictions.fetch_add(1, Ordering::SeqCst);
         }
     }

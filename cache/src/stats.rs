@@ -4,8 +4,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use moka::notification::RemovalCause;
-
 /// A snapshot of the cache's counters since it was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -46,6 +44,15 @@ pub(crate) struct Counters {
     unknown_outcomes: AtomicU64,
     /// When the current fallback began, while the cache is on it.
     fallback_since: Mutex<Option<Instant>>,
+}
+
+/// Why the cache dropped an entry by itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Eviction {
+    /// Its time was up.
+    Expired,
+    /// Room was needed within the byte budget.
+    Size,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,15 +97,17 @@ impl Counters {
         }
     }
 
-    /// An entry the cache dropped by itself, by cause (`size`, `expired`).
-    pub(crate) fn evicted(&self, cause: RemovalCause) {
-        self.evictions.fetch_add(1, Ordering::Relaxed);
+    /// `count` entries the cache dropped by itself, for `cause`.
+    pub(crate) fn evicted(&self, cause: Eviction, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.evictions.fetch_add(count, Ordering::Relaxed);
         let cause = match cause {
-            RemovalCause::Expired => "expired",
-            RemovalCause::Size => "size",
-            _ => "other",
+            Eviction::Expired => "expired",
+            Eviction::Size => "size",
         };
-        metrics::counter!("offstate_cache_evictions_total", "cause" => cause).increment(1);
+        metrics::counter!("offstate_cache_evictions_total", "cause" => cause).increment(count);
     }
 
     /// The end of a fallback: how long it lasted.

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use moka::notification::RemovalCause;
 use offstate_core::{
     Capabilities, Change, CreateOutcome, DeleteOutcome, Invalidation, InvalidationChannel,
     KeyPrefix, Record, SaveOutcome, SessionKey, SessionStore, StoreError, Timestamp, TouchOutcome,
@@ -30,8 +29,9 @@ use offstate_core::{
 
 use crate::coherence;
 use crate::echo::Echoes;
+use crate::entries::Entries;
 use crate::inbox::Inbox;
-use crate::shared::{Entry, EntryExpiry, InTransit, Publisher, Shared};
+use crate::shared::{InTransit, Publisher, Shared};
 use crate::stats::{CacheStats, Counter, Counters};
 
 /// Default staleness bound when no invalidation channel is live: 1 second.
@@ -159,21 +159,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
     /// stays in bounded mode and logs why.
     pub fn build(self) -> CachedStore<S> {
         let counters = Arc::new(Counters::default());
-        let evictions = Arc::clone(&counters);
-        let cache = moka::future::Cache::builder()
-            .max_capacity(self.max_bytes)
-            .weigher(|key: &SessionKey, entry: &Entry| {
-                let bytes = key.as_str().len() + entry.record.size();
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .expire_after(EntryExpiry)
-            .support_invalidation_closures()
-            .eviction_listener(move |_, _, cause: RemovalCause| {
-                if cause.was_evicted() {
-                    evictions.evicted(cause);
-                }
-            })
-            .build();
+        let cache = Entries::new(self.max_bytes, Arc::clone(&counters));
         // Fences only need to outlive the loads they guard against.
         let fence_ttl = self.coherent_ttl.max(self.staleness) + Duration::from_secs(5);
         let recent = moka::sync::Cache::builder()
@@ -298,21 +284,22 @@ impl<S: SessionStore> CachedStore<S> {
         &self.inner
     }
 
-    /// Cached entries (approximate until pending maintenance runs).
+    /// Cached entries (expired ones included until freed).
     #[must_use]
     pub fn entry_count(&self) -> u64 {
         self.shared.cache.entry_count()
     }
 
-    /// Bytes of cached records (approximate until pending maintenance runs).
+    /// Bytes of cached keys and records.
     #[must_use]
     pub fn weighted_size(&self) -> u64 {
         self.shared.cache.weighted_size()
     }
 
-    /// Runs the cache's pending maintenance (evictions, counts) now.
+    /// Frees expired entries now, instead of as later inserts come (counts
+    /// and sizes are exact at all times).
     pub async fn run_pending_tasks(&self) {
-        self.shared.cache.run_pending_tasks().await;
+        self.shared.cache.sweep_expired();
     }
 }
 
@@ -332,7 +319,7 @@ impl<S> CachedStore<S> {
         let again = async move {
             tokio::time::sleep(delay).await;
             if let Some(shared) = shared.upgrade() {
-                shared.forget_message(&message).await;
+                shared.forget_message(&message);
                 shared.announce(message).await;
             }
         };
@@ -354,11 +341,11 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         // Read first, so that an eviction finishing after the entry was
         // read is noticed (see `Shared::may_serve`).
         let evictions = shared.evictions.load(Ordering::SeqCst);
-        if let Some(entry) = shared.cache.get(key).await {
+        if let Some(entry) = shared.cache.get(key) {
             let usable =
                 entry.is_fresh(tokio::time::Instant::now()) && !entry.record.is_expired(now);
             if !usable {
-                shared.cache.invalidate(key).await;
+                shared.cache.remove(key);
             } else if shared.may_serve(key, &entry, evictions).await {
                 shared.counters.bump(Counter::Hit);
                 return Ok(Some(entry.record));
@@ -368,14 +355,12 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let started = shared.seq.load(Ordering::SeqCst);
         match self.inner.load(key, now).await {
             Ok(Some(record)) => {
-                shared
-                    .remember(key, Arc::clone(&record), started, now)
-                    .await;
+                shared.remember(key, Arc::clone(&record), started, now);
                 Ok(Some(record))
             }
             Ok(None) => Ok(None),
             Err(error) => {
-                shared.forget(key).await;
+                shared.forget(key);
                 Err(error)
             }
         }
@@ -392,13 +377,11 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let outcome = self.inner.create(key, record, now).await;
         match outcome {
             Ok(CreateOutcome::Created) => {
-                shared
-                    .remember(key, Arc::new(record.clone()), started, now)
-                    .await;
+                shared.remember(key, Arc::new(record.clone()), started, now);
             }
             Ok(_) => {}
             // A new key: no peer has it cached, so nothing to announce.
-            Err(_) => shared.forget(key).await,
+            Err(_) => shared.forget(key),
         }
         outcome
     }
@@ -411,7 +394,7 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     ) -> Result<SaveOutcome, StoreError> {
         let shared = &self.shared;
         let started = shared.seq.load(Ordering::SeqCst);
-        let cached = shared.cache.get(key).await;
+        let cached = shared.cache.get(key);
         let outcome = self.inner.save(key, change, now).await;
         match &outcome {
             Ok(SaveOutcome::Saved(version)) => {
@@ -419,9 +402,9 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
                     Some(entry) => {
                         let mut next = change.apply_to(&entry.record);
                         next.version = *version;
-                        shared.remember(key, Arc::new(next), started, now).await;
+                        shared.remember(key, Arc::new(next), started, now);
                     }
-                    None => shared.forget(key).await,
+                    None => shared.forget(key),
                 }
                 let message = Invalidation::Key {
                     key: key.clone(),
@@ -434,13 +417,13 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
                 // The caller replays on the record the backend sent with the
                 // conflict; the next load asks the backend too.
                 shared.counters.bump(Counter::Conflict);
-                shared.forget(key).await;
+                shared.forget(key);
             }
-            Ok(_) => shared.forget(key).await,
+            Ok(_) => shared.forget(key),
             Err(_) => {
                 // Applied or not: nobody knows. Peers must not keep the old
                 // version, and neither may this instance.
-                shared.forget(key).await;
+                shared.forget(key);
                 shared.unsure();
                 let message = Invalidation::Key {
                     key: key.clone(),
@@ -461,7 +444,7 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     ) -> Result<TouchOutcome, StoreError> {
         let shared = &self.shared;
         let started = shared.seq.load(Ordering::SeqCst);
-        let cached = shared.cache.get(key).await;
+        let cached = shared.cache.get(key);
         let outcome = self.inner.touch(key, idle_deadline, now).await;
         // A touch only moves the idle deadline later: a peer's copy with
         // the earlier deadline errs on the safe side, so nothing is
@@ -470,21 +453,21 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             (Ok(TouchOutcome::Touched), Some(entry)) => {
                 let mut record = (*entry.record).clone();
                 record.deadlines = record.deadlines.extended_to(Some(idle_deadline));
-                shared.remember(key, Arc::new(record), started, now).await;
+                shared.remember(key, Arc::new(record), started, now);
             }
             (Ok(TouchOutcome::Touched), None) => {}
-            _ => shared.forget(key).await,
+            _ => shared.forget(key),
         }
         outcome
     }
 
     async fn delete(&self, key: &SessionKey, now: Timestamp) -> Result<bool, StoreError> {
         let shared = &self.shared;
-        shared.forget(key).await;
+        shared.forget(key);
         let outcome = self.inner.delete(key, now).await;
         // Again: a load that started during the delete may have read the
         // record before it went.
-        shared.forget(key).await;
+        shared.forget(key);
         let message = Invalidation::Key {
             key: key.clone(),
             version: None,
@@ -507,9 +490,9 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         now: Timestamp,
     ) -> Result<DeleteOutcome, StoreError> {
         let shared = &self.shared;
-        shared.forget(key).await;
+        shared.forget(key);
         let outcome = self.inner.delete_if_version(key, expected, now).await;
-        shared.forget(key).await;
+        shared.forget(key);
         if outcome.is_err() {
             shared.unsure();
             self.announce_again_later(Invalidation::Key {
@@ -542,11 +525,11 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let shared = &self.shared;
         // Before the backend call: while the revoke runs, this instance
         // serves none of the principal's sessions from memory.
-        shared.forget_principal(principal).await;
+        shared.forget_principal(principal);
         let outcome = self.inner.revoke_principal(principal, now).await;
         // And after it: a load that read a session before the revoke
         // reached it must not be served from now on.
-        shared.forget_principal(principal).await;
+        shared.forget_principal(principal);
         let message = Invalidation::Principal(principal.to_owned());
         if outcome.is_err() {
             shared.unsure();
