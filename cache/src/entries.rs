@@ -48,7 +48,7 @@ impl Entry {
         }
     }
 
-    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+    fn is_fresh(&self, now: Instant) -> bool {
         now < self.until
     }
 
@@ -171,13 +171,21 @@ impl Entries {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The entry of `key`, fresh or not (the caller decides), marked used.
+    /// The entry of `key` while it may be served, marked used. An expired
+    /// one is freed here and not returned, so no caller builds on a copy
+    /// past its staleness bound.
     pub(crate) fn get(&self, key: &SessionKey) -> Option<Entry> {
         let used = self.tick();
         let mut shard = self.shard(key);
         let slot = shard.map.get_mut(key)?;
-        slot.used = used;
-        Some(slot.entry.clone())
+        if slot.entry.is_fresh(Instant::now()) {
+            slot.used = used;
+            return Some(slot.entry.clone());
+        }
+        shard.remove(key);
+        drop(shard);
+        self.counters.evicted(Eviction::Expired, 1);
+        None
     }
 
     /// Caches `entry` under `key` unless the entry there is of a newer
@@ -396,9 +404,15 @@ mod tests {
             entries.put_unless_newer(&key(n), Entry::new(record(1, None, 10), MINUTE));
         }
         tokio::time::advance(MINUTE).await;
+        assert!(
+            entries.get(&key(0)).is_none(),
+            "an expired entry is not handed out"
+        );
+        assert_eq!(entries.entry_count(), 9, "and is freed");
         for n in 10..1000 {
             entries.put_unless_newer(&key(n), Entry::new(record(1, None, 10), MINUTE));
         }
+        assert_eq!(entries.entry_count(), 990, "inserts swept the expired");
         assert!((0..10).all(|n| entries.get(&key(n)).is_none()));
     }
 }

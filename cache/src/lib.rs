@@ -1,4 +1,4 @@
-//! A local cache for offstate sessions, on moka, that is safe when a load
+//! A local cache for offstate sessions that is safe when a load
 //! balancer sends each request to any instance.
 //!
 //! [`CachedStore`] wraps any [`SessionStore`](offstate_core::SessionStore)
@@ -11,6 +11,8 @@
 //! # Layout
 //!
 //! - `store`: [`CachedStore`] and its builder: the read and write paths.
+//! - `entries`: the cached sessions, a sharded map with a byte budget,
+//!   LRU eviction and expiry.
 //! - `shared`: the entries, the fences that keep a load in flight from
 //!   refilling what was invalidated, the mode, and the announcing of this
 //!   instance's writes.

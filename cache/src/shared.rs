@@ -5,8 +5,7 @@
 //!
 //! Time here is tokio time (`tokio::time::Instant`): an entry is served
 //! only before its `until`, checked on every hit, so paused-time tests
-//! drive staleness exactly. moka's own expiry uses the same lifetimes and
-//! only reclaims the memory.
+//! drive staleness exactly.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -341,10 +341,9 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         // Read first, so that an eviction finishing after the entry was
         // read is noticed (see `Shared::may_serve`).
         let evictions = shared.evictions.load(Ordering::SeqCst);
+        // `get` hands out only entries within their cache lifetime.
         if let Some(entry) = shared.cache.get(key) {
-            let usable =
-                entry.is_fresh(tokio::time::Instant::now()) && !entry.record.is_expired(now);
-            if !usable {
+            if entry.record.is_expired(now) {
                 shared.cache.remove(key);
             } else if shared.may_serve(key, &entry, evictions).await {
                 shared.counters.bump(Counter::Hit);
