@@ -154,17 +154,7 @@ impl Entries {
     }
 
     fn shard(&self, key: &SessionKey) -> MutexGuard<'_, Shard> {
-        // A key is a hash already: eight of its characters pick the shard
-        // (the map inside still hashes with a random seed). Not the first
-        // ones, which a store's `KeyPrefix` may fix for a whole principal.
-        let bytes = key.as_str().as_bytes();
-        let window = bytes.get(8..16).unwrap_or(bytes);
-        let mut head = [0_u8; 8];
-        let n = window.len().min(8);
-        head[..n].copy_from_slice(&window[..n]);
-        let mixed = u64::from_le_bytes(head).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let index = (mixed >> 32) as usize & (self.shards.len() - 1);
-        lock(&self.shards[index])
+        lock(&self.shards[shard_of(key, self.shards.len())])
     }
 
     fn tick(&self) -> u64 {
@@ -302,6 +292,20 @@ impl Entries {
     pub(crate) fn weighted_size(&self) -> u64 {
         self.shards.iter().map(|shard| lock(shard).bytes).sum()
     }
+}
+
+/// Which of `shards` (a power of two) holds `key`. A key is a hash
+/// already: eight of its characters pick the shard (the maps inside still
+/// hash with a random seed). Not the first ones, which a store's
+/// `KeyPrefix` may fix for a whole principal.
+pub(crate) fn shard_of(key: &SessionKey, shards: usize) -> usize {
+    let bytes = key.as_str().as_bytes();
+    let window = bytes.get(8..16).unwrap_or(bytes);
+    let mut head = [0_u8; 8];
+    let n = window.len().min(8);
+    head[..n].copy_from_slice(&window[..n]);
+    let mixed = u64::from_le_bytes(head).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as usize & (shards - 1)
 }
 
 /// A shard's lock; a panic while it was held left the map consistent

@@ -13,6 +13,7 @@
 //! - `store`: [`CachedStore`] and its builder: the read and write paths.
 //! - `entries`: the cached sessions, a sharded map with a byte budget,
 //!   LRU eviction and expiry.
+//! - `fences`: what recent invalidations allow a load in flight to cache.
 //! - `shared`: the entries, the fences that keep a load in flight from
 //!   refilling what was invalidated, the mode, and the announcing of this
 //!   instance's writes.
@@ -232,6 +233,7 @@ mod coherence;
 pub mod conformance;
 mod echo;
 mod entries;
+mod fences;
 mod inbox;
 mod shared;
 mod stats;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::echo::Echoes;
 use crate::entries::{Entries, Entry};
+use crate::fences::{Fence, Fences};
 use crate::inbox::Inbox;
 use crate::stats::{Counter, Counters};
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -37,43 +38,11 @@ pub(crate) type InTransit = Arc<dyn Fn(&CachedCopy<'_>) -> bool + Send + Sync>;
 /// coherent TTL as their last net).
 const UNSENT_MAX: usize = 1024;
 
-/// What the invalidations of one key since some point allow: a copy read
-/// by a load that started before `seq` may be cached only at `at_least` or
-/// later (`None`: not at all). One fence stands for several invalidations
-/// by keeping the latest `seq` and the strictest version: that fences a few
-/// loads more than needed, never fewer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fence {
-    seq: u64,
-    at_least: Option<Version>,
-}
-
-impl Fence {
-    fn merged(self, newer: Self) -> Self {
-        Self {
-            seq: self.seq.max(newer.seq),
-            at_least: match (self.at_least, newer.at_least) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                _ => None,
-            },
-        }
-    }
-
-    /// Whether it keeps a copy at `version`, read by a load that started
-    /// at `started`, out of the cache.
-    fn blocks(self, started: u64, version: Version) -> bool {
-        self.seq > started && self.at_least.is_none_or(|at_least| version < at_least)
-    }
-}
-
 pub(crate) struct Shared {
     pub(crate) cache: Entries,
     /// The last invalidations seen per key, so a load that started before
     /// them does not fill the cache with what it read.
-    pub(crate) recent: moka::sync::Cache<SessionKey, Fence>,
-    /// Held while a fence is merged into `recent` (read, merge, write):
-    /// cheaper than moka's compute, and only invalidations take it.
-    pub(crate) fencing: Mutex<()>,
+    pub(crate) recent: Fences,
     /// The same fence for whole principals (revoke-all).
     pub(crate) recent_principals: moka::sync::Cache<String, u64>,
     pub(crate) seq: AtomicU64,
@@ -229,15 +198,8 @@ impl Shared {
                 return;
             }
         }
-        let fence = Fence {
-            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
-            at_least: version,
-        };
-        {
-            let _fencing = self.fencing.lock().unwrap_or_else(PoisonError::into_inner);
-            let merged = self.recent.get(key).map_or(fence, |old| old.merged(fence));
-            self.recent.insert(key.clone(), merged);
-        }
+        let fence = Fence::new(self.seq.fetch_add(1, Ordering::SeqCst) + 1, version);
+        self.recent.add(key, fence, &self.cleared);
         match version {
             None => {
                 self.cache.remove(key);
@@ -469,39 +431,5 @@ impl Shared {
         if self.publish_failing.swap(false, Ordering::SeqCst) {
             tracing::info!("session invalidations get through again");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fence(seq: u64, at_least: Option<u64>) -> Fence {
-        Fence {
-            seq,
-            at_least: at_least.map(Version::new),
-        }
-    }
-
-    #[test]
-    fn a_fence_keeps_out_only_older_copies_read_before_it() {
-        let announced = fence(5, Some(7));
-        assert!(announced.blocks(4, Version::new(6)));
-        assert!(!announced.blocks(4, Version::new(7)));
-        assert!(!announced.blocks(5, Version::new(6)), "read after it");
-        assert!(fence(5, None).blocks(4, Version::new(99)));
-    }
-
-    #[test]
-    fn merged_fences_are_never_weaker_than_either() {
-        // A delete (no version) then a late echo of an older write: the
-        // delete must still fence every copy.
-        let merged = fence(5, None).merged(fence(6, Some(3)));
-        assert_eq!(merged, fence(6, None));
-        assert!(merged.blocks(4, Version::new(3)));
-        assert_eq!(
-            fence(5, Some(9)).merged(fence(6, Some(3))),
-            fence(6, Some(9))
-        );
     }
 }

@@ -30,6 +30,7 @@ use offstate_core::{
 use crate::coherence;
 use crate::echo::Echoes;
 use crate::entries::Entries;
+use crate::fences::Fences;
 use crate::inbox::Inbox;
 use crate::shared::{InTransit, Publisher, Shared};
 use crate::stats::{CacheStats, Counter, Counters};
@@ -162,10 +163,7 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
         let cache = Entries::new(self.max_bytes, Arc::clone(&counters));
         // Fences only need to outlive the loads they guard against.
         let fence_ttl = self.coherent_ttl.max(self.staleness) + Duration::from_secs(5);
-        let recent = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(fence_ttl)
-            .build();
+        let recent = Fences::new(fence_ttl, 100_000);
         let recent_principals = moka::sync::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(fence_ttl)
@@ -183,7 +181,6 @@ impl<S: SessionStore> CachedStoreBuilder<S> {
         let shared = Arc::new(Shared {
             cache,
             recent,
-            fencing: std::sync::Mutex::new(()),
             recent_principals,
             seq: AtomicU64::new(0),
             cleared: AtomicU64::new(0),
