@@ -30,16 +30,15 @@
 //! front of such a store then never publishes itself.
 
 use std::fmt;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::{Either, select};
+use futures_util::{Stream, StreamExt};
 use offstate_core::{
     CachedCopy, ChannelEvent, Invalidation, InvalidationChannel, SessionId, StoreError,
 };
-use redis::aio::PubSub;
 use redis::{Client, ConnectionAddr};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -47,6 +46,7 @@ use tokio::time::Instant;
 use crate::config::RedisConfig;
 use crate::connection::{RedisConnection, connection_info};
 use crate::error::{ConnectError, from_redis};
+use crate::subscriber::{Pushed, Subscriber};
 use crate::watch::{Watch, Watched};
 
 /// The channel name used unless
@@ -261,6 +261,29 @@ impl InvalidationChannel for RedisInvalidationChannel {
     }
 }
 
+/// A subscribed connection: read by offstate when it is watched, by
+/// redis-rs otherwise (see the `subscriber` module).
+enum Source {
+    Watched(Subscriber),
+    Other(Pin<Box<dyn Stream<Item = redis::Msg> + Send>>),
+}
+
+impl Source {
+    /// The next message, or why there is none.
+    async fn next(&mut self) -> Result<Pushed, String> {
+        match self {
+            Self::Watched(subscriber) => subscriber.next().await,
+            Self::Other(stream) => match stream.next().await {
+                Some(message) => Ok(Pushed {
+                    channel: message.get_channel_name().as_bytes().to_vec(),
+                    payload: message.get_payload_bytes().to_vec(),
+                }),
+                None => Err("the subscription connection closed".into()),
+            },
+        }
+    }
+}
+
 /// Why one subscribed session ended.
 enum End {
     /// The receiver was dropped: stop for good.
@@ -293,7 +316,7 @@ async fn subscription(
             watch.closed();
         }
         match opened {
-            Ok(pubsub) => {
+            Ok(source) => {
                 failures = 0;
                 if tx.send(ChannelEvent::Connected).await.is_err() {
                     return;
@@ -302,7 +325,7 @@ async fn subscription(
                     tracing::info!(channel = %channel.channel, "session invalidation channel back");
                 }
                 connected = Some(true);
-                let end = listen(&channel, pubsub, &heartbeat_channel, &tx, &watch).await;
+                let end = listen(&channel, source, &heartbeat_channel, &tx, &watch).await;
                 watch.closed();
                 match end {
                     End::Closed => return,
@@ -360,14 +383,15 @@ async fn open(
     url: &str,
     heartbeat_channel: &str,
     watch: &Arc<Watch>,
-) -> Result<PubSub, StoreError> {
+) -> Result<Source, StoreError> {
     let config = &channel.config;
     let bound = config
         .connect_timeout
         .saturating_add(config.command_timeout);
     let info = connection_info(config, url).map_err(StoreError::backend)?;
+    let channels = [&*channel.channel, heartbeat_channel];
     let work = async {
-        let mut pubsub = if let ConnectionAddr::Tcp(host, port) = info.addr() {
+        if let ConnectionAddr::Tcp(host, port) = info.addr() {
             let socket = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await
                 .and_then(|socket| {
@@ -380,22 +404,21 @@ async fn open(
             let (socket, peek) = socket;
             watch.watch(peek);
             let stream = Watched::new(socket, Arc::clone(watch));
-            PubSub::new(info.redis_settings(), stream)
-                .await
-                .map_err(|e| from_redis(e, bound))?
-        } else {
-            watch.unwatched();
-            let client = Client::open(info).map_err(|e| from_redis(e, bound))?;
-            client
-                .get_async_pubsub()
-                .await
-                .map_err(|e| from_redis(e, bound))?
-        };
-        pubsub
-            .subscribe(&[&*channel.channel, heartbeat_channel])
+            let subscriber =
+                Subscriber::subscribe(stream, info.redis_settings(), &channels).await?;
+            return Ok(Source::Watched(subscriber));
+        }
+        watch.unwatched();
+        let client = Client::open(info).map_err(|e| from_redis(e, bound))?;
+        let mut pubsub = client
+            .get_async_pubsub()
             .await
             .map_err(|e| from_redis(e, bound))?;
-        Ok(pubsub)
+        pubsub
+            .subscribe(&channels)
+            .await
+            .map_err(|e| from_redis(e, bound))?;
+        Ok(Source::Other(Box::pin(pubsub.into_on_message())))
     };
     match tokio::time::timeout(bound, work).await {
         Ok(result) => result,
@@ -407,12 +430,11 @@ async fn open(
 /// or the receiver is dropped.
 async fn listen(
     channel: &RedisInvalidationChannel,
-    pubsub: PubSub,
+    mut source: Source,
     heartbeat_channel: &str,
     tx: &mpsc::Sender<ChannelEvent>,
     watch: &Watch,
 ) -> End {
-    let mut stream = pubsub.into_on_message();
     let mut beat: u64 = 0;
     // The heartbeat in flight and when it is due back.
     let mut due: Option<Instant> = None;
@@ -424,13 +446,12 @@ async fn listen(
         }
         let wake = due.map_or(next_beat, |d| d.min(next_beat));
         let timer = pin!(tokio::time::sleep_until(wake));
-        match select(stream.next(), timer).await {
-            Either::Left((None, _)) => {
-                return End::Lost("the subscription connection closed".into());
-            }
-            Either::Left((Some(message), _)) => {
-                let payload = message.get_payload_bytes();
-                if message.get_channel_name() == heartbeat_channel {
+        let next = pin!(source.next());
+        match select(next, timer).await {
+            Either::Left((Err(why), _)) => return End::Lost(why),
+            Either::Left((Ok(message), _)) => {
+                let payload = &message.payload[..];
+                if message.channel == heartbeat_channel.as_bytes() {
                     let seq = std::str::from_utf8(payload)
                         .ok()
                         .and_then(|s| s.parse::<u64>().ok());

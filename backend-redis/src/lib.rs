@@ -166,6 +166,7 @@ mod keys;
 mod names;
 mod scripts;
 mod store;
+mod subscriber;
 mod watch;
 
 #[cfg(feature = "fuzzing")]

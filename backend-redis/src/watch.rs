@@ -344,10 +344,35 @@ fn frame(b: &[u8], channel: &[u8]) -> Frame {
     }
 }
 
-/// What a complete frame says, if it is a pub/sub message: an aggregate
-/// whose first element names the kind of push, whose last two are the
-/// channel and the payload.
-fn message(b: &[u8], channel: &[u8]) -> Option<Seen> {
+/// How long the frame at the start of a buffer is, for a reader of the
+/// subscription.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FrameLen {
+    Complete(usize),
+    Incomplete,
+    Invalid,
+}
+
+/// The length of the frame at the start of `b`.
+pub(crate) fn frame_len(b: &[u8]) -> FrameLen {
+    match value(b) {
+        Value::Done(len, _) => FrameLen::Complete(len),
+        Value::Incomplete => FrameLen::Incomplete,
+        Value::Invalid => FrameLen::Invalid,
+    }
+}
+
+/// What a complete frame is, if it is a pub/sub message.
+enum Push<'a> {
+    /// A `message`, `smessage` or `pmessage` with its channel and payload.
+    Message(Option<&'a [u8]>, Option<&'a [u8]>),
+    /// A message whose parts cannot be read.
+    Garbled,
+}
+
+/// A pub/sub message is an aggregate whose first element names the kind
+/// of push, and whose last two are the channel and the payload.
+fn push(b: &[u8]) -> Option<Push<'_>> {
     if !matches!(b.first(), Some(b'*' | b'>')) {
         return None;
     }
@@ -356,7 +381,7 @@ fn message(b: &[u8], channel: &[u8]) -> Option<Seen> {
     let mut count = 0;
     while at < b.len() {
         let Value::Done(len, text) = value(&b[at..]) else {
-            return Some(Seen::Unreadable);
+            return Some(Push::Garbled);
         };
         if let Some(slot) = elements.get_mut(count) {
             *slot = text;
@@ -365,11 +390,31 @@ fn message(b: &[u8], channel: &[u8]) -> Option<Seen> {
         at += len;
     }
     let kind = elements[0]?;
-    let (named, payload) = match (kind, &elements[..count.min(5)]) {
-        (b"message" | b"smessage", [_, named, payload]) => (named, payload),
-        (b"pmessage", [_, _, named, payload]) => (named, payload),
-        (b"message" | b"smessage" | b"pmessage", _) => return Some(Seen::Unreadable),
+    Some(match (kind, &elements[..count.min(5)]) {
+        (b"message" | b"smessage", [_, named, payload]) => Push::Message(*named, *payload),
+        (b"pmessage", [_, _, named, payload]) => Push::Message(*named, *payload),
+        (b"message" | b"smessage" | b"pmessage", _) => Push::Garbled,
         _ => return None,
+    })
+}
+
+/// The channel and payload of a complete frame that is a pub/sub message
+/// the subscriber hands on: exactly the frames [`Watch`] holds as read
+/// and not yet forwarded (a garbled one with empty parts).
+pub(crate) fn pushed(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    match push(b)? {
+        Push::Message(named, payload) => {
+            Some((named.unwrap_or_default(), payload.unwrap_or_default()))
+        }
+        Push::Garbled => Some((&[], &[])),
+    }
+}
+
+/// What a complete frame says, if it is a pub/sub message.
+fn message(b: &[u8], channel: &[u8]) -> Option<Seen> {
+    let (named, payload) = match push(b)? {
+        Push::Message(named, payload) => (named, payload),
+        Push::Garbled => return Some(Seen::Unreadable),
     };
     if named.is_some_and(|named| named != channel) {
         return Some(Seen::Elsewhere);

@@ -481,6 +481,42 @@ async fn logout_on_a_then_at_once_read_on_b() {
     assert_eq!(stale, 0, "B served a session after A's logout returned");
 }
 
+/// Over plain TCP the subscription reads its own socket, so it also does
+/// the handshake itself: as an ACL user (AUTH with user and password) it
+/// connects, and a write on A reaches B's cache through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_authenticates_as_the_configured_user() {
+    let redis = redis()
+        .with_user("offstate", "s3cret-sub-pass")
+        .await
+        .expect("a Redis with an ACL user");
+    // A staleness bound far past SOON: B sees the write in time only if
+    // the message came through the subscription.
+    let a = coherent(
+        store_on(&redis).await,
+        channel(redis.config()).await,
+        Duration::from_secs(60),
+    )
+    .await;
+    let b = coherent(
+        store_on(&redis).await,
+        channel(redis.config()).await,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (sa, sb) = (Sessions::new(a), Sessions::new(b.clone()));
+    let session = sa.new_session();
+    session.insert("n", &1u32).await.expect("insert");
+    session.save().await.expect("create");
+    let id = session.id().expect("id");
+    assert_eq!(value(&sb, &id).await, Some(1));
+    assert_eq!(value(&sb, &id).await, Some(1));
+    assert!(b.stats().hits >= 1, "B serves the session from its cache");
+    set(&sa, &id, 2).await;
+    until_served(&sb, &id, 2).await;
+    assert!(b.stats().invalidations_received >= 1);
+}
+
 /// Publishes `payload` on `channel` from a blocking connection, so the
 /// test's (single-threaded) runtime does not run meanwhile.
 fn publish_blocking(redis: &Redis, channel: &str, payload: &str) {
