@@ -17,11 +17,12 @@
 //! subscription needs one node only (any seed URL that answers); publishes
 //! go through a pooled [`RedisConnection`] (standalone or cluster).
 //!
-//! Over plain TCP the subscription opens its own socket and watches it
-//! (the `watch` module), so [`InvalidationChannel::in_transit`] can tell a
+//! Over plain TCP the subscription opens its own socket, watches it (the
+//! `watch` module), so [`InvalidationChannel::in_transit`] can tell a
 //! cache that a message about the session it would serve has reached this
-//! process and not the cache yet;
-//! a publish that ends a session returns only after a `PING` answered,
+//! process and not the cache yet, and reads it itself (the `subscriber`
+//! module); over TLS or a Unix socket redis-rs subscribes, unwatched.
+//! A publish that ends a session returns only after a `PING` answered,
 //! when Redis has written the message to every subscriber's socket.
 //!
 //! A [`RedisStore`](crate::RedisStore) given this channel's name with

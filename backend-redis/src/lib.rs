@@ -22,7 +22,10 @@
 //! - Inside: `keys` (key names and hash tags), `names` (the store contract
 //!   on a session's name, and its legacy name), `codec` (record ⇄ hash
 //!   fields), `scripts` (the Lua scripts), `index` (the principal index),
-//!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)).
+//!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)),
+//!   `watch` (what is on the subscriber's socket and not yet with the
+//!   cache) and `subscriber` (the subscription over a watched socket,
+//!   read with the watch's own RESP parser).
 //!
 //! # Data model
 //!
