@@ -382,6 +382,13 @@ fn instructions(out: &mut String, results: &Results) {
          - Below 1 means offstate executes fewer instructions. The time \
          columns repeat this run's criterion means (section 1) and the \
          read-only and add-only HTTP runs (section 2), for comparison.\n\
+         - valgrind's virtual CPU has no SHA extensions \
+         (`is_x86_feature_detected!(\"sha\")` is false under it and true \
+         natively on this machine), so offstate's counts include a \
+         software SHA-256 of the session ID, about 3.5k instructions per \
+         request (`sha2::sha256::compress256`), that a native run on a CPU \
+         with SHA-NI does in a few hundred. tower-sessions hashes nothing. \
+         The time columns are native.\n\
          - `scripts/icount.sh` measures one case and leaves its callgrind \
          file for `callgrind_annotate --inclusive=yes`.\n"
     );
