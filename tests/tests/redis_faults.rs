@@ -70,6 +70,43 @@ async fn until_recovered(store: &RedisStore) -> usize {
     panic!("the store did not recover after the server came back");
 }
 
+/// A server that lost its scripts (restarted empty, failed over, `SCRIPT
+/// FLUSH`) answers `NOSCRIPT`: the store loads the script and runs it
+/// again, for a script with keys only (load) and with arguments (touch,
+/// delete).
+#[tokio::test]
+async fn flushed_scripts_are_loaded_again() {
+    let server = server().await;
+    let store = bounded_store(&server).await;
+    let now = offstate_core::Timestamp::now();
+    let key = SessionId::generate().key();
+    let original = record(&[("cart", "apple")]);
+    assert_eq!(
+        store.create(&key, &original, now).await.expect("create"),
+        CreateOutcome::Created
+    );
+    let flush = || async {
+        server
+            .query::<()>(cmd("SCRIPT").arg("FLUSH"))
+            .await
+            .expect("SCRIPT FLUSH");
+    };
+    flush().await;
+    let loaded = store.load(&key, now).await.expect("load").expect("live");
+    assert_eq!(loaded.data["cart"], b"apple");
+    flush().await;
+    assert_eq!(
+        store
+            .touch(&key, SystemClock.now(), now)
+            .await
+            .expect("touch"),
+        TouchOutcome::Touched
+    );
+    flush().await;
+    assert!(store.delete(&key, now).await.expect("delete"));
+    assert!(store.load(&key, now).await.expect("load").is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
     // A process: Docker cannot kill a frozen container without thawing it,
