@@ -62,6 +62,28 @@ async fn coherent<S: SessionStore>(
     cached
 }
 
+/// Two instances, A and B: coherent caches over `sessions`, each with its
+/// own channel on `channels`.
+async fn coherent_pair(
+    sessions: &Redis,
+    channels: &Redis,
+    staleness: Duration,
+) -> (CachedStore<RedisStore>, CachedStore<RedisStore>) {
+    let a = coherent(
+        store_on(sessions).await,
+        channel(channels.config()).await,
+        staleness,
+    )
+    .await;
+    let b = coherent(
+        store_on(sessions).await,
+        channel(channels.config()).await,
+        staleness,
+    )
+    .await;
+    (a, b)
+}
+
 /// Polls `check` until it holds, for at most `limit`; how long it took.
 async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -170,18 +192,7 @@ async fn a_lost_channel_falls_back_to_bounded_staleness_and_recovers() {
         .await
         .expect("a second Redis for the channel");
     let bound = Duration::from_millis(300);
-    let a = coherent(
-        store_on(&redis).await,
-        channel(channel_server.config()).await,
-        bound,
-    )
-    .await;
-    let b = coherent(
-        store_on(&redis).await,
-        channel(channel_server.config()).await,
-        bound,
-    )
-    .await;
+    let (a, b) = coherent_pair(&redis, &channel_server, bound).await;
     let (sa, sb) = (Sessions::new(a.clone()), Sessions::new(b.clone()));
     let session = sa.new_session();
     session.insert("n", &0u32).await.expect("insert");
@@ -355,18 +366,7 @@ async fn fifty_writers_over_two_cached_instances_lose_nothing_and_refuse_nothing
         &check,
     )
     .await;
-    let a = coherent(
-        store_on(&redis).await,
-        channel(redis.config()).await,
-        Duration::from_secs(1),
-    )
-    .await;
-    let b = coherent(
-        store_on(&redis).await,
-        channel(redis.config()).await,
-        Duration::from_secs(1),
-    )
-    .await;
+    let (a, b) = coherent_pair(&redis, &redis, Duration::from_secs(1)).await;
     let cached = fifty_writers(&Sessions::new(a.clone()), &Sessions::new(b.clone()), &check).await;
     // The same with an in-process channel between the two caches: the
     // write costs one round trip, as when the store announces its writes
@@ -423,18 +423,7 @@ async fn logout_on_a_then_at_once_read_on_b() {
     // socket watched only, 167 of 2,000 (Redis answered A first).
     const ROUNDS: usize = 2000;
     let redis = sessions_server().await;
-    let a = coherent(
-        store_on(&redis).await,
-        channel(redis.config()).await,
-        Duration::from_secs(1),
-    )
-    .await;
-    let b = coherent(
-        store_on(&redis).await,
-        channel(redis.config()).await,
-        Duration::from_secs(1),
-    )
-    .await;
+    let (a, b) = coherent_pair(&redis, &redis, Duration::from_secs(1)).await;
     let (sa, sb) = (Sessions::new(a.clone()), Sessions::new(b.clone()));
     let mut stale = 0;
     let mut longest = Duration::ZERO;
@@ -492,18 +481,7 @@ async fn the_subscription_authenticates_as_the_configured_user() {
         .expect("a Redis with an ACL user");
     // A staleness bound far past SOON: B sees the write in time only if
     // the message came through the subscription.
-    let a = coherent(
-        store_on(&redis).await,
-        channel(redis.config()).await,
-        Duration::from_secs(60),
-    )
-    .await;
-    let b = coherent(
-        store_on(&redis).await,
-        channel(redis.config()).await,
-        Duration::from_secs(60),
-    )
-    .await;
+    let (a, b) = coherent_pair(&redis, &redis, Duration::from_secs(60)).await;
     let (sa, sb) = (Sessions::new(a), Sessions::new(b.clone()));
     let session = sa.new_session();
     session.insert("n", &1u32).await.expect("insert");
