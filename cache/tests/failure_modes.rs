@@ -252,6 +252,19 @@ fn change_to(expected: Version, n: &str) -> Change {
     change
 }
 
+/// Starts a save of n = 1 over version 1 of `key` on `a`, in a task of its
+/// own, for a test to hold or race.
+fn saving_1<S: SessionStore + 'static>(
+    a: &CachedStore<S>,
+    key: &SessionKey,
+) -> tokio::task::JoinHandle<Result<SaveOutcome, StoreError>> {
+    let (a, key) = (a.clone(), key.clone());
+    tokio::spawn(async move {
+        a.save(&key, &change_to(Version::new(1), "1"), Timestamp::now())
+            .await
+    })
+}
+
 async fn n_of<S: SessionStore>(store: &S, key: &SessionKey) -> Option<String> {
     let record = store.load(key, Timestamp::now()).await.unwrap()?;
     Some(String::from_utf8(record.data["n"].clone()).unwrap())
@@ -274,13 +287,7 @@ async fn a_write_returns_only_after_its_invalidation_is_sent() {
     let a = instance(backend, &board).await;
     let key = created(&a, None).await;
     let gate = board.gate_next_publish();
-    let saving = tokio::spawn({
-        let (a, key) = (a.clone(), key.clone());
-        async move {
-            a.save(&key, &change_to(Version::new(1), "1"), Timestamp::now())
-                .await
-        }
-    });
+    let saving = saving_1(&a, &key);
     gate.reached().await;
     // The backend has the write, the publish is held: the caller waits.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -838,13 +845,7 @@ async fn the_echo_of_its_own_write_arriving_first_does_not_evict_the_write() {
     // The write lands in the backend and is slow to answer...
     let gate = Gate::new();
     store.inject(Call::Save, Fault::GateAfter(gate.clone()));
-    let writing = tokio::spawn({
-        let (a, key) = (a.clone(), key.clone());
-        async move {
-            a.save(&key, &change_to(Version::new(1), "1"), Timestamp::now())
-                .await
-        }
-    });
+    let writing = saving_1(&a, &key);
     gate.reached().await;
     // ...and its announcement comes back first.
     board
