@@ -1,5 +1,5 @@
-//! The session hash: one field per data key plus a few metadata fields,
-//! and how a record is written to and read from it.
+//! The stored session: one Redis string of `<byte length>:<bytes>` items,
+//! field/value pairs, the metadata first and then one pair per data key.
 //!
 //! | field        | value                                   |
 //! |--------------|-----------------------------------------|
@@ -11,9 +11,23 @@
 //! | `ix`         | its index key (standalone Redis only; written and read by the scripts, not part of the record) |
 //! | `d:<key>`    | the serialized value of data key `<key>`|
 //!
-//! Data fields are prefixed so no data key can collide with metadata.
-//! Fields this version does not know are ignored, so a later version may
-//! add some; a known field that does not decode makes the record corrupt.
+//! Why one string: a read is then a plain `GET`, the cheapest command Redis
+//! has (a script to read costs Redis about 3 µs of CPU more per read, and
+//! a hash's many short strings cost the client's reply parser over ten
+//! thousand instructions), and a small session takes less memory than the
+//! same fields in a hash. A write still changes only what it changed: the
+//! save script keeps the stored pairs it was not given.
+//!
+//! Data fields are prefixed so no data key can collide with metadata, and
+//! every data field comes after every metadata field, so the scripts read
+//! the metadata without walking the data. Fields this version does not
+//! know are ignored by the client and kept by the scripts, so a later
+//! version may add some; a known field that does not decode makes the
+//! record corrupt.
+//!
+//! Earlier versions of offstate stored the same fields as a Redis hash; a
+//! hash is still read (`HGETALL`, see [`decode_hash`]) and becomes a string
+//! at its first save.
 
 use std::collections::BTreeMap;
 
@@ -28,19 +42,79 @@ pub(crate) const PRINCIPAL: &str = "principal";
 pub(crate) const DATA_PREFIX: &str = "d:";
 
 /// A hash's field/value pairs.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Why a stored hash is not a record.
+/// Why a stored session is not a record.
 #[derive(Debug, thiserror::Error)]
-#[error("stored session hash does not decode: {0}")]
+#[error("stored session does not decode: {0}")]
 pub(crate) struct CorruptRecord(pub(crate) String);
 
-/// The hash field of a data key.
+/// The field of a data key.
 pub(crate) fn data_field(key: &str) -> String {
     format!("{DATA_PREFIX}{key}")
 }
 
-/// All fields of a record, as field/value pairs.
+/// Appends one `<length>:<bytes>` item.
+pub(crate) fn push_item(out: &mut Vec<u8>, item: &[u8]) {
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(item.len()).as_bytes());
+    out.push(b':');
+    out.extend_from_slice(item);
+}
+
+/// Appends the pair of data key `key`.
+pub(crate) fn push_data(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(DATA_PREFIX.len() + key.len()).as_bytes());
+    out.push(b':');
+    out.extend_from_slice(DATA_PREFIX.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    push_item(out, value);
+}
+
+/// The stored string of `record`; `ix` is the name of its principal's
+/// index when the scripts keep that index in step.
+pub(crate) fn pack(record: &Record, ix: Option<&str>) -> Vec<u8> {
+    let size = record
+        .data
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 16)
+        .sum::<usize>()
+        + record.principal.as_ref().map_or(0, String::len)
+        + ix.map_or(0, str::len)
+        + 96;
+    let mut out = Vec::with_capacity(size);
+    let mut digits = itoa::Buffer::new();
+    let mut number = |out: &mut Vec<u8>, field: &str, n: u64| {
+        push_item(out, field.as_bytes());
+        push_item(out, digits.format(n).as_bytes());
+    };
+    number(&mut out, VERSION, record.version.get());
+    number(&mut out, CREATED, record.created_at.as_millis());
+    if let Some(idle) = record.deadlines.idle {
+        number(&mut out, IDLE, idle.as_millis());
+    }
+    if let Some(abs) = record.deadlines.absolute {
+        number(&mut out, ABSOLUTE, abs.as_millis());
+    }
+    if let Some(principal) = &record.principal {
+        push_item(&mut out, PRINCIPAL.as_bytes());
+        push_item(&mut out, principal.as_bytes());
+    }
+    if let Some(ix) = ix {
+        push_item(&mut out, b"ix");
+        push_item(&mut out, ix.as_bytes());
+    }
+    for (key, value) in &record.data {
+        push_data(&mut out, key, value);
+    }
+    out
+}
+
+/// All fields of a record, as field/value pairs (the hash of earlier
+/// versions, and the fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn encode(record: &Record) -> Fields {
     let mut fields = Vec::with_capacity(record.data.len() + 5);
     fields.push((
@@ -94,14 +168,14 @@ pub(crate) fn decode_hash(value: Value) -> Result<Option<Record>, CorruptRecord>
     }
 }
 
-/// Decodes the load script's reply (see `scripts::LOAD`): the hash's
-/// fields and values as `<length>:<bytes>`, one after the other. An empty
-/// string is no record.
+/// Decodes a stored session string (a `GET` reply, or a script's copy of
+/// one): fields and values as `<length>:<bytes>`, one after the other. No
+/// value or an empty string is no record.
 pub(crate) fn decode_packed(value: Value) -> Result<Option<Record>, CorruptRecord> {
     let packed = match value {
         Value::BulkString(bytes) => bytes,
         Value::Nil => return Ok(None),
-        other => return Err(CorruptRecord(format!("not a packed hash: {other:?}"))),
+        other => return Err(CorruptRecord(format!("not a session string: {other:?}"))),
     };
     let mut items = Packed(packed.as_slice());
     decode_pairs(std::iter::from_fn(|| {
@@ -115,7 +189,7 @@ pub(crate) fn decode_packed(value: Value) -> Result<Option<Record>, CorruptRecor
     }))
 }
 
-/// The items of a packed hash, `<length>:<bytes>` each.
+/// The items of a session string, `<length>:<bytes>` each.
 struct Packed<'a>(&'a [u8]);
 
 impl<'a> Iterator for Packed<'a> {
@@ -133,7 +207,7 @@ impl<'a> Iterator for Packed<'a> {
             None => {
                 self.0 = &[];
                 Some(Err(CorruptRecord(
-                    "a packed hash item does not decode".into(),
+                    "a session string item does not decode".into(),
                 )))
             }
         }
@@ -148,7 +222,7 @@ fn split_item(packed: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((packed.get(colon + 1..end)?, packed.get(end..)?))
 }
 
-/// Builds a record from a hash's field/value pairs; values owned
+/// Builds a record from field/value pairs; values owned
 /// (`Vec<u8>`, moved into the record) or borrowed (copied once).
 fn decode_pairs<F, V>(
     pairs: impl Iterator<Item = Result<(F, V), CorruptRecord>>,
@@ -200,17 +274,31 @@ where
     Ok(Some(record))
 }
 
-/// How the store reads an `HGETALL` reply, for the fuzz targets in fuzz/:
-/// the record, `None` for an empty hash, or why the reply is corrupt. Not
+/// How the store reads a stored session (a `GET` reply: the string; or an
+/// `HGETALL` reply: the hash of an earlier version), for the fuzz targets
+/// in fuzz/: the record, `None` for none, or why the reply is corrupt. Not
 /// part of the API.
 ///
 /// # Errors
 ///
-/// The corruption's description, for a reply that is not a session hash.
+/// The corruption's description, for a reply that is not a session.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn decode_reply(reply: Value) -> Result<Option<Record>, String> {
-    decode_hash(reply).map_err(|error| error.to_string())
+    match reply {
+        Value::Array(_) | Value::Map(_) => decode_hash(reply),
+        other => decode_packed(other),
+    }
+    .map_err(|error| error.to_string())
+}
+
+/// The string the store writes for `record`, for the fuzz targets. Not
+/// part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[must_use]
+pub fn encode_stored(record: &Record) -> Vec<u8> {
+    pack(record, None)
 }
 
 /// The field/value pairs the store writes for `record`, for the fuzz

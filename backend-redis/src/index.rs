@@ -1,11 +1,11 @@
 //! The principal index: one sorted set per principal, member = session key,
 //! score = the session's end (ms; `+inf` for none).
 //!
-//! **Together.** Wherever a session hash and its principal's index are
+//! **Together.** Wherever a session and its principal's index are
 //! on one server (a standalone Redis) or in one slot (a cluster, for every
 //! session a login placed with its principal; see the `keys` module), each
 //! session script updates the index in the same step as the session: the
-//! hash remembers its principal's index key (field `ix`, written when the
+//! session remembers its principal's index key (field `ix`, written when the
 //! principal is set), and create, save, touch, delete and revoke add,
 //! raise, re-add or remove the entry themselves. A write of a logged-in
 //! session is then one round trip, the index never lags its sessions, and
@@ -26,7 +26,7 @@
 //!   misses it. If the session write then fails or conflicts, the entry
 //!   points at a session that does not (yet) belong to the principal:
 //!   harmless, because listings and revokes check every member against the
-//!   session hash (its `principal` field) before using it.
+//!   stored session (its `principal` field) before using it.
 //! - **Unindex after.** Detaching (save with another or no principal,
 //!   delete) removes the entry *after* the session write. If that removal
 //!   is lost, the stale entry is again filtered by the check.
@@ -178,7 +178,7 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The live sessions of `principal`, each checked against its hash;
+    /// The live sessions of `principal`, each checked against its session;
     /// entries past their score that no longer check out are trimmed.
     pub(crate) async fn list_indexed(
         &self,
@@ -262,8 +262,38 @@ impl RedisStore {
         Ok(None)
     }
 
-    /// Whether the hash at `name` is a live session of `principal` at `now`.
+    /// Whether the session at `name` is a live session of `principal` at
+    /// `now`.
     async fn belongs_at(
+        &self,
+        mut conn: SharedConnection,
+        name: &Name,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let stored: Value = match redis::cmd("GET")
+            .arg(&name.name)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(value) => value,
+            // A hash, stored by an earlier offstate.
+            Err(error) if error.code() == Some("WRONGTYPE") => {
+                return self.hash_belongs_at(conn, name, principal, now).await;
+            }
+            Err(error) => return Err(self.conn().error(error)),
+        };
+        // Something that does not decode is not a session of anyone's.
+        Ok(codec::decode_packed(stored)
+            .ok()
+            .flatten()
+            .is_some_and(|record| {
+                record.principal.as_deref() == Some(principal) && !record.is_expired(now)
+            }))
+    }
+
+    /// [`belongs_at`](Self::belongs_at) for a session hash.
+    async fn hash_belongs_at(
         &self,
         mut conn: SharedConnection,
         name: &Name,

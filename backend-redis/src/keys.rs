@@ -1,9 +1,9 @@
-//! Key naming: where a session's hash and a principal's index live.
+//! Key naming: where a session and a principal's index live.
 //!
 //! Every key carries a cluster hash tag (`{...}`), and the tag is short: two
 //! characters, 4,096 tags over Redis Cluster's 16,384 slots.
 //!
-//! - A session's hash is `<prefix>s:{<first 2 characters of the session
+//! - A session is `<prefix>s:{<first 2 characters of the session
 //!   key>}<the other 41>`.
 //! - A principal's index is `<prefix>principal:{<first 2>}<the other 41>`
 //!   of the base64url SHA-256 of the principal's name (hashed: a name may
@@ -86,7 +86,7 @@ impl KeySpace {
         }
     }
 
-    /// The hash holding one session: `<prefix>s:{<2>}<41>`.
+    /// The string holding one session: `<prefix>s:{<2>}<41>`.
     pub(crate) fn session(&self, key: &SessionKey) -> Name {
         Name::tagged(&self.prefix, "s:", key.as_str(), TAG_LEN)
     }

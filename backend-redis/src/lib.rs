@@ -20,8 +20,8 @@
 //!   whenever a Redis URL is available: e.g. sessions in DynamoDB and
 //!   invalidations through a small ElastiCache Redis.
 //! - Inside: `keys` (key names and hash tags), `names` (the store contract
-//!   on a session's name, and its legacy name), `codec` (record ⇄ hash
-//!   fields), `scripts` (the Lua scripts), `index` (the principal index),
+//!   on a session's name, and its legacy name), `codec` (record ⇄ the
+//!   stored string), `scripts` (the Lua scripts), `index` (the principal index),
 //!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)),
 //!   `watch` (what is on the subscriber's socket and not yet with the
 //!   cache) and `subscriber` (the subscription over a watched socket,
@@ -29,32 +29,41 @@
 //!
 //! # Data model
 //!
-//! One hash per session at `<prefix>s:{<2>}<41>`, the 43 characters of
+//! One string per session at `<prefix>s:{<2>}<41>`, the 43 characters of
 //! the session key with its first two as the cluster hash tag (default
-//! prefix `offstate:`): one field `d:<key>` per data key, and metadata
-//! fields `version`, `created`, `idle`, `abs`, `principal`. A login draws
+//! prefix `offstate:`): `<length>:<bytes>` items, the metadata fields
+//! `version`, `created`, `idle`, `abs`, `principal` first, then one field
+//! `d:<key>` per data key (see the `codec` module). A login draws
 //! the session's new ID so that its key starts with the tag of its
 //! principal's index, which puts a logged-in session in its index's
-//! cluster slot. Wherever the hash shares a server (standalone) or a slot
+//! cluster slot. Wherever the session shares a server (standalone) or a slot
 //! (cluster) with its principal's index, it also holds `ix`, the index's
 //! key, so the scripts keep the index in step (see the `index` module).
 //! Sessions from before the short tags (`<prefix>s:{<session key>}`) are
 //! still found: [`RedisStore::with_legacy_names`].
 //!
-//! - **Load** is one round trip: a read-only script that runs `HGETALL`
-//!   and packs the hash into one string (cheaper for the client to parse
-//!   than the many short strings of `HGETALL`'s reply); the record's
-//!   deadlines are checked against the caller's "now" (the `Sessions`'
-//!   clock) whatever the server TTL did. Fields that do not decode give
-//!   `StoreError::Corrupt`.
+//! - **Load** is one round trip, a plain `GET` (no script: a script costs
+//!   Redis about 3 µs of CPU more per read, and `GET` also runs on a
+//!   replica); the record's deadlines are checked against the caller's
+//!   "now" (the `Sessions`' clock) whatever the server TTL did. Fields
+//!   that do not decode give `StoreError::Corrupt`.
 //! - **Every write is one Lua script** (`EVALSHA`, loading the script on
 //!   `NOSCRIPT`) that atomically checks existence, expected version and
 //!   expiry (with "now" passed by the caller, never the server's
-//!   `TIME`), applies only the changed fields (`HSET`/`HDEL`), raises the
-//!   version and sets `PEXPIREAT` to the record's end (or `PERSIST`). A
-//!   version mismatch returns the current hash, so a conflict costs no extra
-//!   read. Create writes only if the key is absent or expired by the clock;
-//!   touch only rewrites `idle` and the TTL of a live session.
+//!   `TIME`), applies only the changed data keys (the script keeps the
+//!   stored pairs the change does not name; the client sends only what
+//!   changed), raises the version and writes the string with `PXAT` at the
+//!   record's end (or no TTL). A version mismatch returns the current
+//!   session, so a conflict costs no extra read. Create writes only if the
+//!   key is absent or expired by the clock; touch only rewrites `idle` and
+//!   the TTL of a live session.
+//! - **Sessions stored by earlier versions** as one hash per session are
+//!   still read (a `GET` that meets a hash reads it with `HGETALL`: one
+//!   more round trip), touched and deleted in place, and become strings at
+//!   their first save. An instance of an earlier version cannot read a
+//!   session this version has saved: upgrade every instance of a fleet
+//!   before sessions are written by the new one (or accept that a user
+//!   served by an old instance meanwhile sees a corrupt-session error).
 //! - **Principal index**: a sorted set per principal at
 //!   `<prefix>principal:{<2>}<41>` of the SHA-256 of the name; see the
 //!   `index` module's docs for the ordering that keeps revocation complete
@@ -93,8 +102,8 @@
 //!   certificates chain to public roots, found in the system's store; a
 //!   private CA can be added with [`RedisConfig::with_root_certificate_pem`].
 //! - **AUTH**: an AUTH token is [`RedisConfig::with_password`]; an RBAC user
-//!   is [`RedisConfig::with_user`]. The user needs `+@hash +@sortedset
-//!   +@scripting +@keyspace +ping +info` on `~<prefix>*` (and `+publish`
+//!   is [`RedisConfig::with_user`]. The user needs `+@string +@hash
+//!   +@sortedset +@scripting +@keyspace +ping +info` on `~<prefix>*` (and `+publish`
 //!   on the channel with announcements).
 //! - Memory policy: sessions carry TTLs, so `volatile-lru` or
 //!   `volatile-ttl` evicts them only under memory pressure (an evicted
@@ -174,7 +183,7 @@ mod watch;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
-pub use codec::{decode_reply, encode_fields};
+pub use codec::{decode_reply, encode_fields, encode_stored};
 pub use config::{ClusterMode, DEFAULT_KEY_PREFIX, RedisConfig};
 pub use connection::RedisConnection;
 pub use error::ConnectError;

@@ -1,11 +1,18 @@
 //! The server-side Lua scripts: every session write is one script, so its
 //! check (exists, version, not expired) and its effect happen atomically.
+//! A read needs none: it is a plain `GET` (see `codec`).
 //!
 //! "Now" is always an argument, the caller's clock reading, never
 //! the server's `TIME`: deadlines are decided by the same clock everywhere.
 //! Each script touches exactly one key, so it runs in Redis Cluster too
 //! (the principal index lives in another slot and has its own script).
 //! A [`Lua`] run sends `EVALSHA` and loads the script on `NOSCRIPT`.
+//!
+//! **The stored session** is one string (see `codec`): `<len>:<bytes>`
+//! items, field/value pairs, the metadata first and the data (`d:` fields)
+//! after it. A script parses the metadata only, and the data only when a
+//! save changes some of it. A session written by an earlier offstate as a
+//! hash is still read, and becomes a string at its first save.
 //!
 //! **Announcements.** Every script that changes or ends a session takes a
 //! channel name and the session's key (as the caches know it); when the
@@ -20,22 +27,70 @@ use redis::{Arg, Cmd, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRe
 
 /// Shared helpers, put in front of every session script.
 ///
-/// `state` classifies the session hash at `now`: `absent`, `expired`,
-/// `corrupt` (not a hash, or metadata that does not parse) or `live`, and
-/// returns `version, idle, abs, principal, ix` (`ix`: the name of the
-/// principal's index, kept on a standalone Redis so that the scripts can
-/// update the index in the same step; see the `index` module).
+/// `state` classifies the session at `now`: `absent`, `expired`, `corrupt`
+/// (neither a session string nor a session hash, or metadata that does not
+/// parse) or `live`, and returns `version, idle, abs, principal, ix` (`ix`:
+/// the name of the principal's index, kept on a standalone Redis so that
+/// the scripts can update the index in the same step; see the `index`
+/// module), with `created`, `extra` (metadata fields this version does not
+/// know, kept as they are), and `raw` and `data` (the string and where its
+/// data starts) or `hash` (a session hash of an earlier offstate).
 const PRELUDE: &str = r"
-local function state(key, now)
-  -- One HMGET on the common path; a wrong type comes back as an error
-  -- reply (not raised), and EXISTS runs only when there is no version.
-  local m = redis.pcall('HMGET', key, 'version', 'idle', 'abs', 'principal', 'ix')
-  if type(m) == 'table' and m.err then return 'corrupt', {} end
-  if not m[1] then
-    if redis.call('EXISTS', key) == 0 then return 'absent', {} end
-    return 'corrupt', m
+local function item(s) return #s .. ':' .. s end
+
+-- The item at `pos` of `s`: its text and the position after it, or nil.
+local function item_at(s, pos)
+  local c = string.find(s, ':', pos, true)
+  if not c or c == pos or c - pos > 10 then return nil end
+  local len = tonumber(string.sub(s, pos, c - 1))
+  if not len or len < 0 or c + len > #s then return nil end
+  return string.sub(s, c + 1, c + len), c + len + 1
+end
+
+local KNOWN = {version = 1, idle = 2, abs = 3, principal = 4, ix = 5}
+
+-- The metadata of a session string, or nil when it does not parse.
+local function parse(s)
+  local m, extra, pos, n = {}, {}, 1, #s
+  while pos <= n do
+    -- The first data field ends the metadata.
+    local c = string.find(s, ':', pos, true)
+    if c and string.sub(s, c + 1, c + 2) == 'd:' then break end
+    local field, value, after
+    field, after = item_at(s, pos)
+    if not field then return nil end
+    value, after = item_at(s, after)
+    if not value then return nil end
+    local slot = KNOWN[field]
+    if slot then
+      m[slot] = value
+    elseif field == 'created' then
+      m.created = value
+    else
+      extra[#extra + 1] = item(field) .. item(value)
+    end
+    pos = after
   end
-  if not tonumber(m[1]) then return 'corrupt', m end
+  m.extra = table.concat(extra)
+  m.data = pos
+  return m
+end
+
+local function state(key, now)
+  local s = redis.pcall('GET', key)
+  local m
+  if not s then return 'absent', {} end
+  if type(s) == 'table' then
+    -- Not a string: a session hash of an earlier offstate, or another type.
+    local h = redis.pcall('HMGET', key, 'version', 'idle', 'abs', 'principal', 'ix', 'created')
+    if h.err then return 'corrupt', {} end
+    m = {h[1], h[2], h[3], h[4], h[5], created = h[6], extra = '', hash = true}
+  else
+    m = parse(s)
+    if not m then return 'corrupt', {} end
+    m.raw = s
+  end
+  if not m[1] or not tonumber(m[1]) or not m.created then return 'corrupt', m end
   local expires = nil
   for i = 2, 3 do
     if m[i] then
@@ -48,12 +103,57 @@ local function state(key, now)
   return 'live', m
 end
 
-local function each_chunk(cmd, key, args, first, last)
-  local i = first
-  while i <= last do
-    local j = math.min(i + 199, last)
-    redis.call(cmd, key, unpack(args, i, j))
-    i = j + 1
+-- The session as a conflict returns it: the string, or a hash's fields.
+local function current(key, m)
+  if m.hash then return redis.call('HGETALL', key) end
+  return m.raw
+end
+
+-- The metadata items of a session, in the order `parse` and the client read.
+local function metadata(version, created, idle, abs, principal, ix, extra)
+  local t = {'7:version', item(version), '7:created', item(created)}
+  if idle and idle ~= '' then t[#t + 1] = '4:idle' .. item(idle) end
+  if abs and abs ~= '' then t[#t + 1] = '3:abs' .. item(abs) end
+  if principal and principal ~= '' then t[#t + 1] = '9:principal' .. item(principal) end
+  if ix and ix ~= '' then t[#t + 1] = '2:ix' .. item(ix) end
+  t[#t + 1] = extra
+  return table.concat(t)
+end
+
+-- The stored data pairs minus those whose field is in `drop`, packed; nil
+-- when the stored data does not parse.
+local function data_without(key, m, drop)
+  local keep = {}
+  if m.hash then
+    local h = redis.call('HGETALL', key)
+    for i = 1, #h, 2 do
+      if string.sub(h[i], 1, 2) == 'd:' and not drop[h[i]] then
+        keep[#keep + 1] = item(h[i]) .. item(h[i + 1])
+      end
+    end
+    return table.concat(keep)
+  end
+  local s, pos = m.raw, m.data
+  if next(drop) == nil then return string.sub(s, pos) end
+  while pos <= #s do
+    local field, value, after
+    field, after = item_at(s, pos)
+    if not field then return nil end
+    value, after = item_at(s, after)
+    if not value then return nil end
+    if not drop[field] then keep[#keep + 1] = string.sub(s, pos, after - 1) end
+    pos = after
+  end
+  return table.concat(keep)
+end
+
+-- Writes the session string with its TTL ('' = none); a hash goes first.
+local function put(key, m, value, at)
+  if m.hash then redis.call('DEL', key) end
+  if at == '' then
+    redis.call('SET', key, value)
+  else
+    redis.call('SET', key, value, 'PXAT', at)
   end
 end
 
@@ -118,19 +218,14 @@ end
 
 /// KEYS: session, and on a standalone Redis the principal's index when the
 /// record has a principal. ARGV: now, expire-at ('' = none), session key,
-/// field/value pairs. With the index, the entry is added in the same step
-/// and the hash remembers the index (`ix`). Returns 1 when created, 0 when
-/// a live (or undecodable) hash is there.
+/// the session string (with `ix` when the index is given). With the index,
+/// the entry is added in the same step. Returns 1 when created, 0 when a
+/// live (or undecodable) session is there.
 const CREATE: &str = r"
-local st = state(KEYS[1], tonumber(ARGV[1]))
+local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'live' or st == 'corrupt' then return 0 end
-if st == 'expired' then redis.call('DEL', KEYS[1]) end
-each_chunk('HSET', KEYS[1], ARGV, 4, #ARGV)
-if KEYS[2] then
-  redis.call('HSET', KEYS[1], 'ix', KEYS[2])
-  index_add(KEYS[2], ARGV[3], ARGV[2], ARGV[1])
-end
-expire_at(KEYS[1], ARGV[2])
+put(KEYS[1], m, ARGV[4], ARGV[2])
+if KEYS[2] then index_add(KEYS[2], ARGV[3], ARGV[2], ARGV[1]) end
 return 1
 ";
 
@@ -138,52 +233,30 @@ return 1
 /// principal's index. ARGV: now, expected version, next version,
 /// announcement channel ('' = none), asked idle deadline ('' = none),
 /// session key, principal op ('k' keep, 's' set, 'c' clear), principal,
-/// fold ('1' on a standalone Redis: update the index here), number of set
-/// arguments N, N field/value arguments, fields to remove. Deadlines never
+/// fold ('1' on a standalone Redis: update the index here), the set data
+/// pairs packed, then every data field set or removed. Deadlines never
 /// move backwards: the idle deadline becomes the later of the stored and
-/// the asked one, the absolute one stays. Returns {0} gone, {1, hash}
+/// the asked one, the absolute one stays. Returns {0} gone, {1, session}
 /// conflict, {2, old principal, expires-at ('' = none), 1 if the index was
 /// updated here} saved, {3} corrupt.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
-if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
-local nset = tonumber(ARGV[10])
--- Gather every field written or removed, so the write is one HSET (and at
--- most one HDEL) however many keys, deadlines and principal changed.
-local sets, dels = {}, {}
-for i = 11, 10 + nset do sets[#sets + 1] = ARGV[i] end
-for i = 11 + nset, #ARGV do dels[#dels + 1] = ARGV[i] end
-local function put(field, value)
-  if value == '' then
-    dels[#dels + 1] = field
-  else
-    sets[#sets + 1] = field
-    sets[#sets + 1] = value
-  end
-end
+if m[1] ~= ARGV[2] then return {1, current(KEYS[1], m)} end
+local drop = {}
+for i = 11, #ARGV do drop[ARGV[i]] = true end
+local kept = data_without(KEYS[1], m, drop)
+if not kept then return {3} end
 local idle = later_idle(m[2], ARGV[5])
-put('idle', idle)
+local principal, ix = m[4], m[5]
 if ARGV[7] == 's' then
-  sets[#sets + 1] = 'principal'
-  sets[#sets + 1] = ARGV[8]
-  if KEYS[2] then
-    sets[#sets + 1] = 'ix'
-    sets[#sets + 1] = KEYS[2]
-  else
-    dels[#dels + 1] = 'ix'
-  end
+  principal, ix = ARGV[8], KEYS[2]
 elseif ARGV[7] == 'c' then
-  dels[#dels + 1] = 'principal'
-  dels[#dels + 1] = 'ix'
+  principal, ix = nil, nil
 end
-sets[#sets + 1] = 'version'
-sets[#sets + 1] = ARGV[3]
-if #dels > 0 then each_chunk('HDEL', KEYS[1], dels, 1, #dels) end
-each_chunk('HSET', KEYS[1], sets, 1, #sets)
 local at = ends_at(idle, m[3] or '')
-expire_at(KEYS[1], at)
+put(KEYS[1], m, metadata(ARGV[3], m.created, idle, m[3], principal, ix, m.extra) .. kept .. ARGV[10], at)
 local folded = 0
 if ARGV[7] == 'k' then
   folded = follow(ARGV[9], m, ARGV[6], at, ARGV[1])
@@ -212,9 +285,14 @@ local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
 local idle = later_idle(m[2], ARGV[2])
-if idle ~= '' and idle ~= m[2] then redis.call('HSET', KEYS[1], 'idle', idle) end
 local at = ends_at(idle, m[3] or '')
-expire_at(KEYS[1], at)
+if idle ~= '' and idle ~= m[2] and not m.hash then
+  local value = metadata(m[1], m.created, idle, m[3], m[4], m[5], m.extra) .. string.sub(m.raw, m.data)
+  put(KEYS[1], m, value, at)
+else
+  if idle ~= '' and idle ~= m[2] then redis.call('HSET', KEYS[1], 'idle', idle) end
+  expire_at(KEYS[1], at)
+end
 local folded = follow(ARGV[5], m, ARGV[4], at, ARGV[1])
 announce(ARGV[3], ARGV[4], m[1])
 return {1, m[4] or '', at, folded}
@@ -238,7 +316,7 @@ return {was, m[4] or '', unfollow(ARGV[4], m, ARGV[3])}
 /// KEYS: session. ARGV: now, expected version, announcement channel,
 /// session key, fold. Deletes a live session only at that version;
 /// announces the end when it deleted or found nothing live. Returns {0}
-/// gone, {1, hash} conflict, {2, principal, 1 if the index was updated
+/// gone, {1, session} conflict, {2, principal, 1 if the index was updated
 /// here} deleted, {3} corrupt.
 const DELETE_IF_VERSION: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
@@ -247,7 +325,7 @@ if st == 'absent' or st == 'expired' then
   return {0}
 end
 if st == 'corrupt' then return {3} end
-if m[1] ~= ARGV[2] then return {1, redis.call('HGETALL', KEYS[1])} end
+if m[1] ~= ARGV[2] then return {1, current(KEYS[1], m)} end
 redis.call('DEL', KEYS[1])
 announce(ARGV[3], ARGV[4], '-')
 return {2, m[4] or '', unfollow(ARGV[5], m, ARGV[4])}
@@ -282,26 +360,9 @@ index_add(KEYS[1], ARGV[2], ARGV[1], ARGV[3])
 return 1
 ";
 
-/// Reads a session: the whole hash as one string, each field and each
-/// value as `<byte length>:<bytes>`, in `HGETALL` order; "" for no hash. A
-/// key of another type answers `HGETALL`'s own `WRONGTYPE` error (returned,
-/// not raised, so its code survives on every Redis version).
-///
-/// Why a script for a read: the client parses one string reply in a few
-/// hundred instructions, where the many short strings of `HGETALL` took
-/// the redis client's parser over ten thousand (bench/results/REPORT.md,
-/// section 3). The expiry check stays with the caller, on its clock.
-const LOAD: &str = r"
-local h = redis.pcall('HGETALL', KEYS[1])
-if h.err then return h end
-for i = 1, #h do h[i] = #h[i] .. ':' .. h[i] end
-return table.concat(h)
-";
-
 /// The compiled scripts (each knows its SHA-1).
 #[derive(Debug)]
 pub(crate) struct Scripts {
-    pub(crate) load: Lua,
     pub(crate) create: Lua,
     pub(crate) save: Lua,
     pub(crate) touch: Lua,
@@ -315,7 +376,6 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         let session = |body: &str| Lua(Script::new(&format!("{PRELUDE}{body}")));
         Self {
-            load: Lua(Script::new(LOAD)),
             create: session(CREATE),
             save: session(SAVE),
             touch: session(TOUCH),

@@ -1,5 +1,6 @@
-//! `RedisStore`: the `SessionStore` contract on one Redis hash per session,
-//! with every write a single atomic Lua script.
+//! `RedisStore`: the `SessionStore` contract on one Redis string per
+//! session (see `codec`), read with a plain `GET`, with every write a
+//! single atomic Lua script.
 
 use std::sync::Arc;
 
@@ -202,7 +203,7 @@ impl RedisStore {
         &self.conn
     }
 
-    /// The Redis key of a session's hash (for operators and tests).
+    /// The Redis key of a stored session (for operators and tests).
     #[must_use]
     pub fn store_key(&self, key: &SessionKey) -> String {
         self.keys.session(key).name
@@ -259,6 +260,16 @@ pub(crate) fn text(value: Option<Value>) -> String {
         .unwrap_or_default()
 }
 
+/// The session a conflict returns: its string, or the fields of a hash
+/// stored by an earlier offstate.
+fn decode_stored(value: Value) -> Result<Option<Record>, StoreError> {
+    match value {
+        Value::Array(_) | Value::Map(_) => codec::decode_hash(value),
+        other => codec::decode_packed(other),
+    }
+    .map_err(StoreError::corrupt)
+}
+
 fn corrupt_here(key: &SessionKey) -> StoreError {
     StoreError::corrupt(codec::CorruptRecord(format!(
         "session {} has metadata that does not decode",
@@ -274,19 +285,28 @@ impl RedisStore {
         name: &Name,
         now: Timestamp,
     ) -> Result<Option<Arc<Record>>, StoreError> {
-        let value: Value = self
+        let mut get = redis::cmd("GET");
+        get.arg(&name.name);
+        let record = self
             .conn
             .bounded(async {
                 let mut conn = self.conn.get().await?;
-                self.scripts
-                    .load
-                    .key(&name.name)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.conn.error(e))
+                match get.query_async::<Value>(&mut conn).await {
+                    Ok(value) => codec::decode_packed(value).map_err(StoreError::corrupt),
+                    // A hash: a session stored by an earlier offstate (or
+                    // something else at the key, which then fails below).
+                    Err(error) if error.code() == Some("WRONGTYPE") => {
+                        let hash: Value = redis::cmd("HGETALL")
+                            .arg(&name.name)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(|e| self.conn.error(e))?;
+                        codec::decode_hash(hash).map_err(StoreError::corrupt)
+                    }
+                    Err(error) => Err(self.conn.error(error)),
+                }
             })
             .await?;
-        let record = codec::decode_packed(value).map_err(StoreError::corrupt)?;
         Ok(record.filter(|r| !r.is_expired(now)).map(Arc::new))
     }
 
@@ -303,11 +323,13 @@ impl RedisStore {
                 let mut conn = self.conn.get().await?;
                 let mut call = self.scripts.create.prepare_invoke();
                 call.key(&name.name);
+                let mut ix = None;
                 if let Some(principal) = &record.principal {
                     let index = self.keys.principal(principal);
                     if self.together(name, &index) {
                         // One server or slot: the script adds the entry.
                         call.key(&index.name);
+                        ix = Some(index.name);
                     } else {
                         // Index first: a session never exists unindexed, so
                         // a revoke never misses it. A create that then finds
@@ -319,10 +341,8 @@ impl RedisStore {
                 }
                 call.arg(now.as_millis())
                     .arg(expire_arg(expires))
-                    .arg(key.as_str());
-                for (field, value) in codec::encode(record) {
-                    call.arg(field).arg(value);
-                }
+                    .arg(key.as_str())
+                    .arg(codec::pack(record, ix.as_deref()));
                 let created: i64 = call
                     .invoke_async(&mut conn)
                     .await
@@ -372,12 +392,15 @@ impl RedisStore {
                     .arg(key.as_str())
                     .arg(op)
                     .arg(principal)
-                    .arg(self.fold_arg(name))
-                    .arg(change.set.len() * 2);
+                    .arg(self.fold_arg(name));
+                let mut pairs = Vec::with_capacity(
+                    change.set.iter().map(|(k, v)| k.len() + v.len() + 16).sum(),
+                );
                 for (k, value) in &change.set {
-                    call.arg(data_field(k)).arg(value.as_slice());
+                    codec::push_data(&mut pairs, k, value);
                 }
-                for k in &change.remove {
+                call.arg(pairs);
+                for k in change.set.keys().chain(&change.remove) {
                     call.arg(data_field(k));
                 }
                 let reply: Value = call
@@ -389,8 +412,8 @@ impl RedisStore {
                 match code {
                     Some(0) => Ok((SaveOutcome::Gone, String::new(), None, true)),
                     Some(1) => {
-                        let hash = reply.next().unwrap_or(Value::Nil);
-                        match codec::decode_hash(hash).map_err(StoreError::corrupt)? {
+                        let stored = reply.next().unwrap_or(Value::Nil);
+                        match decode_stored(stored)? {
                             Some(current) => Ok((
                                 SaveOutcome::Conflict(Arc::new(current)),
                                 String::new(),
@@ -546,8 +569,8 @@ impl RedisStore {
                 match int(reply.next().as_ref()) {
                     Some(0) => Ok((DeleteOutcome::Gone, String::new(), true)),
                     Some(1) => {
-                        let hash = reply.next().unwrap_or(Value::Nil);
-                        match codec::decode_hash(hash).map_err(StoreError::corrupt)? {
+                        let stored = reply.next().unwrap_or(Value::Nil);
+                        match decode_stored(stored)? {
                             Some(current) => Ok((
                                 DeleteOutcome::Conflict(Arc::new(current)),
                                 String::new(),

@@ -66,6 +66,20 @@ impl CommandStats {
             .sum())
     }
 
+    /// Commands clients sent since the last reset (see [`parse_sent`]).
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Redis`] when the command fails.
+    pub async fn sent(&mut self) -> Result<u64, BenchError> {
+        let text: String = redis::cmd("INFO")
+            .arg("stats")
+            .arg("commandstats")
+            .query_async(&mut self.connection)
+            .await?;
+        Ok(parse_sent(&text))
+    }
+
     /// Calls per command since the last reset, apart from the bench's own
     /// `INFO` and `CONFIG`.
     ///
@@ -81,59 +95,38 @@ impl CommandStats {
     }
 }
 
-/// Commands offstate's Lua scripts run inside Redis. They appear in
-/// `INFO commandstats` but cost no round trip: the client sent one
-/// `EVALSHA`. `hgetall` is the load script's; `publish` the write scripts'
-/// announcements (the invalidation channel's own heartbeat `PUBLISH`, one
-/// per process per second, is left out with them); `exists`, `zadd` and
-/// `zremrangebyscore` the principal index's inside the write scripts.
-pub const SCRIPT_INTERNAL: &[&str] = &[
-    "type",
-    "hgetall",
-    "hmget",
-    "hset",
-    "hdel",
-    "pexpireat",
-    "persist",
-    "del",
-    "publish",
-    "exists",
-    "zadd",
-    "zremrangebyscore",
-];
-
-/// Commands clients sent (round trips): all of `calls`, less the commands
-/// run inside scripts when scripts ran (no client of the bench sends those
-/// commands directly).
+/// Commands clients sent since the last reset, apart from the bench's own
+/// `INFO` and `CONFIG`, from an `INFO stats commandstats` reply: each is a
+/// round trip. Redis counts a script once in `total_commands_processed`
+/// and does not count the commands it runs inside Redis (`GET`, `SET`,
+/// `PUBLISH`...), which `commandstats` lists. The cache's invalidation
+/// channel's heartbeat `PUBLISH` (one per process per second) and its
+/// `SUBSCRIBE` are counted.
 #[must_use]
-pub fn client_commands(calls: &BTreeMap<String, u64>) -> u64 {
-    let scripts =
-        calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
-    calls
-        .iter()
-        .filter(|(name, _)| scripts == 0 || !SCRIPT_INTERNAL.contains(&name.as_str()))
-        .map(|(_, n)| n)
-        .sum()
-}
-
-/// Commands an offstate client sends itself, each a round trip: offstate's
-/// store sends `EVALSHA` (the load script and every write, with a one-time
-/// `SCRIPT LOAD` per script and server) and a `PING` after a write that
-/// ends a session when it announces its writes; the cache's invalidation
-/// channel sends `SUBSCRIBE`. Every other command in `INFO commandstats`
-/// (`HGETALL`, `HMGET`, `HSET`, `EXISTS`, `DEL`, `ZADD`, and `PUBLISH` of
-/// the announcements...) runs inside a script and costs Redis CPU, not a
-/// round trip; the channel's heartbeat `PUBLISH` (one per process per
-/// second) is left out with them. For clients that send plain commands
-/// too (the peer's), see [`client_commands`].
-#[must_use]
-pub fn round_trips(calls: &BTreeMap<String, u64>) -> u64 {
-    const SENT: &[&str] = &["evalsha", "eval", "script|load", "subscribe", "ping"];
-    calls
-        .iter()
-        .filter(|(name, _)| SENT.contains(&name.as_str()))
-        .map(|(_, n)| n)
-        .sum()
+pub fn parse_sent(text: &str) -> u64 {
+    let mut total: u64 = 0;
+    let mut own: u64 = 0;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(n) = line.strip_prefix("total_commands_processed:") {
+            total = n.parse().unwrap_or(0);
+        }
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        let command = name.split_once('|').map_or(name, |(command, _)| command);
+        if OWN_COMMANDS.contains(&command) {
+            own += fields
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total.saturating_sub(own)
 }
 
 /// `cmdstat_hgetall:calls=12,usec=...` lines to `{"hgetall": 12}`.
@@ -177,5 +170,12 @@ mod tests {
             !calls.contains_key("config|resetstat"),
             "the bench's own reset"
         );
+    }
+
+    #[test]
+    fn sent_commands_leave_out_the_bench_s_own() {
+        let text = "# Stats\r\ntotal_commands_processed:14\r\n# Commandstats\r\ncmdstat_get:calls=20,usec=5\r\ncmdstat_evalsha:calls=10,usec=5\r\ncmdstat_info:calls=3,usec=1\r\ncmdstat_config|resetstat:calls=1,usec=9\r\n";
+        // 14 processed: 10 scripts (whose 20 GETs inside are not counted), 3 INFOs, 1 reset.
+        assert_eq!(parse_sent(text), 10);
     }
 }

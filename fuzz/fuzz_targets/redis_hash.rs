@@ -1,11 +1,12 @@
-//! The Redis record decoder: the session hash as an `HGETALL` reply (RESP2
-//! flat array or RESP3 map) comes back from a server that any client with
-//! write access may have filled. The input is the raw reply bytes.
+//! The Redis record decoder: the stored session as a `GET` reply (the
+//! session string) or, as earlier versions stored it, an `HGETALL` reply
+//! (RESP2 flat array or RESP3 map) comes back from a server that any client
+//! with write access may have filled. The input is the raw reply bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use offstate_redis::redis::{Value, parse_redis_value};
-use offstate_redis::{decode_reply, encode_fields};
+use offstate_redis::{decode_reply, encode_fields, encode_stored};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(reply) = parse_redis_value(data) else {
@@ -20,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
                 .flat_map(|(k, v)| [Value::BulkString(k), Value::BulkString(v)])
                 .collect(),
         );
-        assert_eq!(decode_reply(again), Ok(Some(record)));
+        assert_eq!(decode_reply(again).as_ref(), Ok(&Some(record.clone())));
+        let stored = Value::BulkString(encode_stored(&record));
+        assert_eq!(decode_reply(stored), Ok(Some(record)));
     }
 });

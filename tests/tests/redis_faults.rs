@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offstate_core::{
-    Change, Clock, CreateOutcome, Deadlines, Record, SessionId, SessionStore, StoreError,
-    SystemClock, TouchOutcome, Version,
+    Change, Clock, CreateOutcome, Deadlines, Record, SessionId, SessionKey, SessionStore,
+    StoreError, SystemClock, TouchOutcome, Version,
 };
 use offstate_redis::RedisStore;
 use offstate_redis::redis::cmd;
@@ -245,7 +245,7 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupted_hash_is_corrupt_for_that_session_only() {
+async fn corrupted_session_is_corrupt_for_that_session_only() {
     let server = server().await;
     let store = server.store();
     let bad = SessionId::generate().key();
@@ -260,15 +260,20 @@ async fn corrupted_hash_is_corrupt_for_that_session_only() {
         .await
         .expect("create");
 
-    server
-        .query::<()>(
-            cmd("HSET")
-                .arg(store.store_key(&bad))
-                .arg("version")
-                .arg("notanumber"),
-        )
+    // The version's value, "1", becomes "x".
+    let stored: Vec<u8> = server
+        .query(cmd("GET").arg(store.store_key(&bad)))
         .await
-        .expect("HSET");
+        .expect("GET");
+    let at = stored
+        .windows(11)
+        .position(|w| w == b"7:version1:")
+        .expect("the version pair")
+        + 11;
+    server
+        .query::<()>(cmd("SETRANGE").arg(store.store_key(&bad)).arg(at).arg("x"))
+        .await
+        .expect("SETRANGE");
     assert!(matches!(
         store.load(&bad, offstate_core::Timestamp::now()).await,
         Err(StoreError::Corrupt(_))
@@ -406,4 +411,201 @@ async fn the_connection_is_reusable_for_other_commands() {
         .expect("ECHO");
     assert_eq!(echoed, "hi");
     assert!(!conn.is_cluster());
+}
+
+/// A session as offstate stored it before sessions were strings: one hash.
+async fn plant_hash(server: &Redis, store: &RedisStore, key: &SessionKey, fields: &[(&str, &str)]) {
+    let name = store.store_key(key);
+    let mut hset = cmd("HSET");
+    hset.arg(&name);
+    for (field, value) in fields {
+        hset.arg(*field).arg(*value);
+    }
+    server.query::<()>(&hset).await.expect("HSET");
+    server
+        .query::<()>(cmd("PEXPIRE").arg(&name).arg(60_000))
+        .await
+        .expect("PEXPIRE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hash_of_an_earlier_version_is_read_then_saved_as_a_string() {
+    let server = server().await;
+    let store = server.store();
+    let key = SessionId::generate().key();
+    let now = offstate_core::Timestamp::now();
+    let idle = now.saturating_add(Duration::from_secs(60));
+    let idle_ms = idle.as_millis().to_string();
+    let created = now.as_millis().to_string();
+    plant_hash(
+        &server,
+        store,
+        &key,
+        &[
+            ("version", "4"),
+            ("created", &created),
+            ("idle", &idle_ms),
+            ("d:cart", "[1,2]"),
+            ("d:name", "\"ann\""),
+        ],
+    )
+    .await;
+
+    let loaded = store
+        .load(&key, now)
+        .await
+        .expect("load")
+        .expect("the hash is a session");
+    assert_eq!(loaded.version, Version::new(4));
+    assert_eq!(
+        loaded.data.get("cart").map(Vec::as_slice),
+        Some(&b"[1,2]"[..])
+    );
+
+    // A save at another version is a conflict that returns the hash's record.
+    let stale = Change::new(Version::new(3), loaded.deadlines);
+    match store.save(&key, &stale, now).await.expect("save") {
+        offstate_core::SaveOutcome::Conflict(current) => assert_eq!(*current, *loaded),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    // A save at its version: a string now, with the data it did not change.
+    let mut change = Change::new(Version::new(4), loaded.deadlines);
+    change.set.insert("cart".into(), b"[1,2,3]".to_vec());
+    assert_eq!(
+        store.save(&key, &change, now).await.expect("save"),
+        offstate_core::SaveOutcome::Saved(Version::new(5))
+    );
+    let kind: String = server
+        .query(cmd("TYPE").arg(store.store_key(&key)))
+        .await
+        .expect("TYPE");
+    assert_eq!(kind, "string");
+    let ttl: i64 = server
+        .query(cmd("PTTL").arg(store.store_key(&key)))
+        .await
+        .expect("PTTL");
+    assert!(ttl > 0, "the saved session keeps its expiry, PTTL {ttl}");
+    let saved = store.load(&key, now).await.expect("load").expect("saved");
+    assert_eq!(saved.version, Version::new(5));
+    assert_eq!(saved.created_at, loaded.created_at);
+    assert_eq!(saved.deadlines, loaded.deadlines);
+    assert_eq!(
+        saved.data.get("cart").map(Vec::as_slice),
+        Some(&b"[1,2,3]"[..])
+    );
+    assert_eq!(
+        saved.data.get("name").map(Vec::as_slice),
+        Some(&b"\"ann\""[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hash_of_an_earlier_version_is_touched_and_deleted_in_place() {
+    let server = server().await;
+    let store = server.store();
+    let key = SessionId::generate().key();
+    let now = offstate_core::Timestamp::now();
+    let idle_ms = now
+        .saturating_add(Duration::from_secs(60))
+        .as_millis()
+        .to_string();
+    let created = now.as_millis().to_string();
+    plant_hash(
+        &server,
+        store,
+        &key,
+        &[
+            ("version", "2"),
+            ("created", &created),
+            ("idle", &idle_ms),
+            ("d:k", "1"),
+        ],
+    )
+    .await;
+    let later = now.saturating_add(Duration::from_secs(120));
+    assert_eq!(
+        store.touch(&key, later, now).await.expect("touch"),
+        TouchOutcome::Touched
+    );
+    let touched = store.load(&key, now).await.expect("load").expect("touched");
+    assert_eq!(touched.deadlines.idle, Some(later));
+    assert_eq!(touched.version, Version::new(2));
+    assert!(store.delete(&key, now).await.expect("delete"));
+    assert!(store.load(&key, now).await.expect("load").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_session_hash_is_corrupt() {
+    let server = server().await;
+    let store = server.store();
+    let key = SessionId::generate().key();
+    let now = offstate_core::Timestamp::now();
+    plant_hash(
+        &server,
+        store,
+        &key,
+        &[("version", "notanumber"), ("created", "1")],
+    )
+    .await;
+    assert!(matches!(
+        store.load(&key, now).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let change = Change::new(Version::INITIAL, Deadlines::none());
+    assert!(matches!(
+        store.save(&key, &change, now).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(
+        store.delete(&key, now).await.expect("delete"),
+        "a corrupt hash is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_a_later_version_added_survives_saves_and_touches() {
+    let server = server().await;
+    let store = server.store();
+    let key = SessionId::generate().key();
+    let now = offstate_core::Timestamp::now();
+    let original = record(&[("a", "1"), ("b", "2")]);
+    store.create(&key, &original, now).await.expect("create");
+    // A field this version does not know, put among the metadata.
+    let name = store.store_key(&key);
+    let stored: Vec<u8> = server.query(cmd("GET").arg(&name)).await.expect("GET");
+    let data = stored
+        .windows(4)
+        .position(|w| w == b"3:d:")
+        .expect("a data pair");
+    let mut planted = stored[..data].to_vec();
+    planted.extend_from_slice(b"6:future3:yes");
+    planted.extend_from_slice(&stored[data..]);
+    server
+        .query::<()>(cmd("SET").arg(&name).arg(&planted).arg("KEEPTTL"))
+        .await
+        .expect("SET");
+
+    let mut change = Change::new(original.version, original.deadlines);
+    change.set.insert("a".into(), b"10".to_vec());
+    change.remove.insert("b".into());
+    assert!(matches!(
+        store.save(&key, &change, now).await.expect("save"),
+        offstate_core::SaveOutcome::Saved(_)
+    ));
+    let later = now.saturating_add(Duration::from_secs(7200));
+    assert_eq!(
+        store.touch(&key, later, now).await.expect("touch"),
+        TouchOutcome::Touched
+    );
+    let stored: Vec<u8> = server.query(cmd("GET").arg(&name)).await.expect("GET");
+    assert!(
+        stored.windows(13).any(|w| w == b"6:future3:yes"),
+        "the unknown field is kept: {}",
+        String::from_utf8_lossy(&stored)
+    );
+    let saved = store.load(&key, now).await.expect("load").expect("saved");
+    assert_eq!(saved.data.len(), 1, "b was removed");
+    assert_eq!(saved.data.get("a").map(Vec::as_slice), Some(&b"10"[..]));
+    assert_eq!(saved.deadlines.idle, Some(later));
 }

@@ -413,15 +413,38 @@ async fn standalone_writes_of_a_logged_in_session_are_one_round_trip_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_without_its_index_key_field_is_still_indexed_by_a_touch() {
-    // As written by an earlier version: no `ix` field in the hash.
+    // As written by an earlier version: a hash, with no `ix` field.
     let server = shared().await;
     let store = server.store();
     let principal = unique("legacy");
     let key = create(store, Some(&principal)).await;
-    let _: i64 = server
-        .query(cmd("HDEL").arg(store.store_key(&key)).arg("ix"))
+    let record = store
+        .load(&key, now())
         .await
-        .expect("HDEL");
+        .expect("load")
+        .expect("created");
+    let name = store.store_key(&key);
+    let idle = record.deadlines.idle.expect("an idle deadline").as_millis();
+    let _: i64 = server.query(cmd("DEL").arg(&name)).await.expect("DEL");
+    let _: i64 = server
+        .query(
+            cmd("HSET")
+                .arg(&name)
+                .arg("version")
+                .arg(record.version.get())
+                .arg("created")
+                .arg(record.created_at.as_millis())
+                .arg("idle")
+                .arg(idle)
+                .arg("principal")
+                .arg(&principal),
+        )
+        .await
+        .expect("HSET");
+    let _: i64 = server
+        .query(cmd("PEXPIREAT").arg(&name).arg(idle))
+        .await
+        .expect("PEXPIREAT");
     let index = store.principal_key(&principal);
     let _: i64 = server.query(cmd("DEL").arg(&index)).await.expect("DEL");
 

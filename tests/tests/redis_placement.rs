@@ -308,14 +308,33 @@ fn legacy(name: &str) -> String {
 async fn make_legacy(redis: &Redis, store: &RedisStore, key: &SessionKey, principal: &str) {
     let name = store.store_key(key);
     let ttl: i64 = redis.query(cmd("PTTL").arg(&name)).await.unwrap();
-    let dump: Vec<u8> = redis.query(cmd("DUMP").arg(&name)).await.unwrap();
+    let record = store
+        .load(key, offstate_core::Timestamp::now())
+        .await
+        .unwrap()
+        .expect("the session to move");
+    // Those versions stored a session as a hash.
     let old = legacy(&name);
-    let () = redis
-        .query(cmd("RESTORE").arg(&old).arg(ttl.max(0)).arg(dump))
+    let mut hset = cmd("HSET");
+    hset.arg(&old)
+        .arg("version")
+        .arg(record.version.get())
+        .arg("created")
+        .arg(record.created_at.as_millis())
+        .arg("principal")
+        .arg(principal);
+    if let Some(idle) = record.deadlines.idle {
+        hset.arg("idle").arg(idle.as_millis());
+    }
+    for (k, v) in &record.data {
+        hset.arg(format!("d:{k}")).arg(v.as_slice());
+    }
+    let _: i64 = redis.query(&hset).await.unwrap();
+    let _: i64 = redis
+        .query(cmd("PEXPIRE").arg(&old).arg(ttl.max(1)))
         .await
         .unwrap();
     let _: i64 = redis.query(cmd("DEL").arg(&name)).await.unwrap();
-    let _: i64 = redis.query(cmd("HDEL").arg(&old).arg("ix")).await.unwrap();
     let index = store.principal_key(principal);
     let score: f64 = redis
         .query(cmd("ZSCORE").arg(&index).arg(key.as_str()))
