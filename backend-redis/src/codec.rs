@@ -1,33 +1,34 @@
-//! The stored session: one Redis string of `<byte length>:<bytes>` items,
-//! field/value pairs, the metadata first and then one pair per data key.
+//! The stored session: one Redis string, a fixed header, the principal
+//! and index names, then the data.
 //!
-//! | field        | value                                   |
-//! |--------------|-----------------------------------------|
-//! | `version`    | decimal version                         |
-//! | `created`    | creation time, ms since the epoch       |
-//! | `idle`       | idle deadline in ms (absent: none)      |
-//! | `abs`        | absolute deadline in ms (absent: none)  |
-//! | `principal`  | the principal's name (absent: none)     |
-//! | `ix`         | its index key (standalone Redis only; written and read by the scripts, not part of the record) |
-//! | `d:<key>`    | the serialized value of data key `<key>`|
+//! | bytes      | what                                                      |
+//! |------------|-----------------------------------------------------------|
+//! | 1          | layout, [`LAYOUT`]                                        |
+//! | 8          | version, big-endian IEEE 754 double                       |
+//! | 8          | creation time, ms since the epoch (double)                |
+//! | 8          | idle deadline, ms (double; 0: none)                       |
+//! | 8          | absolute deadline, ms (double; 0: none)                   |
+//! | 4          | principal length P, big-endian (0: none)                  |
+//! | 4          | index name length X (`ix`: the principal's index key, standalone Redis only; written and read by the scripts, not part of the record) |
+//! | P, X       | principal, index name                                     |
+//! | rest       | one `<length>:<key><length>:<value>` pair per data key     |
 //!
-//! Why one string: a read is then a plain `GET`, the cheapest command Redis
-//! has (a script to read costs Redis about 3 µs of CPU more per read, and
-//! a hash's many short strings cost the client's reply parser over ten
-//! thousand instructions), and a small session takes less memory than the
-//! same fields in a hash. A write still changes only what it changed: the
-//! save script keeps the stored pairs it was not given.
+//! Why this shape: a read is a plain `GET`, the cheapest command Redis has
+//! (a script to read cost Redis about 3 µs of CPU more per read, and a
+//! hash's many short strings cost the client's reply parser over ten
+//! thousand instructions), and the write scripts read the header with one
+//! `struct.unpack` (a C function of Redis's Lua) instead of parsing text
+//! in Lua, which cost more than the script's own commands. Doubles hold
+//! every version and millisecond time exactly (below 2^53). A write sends
+//! the whole new data when the writer read the version it writes over
+//! (the data of a version never changes, so the stored data is the one it
+//! read), and otherwise only the changed keys, which the save script
+//! merges into the stored pairs.
 //!
-//! Data fields are prefixed so no data key can collide with metadata, and
-//! every data field comes after every metadata field, so the scripts read
-//! the metadata without walking the data. Fields this version does not
-//! know are ignored by the client and kept by the scripts, so a later
-//! version may add some; a known field that does not decode makes the
-//! record corrupt.
-//!
-//! Earlier versions of offstate stored the same fields as a Redis hash; a
-//! hash is still read (`HGETALL`, see [`decode_hash`]) and becomes a string
-//! at its first save.
+//! Earlier versions of offstate stored the fields as a Redis hash
+//! (`version`, `created`, `idle`, `abs`, `principal`, `ix`, `d:<key>`); a
+//! hash is still read (`HGETALL`, see [`decode_hash`]) and becomes a
+//! string at its first save.
 
 use std::collections::BTreeMap;
 
@@ -50,13 +51,14 @@ pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 #[error("stored session does not decode: {0}")]
 pub(crate) struct CorruptRecord(pub(crate) String);
 
-/// The field of a data key.
-pub(crate) fn data_field(key: &str) -> String {
-    format!("{DATA_PREFIX}{key}")
-}
+/// The layout byte that starts every session string this version writes.
+pub(crate) const LAYOUT: u8 = 1;
+
+/// Bytes before the principal: layout, four doubles, two lengths.
+pub(crate) const HEADER_LEN: usize = 1 + 4 * 8 + 2 * 4;
 
 /// Appends one `<length>:<bytes>` item.
-pub(crate) fn push_item(out: &mut Vec<u8>, item: &[u8]) {
+fn push_item(out: &mut Vec<u8>, item: &[u8]) {
     let mut digits = itoa::Buffer::new();
     out.extend_from_slice(digits.format(item.len()).as_bytes());
     out.push(b':');
@@ -65,48 +67,55 @@ pub(crate) fn push_item(out: &mut Vec<u8>, item: &[u8]) {
 
 /// Appends the pair of data key `key`.
 pub(crate) fn push_data(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(digits.format(DATA_PREFIX.len() + key.len()).as_bytes());
-    out.push(b':');
-    out.extend_from_slice(DATA_PREFIX.as_bytes());
-    out.extend_from_slice(key.as_bytes());
+    push_item(out, key.as_bytes());
     push_item(out, value);
+}
+
+/// The size `data` takes packed, within a few bytes per key.
+pub(crate) fn data_size<'a>(data: impl Iterator<Item = (&'a String, &'a Vec<u8>)>) -> usize {
+    data.map(|(k, v)| k.len() + v.len() + 12).sum()
+}
+
+/// A time or version as the header stores it: a double, exact below 2^53.
+#[allow(clippy::cast_precision_loss)] // Versions and ms times stay far below 2^53.
+fn double(n: u64) -> [u8; 8] {
+    (n as f64).to_be_bytes()
 }
 
 /// The stored string of `record`; `ix` is the name of its principal's
 /// index when the scripts keep that index in step.
 pub(crate) fn pack(record: &Record, ix: Option<&str>) -> Vec<u8> {
-    let size = record
-        .data
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 16)
-        .sum::<usize>()
-        + record.principal.as_ref().map_or(0, String::len)
-        + ix.map_or(0, str::len)
-        + 96;
-    let mut out = Vec::with_capacity(size);
-    let mut digits = itoa::Buffer::new();
-    let mut number = |out: &mut Vec<u8>, field: &str, n: u64| {
-        push_item(out, field.as_bytes());
-        push_item(out, digits.format(n).as_bytes());
-    };
-    number(&mut out, VERSION, record.version.get());
-    number(&mut out, CREATED, record.created_at.as_millis());
-    if let Some(idle) = record.deadlines.idle {
-        number(&mut out, IDLE, idle.as_millis());
+    let principal = record.principal.as_deref().unwrap_or("");
+    let ix = ix.unwrap_or("");
+    let mut out =
+        Vec::with_capacity(HEADER_LEN + principal.len() + ix.len() + data_size(record.data.iter()));
+    out.push(LAYOUT);
+    out.extend_from_slice(&double(record.version.get()));
+    out.extend_from_slice(&double(record.created_at.as_millis()));
+    out.extend_from_slice(&double(
+        record.deadlines.idle.map_or(0, Timestamp::as_millis),
+    ));
+    out.extend_from_slice(&double(
+        record.deadlines.absolute.map_or(0, Timestamp::as_millis),
+    ));
+    for part in [principal, ix] {
+        let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
     }
-    if let Some(abs) = record.deadlines.absolute {
-        number(&mut out, ABSOLUTE, abs.as_millis());
-    }
-    if let Some(principal) = &record.principal {
-        push_item(&mut out, PRINCIPAL.as_bytes());
-        push_item(&mut out, principal.as_bytes());
-    }
-    if let Some(ix) = ix {
-        push_item(&mut out, b"ix");
-        push_item(&mut out, ix.as_bytes());
-    }
+    out.extend_from_slice(principal.as_bytes());
+    out.extend_from_slice(ix.as_bytes());
     for (key, value) in &record.data {
+        push_data(&mut out, key, value);
+    }
+    out
+}
+
+/// The data of `record` packed, as a save sends it.
+pub(crate) fn pack_data<'a>(
+    data: impl Iterator<Item = (&'a String, &'a Vec<u8>)> + Clone,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data_size(data.clone()));
+    for (key, value) in data {
         push_data(&mut out, key, value);
     }
     out
@@ -135,7 +144,7 @@ pub(crate) fn encode(record: &Record) -> Fields {
         fields.push((PRINCIPAL.into(), principal.clone().into_bytes()));
     }
     for (key, value) in &record.data {
-        fields.push((data_field(key).into_bytes(), value.clone()));
+        fields.push((format!("{DATA_PREFIX}{key}").into_bytes(), value.clone()));
     }
     fields
 }
@@ -169,49 +178,74 @@ pub(crate) fn decode_hash(value: Value) -> Result<Option<Record>, CorruptRecord>
 }
 
 /// Decodes a stored session string (a `GET` reply, or a script's copy of
-/// one): fields and values as `<length>:<bytes>`, one after the other. No
-/// value or an empty string is no record.
+/// one). No value is no record.
 pub(crate) fn decode_packed(value: Value) -> Result<Option<Record>, CorruptRecord> {
-    let packed = match value {
-        Value::BulkString(bytes) => bytes,
-        Value::Nil => return Ok(None),
-        other => return Err(CorruptRecord(format!("not a session string: {other:?}"))),
-    };
-    let mut items = Packed(packed.as_slice());
-    decode_pairs(std::iter::from_fn(|| {
-        let field = items.next()?;
-        Some(field.and_then(|field| {
-            let value = items
-                .next()
-                .unwrap_or_else(|| Err(CorruptRecord("odd number of hash items".into())))?;
-            Ok((field, value))
-        }))
-    }))
+    match value {
+        Value::BulkString(bytes) => decode_string(&bytes).map(Some),
+        Value::Nil => Ok(None),
+        other => Err(CorruptRecord(format!("not a session string: {other:?}"))),
+    }
 }
 
-/// The items of a session string, `<length>:<bytes>` each.
-struct Packed<'a>(&'a [u8]);
-
-impl<'a> Iterator for Packed<'a> {
-    type Item = Result<&'a [u8], CorruptRecord>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.0.is_empty() {
-            return None;
-        }
-        match split_item(self.0) {
-            Some((item, rest)) => {
-                self.0 = rest;
-                Some(Ok(item))
-            }
-            None => {
-                self.0 = &[];
-                Some(Err(CorruptRecord(
-                    "a session string item does not decode".into(),
-                )))
-            }
-        }
+/// Decodes the bytes of a session string.
+pub(crate) fn decode_string(bytes: &[u8]) -> Result<Record, CorruptRecord> {
+    let corrupt = |what: &str| CorruptRecord(format!("session string: {what}"));
+    let (header, rest) = bytes
+        .split_first_chunk::<HEADER_LEN>()
+        .ok_or_else(|| corrupt("shorter than its header"))?;
+    if header[0] != LAYOUT {
+        return Err(corrupt("unknown layout"));
     }
+    let number = |at: usize, what: &str| {
+        let mut be = [0; 8];
+        be.copy_from_slice(&header[at..at + 8]);
+        whole(f64::from_be_bytes(be)).ok_or_else(|| corrupt(what))
+    };
+    let version = number(1, "version")?;
+    let created = number(9, "creation time")?;
+    let deadline =
+        |at, what| number(at, what).map(|ms| (ms != 0).then(|| Timestamp::from_millis(ms)));
+    let mut deadlines = Deadlines::none();
+    deadlines.idle = deadline(17, "idle deadline")?;
+    deadlines.absolute = deadline(25, "absolute deadline")?;
+    let length = |at: usize| {
+        let mut be = [0; 4];
+        be.copy_from_slice(&header[at..at + 4]);
+        usize::try_from(u32::from_be_bytes(be)).unwrap_or(usize::MAX)
+    };
+    let (principal_len, ix_len) = (length(33), length(37));
+    let principal = rest
+        .get(..principal_len)
+        .ok_or_else(|| corrupt("principal past the end"))?;
+    let mut data_bytes = rest
+        .get(principal_len.saturating_add(ix_len)..)
+        .ok_or_else(|| corrupt("index name past the end"))?;
+    let mut data = BTreeMap::new();
+    while !data_bytes.is_empty() {
+        let (key, rest) = split_item(data_bytes).ok_or_else(|| corrupt("a data key"))?;
+        let (value, rest) = split_item(rest).ok_or_else(|| corrupt("a data value"))?;
+        let key = std::str::from_utf8(key).map_err(|_| corrupt("a data key is not UTF-8"))?;
+        data.insert(key.to_owned(), value.to_vec());
+        data_bytes = rest;
+    }
+    let mut record = Record::new(Timestamp::from_millis(created), deadlines);
+    record.version = Version::new(version);
+    if !principal.is_empty() {
+        record.principal = Some(
+            std::str::from_utf8(principal)
+                .map_err(|_| corrupt("the principal is not UTF-8"))?
+                .to_owned(),
+        );
+    }
+    record.data = data;
+    Ok(record)
+}
+
+/// A double that holds a whole number from 0 to 2^53, as that number.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Checked first.
+fn whole(n: f64) -> Option<u64> {
+    const LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+    (n.fract() == 0.0 && (0.0..=LIMIT).contains(&n)).then_some(n as u64)
 }
 
 /// The first `<length>:<bytes>` item of `packed`, and what follows it.
@@ -360,27 +394,44 @@ mod tests {
     }
 
     #[test]
-    fn packed_hashes_decode_like_field_pairs() {
+    fn records_round_trip_through_the_session_string() {
         let mut record = Record::new(
-            Timestamp::from_millis(5),
-            Deadlines::idle_at(Timestamp::from_millis(10)),
+            Timestamp::from_millis(1_795_915_797_000),
+            Deadlines::idle_at(Timestamp::from_millis(1_795_917_597_000)),
         );
         record.version = Version::new(3);
+        record.principal = Some("alice".into());
         record.data.insert("k:1".into(), b"a:b\x00".to_vec());
         record.data.insert("empty".into(), Vec::new());
-        let mut packed = Vec::new();
-        for (field, value) in encode(&record) {
-            for item in [field, value] {
-                packed.extend_from_slice(format!("{}:", item.len()).as_bytes());
-                packed.extend_from_slice(&item);
+        record.data.insert(String::new(), b"12:34".to_vec());
+        for ix in [None, Some("offstate:principal:{ab}cd")] {
+            let packed = pack(&record, ix);
+            assert_eq!(packed[0], LAYOUT);
+            let decoded = decode_packed(Value::BulkString(packed.clone())).unwrap();
+            assert_eq!(decoded.as_ref(), Some(&record));
+            // Every cut short of the whole is corrupt, never another record.
+            for end in 0..packed.len() {
+                let cut = decode_packed(Value::BulkString(packed[..end].to_vec()));
+                assert!(
+                    cut.is_err() || end >= HEADER_LEN + 5 + ix.map_or(0, str::len),
+                    "{end}"
+                );
+                assert_ne!(cut.ok().flatten().as_ref(), Some(&record), "{end}");
             }
         }
-        let decoded = decode_packed(Value::BulkString(packed.clone())).unwrap();
-        assert_eq!(decoded, Some(record));
-        assert_eq!(decode_packed(Value::BulkString(Vec::new())).unwrap(), None);
-        assert!(decode_packed(Value::BulkString(packed[..packed.len() - 1].to_vec())).is_err());
-        assert!(decode_packed(Value::BulkString(b"7:version".to_vec())).is_err());
-        assert!(decode_packed(Value::BulkString(b"x:".to_vec())).is_err());
+        assert_eq!(decode_packed(Value::Nil).unwrap(), None);
+        let mut other = pack(&record, None);
+        other[0] = 2;
+        assert!(
+            decode_packed(Value::BulkString(other)).is_err(),
+            "unknown layout"
+        );
+        let mut fraction = pack(&record, None);
+        fraction[1..9].copy_from_slice(&2.5_f64.to_be_bytes());
+        assert!(
+            decode_packed(Value::BulkString(fraction)).is_err(),
+            "a fractional version"
+        );
         assert!(decode_packed(Value::Int(1)).is_err());
     }
 

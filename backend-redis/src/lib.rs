@@ -31,9 +31,10 @@
 //!
 //! One string per session at `<prefix>s:{<2>}<41>`, the 43 characters of
 //! the session key with its first two as the cluster hash tag (default
-//! prefix `offstate:`): `<length>:<bytes>` items, the metadata fields
-//! `version`, `created`, `idle`, `abs`, `principal` first, then one field
-//! `d:<key>` per data key (see the `codec` module). A login draws
+//! prefix `offstate:`): a fixed binary header (layout, version, creation
+//! time, idle and absolute deadlines), the principal's name, then one
+//! `<length>:<key><length>:<value>` pair per data key (see the `codec`
+//! module). A login draws
 //! the session's new ID so that its key starts with the tag of its
 //! principal's index, which puts a logged-in session in its index's
 //! cluster slot. Wherever the session shares a server (standalone) or a slot
@@ -50,10 +51,12 @@
 //! - **Every write is one Lua script** (`EVALSHA`, loading the script on
 //!   `NOSCRIPT`) that atomically checks existence, expected version and
 //!   expiry (with "now" passed by the caller, never the server's
-//!   `TIME`), applies only the changed data keys (the script keeps the
-//!   stored pairs the change does not name; the client sends only what
-//!   changed), raises the version and writes the string with `PXAT` at the
-//!   record's end (or no TTL). A version mismatch returns the current
+//!   `TIME`), applies the change (from a `Session`, which read the
+//!   version it writes over, the new data is sent whole and the script
+//!   parses none of it; a bare [`SessionStore::save`](offstate_core::SessionStore::save)
+//!   sends only the changed keys and the script keeps the stored pairs of
+//!   the others), raises the version and writes the string with `PXAT` at
+//!   the record's end (or no TTL). A version mismatch returns the current
 //!   session, so a conflict costs no extra read. Create writes only if the
 //!   key is absent or expired by the clock; touch only rewrites `idle` and
 //!   the TTL of a live session.

@@ -96,6 +96,24 @@ impl RedisStore {
     fn try_legacy(&self, found: &impl Missed) -> bool {
         self.legacy() && found.missed()
     }
+
+    /// A save under the session's name, then under its legacy name.
+    async fn save_either(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        next: Option<&Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let found = self
+            .save_at(&self.keys().session(key), key, change, next, now)
+            .await?;
+        if !self.try_legacy(&found) {
+            return Ok(found);
+        }
+        self.save_at(&self.keys().legacy_session(key), key, change, next, now)
+            .await
+    }
 }
 
 impl SessionStore for RedisStore {
@@ -128,14 +146,18 @@ impl SessionStore for RedisStore {
         change: &Change,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let found = self
-            .save_at(&self.keys().session(key), key, change, now)
-            .await?;
-        if !self.try_legacy(&found) {
-            return Ok(found);
-        }
-        self.save_at(&self.keys().legacy_session(key), key, change, now)
-            .await
+        self.save_either(key, change, None, now).await
+    }
+
+    async fn save_applied(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        _base: &Arc<Record>,
+        next: &Arc<Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.save_either(key, change, Some(next), now).await
     }
 
     async fn touch(

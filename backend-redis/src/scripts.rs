@@ -8,11 +8,11 @@
 //! (the principal index lives in another slot and has its own script).
 //! A [`Lua`] run sends `EVALSHA` and loads the script on `NOSCRIPT`.
 //!
-//! **The stored session** is one string (see `codec`): `<len>:<bytes>`
-//! items, field/value pairs, the metadata first and the data (`d:` fields)
-//! after it. A script parses the metadata only, and the data only when a
-//! save changes some of it. A session written by an earlier offstate as a
-//! hash is still read, and becomes a string at its first save.
+//! **The stored session** is one string (see `codec`): a fixed header,
+//! read with one `struct.unpack`, the principal and index names, then the
+//! data pairs. A script never parses the data unless a save gives it only
+//! the changed keys. A session written by an earlier offstate as a hash is
+//! still read, and becomes a string at its first save.
 //!
 //! **Announcements.** Every script that changes or ends a session takes a
 //! channel name and the session's key (as the caches know it); when the
@@ -28,79 +28,48 @@ use redis::{Arg, Cmd, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRe
 /// Shared helpers, put in front of every session script.
 ///
 /// `state` classifies the session at `now`: `absent`, `expired`, `corrupt`
-/// (neither a session string nor a session hash, or metadata that does not
-/// parse) or `live`, and returns `version, idle, abs, principal, ix` (`ix`:
+/// (neither a session string nor a session hash, or one that does not
+/// decode) or `live`, and returns `version, idle, abs, principal, ix` as
+/// `m[1]..m[5]` (numbers, 0 for no deadline; strings, '' for none; `ix`:
 /// the name of the principal's index, kept on a standalone Redis so that
 /// the scripts can update the index in the same step; see the `index`
-/// module), with `created`, `extra` (metadata fields this version does not
-/// know, kept as they are), and `raw` and `data` (the string and where its
+/// module), with `created`, and `raw` and `data` (the string and where its
 /// data starts) or `hash` (a session hash of an earlier offstate).
 const PRELUDE: &str = r"
-local function item(s) return #s .. ':' .. s end
-
--- The item at `pos` of `s`: its text and the position after it, or nil.
-local function item_at(s, pos)
-  local c = string.find(s, ':', pos, true)
-  if not c or c == pos or c - pos > 10 then return nil end
-  local len = tonumber(string.sub(s, pos, c - 1))
-  if not len or len < 0 or c + len > #s then return nil end
-  return string.sub(s, c + 1, c + len), c + len + 1
-end
-
-local KNOWN = {version = 1, idle = 2, abs = 3, principal = 4, ix = 5}
-
--- The metadata of a session string, or nil when it does not parse.
-local function parse(s)
-  local m, extra, pos, n = {}, {}, 1, #s
-  while pos <= n do
-    -- The first data field ends the metadata.
-    local c = string.find(s, ':', pos, true)
-    if c and string.sub(s, c + 1, c + 2) == 'd:' then break end
-    local field, value, after
-    field, after = item_at(s, pos)
-    if not field then return nil end
-    value, after = item_at(s, after)
-    if not value then return nil end
-    local slot = KNOWN[field]
-    if slot then
-      m[slot] = value
-    elseif field == 'created' then
-      m.created = value
-    else
-      extra[#extra + 1] = item(field) .. item(value)
-    end
-    pos = after
-  end
-  m.extra = table.concat(extra)
-  m.data = pos
-  return m
-end
+local HEADER = '>BddddI4I4'
+local HEADER_LEN = 41
 
 local function state(key, now)
   local s = redis.pcall('GET', key)
-  local m
   if not s then return 'absent', {} end
+  local m
   if type(s) == 'table' then
     -- Not a string: a session hash of an earlier offstate, or another type.
     local h = redis.pcall('HMGET', key, 'version', 'idle', 'abs', 'principal', 'ix', 'created')
     if h.err then return 'corrupt', {} end
-    m = {h[1], h[2], h[3], h[4], h[5], created = h[6], extra = '', hash = true}
-  else
-    m = parse(s)
-    if not m then return 'corrupt', {} end
-    m.raw = s
-  end
-  if not m[1] or not tonumber(m[1]) or not m.created then return 'corrupt', m end
-  local expires = nil
-  for i = 2, 3 do
-    if m[i] then
-      local at = tonumber(m[i])
-      if not at then return 'corrupt', m end
-      if not expires or at < expires then expires = at end
+    local idle, abs = tonumber(h[2] or '0'), tonumber(h[3] or '0')
+    if not tonumber(h[1] or '') or not tonumber(h[6] or '') or not idle or not abs then
+      return 'corrupt', {}
     end
+    m = {tonumber(h[1]), idle, abs, h[4] or '', h[5] or '', created = tonumber(h[6]), hash = true}
+  else
+    if #s < HEADER_LEN or string.byte(s, 1) ~= 1 then return 'corrupt', {} end
+    local _, version, created, idle, abs, plen, xlen, pos = struct.unpack(HEADER, s)
+    if pos + plen + xlen - 1 > #s then return 'corrupt', {} end
+    m = {version, idle, abs, '', '', created = created, raw = s, data = pos + plen + xlen}
+    if plen > 0 then m[4] = string.sub(s, pos, pos + plen - 1) end
+    if xlen > 0 then m[5] = string.sub(s, pos + plen, pos + plen + xlen - 1) end
   end
-  if expires and now >= expires then return 'expired', m end
+  local expires = m[2]
+  if expires == 0 or (m[3] ~= 0 and m[3] < expires) then expires = m[3] end
+  if expires ~= 0 and now >= expires then return 'expired', m end
   return 'live', m
+end
+
+-- A number of ms as Redis and the client read it ('' for 0: none).
+local function ms(n)
+  if n == 0 then return '' end
+  return string.format('%.0f', n)
 end
 
 -- The session as a conflict returns it: the string, or a hash's fields.
@@ -109,77 +78,75 @@ local function current(key, m)
   return m.raw
 end
 
--- The metadata items of a session, in the order `parse` and the client read.
-local function metadata(version, created, idle, abs, principal, ix, extra)
-  local t = {'7:version', item(version), '7:created', item(created)}
-  if idle and idle ~= '' then t[#t + 1] = '4:idle' .. item(idle) end
-  if abs and abs ~= '' then t[#t + 1] = '3:abs' .. item(abs) end
-  if principal and principal ~= '' then t[#t + 1] = '9:principal' .. item(principal) end
-  if ix and ix ~= '' then t[#t + 1] = '2:ix' .. item(ix) end
-  t[#t + 1] = extra
-  return table.concat(t)
+-- The session string: header, principal, index name, data.
+local function session(version, created, idle, abs, principal, ix, data)
+  return struct.pack(HEADER, 1, version, created, idle, abs, #principal, #ix) .. principal .. ix .. data
 end
 
--- The stored data pairs minus those whose field is in `drop`, packed; nil
--- when the stored data does not parse.
+-- The stored data pairs, those whose key is in `drop` left out; nil when
+-- the stored data does not parse.
 local function data_without(key, m, drop)
   local keep = {}
   if m.hash then
     local h = redis.call('HGETALL', key)
     for i = 1, #h, 2 do
-      if string.sub(h[i], 1, 2) == 'd:' and not drop[h[i]] then
-        keep[#keep + 1] = item(h[i]) .. item(h[i + 1])
+      if string.sub(h[i], 1, 2) == 'd:' then
+        local k = string.sub(h[i], 3)
+        if not drop[k] then keep[#keep + 1] = #k .. ':' .. k .. #h[i + 1] .. ':' .. h[i + 1] end
       end
     end
     return table.concat(keep)
   end
-  local s, pos = m.raw, m.data
+  local s, pos, n = m.raw, m.data, #m.raw
   if next(drop) == nil then return string.sub(s, pos) end
-  while pos <= #s do
-    local field, value, after
-    field, after = item_at(s, pos)
-    if not field then return nil end
-    value, after = item_at(s, after)
-    if not value then return nil end
-    if not drop[field] then keep[#keep + 1] = string.sub(s, pos, after - 1) end
-    pos = after
+  while pos <= n do
+    local c = string.find(s, ':', pos, true)
+    local len = c and tonumber(string.sub(s, pos, c - 1))
+    if not len or c + len > n then return nil end
+    local k = string.sub(s, c + 1, c + len)
+    local v = c + len + 1
+    c = string.find(s, ':', v, true)
+    len = c and tonumber(string.sub(s, v, c - 1))
+    if not len or c + len > n then return nil end
+    if not drop[k] then keep[#keep + 1] = string.sub(s, pos, c + len) end
+    pos = c + len + 1
   end
   return table.concat(keep)
 end
 
--- Writes the session string with its TTL ('' = none); a hash goes first.
+-- Writes the session string with its TTL (0 = none); a hash goes first.
 local function put(key, m, value, at)
   if m.hash then redis.call('DEL', key) end
-  if at == '' then
+  if at == 0 then
     redis.call('SET', key, value)
   else
-    redis.call('SET', key, value, 'PXAT', at)
+    redis.call('SET', key, value, 'PXAT', ms(at))
   end
 end
 
 -- Deadlines never move backwards: the later of the stored and the asked
--- idle deadline; no idle deadline ('' or nil) counts as the latest.
+-- idle deadline; no idle deadline (0) counts as the latest.
 local function later_idle(stored, asked)
-  if not stored or stored == '' or asked == '' then return '' end
-  if tonumber(asked) > tonumber(stored) then return asked end
+  if stored == 0 or asked == 0 then return 0 end
+  if asked > stored then return asked end
   return stored
 end
 
--- When a session with these idle and absolute deadlines ends ('' = never).
+-- When a session with these idle and absolute deadlines ends (0 = never).
 local function ends_at(idle, abs)
-  if idle == '' then return abs end
-  if abs == '' then return idle end
-  if tonumber(abs) < tonumber(idle) then return abs end
+  if idle == 0 then return abs end
+  if abs == 0 then return idle end
+  if abs < idle then return abs end
   return idle
 end
 
 local function expire_at(key, at)
-  if at == '' then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, at) end
+  if at == 0 then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, ms(at)) end
 end
 
 -- The principal index (see INDEX_ADD): adds or raises `member` to the
--- score of a session ending at `at` ('' = never), trims what ended before
--- `now`, and lets the index expire with its latest session.
+-- score of a session ending at `at` (ms, '' = never), trims what ended
+-- before `now`, and lets the index expire with its latest session.
 local function index_add(index, member, at, now)
   local score = at
   if score == '' then score = '+inf' end
@@ -195,15 +162,15 @@ end
 -- client has to do it (a cluster, or a session written before `ix`).
 local function follow(fold, m, member, at, now)
   if not m[4] or m[4] == '' then return 1 end
-  if fold ~= '1' or not m[5] then return 0 end
-  index_add(m[5], member, at, now)
+  if fold ~= '1' or not m[5] or m[5] == '' then return 0 end
+  index_add(m[5], member, ms(at), now)
   return 1
 end
 
 -- Removes the entry of a session that left its principal, where it can.
 local function unfollow(fold, m, member)
   if not m[4] or m[4] == '' then return 1 end
-  if fold ~= '1' or not m[5] then return 0 end
+  if fold ~= '1' or not m[5] or m[5] == '' then return 0 end
   redis.call('ZREM', m[5], member)
   return 1
 end
@@ -224,7 +191,7 @@ end
 const CREATE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'live' or st == 'corrupt' then return 0 end
-put(KEYS[1], m, ARGV[4], ARGV[2])
+put(KEYS[1], m, ARGV[4], tonumber(ARGV[2]) or 0)
 if KEYS[2] then index_add(KEYS[2], ARGV[3], ARGV[2], ARGV[1]) end
 return 1
 ";
@@ -233,37 +200,43 @@ return 1
 /// principal's index. ARGV: now, expected version, next version,
 /// announcement channel ('' = none), asked idle deadline ('' = none),
 /// session key, principal op ('k' keep, 's' set, 'c' clear), principal,
-/// fold ('1' on a standalone Redis: update the index here), the set data
-/// pairs packed, then every data field set or removed. Deadlines never
-/// move backwards: the idle deadline becomes the later of the stored and
-/// the asked one, the absolute one stays. Returns {0} gone, {1, session}
+/// fold ('1' on a standalone Redis: update the index here), 'w' or 'p',
+/// data pairs, and with 'p' every data key set or removed. With 'w' the
+/// pairs are the whole new data (the writer read this version's); with
+/// 'p' they are the keys set, and the stored pairs of other keys stay. Deadlines never move
+/// backwards: the idle deadline becomes the later of the stored and the
+/// asked one, the absolute one stays. Returns {0} gone, {1, session}
 /// conflict, {2, old principal, expires-at ('' = none), 1 if the index was
 /// updated here} saved, {3} corrupt.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
-if m[1] ~= ARGV[2] then return {1, current(KEYS[1], m)} end
-local drop = {}
-for i = 11, #ARGV do drop[ARGV[i]] = true end
-local kept = data_without(KEYS[1], m, drop)
-if not kept then return {3} end
-local idle = later_idle(m[2], ARGV[5])
+if m[1] ~= tonumber(ARGV[2]) then return {1, current(KEYS[1], m)} end
+local data = ARGV[11]
+if ARGV[10] == 'p' then
+  local drop = {}
+  for i = 12, #ARGV do drop[ARGV[i]] = true end
+  local kept = data_without(KEYS[1], m, drop)
+  if not kept then return {3} end
+  data = kept .. data
+end
+local idle = later_idle(m[2], tonumber(ARGV[5]) or 0)
 local principal, ix = m[4], m[5]
 if ARGV[7] == 's' then
-  principal, ix = ARGV[8], KEYS[2]
+  principal, ix = ARGV[8], KEYS[2] or ''
 elseif ARGV[7] == 'c' then
-  principal, ix = nil, nil
+  principal, ix = '', ''
 end
-local at = ends_at(idle, m[3] or '')
-put(KEYS[1], m, metadata(ARGV[3], m.created, idle, m[3], principal, ix, m.extra) .. kept .. ARGV[10], at)
+local at = ends_at(idle, m[3])
+put(KEYS[1], m, session(tonumber(ARGV[3]), m.created, idle, m[3], principal, ix, data), at)
 local folded = 0
 if ARGV[7] == 'k' then
   folded = follow(ARGV[9], m, ARGV[6], at, ARGV[1])
 elseif ARGV[7] == 'c' then
   folded = unfollow(ARGV[9], m, ARGV[6])
 elseif KEYS[2] then
-  index_add(KEYS[2], ARGV[6], at, ARGV[1])
+  index_add(KEYS[2], ARGV[6], ms(at), ARGV[1])
   if m[4] == ARGV[8] then
     folded = 1
   else
@@ -271,7 +244,7 @@ elseif KEYS[2] then
   end
 end
 announce(ARGV[4], ARGV[6], ARGV[3])
-return {2, m[4] or '', at, folded}
+return {2, m[4], ms(at), folded}
 ";
 
 /// KEYS: session. ARGV: now, asked idle deadline, announcement channel,
@@ -284,18 +257,19 @@ const TOUCH: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
-local idle = later_idle(m[2], ARGV[2])
-local at = ends_at(idle, m[3] or '')
-if idle ~= '' and idle ~= m[2] and not m.hash then
-  local value = metadata(m[1], m.created, idle, m[3], m[4], m[5], m.extra) .. string.sub(m.raw, m.data)
-  put(KEYS[1], m, value, at)
+local idle = later_idle(m[2], tonumber(ARGV[2]) or 0)
+local at = ends_at(idle, m[3])
+if idle ~= m[2] and m.hash then
+  redis.call('HSET', KEYS[1], 'idle', ms(idle))
+  expire_at(KEYS[1], at)
+elseif idle ~= m[2] then
+  put(KEYS[1], m, session(m[1], m.created, idle, m[3], m[4], m[5], string.sub(m.raw, m.data)), at)
 else
-  if idle ~= '' and idle ~= m[2] then redis.call('HSET', KEYS[1], 'idle', idle) end
   expire_at(KEYS[1], at)
 end
 local folded = follow(ARGV[5], m, ARGV[4], at, ARGV[1])
-announce(ARGV[3], ARGV[4], m[1])
-return {1, m[4] or '', at, folded}
+announce(ARGV[3], ARGV[4], string.format('%.0f', m[1]))
+return {1, m[4], ms(at), folded}
 ";
 
 /// KEYS: session. ARGV: now, announcement channel, session key, fold.
@@ -325,7 +299,7 @@ if st == 'absent' or st == 'expired' then
   return {0}
 end
 if st == 'corrupt' then return {3} end
-if m[1] ~= ARGV[2] then return {1, current(KEYS[1], m)} end
+if m[1] ~= tonumber(ARGV[2]) then return {1, current(KEYS[1], m)} end
 redis.call('DEL', KEYS[1])
 announce(ARGV[3], ARGV[4], '-')
 return {2, m[4] or '', unfollow(ARGV[5], m, ARGV[4])}

@@ -10,7 +10,7 @@ use offstate_core::{
 };
 use redis::Value;
 
-use crate::codec::{self, data_field};
+use crate::codec;
 use crate::config::RedisConfig;
 use crate::connection::RedisConnection;
 use crate::error::{ConnectError, UnexpectedReply};
@@ -361,6 +361,7 @@ impl RedisStore {
         name: &Name,
         key: &SessionKey,
         change: &Change,
+        next: Option<&Record>,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
         let expires = change.deadlines.expires_at();
@@ -393,15 +394,19 @@ impl RedisStore {
                     .arg(op)
                     .arg(principal)
                     .arg(self.fold_arg(name));
-                let mut pairs = Vec::with_capacity(
-                    change.set.iter().map(|(k, v)| k.len() + v.len() + 16).sum(),
-                );
-                for (k, value) in &change.set {
-                    codec::push_data(&mut pairs, k, value);
-                }
-                call.arg(pairs);
-                for k in change.set.keys().chain(&change.remove) {
-                    call.arg(data_field(k));
+                match next {
+                    // The writer read this version: its data is the stored
+                    // data, so the new data is sent whole and the script
+                    // parses none.
+                    Some(next) => {
+                        call.arg("w").arg(codec::pack_data(next.data.iter()));
+                    }
+                    None => {
+                        call.arg("p").arg(codec::pack_data(change.set.iter()));
+                        for k in change.set.keys().chain(&change.remove) {
+                            call.arg(k.as_str());
+                        }
+                    }
                 }
                 let reply: Value = call
                     .invoke_async(&mut conn)

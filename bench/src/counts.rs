@@ -61,7 +61,7 @@ enum Counter {
 impl Counter {
     async fn total(&mut self) -> Result<u64, BenchError> {
         match self {
-            Self::Redis(stats) => stats.sent().await,
+            Self::Redis(stats) => Ok(crate::redis_stats::round_trips(&stats.calls().await?)),
             Self::Memcached(nodes) => memcached_requests(nodes).await,
             Self::Dynamo(count) => Ok(count.load(Ordering::SeqCst)),
         }

@@ -66,20 +66,6 @@ impl CommandStats {
             .sum())
     }
 
-    /// Commands clients sent since the last reset (see [`parse_sent`]).
-    ///
-    /// # Errors
-    ///
-    /// [`BenchError::Redis`] when the command fails.
-    pub async fn sent(&mut self) -> Result<u64, BenchError> {
-        let text: String = redis::cmd("INFO")
-            .arg("stats")
-            .arg("commandstats")
-            .query_async(&mut self.connection)
-            .await?;
-        Ok(parse_sent(&text))
-    }
-
     /// Calls per command since the last reset, apart from the bench's own
     /// `INFO` and `CONFIG`.
     ///
@@ -95,38 +81,94 @@ impl CommandStats {
     }
 }
 
-/// Commands clients sent since the last reset, apart from the bench's own
-/// `INFO` and `CONFIG`, from an `INFO stats commandstats` reply: each is a
-/// round trip. Redis counts a script once in `total_commands_processed`
-/// and does not count the commands it runs inside Redis (`GET`, `SET`,
-/// `PUBLISH`...), which `commandstats` lists. The cache's invalidation
-/// channel's heartbeat `PUBLISH` (one per process per second) and its
-/// `SUBSCRIBE` are counted.
+/// Commands offstate's Lua scripts run inside Redis. They appear in
+/// `INFO commandstats` (and in `total_commands_processed`) but cost no
+/// round trip: the client sent one `EVALSHA`. `publish` is the write
+/// scripts' announcements (the invalidation channel's own heartbeat
+/// `PUBLISH`, one per process per second, is left out with them); `zadd`
+/// and `zremrangebyscore` the principal index's inside the write scripts.
+/// `get` is not here: clients send it too (see [`SCRIPT_GETS`]).
+pub const SCRIPT_INTERNAL: &[&str] = &[
+    "type",
+    "set",
+    "hgetall",
+    "hmget",
+    "hset",
+    "hdel",
+    "pexpireat",
+    "persist",
+    "del",
+    "publish",
+    "exists",
+    "zadd",
+    "zrem",
+    "zrange",
+    "zremrangebyscore",
+];
+
+/// `GET`s offstate's scripts run inside Redis: every session script reads
+/// its session with exactly one `GET` first (the index's own script, run
+/// only on a cluster, reads none, and the bench's Redis is standalone).
+/// The `GET`s clients sent are the rest.
 #[must_use]
-pub fn parse_sent(text: &str) -> u64 {
-    let mut total: u64 = 0;
-    let mut own: u64 = 0;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(n) = line.strip_prefix("total_commands_processed:") {
-            total = n.parse().unwrap_or(0);
-        }
-        let Some((name, fields)) = line
-            .strip_prefix("cmdstat_")
-            .and_then(|rest| rest.split_once(':'))
-        else {
-            continue;
-        };
-        let command = name.split_once('|').map_or(name, |(command, _)| command);
-        if OWN_COMMANDS.contains(&command) {
-            own += fields
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+pub fn script_gets(calls: &BTreeMap<String, u64>) -> u64 {
+    calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0)
+}
+
+/// Commands clients sent (round trips): all of `calls`, less the commands
+/// run inside scripts when scripts ran (no client of the bench sends those
+/// commands directly).
+#[must_use]
+pub fn client_commands(calls: &BTreeMap<String, u64>) -> u64 {
+    let scripts = script_gets(calls);
+    let sent: u64 = calls
+        .iter()
+        .filter(|(name, _)| {
+            scripts == 0 || (!SCRIPT_INTERNAL.contains(&name.as_str()) && *name != "get")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    sent + client_gets(calls)
+}
+
+/// The `GET`s clients sent when scripts ran (every `GET` when none did,
+/// which [`client_commands`] counts with the rest).
+fn client_gets(calls: &BTreeMap<String, u64>) -> u64 {
+    let scripts = script_gets(calls);
+    if scripts == 0 {
+        return 0;
     }
-    total.saturating_sub(own)
+    calls
+        .get("get")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(scripts)
+}
+
+/// Commands an offstate client sends itself, each a round trip: offstate's
+/// store sends `GET` (a load) and `EVALSHA` (every write, with a one-time
+/// `SCRIPT LOAD` per script and server) and a `PING` after a write that
+/// ends a session when it announces its writes; the cache's invalidation
+/// channel sends `SUBSCRIBE`. Every other command in `INFO commandstats`
+/// (the scripts' own `GET`, `SET`, `DEL`, `ZADD`, and `PUBLISH` of the
+/// announcements...) runs inside a script and costs Redis CPU, not a
+/// round trip; the channel's heartbeat `PUBLISH` (one per process per
+/// second) is left out with them. For clients that send plain commands
+/// too (the peer's), see [`client_commands`].
+#[must_use]
+pub fn round_trips(calls: &BTreeMap<String, u64>) -> u64 {
+    const SENT: &[&str] = &["evalsha", "eval", "script|load", "subscribe", "ping"];
+    let gets = if script_gets(calls) == 0 {
+        calls.get("get").copied().unwrap_or(0)
+    } else {
+        client_gets(calls)
+    };
+    calls
+        .iter()
+        .filter(|(name, _)| SENT.contains(&name.as_str()))
+        .map(|(_, n)| n)
+        .sum::<u64>()
+        + gets
 }
 
 /// `cmdstat_hgetall:calls=12,usec=...` lines to `{"hgetall": 12}`.
@@ -173,9 +215,20 @@ mod tests {
     }
 
     #[test]
-    fn sent_commands_leave_out_the_bench_s_own() {
-        let text = "# Stats\r\ntotal_commands_processed:14\r\n# Commandstats\r\ncmdstat_get:calls=20,usec=5\r\ncmdstat_evalsha:calls=10,usec=5\r\ncmdstat_info:calls=3,usec=1\r\ncmdstat_config|resetstat:calls=1,usec=9\r\n";
-        // 14 processed: 10 scripts (whose 20 GETs inside are not counted), 3 INFOs, 1 reset.
-        assert_eq!(parse_sent(text), 10);
+    fn gets_inside_scripts_are_not_round_trips() {
+        // 10 loads, 5 saves (each with one GET and one SET inside).
+        let calls: BTreeMap<String, u64> = [("get", 15), ("evalsha", 5), ("set", 5)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(round_trips(&calls), 15);
+        assert_eq!(client_commands(&calls), 15);
+        // Plain commands only (the peer's): all of them.
+        let plain: BTreeMap<String, u64> = [("get", 10), ("set", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(round_trips(&plain), 10);
+        assert_eq!(client_commands(&plain), 11);
     }
 }

@@ -290,7 +290,7 @@ fn analysis(out: &mut String, results: &Results) {
         out,
         "- **Reads.** Both libraries make exactly one Redis round trip per \
          read, a plain `GET` of one string (offstate's session string holds \
-         its metadata and data as `<length>:<bytes>` items). \
+         a binary header, then its data). \
          offstate reads cost {:.0} µs of app CPU and {:.0} µs of Redis CPU \
          per request against {:.0} µs and {:.0} µs. Section 3 counts the \
          instructions and says where they go: a SHA-256 of the session ID \
@@ -615,12 +615,11 @@ pub fn render(results: &Results) -> String {
          session (created before the clock starts). Every app variant runs \
          in its own process over the same redis-server; `CONFIG RESETSTAT` \
          before each run, `INFO commandstats` after it.\n\n\
-         - *Redis round trips* are the commands clients sent \
-         (`total_commands_processed`): a Lua script (`EVALSHA`) counts once. \
-         *Commands executed* adds the commands offstate's scripts run \
-         inside Redis (`GET`, `SET`, `PUBLISH`...), which `INFO \
-         commandstats` also counts; they cost Redis CPU but no network \
-         round trip.\n\
+         - *Redis round trips* are the commands clients sent: a Lua script \
+         (`EVALSHA`) counts once. *Commands executed* adds the commands \
+         offstate's scripts run inside Redis (each session script's one \
+         `GET`, `SET`, `PUBLISH`...), which `INFO commandstats` also \
+         counts; they cost Redis CPU but no network round trip.\n\
          - *CPU µs/req* is the CPU time (user + system) the app process and \
          redis-server used during the run, divided by the requests served: \
          unlike req/s it hardly depends on what else the machine is doing.\n",

@@ -57,11 +57,8 @@ pub struct Phase {
     pub ok: u64,
     /// Failed requests.
     pub errors: u64,
-    /// Redis calls per command during the run, those inside scripts
-    /// included.
+    /// Redis calls per command during the run.
     pub commands: BTreeMap<String, u64>,
-    /// Commands clients sent during the run (a script is one).
-    pub sent: u64,
     /// CPU time of the app process per request, µs.
     pub app_cpu_us: f64,
     /// CPU time of redis-server per request, µs.
@@ -77,7 +74,7 @@ impl Phase {
     /// HTTP request.
     #[must_use]
     pub fn commands_per_request(&self) -> f64 {
-        self.sent as f64 / self.requests()
+        crate::redis_stats::client_commands(&self.commands) as f64 / self.requests()
     }
 
     /// Every command Redis executed, those inside scripts included, per
@@ -240,7 +237,6 @@ async fn phase(
     let app_cpu = process_cpu_seconds(app_pid).unwrap_or(0.0) - app_cpu;
     let redis_cpu = stats.cpu_seconds().await? - redis_cpu;
     let commands = stats.calls().await?;
-    let sent = stats.sent().await?;
     let requests = (load.ok + load.errors).max(1) as f64;
     let phase = Phase {
         rps: load.rps(),
@@ -249,7 +245,6 @@ async fn phase(
         ok: load.ok,
         errors: load.errors,
         commands,
-        sent,
         app_cpu_us: app_cpu * 1e6 / requests,
         redis_cpu_us: redis_cpu * 1e6 / requests,
     };

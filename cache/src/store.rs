@@ -388,50 +388,19 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         change: &Change,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        let shared = &self.shared;
-        let started = shared.seq.load(Ordering::SeqCst);
-        let cached = shared.cache.get(key);
-        let outcome = self.inner.save(key, change, now).await;
-        match &outcome {
-            Ok(SaveOutcome::Saved(version)) => {
-                match cached.filter(|e| e.record.version == change.expected) {
-                    Some(entry) => {
-                        let mut next = change.apply_to(&entry.record);
-                        next.version = *version;
-                        shared.remember(key, Arc::new(next), started, now);
-                    }
-                    None => shared.forget(key),
-                }
-                let message = Invalidation::Key {
-                    key: key.clone(),
-                    version: Some(*version),
-                };
-                shared.announce(message.clone()).await;
-                shared.returned(message);
-            }
-            Ok(SaveOutcome::Conflict(_)) => {
-                // The caller replays on the record the backend sent with the
-                // conflict; the next load asks the backend too.
-                shared.counters.bump(Counter::Conflict);
-                shared.forget(key);
-            }
-            Ok(_) => shared.forget(key),
-            Err(_) => {
-                // Applied or not: nobody knows. Peers must not keep the old
-                // version, and neither may this instance.
-                shared.forget(key);
-                shared.unsure();
-                let message = Invalidation::Key {
-                    key: key.clone(),
-                    version: None,
-                };
-                self.announce_again_later(message.clone());
-                shared.announce(message).await;
-            }
-        }
-        outcome
+        self.save_with(key, change, None, now).await
     }
 
+    async fn save_applied(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        base: &Arc<Record>,
+        next: &Arc<Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.save_with(key, change, Some((base, next)), now).await
+    }
     async fn touch(
         &self,
         key: &SessionKey,
@@ -558,5 +527,82 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
 
     fn server_address(&self) -> Option<&str> {
         self.inner.server_address()
+    }
+}
+
+impl<S: SessionStore> CachedStore<S> {
+    /// A save through the backend; with `applied` (the record the writer
+    /// read and the one it built), the backend may take the built record
+    /// (`save_applied`) and the cache keeps it as it is.
+    async fn save_with(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        applied: Option<(&Arc<Record>, &Arc<Record>)>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        let shared = &self.shared;
+        let started = shared.seq.load(Ordering::SeqCst);
+        let cached = shared.cache.get(key);
+        let outcome = match applied {
+            Some((base, next)) => self.inner.save_applied(key, change, base, next, now).await,
+            None => self.inner.save(key, change, now).await,
+        };
+        match &outcome {
+            Ok(SaveOutcome::Saved(version)) => {
+                match cached.filter(|e| e.record.version == change.expected) {
+                    // The writer's record is the one this save made, but
+                    // for the idle deadline: the cached one may be later
+                    // (a touch), and deadlines never move backwards.
+                    Some(entry) => {
+                        let next = match applied {
+                            Some((_, next))
+                                if next.version == *version
+                                    && next.deadlines
+                                        == entry
+                                            .record
+                                            .deadlines
+                                            .extended_to(change.deadlines.idle) =>
+                            {
+                                Arc::clone(next)
+                            }
+                            _ => {
+                                let mut next = change.apply_to(&entry.record);
+                                next.version = *version;
+                                Arc::new(next)
+                            }
+                        };
+                        shared.remember(key, next, started, now);
+                    }
+                    None => shared.forget(key),
+                }
+                let message = Invalidation::Key {
+                    key: key.clone(),
+                    version: Some(*version),
+                };
+                shared.announce(message.clone()).await;
+                shared.returned(message);
+            }
+            Ok(SaveOutcome::Conflict(_)) => {
+                // The caller replays on the record the backend sent with the
+                // conflict; the next load asks the backend too.
+                shared.counters.bump(Counter::Conflict);
+                shared.forget(key);
+            }
+            Ok(_) => shared.forget(key),
+            Err(_) => {
+                // Applied or not: nobody knows. Peers must not keep the old
+                // version, and neither may this instance.
+                shared.forget(key);
+                shared.unsure();
+                let message = Invalidation::Key {
+                    key: key.clone(),
+                    version: None,
+                };
+                self.announce_again_later(message.clone());
+                shared.announce(message).await;
+            }
+        }
+        outcome
     }
 }

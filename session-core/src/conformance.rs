@@ -106,6 +106,7 @@ macro_rules! conformance_tests {
             create_then_load_round_trips,
             create_never_overwrites_an_existing_session,
             save_applies_only_the_delta_and_raises_the_version,
+            save_applied_is_exactly_save,
             save_with_a_stale_version_conflicts_and_returns_the_current_record,
             save_never_creates_a_session,
             touch_moves_the_idle_deadline_without_rewriting_data,
@@ -241,6 +242,69 @@ pub async fn save_applies_only_the_delta_and_raises_the_version<H: Harness>(h: &
     assert_eq!(loaded.principal.as_deref(), Some(principal.as_str()));
     assert_eq!(loaded.data.get("c").map(Vec::as_slice), Some(&b"3"[..]));
     assert!(!loaded.data.contains_key("b"));
+}
+
+/// `save_applied` (the writer hands over the record it built) does exactly
+/// what `save` does: the same record after it, a later stored idle
+/// deadline kept (a touch at the same version), a principal change, and a
+/// conflict that writes nothing when the base is stale.
+pub async fn save_applied_is_exactly_save<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), HOUR, &[("a", "1"), ("b", "2"), ("c", "3")]);
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let base = must(store.load(&key, clock.now()).await, "load")
+        .await
+        .expect("created");
+    // A touch at the same version moves the idle deadline past the one the
+    // writer asks for: the later one stays.
+    let touched = clock.now().saturating_add(HOUR * 3);
+    must(store.touch(&key, touched, clock.now()).await, "touch").await;
+    let mut change = Change::new(
+        Version::INITIAL,
+        Deadlines::idle_at(clock.now().saturating_add(HOUR * 2)),
+    );
+    change.set.insert("a".into(), b"10".to_vec());
+    change.set.insert("d".into(), b"4".to_vec());
+    change.remove.insert("b".into());
+    let principal = principal_name("applied");
+    change.principal = PrincipalChange::Set(principal.clone());
+    let next = Arc::new(change.apply_to(&base));
+    let outcome = must(
+        store
+            .save_applied(&key, &change, &base, &next, clock.now())
+            .await,
+        "save_applied",
+    )
+    .await;
+    assert_eq!(outcome, SaveOutcome::Saved(Version::new(2)));
+    let loaded = must(store.load(&key, clock.now()).await, "load")
+        .await
+        .expect("saved session loads");
+    let mut expected = change.apply_to(&base);
+    expected.deadlines.idle = Some(touched);
+    assert_eq!(*loaded, expected);
+    assert_eq!(loaded.principal.as_deref(), Some(principal.as_str()));
+
+    // The same base again is stale now: a conflict, nothing written.
+    let mut stale = Change::new(Version::INITIAL, base.deadlines);
+    stale.set.insert("a".into(), b"99".to_vec());
+    let stale_next = Arc::new(stale.apply_to(&base));
+    match must(
+        store
+            .save_applied(&key, &stale, &base, &stale_next, clock.now())
+            .await,
+        "save_applied",
+    )
+    .await
+    {
+        SaveOutcome::Conflict(current) => assert_eq!(*current, expected),
+        other => panic!("a stale save must conflict, got {other:?}"),
+    }
+    let loaded = must(store.load(&key, clock.now()).await, "load")
+        .await
+        .expect("still there");
+    assert_eq!(*loaded, expected);
 }
 
 /// A save against an old version writes nothing and returns the current

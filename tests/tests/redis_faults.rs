@@ -260,18 +260,9 @@ async fn corrupted_session_is_corrupt_for_that_session_only() {
         .await
         .expect("create");
 
-    // The version's value, "1", becomes "x".
-    let stored: Vec<u8> = server
-        .query(cmd("GET").arg(store.store_key(&bad)))
-        .await
-        .expect("GET");
-    let at = stored
-        .windows(11)
-        .position(|w| w == b"7:version1:")
-        .expect("the version pair")
-        + 11;
+    // The layout byte becomes one no version of offstate writes.
     server
-        .query::<()>(cmd("SETRANGE").arg(store.store_key(&bad)).arg(at).arg("x"))
+        .query::<()>(cmd("SETRANGE").arg(store.store_key(&bad)).arg(0).arg("x"))
         .await
         .expect("SETRANGE");
     assert!(matches!(
@@ -488,6 +479,11 @@ async fn a_session_hash_of_an_earlier_version_is_read_then_saved_as_a_string() {
     assert!(ttl > 0, "the saved session keeps its expiry, PTTL {ttl}");
     let saved = store.load(&key, now).await.expect("load").expect("saved");
     assert_eq!(saved.version, Version::new(5));
+    assert_eq!(
+        saved.data.len(),
+        2,
+        "the hash's other data is kept: {saved:?}"
+    );
     assert_eq!(saved.created_at, loaded.created_at);
     assert_eq!(saved.deadlines, loaded.deadlines);
     assert_eq!(
@@ -564,48 +560,45 @@ async fn a_corrupt_session_hash_is_corrupt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metadata_a_later_version_added_survives_saves_and_touches() {
+async fn a_session_hash_is_replaced_by_the_record_its_writer_built() {
     let server = server().await;
     let store = server.store();
     let key = SessionId::generate().key();
     let now = offstate_core::Timestamp::now();
-    let original = record(&[("a", "1"), ("b", "2")]);
-    store.create(&key, &original, now).await.expect("create");
-    // A field this version does not know, put among the metadata.
-    let name = store.store_key(&key);
-    let stored: Vec<u8> = server.query(cmd("GET").arg(&name)).await.expect("GET");
-    let data = stored
-        .windows(4)
-        .position(|w| w == b"3:d:")
-        .expect("a data pair");
-    let mut planted = stored[..data].to_vec();
-    planted.extend_from_slice(b"6:future3:yes");
-    planted.extend_from_slice(&stored[data..]);
-    server
-        .query::<()>(cmd("SET").arg(&name).arg(&planted).arg("KEEPTTL"))
+    let idle_ms = now
+        .saturating_add(Duration::from_secs(60))
+        .as_millis()
+        .to_string();
+    let created = now.as_millis().to_string();
+    plant_hash(
+        &server,
+        store,
+        &key,
+        &[
+            ("version", "7"),
+            ("created", &created),
+            ("idle", &idle_ms),
+            ("d:a", "1"),
+            ("d:b", "2"),
+        ],
+    )
+    .await;
+    let base = store
+        .load(&key, now)
         .await
-        .expect("SET");
-
-    let mut change = Change::new(original.version, original.deadlines);
-    change.set.insert("a".into(), b"10".to_vec());
+        .expect("load")
+        .expect("a session");
+    let mut change = Change::new(base.version, base.deadlines);
     change.remove.insert("b".into());
-    assert!(matches!(
-        store.save(&key, &change, now).await.expect("save"),
-        offstate_core::SaveOutcome::Saved(_)
-    ));
-    let later = now.saturating_add(Duration::from_secs(7200));
+    change.set.insert("c".into(), b"3".to_vec());
+    let next = Arc::new(change.apply_to(&base));
     assert_eq!(
-        store.touch(&key, later, now).await.expect("touch"),
-        TouchOutcome::Touched
-    );
-    let stored: Vec<u8> = server.query(cmd("GET").arg(&name)).await.expect("GET");
-    assert!(
-        stored.windows(13).any(|w| w == b"6:future3:yes"),
-        "the unknown field is kept: {}",
-        String::from_utf8_lossy(&stored)
+        store
+            .save_applied(&key, &change, &base, &next, now)
+            .await
+            .expect("save"),
+        offstate_core::SaveOutcome::Saved(Version::new(8))
     );
     let saved = store.load(&key, now).await.expect("load").expect("saved");
-    assert_eq!(saved.data.len(), 1, "b was removed");
-    assert_eq!(saved.data.get("a").map(Vec::as_slice), Some(&b"10"[..]));
-    assert_eq!(saved.deadlines.idle, Some(later));
+    assert_eq!(*saved, *next);
 }

@@ -31,7 +31,7 @@ use axum::http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use axum::http::{Method, Request};
 use http_body_util::BodyExt as _;
 use offstate_bench::counts::memcached_requests;
-use offstate_bench::redis_stats::CommandStats;
+use offstate_bench::redis_stats::{CommandStats, round_trips};
 use offstate_cache::CachedStore;
 use offstate_core::{
     CallCounts, CountingStore, ManualClock, SessionId, SessionStore, Sessions, Timestamp,
@@ -124,7 +124,7 @@ impl Counter {
 
     async fn total(&mut self) -> Result<u64, Error> {
         Ok(match self {
-            Self::Redis(stats) => stats.sent().await?,
+            Self::Redis(stats) => round_trips(&stats.calls().await?),
             Self::Memcached(nodes) => memcached_requests(nodes).await?,
             Self::Dynamo(ops) => ops.snapshot().values().sum(),
         })
