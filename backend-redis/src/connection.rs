@@ -1,26 +1,41 @@
-//! `RedisConnection`: pooled, bounded access to standalone Redis or Redis
+//! `RedisConnection`: shared, bounded access to standalone Redis or Redis
 //! Cluster from one configuration. Kept apart from the session store so the
 //! cache layer can reuse it.
 //!
-//! The pool is `deadpool`'s (the pool under `deadpool-redis`), holding
-//! redis-rs multiplexed connections (`MultiplexedConnection` or
-//! `ClusterConnection`). It uses its own manager rather than
-//! `deadpool-redis`'s, for two reasons: `deadpool-redis` sends
-//! `UNWATCH`+`PING` on *every* checkout, doubling the round trips of a
-//! session operation, and its cluster manager takes no timeouts or private
-//! root certificate. Here a connection remembers whether a request on it
-//! failed at the connection level (I/O error, dropped, timed out); such a
-//! connection is discarded at its next checkout, and one idle for longer
-//! than `IDLE_PING` is checked with a `PING`. So the pool heals by itself
-//! after a server restart without paying a round trip per request.
+//! It holds a fixed set of slots (the configured pool size), each with one
+//! redis-rs multiplexed connection (`MultiplexedConnection` or
+//! `ClusterConnection`) that many requests use at once: a call takes the
+//! next slot in turn and a clone of its connection, so concurrent requests
+//! pipeline on a few sockets, as redis-rs's multiplexed connections are
+//! built for. Nothing here uses `MULTI` or `WATCH`, which sharing would
+//! break.
+//!
+//! Why not a pool crate: a checkout from `deadpool` (which this used
+//! before) took a semaphore permit, popped and pushed its queue and read
+//! the clock, about 1.6k instructions per store call
+//! (`scripts/icount.sh read offstate http`), to hand out what is only a
+//! clone of a shared connection. `deadpool-redis` also sends
+//! `UNWATCH`+`PING` on every checkout, doubling the round trips of a
+//! session operation. redis-rs's own `ConnectionManager` reconnects by
+//! itself but keeps one socket, and a slot here is exactly that, times the
+//! pool size.
+//!
+//! A slot connects on first use (within the connect timeout; one task
+//! connects, the others on that slot wait under their own deadline). A
+//! connection on which a request failed at the connection level (I/O
+//! error, dropped, timed out) is dropped and replaced at the slot's next
+//! use; then every other slot checks its connection with a `PING` before
+//! its next use too (what broke one, a restarted server, has usually
+//! broken all, and a request should not be the one to find out), and so
+//! does a connection idle for longer than `IDLE_PING`. So the connections
+//! heal by themselves after a server restart without paying a round trip
+//! per request.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use deadpool::Runtime;
-use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use offstate_core::StoreError;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -31,14 +46,14 @@ use redis::{
 };
 
 use crate::config::{ClusterMode, RedisConfig};
-use crate::error::{ConnectError, from_pool, from_redis};
+use crate::error::{ConnectError, from_redis};
 
-/// A pooled connection idle for longer than this is checked with a `PING`
+/// A connection idle for longer than this is checked with a `PING`
 /// before it is handed out again.
 pub(crate) const IDLE_PING: Duration = Duration::from_secs(30);
 
-/// A pool of connections to Redis or Redis Cluster, with every call bounded
-/// in time. Clones share the pool.
+/// A few shared connections to Redis or Redis Cluster, with every call
+/// bounded in time. Clones share the connections.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,7 +66,7 @@ pub(crate) const IDLE_PING: Duration = Duration::from_secs(30);
 /// ```
 #[derive(Clone)]
 pub struct RedisConnection {
-    pool: Pool<Manager>,
+    slots: Arc<Slots>,
     cluster: bool,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -106,18 +121,19 @@ impl RedisConnection {
                 config: async_config(config),
             }
         };
-        let manager = Manager {
+        let slots = Slots {
             connector,
+            slots: (0..config.pool_size.max(1))
+                .map(|_| Slot::default())
+                .collect(),
+            next: AtomicUsize::new(0),
             pings: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            breaks: Arc::new(AtomicU64::new(0)),
+            connect_timeout: config.connect_timeout,
         };
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(config.connect_timeout))
-            .build()
-            .map_err(|e| ConnectError::Pool(Box::new(e)))?;
         Ok(Self {
-            pool,
+            slots: Arc::new(slots),
             cluster,
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
@@ -137,34 +153,17 @@ impl RedisConnection {
         self.connect_timeout.saturating_add(self.command_timeout)
     }
 
-    /// Takes a connection from the pool, connecting if needed (within the
+    /// A connection of the next slot, connecting if needed (within the
     /// connect timeout). Call it inside [`bounded`](Self::bounded), which
-    /// bounds the whole call, the wait for a free connection included.
+    /// bounds the whole call, the wait for a slot that is connecting
+    /// included.
     ///
     /// # Errors
     ///
     /// [`StoreError::Timeout`] or [`StoreError::Unavailable`] when no
     /// connection can be had.
     pub(crate) async fn get(&self) -> Result<PooledConnection, StoreError> {
-        let bound = self.connect_timeout;
-        // The checkout is momentary: the pool hands out a clone of one of
-        // its multiplexed connections and takes the connection back at once,
-        // so concurrent requests share (and pipeline on) the same sockets,
-        // as redis-rs's multiplexed connections are built for. Holding a
-        // connection for a whole call halved throughput under load (see
-        // bench/results/REPORT.md). Nothing here uses MULTI or WATCH, which
-        // sharing would break.
-        //
-        // Only a connect has a timer of its own. The wait for a permit and
-        // the idle PING run under the caller's `bounded` deadline: a pool
-        // wait and recycle timeout on top cost two timers per checkout
-        // (about 0.8k instructions per checkout, `scripts/icount.sh read`)
-        // and bounded nothing the deadline does not.
-        self.pool
-            .get()
-            .await
-            .map(|object| PooledConnection((*object).clone()))
-            .map_err(|e| from_pool(e, bound))
+        self.slots.get().await.map(PooledConnection)
     }
 
     /// Runs `work` within [`bound`](Self::bound): it never hangs, whatever
@@ -265,6 +264,8 @@ impl ConnectionLike for PooledConnection {
 pub(crate) struct SharedConnection {
     raw: Raw,
     broken: Arc<AtomicBool>,
+    /// Raised (shared by every slot) whenever any connection breaks.
+    breaks: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -295,8 +296,22 @@ fn breaks_connection(error: &RedisError) -> bool {
 }
 
 impl SharedConnection {
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Marks this connection for replacement, and every other one for a
+    /// check: what broke one (a restarted or failed-over server) has
+    /// usually broken them all.
+    fn mark_broken(broken: &AtomicBool, breaks: &AtomicU64) {
+        if !broken.swap(true, Ordering::Relaxed) {
+            breaks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn watch_with<'a, T: Send + 'a>(
         broken: Arc<AtomicBool>,
+        breaks: Arc<AtomicU64>,
         request: RedisFuture<'a, T>,
     ) -> RedisFuture<'a, T> {
         Box::pin(async move {
@@ -304,7 +319,7 @@ impl SharedConnection {
             if let Err(error) = &result
                 && breaks_connection(error)
             {
-                broken.store(true, Ordering::Relaxed);
+                Self::mark_broken(&broken, &breaks);
             }
             result
         })
@@ -316,18 +331,22 @@ impl ConnectionLike for SharedConnection {
         match &mut self.raw {
             // One box, not two: the standalone command is awaited inline.
             Raw::Standalone(c) => {
-                let broken = &self.broken;
+                let (broken, breaks) = (&self.broken, &self.breaks);
                 Box::pin(async move {
                     let result = c.send_packed_command(cmd).await;
                     if let Err(error) = &result
                         && breaks_connection(error)
                     {
-                        broken.store(true, Ordering::Relaxed);
+                        Self::mark_broken(broken, breaks);
                     }
                     result
                 })
             }
-            Raw::Cluster(c) => Self::watch_with(self.broken.clone(), c.req_packed_command(cmd)),
+            Raw::Cluster(c) => Self::watch_with(
+                self.broken.clone(),
+                self.breaks.clone(),
+                c.req_packed_command(cmd),
+            ),
         }
     }
 
@@ -341,8 +360,7 @@ impl ConnectionLike for SharedConnection {
             Raw::Standalone(c) => c.req_packed_commands(cmd, offset, count),
             Raw::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         };
-        let broken = self.broken.clone();
-        Self::watch_with(broken, request)
+        Self::watch_with(self.broken.clone(), self.breaks.clone(), request)
     }
 
     fn get_db(&self) -> i64 {
@@ -436,7 +454,7 @@ async fn detect_cluster(
     Err(ConnectError::Detect(last))
 }
 
-/// How the pool makes a connection.
+/// How a slot makes a connection.
 enum Connector {
     Standalone {
         client: Client,
@@ -445,53 +463,122 @@ enum Connector {
     Cluster(ClusterClient),
 }
 
-/// Makes and checks the pool's connections (see the module docs).
-struct Manager {
+/// The connections (see the module docs).
+struct Slots {
     connector: Connector,
+    slots: Box<[Slot]>,
+    /// The slot the next call takes (modulo their number).
+    next: AtomicUsize,
     pings: AtomicUsize,
+    /// What `Slot::used` counts from.
+    epoch: Instant,
+    /// How many connections have broken (see `SharedConnection::breaks`).
+    breaks: Arc<AtomicU64>,
+    connect_timeout: Duration,
 }
 
-impl managed::Manager for Manager {
-    type Type = SharedConnection;
-    type Error = RedisError;
+/// One shared connection, made on first use.
+#[derive(Default)]
+struct Slot {
+    /// The connection, while it is trusted.
+    conn: Mutex<Option<SharedConnection>>,
+    /// Held by the one task that connects or checks this slot's connection.
+    renewing: tokio::sync::Mutex<()>,
+    /// When the connection was last handed out, ms since `Slots::epoch`.
+    used: AtomicU64,
+    /// `Slots::breaks` when the connection was made or last checked: a
+    /// connection broken elsewhere since then is checked before use.
+    checked: AtomicU64,
+}
 
-    async fn create(&self) -> Result<SharedConnection, RedisError> {
-        // Connecting (TCP, TLS, handshake) is a future of many kilobytes.
-        // Boxed, it stays out of the pool's checkout future, which every
-        // store call builds and moves; inline, copying it cost more than
-        // parsing the reply.
-        let raw = match &self.connector {
-            Connector::Standalone { client, config } => Raw::Standalone(
-                Box::pin(client.get_multiplexed_async_connection_with_config(config)).await?,
-            ),
-            Connector::Cluster(client) => {
-                Raw::Cluster(Box::pin(client.get_async_connection()).await?)
-            }
-        };
-        Ok(SharedConnection {
-            raw,
-            broken: Arc::new(AtomicBool::new(false)),
-        })
+impl Slots {
+    async fn get(&self) -> Result<SharedConnection, StoreError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let now = self.millis();
+        if let Some(conn) = slot.fresh(now, self.breaks()) {
+            return Ok(conn);
+        }
+        // Connecting (TCP, TLS, handshake) or pinging is a future of many
+        // kilobytes. Boxed, it stays out of every call's own future, which
+        // is built and moved on every store call.
+        Box::pin(self.renew(slot, now)).await
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut SharedConnection,
-        metrics: &Metrics,
-    ) -> RecycleResult<RedisError> {
-        if conn.broken.load(Ordering::Relaxed) {
-            return Err(RecycleError::message("a request on this connection failed"));
+    fn breaks(&self) -> u64 {
+        self.breaks.load(Ordering::Relaxed)
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The slot's connection, checked or made anew.
+    async fn renew(&self, slot: &Slot, now: u64) -> Result<SharedConnection, StoreError> {
+        let _renewing = slot.renewing.lock().await;
+        // Another task may have renewed it while this one waited.
+        let breaks = self.breaks();
+        if let Some(conn) = slot.fresh(self.millis(), breaks) {
+            return Ok(conn);
         }
-        if metrics.last_used() < IDLE_PING {
-            return Ok(());
+        let idle = slot.lock().take().filter(|c| !c.is_broken());
+        if let Some(mut conn) = idle {
+            let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
+            let echoed: Result<String, _> = redis::cmd("PING").arg(&n).query_async(&mut conn).await;
+            if echoed.is_ok_and(|e| e == n) {
+                return Ok(slot.keep(conn, now, breaks));
+            }
         }
-        let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
-        // Boxed for the same reason as `create`'s connect.
-        let echoed: String = Box::pin(redis::cmd("PING").arg(&n).query_async(conn)).await?;
-        if echoed == n {
-            Ok(())
-        } else {
-            Err(RecycleError::message("unexpected PING reply"))
+        let connect = async {
+            let raw = match &self.connector {
+                Connector::Standalone { client, config } => Raw::Standalone(
+                    client
+                        .get_multiplexed_async_connection_with_config(config)
+                        .await?,
+                ),
+                Connector::Cluster(client) => Raw::Cluster(client.get_async_connection().await?),
+            };
+            Ok::<_, RedisError>(raw)
+        };
+        let raw = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(error)) => return Err(from_redis(error, self.connect_timeout)),
+            Err(_) => return Err(StoreError::Timeout(self.connect_timeout)),
+        };
+        let conn = SharedConnection {
+            raw,
+            broken: Arc::new(AtomicBool::new(false)),
+            breaks: Arc::clone(&self.breaks),
+        };
+        Ok(slot.keep(conn, now, breaks))
+    }
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SharedConnection>> {
+        // The guarded value is a plain Option, whole at every unlock.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The connection, if it is trusted, was used within `IDLE_PING`, and
+    /// no connection broke since it was made or checked (`breaks`).
+    fn fresh(&self, now: u64, breaks: u64) -> Option<SharedConnection> {
+        if self.checked.load(Ordering::Relaxed) != breaks {
+            return None;
         }
+        let conn = self.lock();
+        let conn = conn.as_ref().filter(|c| !c.is_broken())?;
+        let idle = now.saturating_sub(self.used.load(Ordering::Relaxed));
+        if u128::from(idle) >= IDLE_PING.as_millis() {
+            return None;
+        }
+        self.used.fetch_max(now, Ordering::Relaxed);
+        Some(conn.clone())
+    }
+
+    fn keep(&self, conn: SharedConnection, now: u64, breaks: u64) -> SharedConnection {
+        self.used.store(now, Ordering::Relaxed);
+        self.checked.store(breaks, Ordering::Relaxed);
+        *self.lock() = Some(conn.clone());
+        conn
     }
 }

@@ -1,9 +1,8 @@
-//! How Redis client and pool failures become typed [`StoreError`]s, and
+//! How Redis client failures become typed [`StoreError`]s, and
 //! what can go wrong while connecting.
 
 use std::time::Duration;
 
-use deadpool::managed::PoolError;
 use offstate_core::StoreError;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
@@ -26,9 +25,6 @@ pub enum ConnectError {
     /// The Redis client refused the URLs or TLS settings.
     #[error("invalid Redis connection settings")]
     Client(#[source] RedisError),
-    /// The connection pool could not be built.
-    #[error("could not build the Redis connection pool")]
-    Pool(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Cluster mode detection needed a server, and none answered.
     #[error("could not detect whether Redis runs in cluster mode")]
     Detect(#[source] StoreError),
@@ -101,22 +97,6 @@ pub(crate) fn from_redis(error: RedisError, bound: Duration) -> StoreError {
         StoreError::backend(error)
     }
 }
-
-/// Maps a pool failure: a wait or connect that ran out of time is a
-/// timeout, a failed connect is whatever the client error says.
-pub(crate) fn from_pool(error: PoolError<RedisError>, bound: Duration) -> StoreError {
-    match error {
-        PoolError::Timeout(_) => StoreError::Timeout(bound),
-        PoolError::Backend(error) => from_redis(error, bound),
-        PoolError::Closed => StoreError::unavailable(PoolClosed),
-        other => StoreError::backend(other.to_string()),
-    }
-}
-
-/// The pool was closed while a request waited for a connection.
-#[derive(Debug, thiserror::Error)]
-#[error("the Redis connection pool is closed")]
-pub(crate) struct PoolClosed;
 
 /// A server reply that is not what the scripts return.
 #[derive(Debug, thiserror::Error)]

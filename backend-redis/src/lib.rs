@@ -7,8 +7,9 @@
 //! - [`RedisConfig`] and [`ClusterMode`]: URLs (`redis://`, `rediss://` for
 //!   TLS), credentials, timeouts, pool size, key prefix. (The clock is the
 //!   `Sessions`' own: every store call is given "now".)
-//! - [`RedisConnection`]: the bounded connection pool (standalone or
-//!   cluster, on `deadpool`), shared with the invalidation channel, and
+//! - [`RedisConnection`]: a few shared multiplexed connections (standalone
+//!   or cluster), every call bounded in time, shared with the invalidation
+//!   channel, and
 //!   open to commands of your own ([`RedisConnection::query`]).
 //! - [`RedisStore`]: the [`SessionStore`](offstate_core::SessionStore);
 //!   with [`RedisStore::with_announcements`] every write also announces

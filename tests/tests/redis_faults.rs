@@ -245,6 +245,46 @@ async fn restart_between_calls_is_survived_by_pooled_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broken_connection_has_every_other_checked_before_its_next_use() {
+    let server = server().await;
+    let store = bounded_store(&server).await;
+    // Every connection made (eight, one per slot), used one at a time: a
+    // light load, as a heartbeat or a quiet instance makes.
+    for _ in 0..16 {
+        store
+            .load(
+                &SessionId::generate().key(),
+                offstate_core::Timestamp::now(),
+            )
+            .await
+            .expect("load");
+    }
+    let node = server.node(0);
+    node.kill().await.expect("kill");
+    // One call finds out; the server is down, so it fails.
+    assert!(is_outage(
+        &store
+            .load(
+                &SessionId::generate().key(),
+                offstate_core::Timestamp::now()
+            )
+            .await
+    ));
+    node.restart().await.expect("restart");
+    // The other seven connections broke too, unseen: each is checked (and
+    // replaced) before a request uses it, so no request fails now.
+    for call in 0..16 {
+        store
+            .load(
+                &SessionId::generate().key(),
+                offstate_core::Timestamp::now(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("call {call} after the restart failed: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_session_is_corrupt_for_that_session_only() {
     let server = server().await;
     let store = server.store();
