@@ -115,12 +115,14 @@ local function data_without(key, m, drop)
 end
 
 -- Writes the session string with its TTL (0 = none); a hash goes first.
+-- A number argument reaches Redis as its shortest decimal: a whole number
+-- of ms below 2^53 as its digits, without a string.format here.
 local function put(key, m, value, at)
   if m.hash then redis.call('DEL', key) end
   if at == 0 then
     redis.call('SET', key, value)
   else
-    redis.call('SET', key, value, 'PXAT', ms(at))
+    redis.call('SET', key, value, 'PXAT', at)
   end
 end
 
@@ -141,7 +143,7 @@ local function ends_at(idle, abs)
 end
 
 local function expire_at(key, at)
-  if at == 0 then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, ms(at)) end
+  if at == 0 then redis.call('PERSIST', key) else redis.call('PEXPIREAT', key, at) end
 end
 
 -- The principal index (see INDEX_ADD): adds or raises `member` to the
@@ -206,8 +208,8 @@ return 1
 /// 'p' they are the keys set, and the stored pairs of other keys stay. Deadlines never move
 /// backwards: the idle deadline becomes the later of the stored and the
 /// asked one, the absolute one stays. Returns {0} gone, {1, session}
-/// conflict, {2, old principal, expires-at ('' = none), 1 if the index was
-/// updated here} saved, {3} corrupt.
+/// conflict, {2, old principal, expires-at (ms, 0 = none), 1 if the index
+/// was updated here} saved, {3} corrupt.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
@@ -244,15 +246,15 @@ elseif KEYS[2] then
   end
 end
 announce(ARGV[4], ARGV[6], ARGV[3])
-return {2, m[4], ms(at), folded}
+return {2, m[4], at, folded}
 ";
 
 /// KEYS: session. ARGV: now, asked idle deadline, announcement channel,
 /// session key, fold ('1' on a standalone Redis). Rewrites only `idle`
 /// (when the asked one is later) and the TTL; announces the unchanged
 /// version; with fold, raises (or re-adds) the index entry in the same
-/// step. Returns {0} gone, {1, principal, expires-at ('' = none), 1 if the
-/// index was updated here} touched, {3} corrupt.
+/// step. Returns {0} gone, {1, principal, expires-at (ms, 0 = none), 1 if
+/// the index was updated here} touched, {3} corrupt.
 const TOUCH: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
@@ -269,7 +271,7 @@ else
 end
 local folded = follow(ARGV[5], m, ARGV[4], at, ARGV[1])
 announce(ARGV[3], ARGV[4], string.format('%.0f', m[1]))
-return {1, m[4], ms(at), folded}
+return {1, m[4], at, folded}
 ";
 
 /// KEYS: session. ARGV: now, announcement channel, session key, fold.

@@ -238,6 +238,17 @@ pub(crate) fn score(at: Option<Timestamp>) -> String {
     at.map_or_else(|| "+inf".to_owned(), |t| t.as_millis().to_string())
 }
 
+/// When a session ends, as the save and touch scripts answer it: ms since
+/// the epoch, 0 (or anything that is not a number) for never.
+fn ends_at(value: Option<Value>) -> Option<Timestamp> {
+    match value {
+        Some(Value::Int(ms)) => u64::try_from(ms).ok(),
+        other => text(other).parse().ok(),
+    }
+    .filter(|ms| *ms != 0)
+    .map(Timestamp::from_millis)
+}
+
 /// A script's reply as an array, or an error naming the script.
 fn array(value: Value, script: &str) -> Result<Vec<Value>, StoreError> {
     match value {
@@ -430,7 +441,7 @@ impl RedisStore {
                     }
                     Some(2) => {
                         let old = text(reply.next());
-                        let ends = text(reply.next()).parse().ok().map(Timestamp::from_millis);
+                        let ends = ends_at(reply.next());
                         let folded = int(reply.next().as_ref()) == Some(1);
                         Ok((
                             SaveOutcome::Saved(change.expected.next()),
@@ -495,7 +506,7 @@ impl RedisStore {
                     Some(0) => Ok((TouchOutcome::Gone, String::new(), None, true)),
                     Some(1) => {
                         let principal = text(reply.next());
-                        let expires = text(reply.next()).parse().ok().map(Timestamp::from_millis);
+                        let expires = ends_at(reply.next());
                         let folded = int(reply.next().as_ref()) == Some(1);
                         Ok((TouchOutcome::Touched, principal, expires, folded))
                     }

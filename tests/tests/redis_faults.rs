@@ -459,26 +459,40 @@ async fn plant_hash(server: &Redis, store: &RedisStore, key: &SessionKey, fields
         .expect("PEXPIRE");
 }
 
+/// A live session hash at `version`, created now with a minute's idle
+/// timeout and `data` (`d:` fields): its key and "now".
+async fn plant_live_hash(
+    server: &Redis,
+    store: &RedisStore,
+    version: &str,
+    data: &[(&str, &str)],
+) -> (SessionKey, offstate_core::Timestamp) {
+    let key = SessionId::generate().key();
+    let now = offstate_core::Timestamp::now();
+    let idle = now
+        .saturating_add(Duration::from_secs(60))
+        .as_millis()
+        .to_string();
+    let created = now.as_millis().to_string();
+    let mut fields = vec![
+        ("version", version),
+        ("created", created.as_str()),
+        ("idle", idle.as_str()),
+    ];
+    fields.extend_from_slice(data);
+    plant_hash(server, store, &key, &fields).await;
+    (key, now)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_hash_of_an_earlier_version_is_read_then_saved_as_a_string() {
     let server = server().await;
     let store = server.store();
-    let key = SessionId::generate().key();
-    let now = offstate_core::Timestamp::now();
-    let idle = now.saturating_add(Duration::from_secs(60));
-    let idle_ms = idle.as_millis().to_string();
-    let created = now.as_millis().to_string();
-    plant_hash(
+    let (key, now) = plant_live_hash(
         &server,
         store,
-        &key,
-        &[
-            ("version", "4"),
-            ("created", &created),
-            ("idle", &idle_ms),
-            ("d:cart", "[1,2]"),
-            ("d:name", "\"ann\""),
-        ],
+        "4",
+        &[("d:cart", "[1,2]"), ("d:name", "\"ann\"")],
     )
     .await;
 
@@ -540,25 +554,7 @@ async fn a_session_hash_of_an_earlier_version_is_read_then_saved_as_a_string() {
 async fn a_session_hash_of_an_earlier_version_is_touched_and_deleted_in_place() {
     let server = server().await;
     let store = server.store();
-    let key = SessionId::generate().key();
-    let now = offstate_core::Timestamp::now();
-    let idle_ms = now
-        .saturating_add(Duration::from_secs(60))
-        .as_millis()
-        .to_string();
-    let created = now.as_millis().to_string();
-    plant_hash(
-        &server,
-        store,
-        &key,
-        &[
-            ("version", "2"),
-            ("created", &created),
-            ("idle", &idle_ms),
-            ("d:k", "1"),
-        ],
-    )
-    .await;
+    let (key, now) = plant_live_hash(&server, store, "2", &[("d:k", "1")]).await;
     let later = now.saturating_add(Duration::from_secs(120));
     assert_eq!(
         store.touch(&key, later, now).await.expect("touch"),
@@ -603,26 +599,7 @@ async fn a_corrupt_session_hash_is_corrupt() {
 async fn a_session_hash_is_replaced_by_the_record_its_writer_built() {
     let server = server().await;
     let store = server.store();
-    let key = SessionId::generate().key();
-    let now = offstate_core::Timestamp::now();
-    let idle_ms = now
-        .saturating_add(Duration::from_secs(60))
-        .as_millis()
-        .to_string();
-    let created = now.as_millis().to_string();
-    plant_hash(
-        &server,
-        store,
-        &key,
-        &[
-            ("version", "7"),
-            ("created", &created),
-            ("idle", &idle_ms),
-            ("d:a", "1"),
-            ("d:b", "2"),
-        ],
-    )
-    .await;
+    let (key, now) = plant_live_hash(&server, store, "7", &[("d:a", "1"), ("d:b", "2")]).await;
     let base = store
         .load(&key, now)
         .await
