@@ -28,7 +28,7 @@
 //! Earlier versions of offstate stored the fields as a Redis hash
 //! (`version`, `created`, `idle`, `abs`, `principal`, `ix`, `d:<key>`); a
 //! hash is still read (`HGETALL`, see [`decode_hash`]) and becomes a
-//! string at its first save.
+//! string at its first save or touch.
 
 use std::collections::BTreeMap;
 

@@ -71,7 +71,8 @@ use redis::Value;
 use crate::codec;
 use crate::connection::{PooledConnection, SharedConnection};
 use crate::keys::Name;
-use crate::store::{RedisStore, int, score};
+use crate::replies::int;
+use crate::store::{RedisStore, score};
 
 /// One index entry, as read from the sorted set.
 struct Entry {

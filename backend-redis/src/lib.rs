@@ -22,7 +22,8 @@
 //!   invalidations through a small ElastiCache Redis.
 //! - Inside: `keys` (key names and hash tags), `names` (the store contract
 //!   on a session's name, and its legacy name), `codec` (record ⇄ the
-//!   stored string), `scripts` (the Lua scripts), `index` (the principal index),
+//!   stored string), `scripts` (the Lua scripts), `replies` (reading
+//!   their answers), `index` (the principal index),
 //!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)),
 //!   `watch` (what is on the subscriber's socket and not yet with the
 //!   cache) and `subscriber` (the subscription over a watched socket,
@@ -63,8 +64,8 @@
 //!   the TTL of a live session.
 //! - **Sessions stored by earlier versions** as one hash per session are
 //!   still read (a `GET` that meets a hash reads it with `HGETALL`: one
-//!   more round trip), touched and deleted in place, and become strings at
-//!   their first save. An instance of an earlier version cannot read a
+//!   more round trip) and deleted, and become strings at their first save
+//!   or touch. An instance of an earlier version cannot read a
 //!   session this version has saved: upgrade every instance of a fleet
 //!   before sessions are written by the new one (or accept that a user
 //!   served by an old instance meanwhile sees a corrupt-session error).
@@ -180,6 +181,7 @@ mod index;
 mod invalidation;
 mod keys;
 mod names;
+mod replies;
 mod scripts;
 mod store;
 mod subscriber;

@@ -12,7 +12,7 @@
 //! read with one `struct.unpack`, the principal and index names, then the
 //! data pairs. A script never parses the data unless a save gives it only
 //! the changed keys. A session written by an earlier offstate as a hash is
-//! still read, and becomes a string at its first save.
+//! still read, and becomes a string at its first save or touch.
 //!
 //! **Announcements.** Every script that changes or ends a session takes a
 //! channel name and the session's key (as the caches know it); when the
@@ -251,7 +251,8 @@ return {2, m[4], at, folded}
 
 /// KEYS: session. ARGV: now, asked idle deadline, announcement channel,
 /// session key, fold ('1' on a standalone Redis). Rewrites only `idle`
-/// (when the asked one is later) and the TTL; announces the unchanged
+/// (when the asked one is later) and the TTL (and turns a hash of an
+/// earlier version into a string, its data unchanged); announces the unchanged
 /// version; with fold, raises (or re-adds) the index entry in the same
 /// step. Returns {0} gone, {1, principal, expires-at (ms, 0 = none), 1 if
 /// the index was updated here} touched, {3} corrupt.
@@ -261,9 +262,9 @@ if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
 local idle = later_idle(m[2], tonumber(ARGV[2]) or 0)
 local at = ends_at(idle, m[3])
-if idle ~= m[2] and m.hash then
-  redis.call('HSET', KEYS[1], 'idle', ms(idle))
-  expire_at(KEYS[1], at)
+if m.hash then
+  -- A hash of an earlier version becomes a string: its reads are one GET.
+  put(KEYS[1], m, session(m[1], m.created, idle, m[3], m[4], m[5], data_without(KEYS[1], m, {})), at)
 elseif idle ~= m[2] then
   put(KEYS[1], m, session(m[1], m.created, idle, m[3], m[4], m[5], string.sub(m.raw, m.data)), at)
 else

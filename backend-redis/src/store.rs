@@ -15,6 +15,7 @@ use crate::config::RedisConfig;
 use crate::connection::RedisConnection;
 use crate::error::{ConnectError, UnexpectedReply};
 use crate::keys::{KeySpace, Name, TAG_LEN};
+use crate::replies::{array, corrupt_here, decode_stored, ends_at, int, text};
 use crate::scripts::Scripts;
 
 /// Sessions in Redis or ElastiCache (standalone or cluster mode). Clones
@@ -236,56 +237,6 @@ fn expire_arg(at: Option<Timestamp>) -> String {
 /// The index score of a session ending at `at`.
 pub(crate) fn score(at: Option<Timestamp>) -> String {
     at.map_or_else(|| "+inf".to_owned(), |t| t.as_millis().to_string())
-}
-
-/// When a session ends, as the save and touch scripts answer it: ms since
-/// the epoch, 0 (or anything that is not a number) for never.
-fn ends_at(value: Option<Value>) -> Option<Timestamp> {
-    match value {
-        Some(Value::Int(ms)) => u64::try_from(ms).ok(),
-        other => text(other).parse().ok(),
-    }
-    .filter(|ms| *ms != 0)
-    .map(Timestamp::from_millis)
-}
-
-/// A script's reply as an array, or an error naming the script.
-fn array(value: Value, script: &str) -> Result<Vec<Value>, StoreError> {
-    match value {
-        Value::Array(items) => Ok(items),
-        other => Err(UnexpectedReply::store_error(format!("{script}: {other:?}"))),
-    }
-}
-
-pub(crate) fn int(value: Option<&Value>) -> Option<i64> {
-    match value {
-        Some(Value::Int(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-pub(crate) fn text(value: Option<Value>) -> String {
-    value
-        .and_then(|v| codec::bytes(v).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The session a conflict returns: its string, or the fields of a hash
-/// stored by an earlier offstate.
-fn decode_stored(value: Value) -> Result<Option<Record>, StoreError> {
-    match value {
-        Value::Array(_) | Value::Map(_) => codec::decode_hash(value),
-        other => codec::decode_packed(other),
-    }
-    .map_err(StoreError::corrupt)
-}
-
-fn corrupt_here(key: &SessionKey) -> StoreError {
-    StoreError::corrupt(codec::CorruptRecord(format!(
-        "session {} has metadata that does not decode",
-        key.as_str()
-    )))
 }
 
 /// Each call on one name of the session; `SessionStore` (in `names`)

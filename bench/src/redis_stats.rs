@@ -87,7 +87,7 @@ impl CommandStats {
 /// scripts' announcements (the invalidation channel's own heartbeat
 /// `PUBLISH`, one per process per second, is left out with them); `zadd`
 /// and `zremrangebyscore` the principal index's inside the write scripts.
-/// `get` is not here: clients send it too (see [`SCRIPT_GETS`]).
+/// `get` is not here: clients send it too (see [`script_gets`]).
 pub const SCRIPT_INTERNAL: &[&str] = &[
     "type",
     "set",

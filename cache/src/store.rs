@@ -14,6 +14,10 @@
 //!   the staleness bound of the current mode;
 //! - a load that raced with an invalidation does not fill the cache, and
 //!   never replaces a newer version.
+//!
+//! Why this file is long: each `SessionStore` method's cache bookkeeping
+//! (remember, forget, announce, fence) sits beside the backend call it
+//! wraps, so that every rule above can be checked against one `impl`.
 
 use std::collections::VecDeque;
 use std::fmt;

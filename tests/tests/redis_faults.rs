@@ -551,18 +551,30 @@ async fn a_session_hash_of_an_earlier_version_is_read_then_saved_as_a_string() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_hash_of_an_earlier_version_is_touched_and_deleted_in_place() {
+async fn a_session_hash_of_an_earlier_version_becomes_a_string_at_its_first_touch() {
     let server = server().await;
     let store = server.store();
-    let (key, now) = plant_live_hash(&server, store, "2", &[("d:k", "1")]).await;
+    let (key, now) = plant_live_hash(&server, store, "2", &[("d:k", "1"), ("d:l", "2")]).await;
+    let before = store
+        .load(&key, now)
+        .await
+        .expect("load")
+        .expect("a session");
     let later = now.saturating_add(Duration::from_secs(120));
     assert_eq!(
         store.touch(&key, later, now).await.expect("touch"),
         TouchOutcome::Touched
     );
+    let kind: String = server
+        .query(cmd("TYPE").arg(store.store_key(&key)))
+        .await
+        .expect("TYPE");
+    assert_eq!(kind, "string");
     let touched = store.load(&key, now).await.expect("load").expect("touched");
     assert_eq!(touched.deadlines.idle, Some(later));
     assert_eq!(touched.version, Version::new(2));
+    assert_eq!(touched.data, before.data);
+    assert_eq!(touched.created_at, before.created_at);
     assert!(store.delete(&key, now).await.expect("delete"));
     assert!(store.load(&key, now).await.expect("load").is_none());
 }
