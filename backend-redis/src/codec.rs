@@ -65,12 +65,6 @@ fn push_item(out: &mut Vec<u8>, item: &[u8]) {
     out.extend_from_slice(item);
 }
 
-/// Appends the pair of data key `key`.
-pub(crate) fn push_data(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    push_item(out, key.as_bytes());
-    push_item(out, value);
-}
-
 /// The size `data` takes packed, within a few bytes per key.
 pub(crate) fn data_size<'a>(data: impl Iterator<Item = (&'a String, &'a Vec<u8>)>) -> usize {
     data.map(|(k, v)| k.len() + v.len() + 12).sum()
@@ -104,9 +98,7 @@ pub(crate) fn pack(record: &Record, ix: Option<&str>) -> Vec<u8> {
     }
     out.extend_from_slice(principal.as_bytes());
     out.extend_from_slice(ix.as_bytes());
-    for (key, value) in &record.data {
-        push_data(&mut out, key, value);
-    }
+    push_all(&mut out, record.data.iter());
     out
 }
 
@@ -115,10 +107,16 @@ pub(crate) fn pack_data<'a>(
     data: impl Iterator<Item = (&'a String, &'a Vec<u8>)> + Clone,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(data_size(data.clone()));
-    for (key, value) in data {
-        push_data(&mut out, key, value);
-    }
+    push_all(&mut out, data);
     out
+}
+
+/// Appends every pair of `data`.
+fn push_all<'a>(out: &mut Vec<u8>, data: impl Iterator<Item = (&'a String, &'a Vec<u8>)>) {
+    for (key, value) in data {
+        push_item(out, key.as_bytes());
+        push_item(out, value);
+    }
 }
 
 /// All fields of a record, as field/value pairs (the hash of earlier
@@ -184,6 +182,15 @@ pub(crate) fn decode_packed(value: Value) -> Result<Option<Record>, CorruptRecor
         Value::BulkString(bytes) => decode_string(&bytes).map(Some),
         Value::Nil => Ok(None),
         other => Err(CorruptRecord(format!("not a session string: {other:?}"))),
+    }
+}
+
+/// Decodes a stored session as a script returns it: its string, or the
+/// fields of a hash stored by an earlier offstate.
+pub(crate) fn decode_stored(value: Value) -> Result<Option<Record>, CorruptRecord> {
+    match value {
+        Value::Array(_) | Value::Map(_) => decode_hash(value),
+        other => decode_packed(other),
     }
 }
 
@@ -319,11 +326,7 @@ where
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn decode_reply(reply: Value) -> Result<Option<Record>, String> {
-    match reply {
-        Value::Array(_) | Value::Map(_) => decode_hash(reply),
-        other => decode_packed(other),
-    }
-    .map_err(|error| error.to_string())
+    decode_stored(reply).map_err(|error| error.to_string())
 }
 
 /// The string the store writes for `record`, for the fuzz targets. Not

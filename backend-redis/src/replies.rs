@@ -44,11 +44,7 @@ pub(crate) fn text(value: Option<Value>) -> String {
 /// The session a conflict returns: its string, or the fields of a hash
 /// stored by an earlier offstate.
 pub(crate) fn decode_stored(value: Value) -> Result<Option<Record>, StoreError> {
-    match value {
-        Value::Array(_) | Value::Map(_) => codec::decode_hash(value),
-        other => codec::decode_packed(other),
-    }
-    .map_err(StoreError::corrupt)
+    codec::decode_stored(value).map_err(StoreError::corrupt)
 }
 
 pub(crate) fn corrupt_here(key: &SessionKey) -> StoreError {

@@ -217,6 +217,22 @@ pub async fn create_never_overwrites_an_existing_session<H: Harness>(h: &H) {
     assert_eq!(loaded.data, first.data);
 }
 
+/// The change both delta tests make to a session holding `a`, `b` and
+/// `c`: `a` rewritten, `d` added, `b` removed, a new principal (named from
+/// `tag`), and a later idle deadline.
+fn delta_change(now: Timestamp, tag: &str) -> (Change, String) {
+    let mut change = Change::new(
+        Version::INITIAL,
+        Deadlines::idle_at(now.saturating_add(HOUR * 2)),
+    );
+    change.set.insert("a".into(), b"10".to_vec());
+    change.set.insert("d".into(), b"4".to_vec());
+    change.remove.insert("b".into());
+    let principal = principal_name(tag);
+    change.principal = PrincipalChange::Set(principal.clone());
+    (change, principal)
+}
+
 /// A save changes only the keys in the change, keeps the rest, raises the
 /// version by one and stores the new deadlines and principal.
 pub async fn save_applies_only_the_delta_and_raises_the_version<H: Harness>(h: &H) {
@@ -224,15 +240,7 @@ pub async fn save_applies_only_the_delta_and_raises_the_version<H: Harness>(h: &
     let key = new_key();
     let record = record_with(clock.now(), HOUR, &[("a", "1"), ("b", "2"), ("c", "3")]);
     must(store.create(&key, &record, clock.now()).await, "create").await;
-    let mut change = Change::new(
-        Version::INITIAL,
-        Deadlines::idle_at(clock.now().saturating_add(HOUR * 2)),
-    );
-    change.set.insert("a".into(), b"10".to_vec());
-    change.set.insert("d".into(), b"4".to_vec());
-    change.remove.insert("b".into());
-    let principal = principal_name("delta");
-    change.principal = PrincipalChange::Set(principal.clone());
+    let (change, principal) = delta_change(clock.now(), "delta");
     let outcome = must(store.save(&key, &change, clock.now()).await, "save").await;
     assert_eq!(outcome, SaveOutcome::Saved(Version::new(2)));
     let loaded = must(store.load(&key, clock.now()).await, "load")
@@ -260,15 +268,7 @@ pub async fn save_applied_is_exactly_save<H: Harness>(h: &H) {
     // writer asks for: the later one stays.
     let touched = clock.now().saturating_add(HOUR * 3);
     must(store.touch(&key, touched, clock.now()).await, "touch").await;
-    let mut change = Change::new(
-        Version::INITIAL,
-        Deadlines::idle_at(clock.now().saturating_add(HOUR * 2)),
-    );
-    change.set.insert("a".into(), b"10".to_vec());
-    change.set.insert("d".into(), b"4".to_vec());
-    change.remove.insert("b".into());
-    let principal = principal_name("applied");
-    change.principal = PrincipalChange::Set(principal.clone());
+    let (change, principal) = delta_change(clock.now(), "applied");
     let next = Arc::new(change.apply_to(&base));
     let outcome = must(
         store

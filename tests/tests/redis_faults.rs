@@ -459,6 +459,14 @@ async fn plant_hash(server: &Redis, store: &RedisStore, key: &SessionKey, fields
         .expect("PEXPIRE");
 }
 
+/// The Redis type of the value at `key`'s session name.
+async fn stored_type(server: &Redis, store: &RedisStore, key: &SessionKey) -> String {
+    server
+        .query(cmd("TYPE").arg(store.store_key(key)))
+        .await
+        .expect("TYPE")
+}
+
 /// A live session hash at `version`, created now with a minute's idle
 /// timeout and `data` (`d:` fields): its key and "now".
 async fn plant_live_hash(
@@ -521,11 +529,7 @@ async fn a_session_hash_of_an_earlier_version_is_read_then_saved_as_a_string() {
         store.save(&key, &change, now).await.expect("save"),
         offstate_core::SaveOutcome::Saved(Version::new(5))
     );
-    let kind: String = server
-        .query(cmd("TYPE").arg(store.store_key(&key)))
-        .await
-        .expect("TYPE");
-    assert_eq!(kind, "string");
+    assert_eq!(stored_type(&server, store, &key).await, "string");
     let ttl: i64 = server
         .query(cmd("PTTL").arg(store.store_key(&key)))
         .await
@@ -565,11 +569,7 @@ async fn a_session_hash_of_an_earlier_version_becomes_a_string_at_its_first_touc
         store.touch(&key, later, now).await.expect("touch"),
         TouchOutcome::Touched
     );
-    let kind: String = server
-        .query(cmd("TYPE").arg(store.store_key(&key)))
-        .await
-        .expect("TYPE");
-    assert_eq!(kind, "string");
+    assert_eq!(stored_type(&server, store, &key).await, "string");
     let touched = store.load(&key, now).await.expect("load").expect("touched");
     assert_eq!(touched.deadlines.idle, Some(later));
     assert_eq!(touched.version, Version::new(2));
