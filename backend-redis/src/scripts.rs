@@ -14,6 +14,17 @@
 //! the changed keys. A session written by an earlier offstate as a hash is
 //! still read, and becomes a string at its first save or touch.
 //!
+//! **The common save costs least.** A writer that read the version it
+//! saves sends the whole string it built; when the session has no
+//! principal and no later idle deadline is stored, the script stores that
+//! string as it is ([`SAVE_AS_BUILT`], before the helpers are even
+//! defined). Redis runs a script's whole chunk on every call, so the
+//! general save's helpers are closures built per call, and its header is
+//! unpacked, packed and concatenated again: callgrind counts 84.6k
+//! instructions in redis-server per general save and 55.0k per save as
+//! built, where a script that only returns takes 25.2k (with the same
+//! arguments).
+//!
 //! **Announcements.** Every script that changes or ends a session takes a
 //! channel name and the session's key (as the caches know it); when the
 //! channel is not empty, the script `PUBLISH`es the invalidation on it in
@@ -200,23 +211,31 @@ return 1
 
 /// KEYS: session, and on a standalone Redis with principal op 's' the new
 /// principal's index. ARGV: now, expected version, next version,
-/// announcement channel ('' = none), asked idle deadline ('' = none),
-/// session key, principal op ('k' keep, 's' set, 'c' clear), principal,
-/// fold ('1' on a standalone Redis: update the index here), 'w' or 'p',
-/// data pairs, and with 'p' every data key set or removed. With 'w' the
-/// pairs are the whole new data (the writer read this version's); with
-/// 'p' they are the keys set, and the stored pairs of other keys stay. Deadlines never move
-/// backwards: the idle deadline becomes the later of the stored and the
-/// asked one, the absolute one stays. Returns {0} gone, {1, session}
-/// conflict, {2, old principal, expires-at (ms, 0 = none), 1 if the index
-/// was updated here} saved, {3} corrupt.
+/// announcement channel ('' = none), idle deadline ('' = none), session
+/// key, principal op ('k' keep, 's' set, 'c' clear), principal, fold ('1'
+/// on a standalone Redis: update the index here), 'w' or 'p', then:
+/// - with 'w' (the writer read this version), the whole session string
+///   the writer built, and the idle deadline is the one in it (the later
+///   of the read one and the asked one);
+/// - with 'p', the data pairs set, then every data key set or removed: the
+///   stored pairs of other keys stay, and the idle deadline is the asked one.
+///
+/// Deadlines never move backwards: the idle deadline becomes the later of
+/// the stored and the given one, the absolute one stays. Returns {0} gone,
+/// {1, session} conflict, {2, old principal, expires-at (ms, 0 = none), 1
+/// if the index was updated here} saved, {3} corrupt; and the number 2
+/// when [`SAVE_AS_BUILT`] stored the writer's string as it is.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
 if st == 'corrupt' then return {3} end
 if m[1] ~= tonumber(ARGV[2]) then return {1, current(KEYS[1], m)} end
 local data = ARGV[11]
-if ARGV[10] == 'p' then
+if ARGV[10] == 'w' then
+  -- The writer's session string: only its data is taken here.
+  local _, _, _, _, _, vp, vx, vpos = struct.unpack(HEADER, data)
+  data = string.sub(data, vpos + vp + vx)
+else
   local drop = {}
   for i = 12, #ARGV do drop[ARGV[i]] = true end
   local kept = data_without(KEYS[1], m, drop)
@@ -247,6 +266,40 @@ elseif KEYS[2] then
 end
 announce(ARGV[4], ARGV[6], ARGV[3])
 return {2, m[4], at, folded}
+";
+
+/// The common save, before [`PRELUDE`] (whose helpers it needs none of, so
+/// their closures are not even built): a whole-data save ('w') that keeps
+/// the principal, of a string session with no principal, whose stored idle
+/// deadline is not later than the writer's. Then the string the writer
+/// built is exactly what [`SAVE`] would build, and it is stored as it is:
+/// no header is unpacked twice, packed again or concatenated. The writer's
+/// absolute deadline and principal are checked against the stored ones
+/// byte for byte; the version decides the rest (`created` never changes).
+/// Anything else falls through to [`SAVE`], which reads the session again.
+const SAVE_AS_BUILT: &str = r"
+local s = redis.pcall('GET', KEYS[1])
+if type(s) == 'string' and ARGV[10] == 'w' and ARGV[7] == 'k' and #s >= 41 and string.byte(s, 1) == 1 then
+  local v = ARGV[11]
+  local _, version, _, idle, abs, plen, xlen = struct.unpack('>BddddI4I4', s)
+  local asked = tonumber(ARGV[5]) or 0
+  if plen == 0 and xlen == 0 and (asked == 0 or (idle ~= 0 and asked >= idle))
+      and string.sub(s, 26, 41) == string.sub(v, 26, 41) then
+    local ends = idle
+    if ends == 0 or (abs ~= 0 and abs < ends) then ends = abs end
+    if ends ~= 0 and tonumber(ARGV[1]) >= ends then return {0} end
+    if version ~= tonumber(ARGV[2]) then return {1, s} end
+    if asked ~= 0 and (abs == 0 or asked <= abs) then
+      redis.call('SET', KEYS[1], v, 'PXAT', ARGV[5])
+    elseif abs ~= 0 then
+      redis.call('SET', KEYS[1], v, 'PXAT', abs)
+    else
+      redis.call('SET', KEYS[1], v)
+    end
+    if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], 'k ' .. ARGV[6] .. ' ' .. ARGV[3]) end
+    return 2
+  end
+end
 ";
 
 /// KEYS: session. ARGV: now, asked idle deadline, announcement channel,
@@ -354,7 +407,7 @@ impl Scripts {
         let session = |body: &str| Lua(Script::new(&format!("{PRELUDE}{body}")));
         Self {
             create: session(CREATE),
-            save: session(SAVE),
+            save: Lua(Script::new(&format!("{SAVE_AS_BUILT}{PRELUDE}{SAVE}"))),
             touch: session(TOUCH),
             delete: session(DELETE),
             delete_if_version: session(DELETE_IF_VERSION),

@@ -347,21 +347,28 @@ impl RedisStore {
                     PrincipalChange::Clear => ("c", ""),
                     _ => ("k", ""),
                 };
+                // A writer that read this version sends the idle deadline of
+                // the record it built: the later of the read and the asked
+                // one. The stored one is at least the read one (a touch
+                // only raises it), so the script's "later of stored and
+                // given" is the same as with the asked one.
+                let idle = next.map_or(change.deadlines.idle, |next| next.deadlines.idle);
                 call.arg(now.as_millis())
                     .arg(change.expected.get())
                     .arg(change.expected.next().get())
                     .arg(&*self.announcements)
-                    .arg(expire_arg(change.deadlines.idle))
+                    .arg(expire_arg(idle))
                     .arg(key.as_str())
                     .arg(op)
                     .arg(principal)
                     .arg(self.fold_arg(name));
                 match next {
                     // The writer read this version: its data is the stored
-                    // data, so the new data is sent whole and the script
-                    // parses none.
+                    // data, so it sends the whole string it built; the
+                    // script stores it as it is in the common case and
+                    // otherwise takes only its data (never parsing it).
                     Some(next) => {
-                        call.arg("w").arg(codec::pack_data(next.data.iter()));
+                        call.arg("w").arg(codec::pack(next, None));
                     }
                     None => {
                         call.arg("p").arg(codec::pack_data(change.set.iter()));
@@ -374,6 +381,16 @@ impl RedisStore {
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
+                if reply == Value::Int(2) {
+                    // Stored as built: no principal, so nothing to index.
+                    let ends = next.and_then(|next| next.deadlines.expires_at());
+                    return Ok((
+                        SaveOutcome::Saved(change.expected.next()),
+                        String::new(),
+                        ends,
+                        true,
+                    ));
+                }
                 let mut reply = array(reply, "save")?.into_iter();
                 let code = int(reply.next().as_ref());
                 match code {

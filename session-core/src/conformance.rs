@@ -107,6 +107,7 @@ macro_rules! conformance_tests {
             create_never_overwrites_an_existing_session,
             save_applies_only_the_delta_and_raises_the_version,
             save_applied_is_exactly_save,
+            save_applied_without_a_principal_keeps_every_rule_of_save,
             save_with_a_stale_version_conflicts_and_returns_the_current_record,
             save_never_creates_a_session,
             touch_moves_the_idle_deadline_without_rewriting_data,
@@ -305,6 +306,114 @@ pub async fn save_applied_is_exactly_save<H: Harness>(h: &H) {
         .await
         .expect("still there");
     assert_eq!(*loaded, expected);
+}
+
+/// One write of an anonymous session through `save_applied`: `base` with
+/// `cart` set to `value` and the idle deadline `idle` asked.
+fn anonymous_write(base: &Record, idle: Option<Timestamp>, value: &str) -> (Change, Arc<Record>) {
+    let mut deadlines = base.deadlines;
+    deadlines.idle = idle;
+    let mut change = Change::new(base.version, deadlines);
+    change.set.insert("cart".into(), value.as_bytes().to_vec());
+    let next = Arc::new(change.apply_to(base));
+    (change, next)
+}
+
+/// The commonest write, `save_applied` of a session with no principal that
+/// keeps none (a store may then keep the writer's record as it is, as the
+/// Redis store does), obeys every rule of `save`: the asked idle deadline
+/// is stored; a later one from a touch at the same version stays; an
+/// absolute deadline before the asked idle one still ends the session; a
+/// session without an idle deadline gets none; a stale base conflicts and
+/// writes nothing; an expired session is gone.
+pub async fn save_applied_without_a_principal_keeps_every_rule_of_save<H: Harness>(h: &H) {
+    let (clock, store) = manual(h).await;
+    let key = new_key();
+    let record = record_with(clock.now(), HOUR, &[("cart", "[]")]);
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let load = |key: SessionKey, at: Timestamp| {
+        let store = &store;
+        async move { must(store.load(&key, at).await, "load").await }
+    };
+    let save = |key: SessionKey, change: Change, base: Arc<Record>, next: Arc<Record>| {
+        let (store, now) = (&store, clock.now());
+        async move {
+            must(
+                store.save_applied(&key, &change, &base, &next, now).await,
+                "save_applied",
+            )
+            .await
+        }
+    };
+
+    // The asked idle deadline is later than the stored one: stored as built.
+    let base = load(key.clone(), clock.now()).await.expect("created");
+    let (change, next) = anonymous_write(&base, Some(clock.now().saturating_add(HOUR * 2)), "[1]");
+    let saved = save(key.clone(), change, Arc::clone(&base), Arc::clone(&next)).await;
+    assert_eq!(saved, SaveOutcome::Saved(Version::new(2)));
+    let second = load(key.clone(), clock.now()).await.expect("saved");
+    assert_eq!(*second, *next);
+
+    // The same base again is stale: a conflict with the stored record.
+    let (stale, stale_next) = anonymous_write(&base, base.deadlines.idle, "[9]");
+    match save(key.clone(), stale, Arc::clone(&base), stale_next).await {
+        SaveOutcome::Conflict(current) => assert_eq!(*current, *next),
+        other => panic!("a stale save must conflict, got {other:?}"),
+    }
+
+    // A touch at version 2 moves the idle deadline past the one the next
+    // writer asks for (its clock is behind): the touched one stays.
+    let touched = clock.now().saturating_add(HOUR * 3);
+    must(store.touch(&key, touched, clock.now()).await, "touch").await;
+    let (change, next) = anonymous_write(&second, Some(clock.now().saturating_add(HOUR)), "[1,2]");
+    let saved = save(key.clone(), change, Arc::clone(&second), Arc::clone(&next)).await;
+    assert_eq!(saved, SaveOutcome::Saved(Version::new(3)));
+    let third = load(key.clone(), clock.now()).await.expect("saved");
+    assert_eq!(third.deadlines.idle, Some(touched));
+    assert_eq!(third.data, next.data);
+    clock.advance(HOUR * 2);
+    assert!(
+        load(key.clone(), clock.now()).await.is_some(),
+        "a save with an earlier idle deadline shortened the session"
+    );
+
+    // An absolute deadline before the asked idle one ends the session.
+    let key = new_key();
+    let mut record = record_with(clock.now(), HOUR, &[("cart", "[]")]);
+    let absolute = clock.now().saturating_add(Duration::from_secs(1800));
+    record.deadlines.absolute = Some(absolute);
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let base = load(key.clone(), clock.now()).await.expect("created");
+    let (change, next) = anonymous_write(&base, Some(clock.now().saturating_add(HOUR * 2)), "[1]");
+    let saved = save(key.clone(), change, Arc::clone(&base), Arc::clone(&next)).await;
+    assert_eq!(saved, SaveOutcome::Saved(Version::new(2)));
+    let loaded = load(key.clone(), clock.now()).await.expect("saved");
+    assert_eq!(*loaded, *next);
+    assert_eq!(loaded.deadlines.absolute, Some(absolute));
+    clock.advance(Duration::from_secs(1801));
+    assert!(
+        load(key.clone(), clock.now()).await.is_none(),
+        "a save moved the absolute deadline"
+    );
+    // Expired: a save finds it gone and writes nothing.
+    let (change, next) = anonymous_write(&loaded, Some(clock.now().saturating_add(HOUR)), "[2]");
+    assert_eq!(
+        save(key.clone(), change, Arc::clone(&loaded), next).await,
+        SaveOutcome::Gone
+    );
+
+    // No idle deadline: none after the save either.
+    let key = new_key();
+    let mut record = Record::new(clock.now(), Deadlines::default());
+    record.data.insert("cart".into(), b"[]".to_vec());
+    must(store.create(&key, &record, clock.now()).await, "create").await;
+    let base = load(key.clone(), clock.now()).await.expect("created");
+    let (change, next) = anonymous_write(&base, None, "[1]");
+    let saved = save(key.clone(), change, Arc::clone(&base), Arc::clone(&next)).await;
+    assert_eq!(saved, SaveOutcome::Saved(Version::new(2)));
+    let loaded = load(key.clone(), clock.now()).await.expect("saved");
+    assert_eq!(*loaded, *next);
+    assert_eq!(loaded.deadlines, Deadlines::default());
 }
 
 /// A save against an old version writes nothing and returns the current
