@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use offstate_core::Sessions;
 use offstate_core::middleware::{self, ClientUpdate, Disposition};
 use tower_service::Service;
-use tracing::Instrument as _;
+use tracing::{Instrument as _, Span};
 
 use crate::error::{error_response, log, short_response};
 use crate::future::ResponseFuture;
@@ -70,45 +70,72 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // The clone has not been driven to readiness; the original has.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let span = tracing::debug_span!(
             "offstate.request",
             client_update = tracing::field::Empty,
             status = tracing::field::Empty,
         );
-        ResponseFuture::new(
-            async move {
-                let ids = match shared.carrier.read(request.headers()) {
-                    Ok(ids) => ids,
-                    Err(refusal) => {
-                        tracing::warn!(reason = refusal.message(), "refused session input");
-                        let mut response = short_response(refusal.status(), refusal.message());
-                        tell_client(&shared, &mut response, &ClientUpdate::Remove);
-                        return Ok(response);
-                    }
-                };
-                let session = middleware::open(&shared.sessions, ids);
-                request.extensions_mut().insert(session.clone());
-                let mut response = inner.call(request).await?;
-                finish(&shared, &session, &mut response).await;
-                tracing::Span::current().record("status", response.status().as_u16());
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        if span.is_disabled() {
+            // No subscriber wants it: no span entered and left on every
+            // poll, no field recorded (and none logged when `tracing`'s
+            // `log` feature is on).
+            ResponseFuture::new(serve(shared, inner, request, Span::none()))
+        } else {
+            ResponseFuture::new(serve(shared, inner, request, span.clone()).instrument(span))
+        }
     }
 }
 
-/// Saves what the handler left unsaved and tells the client.
+/// The request's work around the handler; `span` is the request's span,
+/// or a disabled one when nobody traces.
+async fn serve<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+    span: Span,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<&'static str>,
+{
+    let ids = match shared.carrier.read(request.headers()) {
+        Ok(ids) => ids,
+        Err(refusal) => {
+            tracing::warn!(reason = refusal.message(), "refused session input");
+            let mut response = short_response(refusal.status(), refusal.message());
+            let told = tell_client(&shared, &mut response, &ClientUpdate::Remove);
+            record(&span, told, response.status());
+            return Ok(response);
+        }
+    };
+    let session = middleware::open(&shared.sessions, ids);
+    request.extensions_mut().insert(session.clone());
+    let mut response = inner.call(request).await?;
+    let told = finish(&shared, &session, &mut response).await;
+    record(&span, told, response.status());
+    Ok(response)
+}
+
+/// Fills the request span's fields, when it is traced.
+fn record(span: &Span, client_update: &'static str, status: StatusCode) {
+    if !span.is_disabled() {
+        span.record("client_update", client_update);
+        span.record("status", status.as_u16());
+    }
+}
+
+/// Saves what the handler left unsaved and tells the client; returns what
+/// it told (see [`tell_client`]).
 async fn finish<B: From<&'static str>>(
     shared: &Shared,
     session: &offstate_core::Session,
     response: &mut Response<B>,
-) {
+) -> &'static str {
     let finished = middleware::finish(session).await;
     match &finished.disposition {
         Disposition::Replace(error) => {
@@ -124,20 +151,21 @@ async fn finish<B: From<&'static str>>(
         }
         _ => {}
     }
-    tell_client(shared, response, &finished.update);
+    tell_client(shared, response, &finished.update)
 }
 
+/// Writes the cookie or header `update` asks for; returns `set`,
+/// `remove` or `unchanged`, for the request span.
 fn tell_client<B: From<&'static str>>(
     shared: &Shared,
     response: &mut Response<B>,
     update: &ClientUpdate,
-) {
+) -> &'static str {
     let label = match update {
         ClientUpdate::Set { .. } => "set",
         ClientUpdate::Remove => "remove",
         _ => "unchanged",
     };
-    tracing::Span::current().record("client_update", label);
     // Max-Age is computed on the clock the deadlines were set with (read
     // only when a cookie is sent).
     let now = || shared.sessions.clock().now();
@@ -151,4 +179,5 @@ fn tell_client<B: From<&'static str>>(
         );
         *response = short_response(StatusCode::INTERNAL_SERVER_ERROR, "session error");
     }
+    label
 }

@@ -35,26 +35,39 @@ async fn call<T>(
         offstate.key = Empty,
         offstate.outcome = Empty,
     );
-    if !span.is_disabled() {
-        if let Some(address) = sessions.store.server_address() {
-            span.record("server.address", address);
-        }
-        if let Some(key) = key {
-            // The key is a hash of the ID; a prefix is enough to correlate.
-            let text = key.as_str();
-            span.record("offstate.key", text.get(..8).unwrap_or(text));
-        }
-    }
     let started = Instant::now();
+    if span.is_disabled() {
+        // Nobody traces: no span entered and left per poll, no field
+        // recorded (or logged, with `tracing`'s `log` feature).
+        let result = work.await;
+        let label = outcome_label(&result, outcome);
+        telemetry::store_call(backend, operation, label, started.elapsed());
+        return result;
+    }
+    if let Some(address) = sessions.store.server_address() {
+        span.record("server.address", address);
+    }
+    if let Some(key) = key {
+        // The key is a hash of the ID; a prefix is enough to correlate.
+        let text = key.as_str();
+        span.record("offstate.key", text.get(..8).unwrap_or(text));
+    }
     let result = work.instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    let label = match &result {
-        Ok(value) => outcome(value),
-        Err(error) => telemetry::error_outcome(error),
-    };
+    let label = outcome_label(&result, outcome);
     span.record("offstate.outcome", label);
     telemetry::store_call(backend, operation, label, elapsed);
     result
+}
+
+fn outcome_label<T>(
+    result: &Result<T, StoreError>,
+    outcome: impl FnOnce(&T) -> &'static str,
+) -> &'static str {
+    match result {
+        Ok(value) => outcome(value),
+        Err(error) => telemetry::error_outcome(error),
+    }
 }
 
 fn ok<T>(_: &T) -> &'static str {
