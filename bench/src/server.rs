@@ -17,11 +17,6 @@ use tower_sessions_redis_store::fred::prelude::{ClientLike as _, Config as FredC
 use crate::BenchError;
 use crate::apps;
 
-/// Redis connections each variant's client may use (offstate's default
-/// pool size; the same number of fred clients for tower-sessions, whose
-/// store takes a pool the app builds).
-pub const REDIS_POOL_SIZE: usize = 8;
-
 /// How long the cached variant waits for its invalidation channel.
 const COHERENT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -113,14 +108,16 @@ pub fn redis_config(url: &str) -> RedisConfig {
         .with_pool_size(pool_size())
 }
 
-/// [`REDIS_POOL_SIZE`], or `OFFSTATE_BENCH_POOL` when set (to see how
-/// the figures depend on it).
+/// Redis connections each variant's client may use: offstate's default
+/// pool size (one per CPU, at most 8), and the same number of fred clients
+/// for tower-sessions, whose store takes a pool the app builds; or
+/// `OFFSTATE_BENCH_POOL` when set (to see how the figures depend on it).
 #[must_use]
 pub fn pool_size() -> usize {
     std::env::var("OFFSTATE_BENCH_POOL")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(REDIS_POOL_SIZE)
+        .unwrap_or_else(|| RedisConfig::new("redis://127.0.0.1").pool_size())
 }
 
 /// The router of `variant`, its sessions in Redis at `redis_url`; offstate
