@@ -7,9 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::routing::{get, post};
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -186,29 +183,6 @@ async fn a_tag_wrong_in_any_one_place_is_refused_without_a_store_call() {
     assert_eq!(store.counts().total(), 0, "a forged tag reached the store");
     let response = send(&app, request("GET", "/read", &[&issued])).await;
     assert_eq!(body(response).await, "n=1", "the genuine tag still works");
-}
-
-/// A writer that keeps everything the subscriber formats.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 const SECRET_VALUE: &str = "card-4929-SECRET-7f3a9c";
