@@ -59,6 +59,21 @@ impl Refusal {
 #[derive(Debug)]
 pub(crate) struct BadHeader;
 
+/// The usable IDs a request carries, in the order it carries them: a
+/// fixed array, since nearly every request carries one (or none) and a
+/// list would be allocated for it.
+#[derive(Debug, Default)]
+pub(crate) struct Presented([Option<SessionId>; MAX_CANDIDATES]);
+
+impl IntoIterator for Presented {
+    type Item = SessionId;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<SessionId>, MAX_CANDIDATES>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten()
+    }
+}
+
 /// The distinct values seen (kept inline: no allocation per request), or
 /// why they are refused.
 #[derive(Default)]
@@ -101,7 +116,7 @@ impl Carrier {
     /// The session IDs the request carries (none, one, or a few different
     /// ones to choose from), without the unusable ones; `Err` for input
     /// that is refused outright.
-    pub(crate) fn read(&self, headers: &HeaderMap) -> Result<Vec<SessionId>, Refusal> {
+    pub(crate) fn read(&self, headers: &HeaderMap) -> Result<Presented, Refusal> {
         let mut seen = Seen::default();
         match &self.transport {
             Transport::Cookie(cookie) => {
@@ -130,21 +145,34 @@ impl Carrier {
             RefusedInput::TooLong.record();
             return Err(refusal);
         }
-        Ok(seen
+        let mut presented = Presented::default();
+        let usable = seen
             .values()
             .iter()
             .copied()
             .filter(|value| !value.is_empty())
-            .filter_map(|value| self.decode(value).map_err(|reason| reason.record()).ok())
-            .collect())
+            .filter_map(|value| self.decode(value).map_err(|reason| reason.record()).ok());
+        for (slot, id) in presented.0.iter_mut().zip(usable) {
+            *slot = Some(id);
+        }
+        Ok(presented)
     }
 
     /// The ID in `value`, or why it is unusable (counted, then ignored).
     fn decode(&self, value: &[u8]) -> Result<SessionId, RefusedInput> {
-        let text = std::str::from_utf8(value).map_err(|_| RefusedInput::NotUtf8)?;
         match &self.signing {
-            Some(key) => key.verify(text).ok_or(RefusedInput::BadSignature),
-            None => SessionId::parse(text).map_err(|_| RefusedInput::Malformed),
+            Some(key) => {
+                let text = std::str::from_utf8(value).map_err(|_| RefusedInput::NotUtf8)?;
+                key.verify(text).ok_or(RefusedInput::BadSignature)
+            }
+            // An ID is ASCII: the parse refuses anything else.
+            None => SessionId::parse_bytes(value).map_err(|_| {
+                if std::str::from_utf8(value).is_err() {
+                    RefusedInput::NotUtf8
+                } else {
+                    RefusedInput::Malformed
+                }
+            }),
         }
     }
 

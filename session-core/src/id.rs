@@ -98,22 +98,36 @@ impl SessionId {
     /// [`IdError`] when the text is not exactly [`SESSION_ID_LEN`] URL-safe
     /// base64 characters. Nothing else is accepted: no padding, no whitespace.
     pub fn parse(text: &str) -> Result<Self, IdError> {
+        Self::parse_bytes(text.as_bytes())
+    }
+
+    /// Parses the text form of an ID given as bytes (a header value, say),
+    /// as [`parse`](Self::parse) does: anything but exactly
+    /// [`SESSION_ID_LEN`] URL-safe base64 characters is refused, so no
+    /// separate UTF-8 check is needed first.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](Self::parse).
+    pub fn parse_bytes(text: &[u8]) -> Result<Self, IdError> {
         if text.len() != SESSION_ID_LEN {
             return Err(IdError::Length(text.len()));
         }
         // 32 characters of 6 bits are exactly the 24 bytes, with no
         // padding bits: each group of 4 characters gives 3 bytes. Decoded
-        // here rather than by the base64 engine, since every request with
-        // a cookie parses one.
+        // here, with a table, rather than by the base64 engine, since every
+        // request with a cookie parses one.
         let mut bytes = [0u8; ID_BYTES];
-        for (quad, out) in text
-            .as_bytes()
-            .chunks_exact(4)
-            .zip(bytes.chunks_exact_mut(3))
-        {
+        for (quad, out) in text.chunks_exact(4).zip(bytes.chunks_exact_mut(3)) {
             let mut group = 0u32;
+            let mut invalid = 0u8;
             for &c in quad {
-                group = (group << 6) | u32::from(sextet(c).ok_or(IdError::Alphabet)?);
+                let value = SEXTETS[usize::from(c)];
+                invalid |= value;
+                group = (group << 6) | u32::from(value & 0x3f);
+            }
+            if invalid & INVALID != 0 {
+                return Err(IdError::Alphabet);
             }
             let [_, a, b, c] = group.to_be_bytes();
             out.copy_from_slice(&[a, b, c]);
@@ -135,8 +149,26 @@ impl SessionId {
     }
 }
 
+/// Marks a byte that is not a URL-safe base64 character in [`SEXTETS`].
+const INVALID: u8 = 0x80;
+
+/// Every byte's value as a URL-safe base64 character, or [`INVALID`].
+const SEXTETS: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut c = 0;
+    while c < 256 {
+        // `c < 256`, so the cast is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        if let Some(value) = sextet(c as u8) {
+            table[c] = value;
+        }
+        c += 1;
+    }
+    table
+};
+
 /// The value of a URL-safe base64 character.
-fn sextet(c: u8) -> Option<u8> {
+const fn sextet(c: u8) -> Option<u8> {
     match c {
         b'A'..=b'Z' => Some(c - b'A'),
         b'a'..=b'z' => Some(c - b'a' + 26),
@@ -394,6 +426,28 @@ mod tests {
         let text = a.to_string();
         assert_eq!(text.len(), SESSION_ID_LEN);
         assert_eq!(SessionId::parse(&text).unwrap(), a);
+    }
+
+    #[test]
+    fn parse_refuses_every_byte_outside_the_alphabet_in_every_position() {
+        let valid = SessionId::generate().to_string();
+        for byte in 0..=u8::MAX {
+            let in_alphabet = byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_';
+            for position in [0, 7, 13, SESSION_ID_LEN - 1] {
+                let mut text = valid.clone().into_bytes();
+                text[position] = byte;
+                let parsed = SessionId::parse_bytes(&text);
+                if in_alphabet {
+                    assert!(parsed.is_ok(), "byte {byte:#04x} at {position}");
+                } else {
+                    assert_eq!(
+                        parsed,
+                        Err(IdError::Alphabet),
+                        "byte {byte:#04x} at {position}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

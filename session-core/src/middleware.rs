@@ -25,7 +25,7 @@ use crate::session::{Session, Sessions};
 /// one of them may have been planted by a sibling subdomain.
 #[must_use]
 pub fn open(sessions: &Sessions, ids: impl IntoIterator<Item = SessionId>) -> Session {
-    Session::open_presented(sessions.clone(), ids.into_iter().collect())
+    Session::open_presented(sessions.clone(), ids)
 }
 
 /// What the client must be told after a request.

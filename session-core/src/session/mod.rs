@@ -88,7 +88,10 @@ impl Session {
         Self::with_state(sessions, State::new(id))
     }
 
-    pub(crate) fn open_presented(sessions: Sessions, ids: Vec<SessionId>) -> Self {
+    pub(crate) fn open_presented(
+        sessions: Sessions,
+        ids: impl IntoIterator<Item = SessionId>,
+    ) -> Self {
         Self::with_state(sessions, State::presented(ids))
     }
 

@@ -114,11 +114,17 @@ impl State {
 
     /// A state for the IDs a client presented: none, one, or several to
     /// choose from on load.
-    pub(crate) fn presented(mut ids: Vec<SessionId>) -> Self {
+    pub(crate) fn presented(ids: impl IntoIterator<Item = SessionId>) -> Self {
+        let mut ids = ids.into_iter();
+        let Some(first) = ids.next() else {
+            return Self::new(None);
+        };
+        // The usual request presents one ID: no list is allocated for it.
+        let Some(second) = ids.find(|id| *id != first) else {
+            return Self::new(Some(first));
+        };
+        let mut ids: Vec<SessionId> = [first, second].into_iter().chain(ids).collect();
         ids.dedup();
-        if ids.len() <= 1 {
-            return Self::new(ids.pop());
-        }
         let mut state = Self::new(None);
         state.loaded = false;
         state.candidates = ids;
@@ -265,5 +271,26 @@ pub(crate) fn materialize(base: Option<&Record>, overlay: &Overlay, into: &mut R
                 into.data.remove(key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presented_ids_keep_one_repeated_id_and_every_distinct_candidate() {
+        let (a, b) = (SessionId::generate(), SessionId::generate());
+
+        let none = State::presented([]);
+        assert!(none.id.is_none() && none.candidates.is_empty() && none.loaded);
+
+        let one = State::presented([a.clone(), a.clone(), a.clone()]);
+        assert!(one.id.as_ref() == Some(&a) && one.candidates.is_empty());
+
+        let two = State::presented([a.clone(), a.clone(), b.clone(), a.clone()]);
+        assert!(two.id.is_none() && !two.loaded);
+        // Only repeats in a row fold, as before: a, b, a stays three.
+        assert!(two.candidates == [a.clone(), b, a]);
     }
 }
