@@ -620,8 +620,14 @@ pub fn render(results: &Results) -> String {
         out,
         "{} clients, each with its own keep-alive connection, cookie jar and \
          session (created before the clock starts). Every app variant runs \
-         in its own process over the same redis-server; `CONFIG RESETSTAT` \
-         before each run, `INFO commandstats` after it.\n\n\
+         in its own process over the same redis-server, one variant at a \
+         time. Each variant's time on a mix is split into {} turns, and the \
+         variants take turns in rounds (every variant once, then again...), \
+         each turn in a fresh process after a 1 s warm-up: a machine whose \
+         speed drifts (this one is shared) slows every variant alike, not \
+         the one measured last. `CONFIG RESETSTAT` before each turn, \
+         `INFO commandstats` after it; the figures are the sums of the \
+         turns.\n\n\
          - *Redis round trips* are the commands clients sent: a Lua script \
          (`EVALSHA`) counts once. *Commands executed* adds the commands \
          offstate's scripts run inside Redis (each session script's one \
@@ -630,7 +636,8 @@ pub fn render(results: &Results) -> String {
          - *CPU µs/req* is the CPU time (user + system) the app process and \
          redis-server used during the run, divided by the requests served: \
          unlike req/s it hardly depends on what else the machine is doing.\n",
-        s.clients
+        s.clients,
+        crate::run::ROUNDS
     );
     let _ = writeln!(out, "![requests per second]({CHART_FILE})\n");
     for (title, pick) in [

@@ -223,57 +223,133 @@ fn spawn_app(
     Ok((process, addr))
 }
 
-async fn phase(
+/// What one turn of a variant on one mix measured, before it is added to
+/// the variant's other turns and summarised as a [`Phase`].
+#[derive(Debug, Default)]
+struct Sample {
+    load: loadgen::LoadResult,
+    app_cpu_seconds: f64,
+    redis_cpu_seconds: f64,
+    commands: BTreeMap<String, u64>,
+}
+
+impl Sample {
+    fn add(&mut self, other: Self) {
+        self.load.ok += other.load.ok;
+        self.load.errors += other.load.errors;
+        self.load.elapsed += other.load.elapsed;
+        self.load.latencies_us.extend(other.load.latencies_us);
+        self.app_cpu_seconds += other.app_cpu_seconds;
+        self.redis_cpu_seconds += other.redis_cpu_seconds;
+        for (name, n) in other.commands {
+            *self.commands.entry(name).or_default() += n;
+        }
+    }
+
+    fn into_phase(mut self) -> Phase {
+        self.load.latencies_us.sort_unstable();
+        let requests = (self.load.ok + self.load.errors).max(1) as f64;
+        Phase {
+            rps: self.load.rps(),
+            p50_ms: self.load.percentile_ms(0.50),
+            p99_ms: self.load.percentile_ms(0.99),
+            ok: self.load.ok,
+            errors: self.load.errors,
+            commands: self.commands,
+            app_cpu_us: self.app_cpu_seconds * 1e6 / requests,
+            redis_cpu_us: self.redis_cpu_seconds * 1e6 / requests,
+        }
+    }
+}
+
+async fn sample(
     clients: Vec<loadgen::HttpClient>,
     stats: &mut CommandStats,
     app_pid: u32,
     mix: Mix,
     seconds: f64,
-) -> Result<(Vec<loadgen::HttpClient>, Phase), BenchError> {
+) -> Result<(Vec<loadgen::HttpClient>, Sample), BenchError> {
     stats.reset().await?;
     let redis_cpu = stats.cpu_seconds().await?;
     let app_cpu = process_cpu_seconds(app_pid).unwrap_or(0.0);
     let (clients, load) = loadgen::run(clients, mix, Duration::from_secs_f64(seconds)).await;
-    let app_cpu = process_cpu_seconds(app_pid).unwrap_or(0.0) - app_cpu;
-    let redis_cpu = stats.cpu_seconds().await? - redis_cpu;
+    let app_cpu_seconds = process_cpu_seconds(app_pid).unwrap_or(0.0) - app_cpu;
+    let redis_cpu_seconds = stats.cpu_seconds().await? - redis_cpu;
     let commands = stats.calls().await?;
-    let requests = (load.ok + load.errors).max(1) as f64;
-    let phase = Phase {
-        rps: load.rps(),
-        p50_ms: load.percentile_ms(0.50),
-        p99_ms: load.percentile_ms(0.99),
-        ok: load.ok,
-        errors: load.errors,
+    let sample = Sample {
+        load,
+        app_cpu_seconds,
+        redis_cpu_seconds,
         commands,
-        app_cpu_us: app_cpu * 1e6 / requests,
-        redis_cpu_us: redis_cpu * 1e6 / requests,
     };
-    Ok((clients, phase))
+    Ok((clients, sample))
 }
+
+/// Each variant's time on each mix is split into this many turns, and the
+/// variants take their turns in rounds (round 1: every variant, then round
+/// 2...). On a shared machine whose speed drifts over minutes, every
+/// variant then meets the same slow and fast spells, instead of the one
+/// measured last meeting the slowest; the figures are the sums of the turns.
+pub const ROUNDS: u32 = 3;
 
 async fn http_runs(
     settings: &Settings,
     redis_url: &str,
     stats: &mut CommandStats,
 ) -> Result<Vec<VariantResult>, BenchError> {
+    let mut samples: Vec<[Sample; 3]> = Variant::ALL.iter().map(|_| Default::default()).collect();
+    let turn = |seconds: f64| seconds / f64::from(ROUNDS);
+    for round in 1..=ROUNDS {
+        for (variant, [mixed, read, write]) in Variant::ALL.into_iter().zip(&mut samples) {
+            eprintln!(
+                "[bench] HTTP, round {round} of {ROUNDS}: {}",
+                variant.label()
+            );
+            // Only the variant whose turn it is runs: a fresh process, so
+            // that no other app's background work lands in its figures.
+            let (process, addr) = spawn_app(variant, redis_url, None)?;
+            let clients = loadgen::prepare(addr, settings.clients).await?;
+            // A short warm-up: connections, caches, allocator.
+            let (clients, _) =
+                loadgen::run(clients, Mix::OneWriteIn(10), Duration::from_secs(1)).await;
+            let pid = process.pid();
+            let (clients, part) = sample(
+                clients,
+                stats,
+                pid,
+                Mix::OneWriteIn(10),
+                turn(settings.seconds),
+            )
+            .await?;
+            mixed.add(part);
+            let (clients, part) = sample(
+                clients,
+                stats,
+                pid,
+                Mix::ReadOnly,
+                turn(settings.short_seconds),
+            )
+            .await?;
+            read.add(part);
+            let (clients, part) = sample(
+                clients,
+                stats,
+                pid,
+                Mix::WriteOnly,
+                turn(settings.short_seconds),
+            )
+            .await?;
+            write.add(part);
+            drop(clients);
+            drop(process);
+        }
+    }
     let mut results = Vec::new();
-    for variant in Variant::ALL {
-        eprintln!("[bench] HTTP: {}", variant.label());
-        let (process, addr) = spawn_app(variant, redis_url, None)?;
-        let clients = loadgen::prepare(addr, settings.clients).await?;
-        // A short warm-up: connections, caches, allocator.
-        let (clients, _) = loadgen::run(clients, Mix::OneWriteIn(10), Duration::from_secs(1)).await;
-        let pid = process.pid();
-        let (clients, mixed) =
-            phase(clients, stats, pid, Mix::OneWriteIn(10), settings.seconds).await?;
-        let (clients, read) =
-            phase(clients, stats, pid, Mix::ReadOnly, settings.short_seconds).await?;
-        let (clients, write) =
-            phase(clients, stats, pid, Mix::WriteOnly, settings.short_seconds).await?;
-        drop(clients);
-        drop(process);
+    for (variant, [mixed, read, write]) in Variant::ALL.into_iter().zip(samples) {
+        let (mixed, read, write) = (mixed.into_phase(), read.into_phase(), write.into_phase());
         eprintln!(
-            "[bench]   90/10 {:.0} req/s, p99 {:.2} ms, {:.3} cmd/req, app {:.0} µs + redis {:.0} µs CPU/req; read-only {:.3} cmd/req",
+            "[bench] HTTP {}: 90/10 {:.0} req/s, p99 {:.2} ms, {:.3} cmd/req, app {:.0} µs + redis {:.0} µs CPU/req; read-only {:.3} cmd/req",
+            variant.label(),
             mixed.rps,
             mixed.p99_ms,
             mixed.commands_per_request(),
@@ -537,6 +613,32 @@ async fn instruction_counts(settings: &Settings, redis_url: &str) -> (Vec<Measur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turns_add_up_to_one_phase() {
+        let turn = |ok: u64, latencies: Vec<u32>, gets: u64| Sample {
+            load: loadgen::LoadResult {
+                ok,
+                errors: 0,
+                elapsed: Duration::from_secs(1),
+                latencies_us: latencies,
+            },
+            app_cpu_seconds: 0.5,
+            redis_cpu_seconds: 0.25,
+            commands: BTreeMap::from([("get".to_owned(), gets)]),
+        };
+        let mut total = Sample::default();
+        total.add(turn(100, vec![3000, 1000], 100));
+        total.add(turn(300, vec![2000], 300));
+        let phase = total.into_phase();
+        assert_eq!(phase.ok, 400);
+        assert!((phase.rps - 200.0).abs() < 1e-9);
+        assert!((phase.p50_ms - 2.0).abs() < 1e-9);
+        assert!((phase.p99_ms - 3.0).abs() < 1e-9);
+        assert!((phase.app_cpu_us - 2500.0).abs() < 1e-9);
+        assert!((phase.redis_cpu_us - 1250.0).abs() < 1e-9);
+        assert!((phase.commands_per_request() - 1.0).abs() < 1e-9);
+    }
 
     #[test]
     fn reads_redis_benchmark_csv() {
