@@ -21,6 +21,7 @@
 //! - `icount`: instructions per request under callgrind, in process and
 //!   of the app server over HTTP (`scripts/icount.sh`).
 //! - `session_bytes`: `MEMORY USAGE` of a typical session in Redis.
+//! - `turns`: one variant's turns on one mix over HTTP, and their sum.
 //! - `run`: the whole run; `report` and `chart`: its output.
 //!
 //! # Example
@@ -45,6 +46,7 @@ pub mod report;
 pub mod run;
 pub mod server;
 pub mod session_bytes;
+pub mod turns;
 
 /// Anything that stops a benchmark.
 #[derive(Debug, thiserror::Error)]

@@ -637,7 +637,7 @@ pub fn render(results: &Results) -> String {
          redis-server used during the run, divided by the requests served: \
          unlike req/s it hardly depends on what else the machine is doing.\n",
         s.clients,
-        crate::run::ROUNDS
+        crate::turns::ROUNDS
     );
     let _ = writeln!(out, "![requests per second]({CHART_FILE})\n");
     for (title, pick) in [

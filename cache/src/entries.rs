@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use offstate_core::{Record, SessionKey, Version};
+use offstate_core::{KeyHashing, Record, SessionKey, Version};
 use tokio::time::Instant;
 
 use crate::stats::{Counters, Eviction};
@@ -67,7 +67,8 @@ struct Slot {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<SessionKey, Slot>,
+    /// Keys of stored sessions only: hashed by their first bytes.
+    map: HashMap<SessionKey, Slot, KeyHashing>,
     bytes: u64,
     /// Inserts since the last sweep of expired entries.
     inserts: usize,

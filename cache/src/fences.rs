@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use offstate_core::{SessionKey, Version};
+use offstate_core::{KeyHashing, SessionKey, Version};
 use tokio::time::Instant;
 
 use crate::entries::shard_of;
@@ -63,7 +63,8 @@ struct Kept {
 
 /// The recent fences per key (see the module docs).
 pub(crate) struct Fences {
-    shards: Box<[Mutex<HashMap<SessionKey, Kept>>]>,
+    /// Bounded in number (`shard_max`): hashed by the keys' first bytes.
+    shards: Box<[Mutex<HashMap<SessionKey, Kept, KeyHashing>>]>,
     ttl: Duration,
     shard_max: usize,
 }
@@ -78,7 +79,7 @@ impl Fences {
         }
     }
 
-    fn shard(&self, key: &SessionKey) -> MutexGuard<'_, HashMap<SessionKey, Kept>> {
+    fn shard(&self, key: &SessionKey) -> MutexGuard<'_, HashMap<SessionKey, Kept, KeyHashing>> {
         self.shards[shard_of(key, SHARDS)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

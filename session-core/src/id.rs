@@ -383,12 +383,15 @@ impl fmt::Debug for SessionKey {
     }
 }
 
-/// Hashes a [`SessionKey`] by its first bytes. The key is already the
-/// output of a cryptographic hash of a server-generated ID, so hashing it
-/// again (SipHash, on every lookup) buys nothing; clients cannot choose
-/// the keys that get stored, so they cannot crowd one bucket either.
+/// Hashes a [`SessionKey`] by its first bytes, for maps keyed by session
+/// keys ([`KeyHashing`]). The key is already the output of a cryptographic
+/// hash of a server-generated ID, so hashing it again (SipHash, on every
+/// lookup) buys nothing; clients cannot choose the keys that get stored,
+/// so they cannot crowd one bucket either. Use it only for maps whose keys
+/// are those of stored sessions (or bounded in number): anyone can compute
+/// the key of an ID they make up.
 #[derive(Debug, Default)]
-pub(crate) struct KeyHasher(u64);
+pub struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -411,12 +414,14 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// Builds [`KeyHasher`]s, for maps keyed by [`SessionKey`].
-pub(crate) type KeyHashing = std::hash::BuildHasherDefault<KeyHasher>;
+/// Builds [`KeyHasher`]s, for maps keyed by [`SessionKey`]:
+/// `HashMap<SessionKey, V, KeyHashing>`.
+pub type KeyHashing = std::hash::BuildHasherDefault<KeyHasher>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn generated_ids_round_trip_and_differ() {
@@ -484,6 +489,23 @@ mod tests {
         // Multi-byte UTF-8 of the right byte length must not panic.
         let tricky = "é".repeat(SESSION_ID_LEN / 2);
         assert!(SessionId::parse(&tricky).is_err());
+    }
+
+    #[test]
+    fn key_hasher_spreads_keys_over_the_bits_a_map_uses() {
+        use std::hash::BuildHasher as _;
+
+        let hashing = KeyHashing::default();
+        let hashes: Vec<u64> = (0..4096)
+            .map(|_| hashing.hash_one(SessionId::generate().key()))
+            .collect();
+        // A table of 4096 buckets indexes by the low 12 bits: random
+        // hashes fill about 1 - 1/e of them (2589).
+        let buckets: HashSet<u64> = hashes.iter().map(|h| h & 0xfff).collect();
+        assert!(buckets.len() > 2400, "{} buckets of 4096", buckets.len());
+        // The map's tag is the top 7 bits: every value shows up.
+        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(tags.len(), 128);
     }
 
     #[test]

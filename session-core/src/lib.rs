@@ -70,7 +70,10 @@ pub use error::{BoxError, LimitError, SessionError, StoreError};
 pub use expiry::ExpiryPolicy;
 #[cfg(feature = "axum")]
 pub use extract::MissingSessionLayer;
-pub use id::{IdError, KeyPrefix, MAX_KEY_PREFIX_LEN, SESSION_ID_LEN, SessionId, SessionKey};
+pub use id::{
+    IdError, KeyHasher, KeyHashing, KeyPrefix, MAX_KEY_PREFIX_LEN, SESSION_ID_LEN, SessionId,
+    SessionKey,
+};
 pub use invalidation::{
     CachedCopy, ChannelEvent, Invalidation, InvalidationChannel, LocalChannel,
     MalformedInvalidation,
