@@ -232,36 +232,18 @@ async fn http_runs(
             let (process, addr) = spawn_app(variant, redis_url, None)?;
             let clients = loadgen::prepare(addr, settings.clients).await?;
             // A short warm-up: connections, caches, allocator.
-            let (clients, _) =
+            let (mut clients, _) =
                 loadgen::run(clients, Mix::OneWriteIn(10), Duration::from_secs(1)).await;
             let pid = process.pid();
-            let (clients, part) = sample(
-                clients,
-                stats,
-                pid,
-                Mix::OneWriteIn(10),
-                turn(settings.seconds),
-            )
-            .await?;
-            mixed.add(part);
-            let (clients, part) = sample(
-                clients,
-                stats,
-                pid,
-                Mix::ReadOnly,
-                turn(settings.short_seconds),
-            )
-            .await?;
-            read.add(part);
-            let (clients, part) = sample(
-                clients,
-                stats,
-                pid,
-                Mix::WriteOnly,
-                turn(settings.short_seconds),
-            )
-            .await?;
-            write.add(part);
+            for (mix, seconds, total) in [
+                (Mix::OneWriteIn(10), settings.seconds, &mut *mixed),
+                (Mix::ReadOnly, settings.short_seconds, &mut *read),
+                (Mix::WriteOnly, settings.short_seconds, &mut *write),
+            ] {
+                let (back, part) = sample(clients, stats, pid, mix, turn(seconds)).await?;
+                clients = back;
+                total.add(part);
+            }
             drop(clients);
             drop(process);
         }
