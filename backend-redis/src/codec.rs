@@ -250,10 +250,13 @@ pub(crate) fn decode_string(bytes: &[u8]) -> Result<Record, CorruptRecord> {
 
 /// A double that holds a whole number from 0 to 2^53, as that number.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // Checked first.
+#[allow(clippy::cast_precision_loss)] // 2^53 is exact.
 fn whole(n: f64) -> Option<u64> {
-    const LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
-    (n.fract() == 0.0 && (0.0..=LIMIT).contains(&n)).then_some(n as u64)
+    (n.fract() == 0.0 && (0.0..=EXACT_LIMIT as f64).contains(&n)).then_some(n as u64)
 }
+
+/// The largest whole number a double holds with every smaller one: 2^53.
+const EXACT_LIMIT: u64 = 1 << 53;
 
 /// The first `<length>:<bytes>` item of `packed`, and what follows it.
 fn split_item(packed: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -347,9 +350,14 @@ pub fn encode_fields(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
     encode(record)
 }
 
-/// Parses a decimal metadata field.
+/// Parses a decimal metadata field: a whole number up to 2^53, as the
+/// session string's header (and the scripts' Lua numbers) hold exactly, so
+/// that a hash of an earlier version that decodes also survives becoming a
+/// string.
 pub(crate) fn number(field: &str, value: &[u8]) -> Result<u64, CorruptRecord> {
-    decimal(value).ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number")))
+    decimal(value)
+        .filter(|n| *n <= EXACT_LIMIT)
+        .ok_or_else(|| CorruptRecord(format!("field {field:?} is not a number up to 2^53")))
 }
 
 /// A `u64` in decimal, as `str::parse` reads it (an optional `+`, digits,
@@ -467,5 +475,21 @@ mod tests {
         assert!(decode(pairs).is_err());
         assert!(decode(vec![(b"d:k".to_vec(), b"1".to_vec())]).is_err());
         assert_eq!(decode(Vec::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_hash_decodes_only_numbers_its_string_can_hold() {
+        // Found by fuzz/redis_hash: a creation time past 2^53 decoded from
+        // a hash but not from the string that hash becomes.
+        let hash = |created: u64| {
+            vec![
+                (b"version".to_vec(), b"5".to_vec()),
+                (b"created".to_vec(), created.to_string().into_bytes()),
+            ]
+        };
+        let at_limit = decode(hash(EXACT_LIMIT)).unwrap().unwrap();
+        assert_eq!(decode_string(&pack(&at_limit, None)).unwrap(), at_limit);
+        assert!(decode(hash(2_910_849_811_632_772_536)).is_err());
+        assert!(decode(hash(EXACT_LIMIT + 1)).is_err());
     }
 }
