@@ -13,7 +13,7 @@ use redis::RedisConnectionInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::watch::{self, FrameLen, Watched};
+use crate::watch::{self, Parsed, Push, Watched};
 
 /// A message read off the subscription.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,14 +70,21 @@ impl Subscriber {
     /// is lost or says something that is not RESP.
     pub(crate) async fn next(&mut self) -> Result<Pushed, String> {
         loop {
-            let frame = self.frame().await?;
-            if let Some((channel, payload)) = watch::pushed(&frame) {
-                return Ok(Pushed {
-                    channel: channel.to_vec(),
-                    payload: payload.to_vec(),
-                });
-            }
             // Anything else (a late confirmation, say) is no message.
+            let pushed = self
+                .frame(|_, push| {
+                    push.map(|push| {
+                        let (channel, payload) = push.parts();
+                        Pushed {
+                            channel: channel.to_vec(),
+                            payload: payload.to_vec(),
+                        }
+                    })
+                })
+                .await?;
+            if let Some(pushed) = pushed {
+                return Ok(pushed);
+            }
         }
     }
 
@@ -90,27 +97,30 @@ impl Subscriber {
 
     /// The next frame, for the handshake.
     async fn reply(&mut self) -> Result<Vec<u8>, StoreError> {
-        self.frame()
+        self.frame(|frame, _| frame.to_vec())
             .await
             .map_err(|why| StoreError::Unavailable(why.into()))
     }
 
-    /// The next whole frame, reading as much as it takes. Cancel-safe: what
-    /// was read stays in the buffer.
-    async fn frame(&mut self) -> Result<Vec<u8>, String> {
+    /// What `take` makes of the next whole frame (its bytes, and what it
+    /// holds if it is a pub/sub message), reading as much as it takes.
+    /// Each frame is parsed once. Cancel-safe: what was read stays in the
+    /// buffer.
+    async fn frame<T>(&mut self, take: impl Fn(&[u8], Option<Push<'_>>) -> T) -> Result<T, String> {
         loop {
-            match watch::frame_len(&self.buffer[self.start..]) {
-                FrameLen::Complete(len) => {
-                    let frame = self.buffer[self.start..self.start + len].to_vec();
+            let unparsed = &self.buffer[self.start..];
+            match watch::parse(unparsed) {
+                Parsed::Complete { len, push } => {
+                    let taken = take(&unparsed[..len], push);
                     self.start += len;
                     if self.start == self.buffer.len() {
                         self.buffer.clear();
                         self.start = 0;
                     }
-                    return Ok(frame);
+                    return Ok(taken);
                 }
-                FrameLen::Invalid => return Err("the server sent bytes that are not RESP".into()),
-                FrameLen::Incomplete => {}
+                Parsed::Invalid => return Err("the server sent bytes that are not RESP".into()),
+                Parsed::Incomplete => {}
             }
             if self.start > 0 {
                 self.buffer.drain(..self.start);

@@ -314,8 +314,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[derive(Debug, PartialEq, Eq)]
 enum Frame {
     /// A whole top-level value of `len` bytes; `seen` when it is a pub/sub
-    /// message (`message`, `pmessage`, `smessage`), which redis-rs hands to
-    /// the subscription's stream.
+    /// message (`message`, `pmessage`, `smessage`), which the subscriber
+    /// hands to the cache.
     Complete {
         len: usize,
         seen: Option<Seen>,
@@ -334,119 +334,179 @@ enum Value<'a> {
 
 /// The frame at the start of `b`, a subscription to `channel` reading it.
 fn frame(b: &[u8], channel: &[u8]) -> Frame {
-    match value(b) {
-        Value::Done(len, _) => Frame::Complete {
+    match parse(b) {
+        Parsed::Complete { len, push } => Frame::Complete {
             len,
-            seen: message(&b[..len], channel),
+            seen: push.map(|push| message(push, channel)),
         },
-        Value::Incomplete => Frame::Incomplete,
-        Value::Invalid => Frame::Invalid,
+        Parsed::Incomplete => Frame::Incomplete,
+        Parsed::Invalid => Frame::Invalid,
     }
 }
 
-/// How long the frame at the start of a buffer is, for a reader of the
-/// subscription.
+/// A top-level frame parsed once (every byte of it read once): its length
+/// and, if it is a pub/sub message, what it holds.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum FrameLen {
-    Complete(usize),
+pub(crate) enum Parsed<'a> {
+    Complete { len: usize, push: Option<Push<'a>> },
     Incomplete,
     Invalid,
 }
 
-/// The length of the frame at the start of `b`.
-pub(crate) fn frame_len(b: &[u8]) -> FrameLen {
-    match value(b) {
-        Value::Done(len, _) => FrameLen::Complete(len),
-        Value::Incomplete => FrameLen::Incomplete,
-        Value::Invalid => FrameLen::Invalid,
-    }
-}
-
-/// What a complete frame is, if it is a pub/sub message.
-enum Push<'a> {
+/// A pub/sub message: an aggregate whose first element names the kind of
+/// push, and whose last two are the channel and the payload.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(crate) enum Push<'a> {
     /// A `message`, `smessage` or `pmessage` with its channel and payload.
     Message(Option<&'a [u8]>, Option<&'a [u8]>),
     /// A message whose parts cannot be read.
     Garbled,
 }
 
-/// A pub/sub message is an aggregate whose first element names the kind
-/// of push, and whose last two are the channel and the payload.
-fn push(b: &[u8]) -> Option<Push<'_>> {
+impl<'a> Push<'a> {
+    /// The channel and payload the subscriber hands on (a garbled message
+    /// with empty parts): exactly the frames [`Watch`] holds as read and
+    /// not yet forwarded.
+    pub(crate) fn parts(self) -> (&'a [u8], &'a [u8]) {
+        match self {
+            Self::Message(named, payload) => {
+                (named.unwrap_or_default(), payload.unwrap_or_default())
+            }
+            Self::Garbled => (&[], &[]),
+        }
+    }
+}
+
+/// The frame at the start of `b`.
+pub(crate) fn parse(b: &[u8]) -> Parsed<'_> {
     if !matches!(b.first(), Some(b'*' | b'>')) {
-        return None;
-    }
-    let (_, mut at) = line(b)?;
-    let mut elements: [Option<&[u8]>; 5] = [None; 5];
-    let mut count = 0;
-    while at < b.len() {
-        let Value::Done(len, text) = value(&b[at..]) else {
-            return Some(Push::Garbled);
+        return match value(b) {
+            Value::Done(len, _) => Parsed::Complete { len, push: None },
+            Value::Incomplete => Parsed::Incomplete,
+            Value::Invalid => Parsed::Invalid,
         };
-        if let Some(slot) = elements.get_mut(count) {
-            *slot = text;
-        }
-        count += 1;
-        at += len;
     }
-    let kind = elements[0]?;
-    Some(match (kind, &elements[..count.min(5)]) {
-        (b"message" | b"smessage", [_, named, payload]) => Push::Message(*named, *payload),
-        (b"pmessage", [_, _, named, payload]) => Push::Message(*named, *payload),
-        (b"message" | b"smessage" | b"pmessage", _) => Push::Garbled,
-        _ => return None,
-    })
+    let Some((text, mut at)) = line(b) else {
+        return Parsed::Incomplete;
+    };
+    let Some(n) = number(text) else {
+        return Parsed::Invalid;
+    };
+    // A null array.
+    let Ok(n) = usize::try_from(n) else {
+        return Parsed::Complete {
+            len: at,
+            push: None,
+        };
+    };
+    // A message has 3 or 4 elements; the texts of the first 4 tell.
+    let mut elements: [Option<&[u8]>; 4] = [None; 4];
+    for i in 0..n {
+        match value(&b[at..]) {
+            Value::Done(len, text) => {
+                if let Some(slot) = elements.get_mut(i) {
+                    *slot = text;
+                }
+                at += len;
+            }
+            Value::Incomplete => return Parsed::Incomplete,
+            Value::Invalid => return Parsed::Invalid,
+        }
+    }
+    let push = elements[0].and_then(|kind| match (kind, n) {
+        (b"message" | b"smessage", 3) => Some(Push::Message(elements[1], elements[2])),
+        (b"pmessage", 4) => Some(Push::Message(elements[2], elements[3])),
+        (b"message" | b"smessage" | b"pmessage", _) => Some(Push::Garbled),
+        _ => None,
+    });
+    Parsed::Complete { len: at, push }
 }
 
-/// The channel and payload of a complete frame that is a pub/sub message
-/// the subscriber hands on: exactly the frames [`Watch`] holds as read
-/// and not yet forwarded (a garbled one with empty parts).
-pub(crate) fn pushed(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    match push(b)? {
-        Push::Message(named, payload) => {
-            Some((named.unwrap_or_default(), payload.unwrap_or_default()))
-        }
-        Push::Garbled => Some((&[], &[])),
-    }
-}
-
-/// What a complete frame says, if it is a pub/sub message.
-fn message(b: &[u8], channel: &[u8]) -> Option<Seen> {
-    let (named, payload) = match push(b)? {
+/// What a pub/sub message on a subscription to `channel` says.
+fn message(push: Push<'_>, channel: &[u8]) -> Seen {
+    let (named, payload) = match push {
         Push::Message(named, payload) => (named, payload),
-        Push::Garbled => return Some(Seen::Unreadable),
+        Push::Garbled => return Seen::Unreadable,
     };
     if named.is_some_and(|named| named != channel) {
-        return Some(Seen::Elsewhere);
+        return Seen::Elsewhere;
     }
     let decoded = payload
         .and_then(|payload| std::str::from_utf8(payload).ok())
         .map(Invalidation::decode);
-    Some(match decoded {
+    match decoded {
         Some(Ok(invalidation)) => Seen::About(invalidation),
         _ => Seen::Unreadable,
-    })
+    }
 }
 
 /// The first line's text (after the type byte) and where the next starts.
+/// A plain loop: the lines read here are a few bytes long.
 fn line(b: &[u8]) -> Option<(&[u8], usize)> {
-    let end = b.windows(2).position(|w| w == b"\r\n")?;
-    Some((&b[1..end], end + 2))
+    let mut at = 1;
+    loop {
+        let cr = at + b.get(at..)?.iter().position(|&c| c == b'\r')?;
+        if b.get(cr + 1) == Some(&b'\n') {
+            return Some((&b[1..cr], cr + 2));
+        }
+        at = cr + 1;
+    }
 }
 
+/// A decimal integer, as `str::parse::<i64>` reads it, without the UTF-8
+/// pass.
 fn number(text: &[u8]) -> Option<i64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        n = n.checked_mul(10)?;
+        n = if negative {
+            n.checked_sub(d)?
+        } else {
+            n.checked_add(d)?
+        };
+    }
+    Some(n)
 }
 
 fn value(b: &[u8]) -> Value<'_> {
     let Some(&kind) = b.first() else {
         return Value::Incomplete;
     };
+    if !matches!(
+        kind,
+        b'+' | b'-'
+            | b':'
+            | b'_'
+            | b'#'
+            | b','
+            | b'('
+            | b'$'
+            | b'!'
+            | b'='
+            | b'*'
+            | b'>'
+            | b'~'
+            | b'%'
+            | b'|'
+    ) {
+        return Value::Invalid;
+    }
     let Some((text, next)) = line(b) else {
         return Value::Incomplete;
     };
     match kind {
-        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => Value::Done(next, Some(text)),
         b'$' | b'!' | b'=' => match number(text) {
             Some(n) if n < 0 => Value::Done(next, None),
             Some(n) => {
@@ -486,7 +546,8 @@ fn value(b: &[u8]) -> Value<'_> {
             }
             Value::Done(at, None)
         }
-        _ => Value::Invalid,
+        // The simple types: the line is the value.
+        _ => Value::Done(next, Some(text)),
     }
 }
 

@@ -85,6 +85,83 @@ fn frames_are_measured_and_messages_read() {
     assert_eq!(frame(b"?oops\r\n", CHANNEL.as_bytes()), Frame::Invalid);
 }
 
+#[test]
+fn a_line_ending_where_a_value_starts_is_refused_not_a_panic() {
+    // A line ending at the start of a value (top level or nested) once
+    // sliced the line's text as b[1..0] and panicked, in the subscriber
+    // task or in a cache hit's check.
+    for bytes in [&b"\r\n"[..], b"*1\r\n\r\n", b">3\r\n$7\r\nmessage\r\n\r\n"] {
+        assert_eq!(
+            frame(bytes, CHANNEL.as_bytes()),
+            Frame::Invalid,
+            "{bytes:?}"
+        );
+        assert_eq!(parse(bytes), Parsed::Invalid, "{bytes:?}");
+    }
+}
+
+#[test]
+fn lengths_read_as_str_parse_reads_them() {
+    for text in [
+        "0",
+        "7",
+        "-1",
+        "+5",
+        "9223372036854775807",
+        "-9223372036854775808",
+    ] {
+        assert_eq!(number(text.as_bytes()), text.parse().ok(), "{text}");
+    }
+    for text in ["", "-", "+", "1a", " 1", "9223372036854775808", "--1", "1-"] {
+        assert_eq!(number(text.as_bytes()), None, "{text}");
+    }
+}
+
+#[test]
+fn a_frame_is_parsed_in_one_pass_with_its_message() {
+    let message = published(CHANNEL, "p alice");
+    assert_eq!(
+        parse(&message),
+        Parsed::Complete {
+            len: message.len(),
+            push: Some(Push::Message(Some(CHANNEL.as_bytes()), Some(b"p alice")))
+        }
+    );
+    let pattern = b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$2\r\nch\r\n$1\r\nx\r\n";
+    assert_eq!(
+        parse(pattern),
+        Parsed::Complete {
+            len: pattern.len(),
+            push: Some(Push::Message(Some(b"ch"), Some(b"x")))
+        }
+    );
+    // A message with the wrong number of parts is garbled: it still
+    // counts (as about every session), with empty parts.
+    let short = b"*2\r\n$7\r\nmessage\r\n$2\r\nch\r\n";
+    assert_eq!(
+        parse(short),
+        Parsed::Complete {
+            len: short.len(),
+            push: Some(Push::Garbled)
+        }
+    );
+    assert_eq!(Push::Garbled.parts(), (&b""[..], &b""[..]));
+    // Not a message: a reply, a null array, a confirmation.
+    for other in [
+        &b"+OK\r\n"[..],
+        b"*-1\r\n",
+        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+    ] {
+        assert_eq!(
+            parse(other),
+            Parsed::Complete {
+                len: other.len(),
+                push: None
+            }
+        );
+    }
+}
+
 /// A watch on one end of a loopback connection, and the other end.
 fn connected() -> (Watch, TcpStream) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
