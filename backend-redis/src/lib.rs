@@ -195,6 +195,9 @@ pub use connection::RedisConnection;
 pub use error::ConnectError;
 pub use invalidation::{DEFAULT_CHANNEL_SUFFIX, DEFAULT_HEARTBEAT, RedisInvalidationChannel};
 pub use store::RedisStore;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use watch::read_frames;
 
 /// The Redis client this crate is built on, for commands of your own on a
 /// [`RedisConnection`].

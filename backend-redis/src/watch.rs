@@ -551,5 +551,38 @@ fn value(b: &[u8]) -> Value<'_> {
     }
 }
 
+/// Reads `bytes` frame by frame as the subscriber and a hit's check do,
+/// asserting what must hold of any input: the two readings agree, a
+/// frame lies within the bytes, and a frame cut short is incomplete
+/// (never taken for a shorter one). For the fuzz target.
+#[cfg(feature = "fuzzing")]
+pub fn read_frames(bytes: &[u8], channel: &[u8]) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        match (parse(rest), frame(rest, channel)) {
+            (
+                Parsed::Complete { len, push },
+                Frame::Complete {
+                    len: measured,
+                    seen,
+                },
+            ) => {
+                assert!(
+                    len > 0 && len <= rest.len(),
+                    "a frame of {len} bytes in {}",
+                    rest.len()
+                );
+                assert_eq!(len, measured);
+                assert_eq!(push.is_some(), seen.is_some());
+                assert_eq!(parse(&rest[..len - 1]), Parsed::Incomplete);
+                at += len;
+            }
+            (Parsed::Incomplete, Frame::Incomplete) | (Parsed::Invalid, Frame::Invalid) => return,
+            (parsed, framed) => panic!("the readings disagree: {parsed:?} and {framed:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
