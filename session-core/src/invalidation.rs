@@ -12,7 +12,7 @@ use std::future::Future;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::StoreError;
-use crate::id::SessionKey;
+use crate::id::{KEY_LEN, SessionKey};
 use crate::record::Version;
 
 /// A message on the channel.
@@ -62,7 +62,11 @@ impl Invalidation {
             return Ok(Self::Principal(principal.to_owned()));
         }
         let rest = text.strip_prefix("k ").ok_or(MalformedInvalidation)?;
-        let (key, version) = rest.split_once(' ').ok_or(MalformedInvalidation)?;
+        // A key is a fixed number of characters, none of them a space.
+        let (key, version) = rest
+            .split_at_checked(KEY_LEN)
+            .ok_or(MalformedInvalidation)?;
+        let version = version.strip_prefix(' ').ok_or(MalformedInvalidation)?;
         let key = SessionKey::from_stored(key).map_err(|_| MalformedInvalidation)?;
         let version = match version {
             "-" => None,
@@ -239,6 +243,46 @@ mod tests {
         ] {
             assert_eq!(Invalidation::decode(&message.encode()), Ok(message));
         }
+    }
+
+    #[test]
+    fn only_the_exact_wire_form_decodes() {
+        let key = SessionId::generate().key();
+        let key = key.as_str();
+        let short = &key[1..];
+        let malformed = [
+            String::new(),
+            "k".into(),
+            format!("k {key}"),
+            format!("k {key} "),
+            format!("k {key}  5"),
+            format!("k {key} 5 "),
+            format!("k {key} x"),
+            format!("k {key} -1"),
+            format!("k {key}5"),
+            format!("k {key}A 5"),
+            format!("k {short} 5"),
+            format!("k  {key} 5"),
+            format!("k {}= 5", &key[1..]),
+            format!("k {}é 5", &key[2..]),
+            format!("K {key} 5"),
+            format!("x {key} 5"),
+        ];
+        for text in malformed {
+            assert_eq!(
+                Invalidation::decode(&text),
+                Err(MalformedInvalidation),
+                "{text:?}"
+            );
+        }
+        assert!(matches!(
+            Invalidation::decode(&format!("k {key} 18446744073709551615")),
+            Ok(Invalidation::Key { version: Some(v), .. }) if v.get() == u64::MAX
+        ));
+        assert_eq!(
+            Invalidation::decode("p "),
+            Ok(Invalidation::Principal(String::new()))
+        );
     }
 
     #[test]
