@@ -789,7 +789,7 @@ pub fn render(results: &Results) -> String {
         "- tower-sessions 0.14.0 with tower-sessions-redis-store 0.16.0 (fred) from crates.io, \
          `Expiry::OnInactivity(30 min)` like offstate's default idle timeout, \
          default `always_save = false`; a fred pool of {} clients. offstate: \
-         `RedisStore` with its default pool of {} connections (one per CPU, at most 8), default expiry policy.\n\
+         `RedisStore` with its default pool of {} connections (one per 4 CPUs, 1 to 8), default expiry policy.\n\
          - Both apps answer the same JSON on the same routes; the no-session app \
          answers constants.\n\
          - The cached variant: {}, i.e. `CachedStore` with \

@@ -109,7 +109,7 @@ pub fn redis_config(url: &str) -> RedisConfig {
 }
 
 /// Redis connections each variant's client may use: offstate's default
-/// pool size (one per CPU, at most 8), and the same number of fred clients
+/// pool size (one per 4 CPUs, 1 to 8), and the same number of fred clients
 /// for tower-sessions, whose store takes a pool the app builds; or
 /// `OFFSTATE_BENCH_POOL` when set (to see how the figures depend on it).
 #[must_use]
