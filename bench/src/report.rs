@@ -520,6 +520,77 @@ fn instructions(out: &mut String, results: &Results) {
         let _ = writeln!(out, "\nNot measured: {failure}");
     }
     let _ = writeln!(out);
+    in_process_profile(out, results);
+}
+
+/// Where offstate's own instructions go in process, read from the
+/// callgrind files of this run: the profile behind the in-process goals.
+fn in_process_profile(out: &mut String, results: &Results) {
+    let profiles: Vec<(Op, Vec<(String, f64)>)> = [Op::Read, Op::Add]
+        .into_iter()
+        .filter_map(|op| {
+            let case = Case {
+                place: Place::InProcess,
+                op,
+                variant: Variant::Offstate,
+            };
+            let measured = results.instructions.iter().find(|m| m.case == case)?;
+            let top = crate::icount::top_functions(measured, 400).ok()?;
+            Some((op, session_layer_functions(top, 12)))
+        })
+        .collect();
+    if profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "**Where offstate's instructions go in process** (inclusive \
+         instructions per request, from this run's callgrind files: the \
+         session layer's own functions, each with what it calls; the \
+         middleware's `serve` holds the handler, axum's routing included). \
+         What stays, and why:\n\n\
+         - the SHA-256 of the ID (`SessionId::key`): a store files a \
+         session under a hash of its ID, never the ID, so a leaked key or \
+         store dump is not a cookie; 3.5k instructions in software under \
+         valgrind, a few hundred with SHA-NI natively;\n\
+         - the store call (`calls::load`, `calls::save`): the store is a \
+         trait object, so that handlers need no store type parameter, and \
+         each call boxes its future (one allocation); the call is counted \
+         and timed for the metrics;\n\
+         - the handle's shared state (`Session::with_state`), one \
+         allocation: the handler and the middleware, which writes \
+         `Set-Cookie` after it, share it;\n\
+         - the cookie read (`Carrier::read`) and, after the handler, \
+         `finish` (the save, `Set-Cookie`).\n"
+    );
+    for (op, functions) in profiles {
+        let what = match op {
+            Op::Read => "read one key",
+            Op::Add => "write one key",
+        };
+        let _ = writeln!(out, "| {what}: function | instructions |\n|---|---|");
+        for (name, count) in functions {
+            let _ = writeln!(out, "| `{name}` | {} |", thousands(count));
+        }
+        let _ = writeln!(out);
+    }
+}
+
+/// The first `n` of `top` (inclusive counts, largest first) that are the
+/// session layer's own work, with short names.
+fn session_layer_functions(top: Vec<(String, f64)>, n: usize) -> Vec<(String, f64)> {
+    top.into_iter()
+        .map(|(name, count)| (crate::icount::short_name(&name), count))
+        .filter(|(name, _)| {
+            let function = name.split(" [").next().unwrap_or(name);
+            // The bench's own frames hold the whole request.
+            !function.starts_with("offstate_bench")
+                && ["offstate_", "sha2::", "base64::"].iter().any(|prefix| {
+                    function.starts_with(prefix) || function.starts_with(&format!("<{prefix}"))
+                })
+        })
+        .take(n)
+        .collect()
 }
 
 /// Section 7: bytes per session in Redis.
@@ -859,6 +930,33 @@ mod tests {
         let text = headroom(104_606.0, 55_404.0, 77_918.0).unwrap();
         assert!(text.contains("110808 req/s, 106 %"), "{text}");
         assert!(text.contains("reached 74 %"), "{text}");
+    }
+
+    #[test]
+    fn the_profile_keeps_the_session_layers_own_functions() {
+        let top = vec![
+            ("???:offstate_bench::overhead::request::{{closure}} [/x/inprocess-requests]".to_owned(), 19000.0),
+            ("???:axum::routing::Router::call [/x/inprocess-requests]".to_owned(), 9000.0),
+            ("???:offstate_core::session::Session::load::{{closure}} [/x/inprocess-requests]".to_owned(), 5000.0),
+            ("???:sha2::sha256::compress256 [/x/inprocess-requests]".to_owned(), 3500.0),
+            ("./malloc/malloc.c:malloc [/usr/lib/libc.so.6]".to_owned(), 1000.0),
+            ("???:<offstate_core::memory::MemoryStore as offstate_core::store::SessionStore>::load [/x/p]".to_owned(), 300.0),
+        ];
+        let kept = session_layer_functions(top, 2);
+        assert_eq!(
+            kept,
+            [
+                (
+                    "offstate_core::session::Session::load::{{closure}} [inprocess-requests]"
+                        .to_owned(),
+                    5000.0
+                ),
+                (
+                    "sha2::sha256::compress256 [inprocess-requests]".to_owned(),
+                    3500.0
+                ),
+            ]
+        );
     }
 
     #[test]
