@@ -160,6 +160,20 @@ impl<S: SessionStore> SessionStore for CountingStore<S> {
         self.inner.save(key, change, now).await
     }
 
+    /// Counted as a save, and forwarded: the count is of the path the
+    /// store takes without the wrapper.
+    async fn save_applied(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        base: &Arc<Record>,
+        next: &Arc<Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        bump(&self.counters.save);
+        self.inner.save_applied(key, change, base, next, now).await
+    }
+
     async fn touch(
         &self,
         key: &SessionKey,

@@ -301,8 +301,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// when its live record is `base` (the same allocation), instead of
     /// applying the change a second time; the version check and the later
     /// idle deadline are exactly those of `save`. The default saves the
-    /// change. Wrappers need not forward it: the default calls their own
-    /// `save`.
+    /// change. A wrapper should forward it (a store may save faster with
+    /// `next`: Redis stores the string the writer built, in one `GET` and
+    /// one `SET` inside its script); one that does not still saves
+    /// correctly, through its own `save`.
     ///
     /// # Errors
     ///

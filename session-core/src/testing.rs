@@ -341,6 +341,23 @@ impl<S: SessionStore> SessionStore for FaultyStore<S> {
             .await
     }
 
+    /// A save, faults included, on the path the store takes without the
+    /// wrapper.
+    async fn save_applied(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        base: &Arc<Record>,
+        next: &Arc<Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.run(
+            Call::Save,
+            self.inner.save_applied(key, change, base, next, now),
+        )
+        .await
+    }
+
     async fn touch(
         &self,
         key: &SessionKey,

@@ -170,6 +170,18 @@ impl<S: SessionStore> SessionStore for Jitter<S> {
         self.inner.save(key, change, now).await
     }
 
+    async fn save_applied(
+        &self,
+        key: &SessionKey,
+        change: &Change,
+        base: &Arc<Record>,
+        next: &Arc<Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.shake().await;
+        self.inner.save_applied(key, change, base, next, now).await
+    }
+
     async fn touch(
         &self,
         key: &SessionKey,
