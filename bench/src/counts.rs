@@ -3,8 +3,9 @@
 //! over a [`CountingStore`] around the backend's store, with the backend's
 //! own requests counted where the backend is:
 //!
-//! - Redis: `INFO commandstats` deltas on the server, as round trips (a
-//!   Lua script is one command, whatever it runs inside Redis);
+//! - Redis: the commands clients sent, read off a `MONITOR` connection,
+//!   as round trips (a Lua script is one command, whatever it runs inside
+//!   Redis: `MONITOR` marks those `lua`);
 //! - memcached: the server's `stats` counters (`cmd_get`, `cmd_set`, which
 //!   includes `cas`, `cmd_touch`, deletes, `incr`);
 //! - DynamoDB (moto): an SDK interceptor counting every HTTP request the
@@ -45,6 +46,9 @@ pub struct BackendCounts {
     pub read: f64,
     /// Backend requests per `POST /cart/add` on an existing session.
     pub write: f64,
+    /// Backend requests per `POST /cart/add` once the session is logged in
+    /// (`set_principal`, which also indexes it under the user).
+    pub logged_in_write: f64,
     /// Store calls per read.
     pub read_calls: CallsPerRequest,
     /// Store calls per write.
@@ -53,7 +57,7 @@ pub struct BackendCounts {
 
 /// Where the backend's own request count comes from.
 enum Counter {
-    Redis(CommandStats),
+    Redis(Monitor),
     Memcached(Vec<String>),
     Dynamo(Arc<AtomicU64>),
 }
@@ -61,11 +65,86 @@ enum Counter {
 impl Counter {
     async fn total(&mut self) -> Result<u64, BenchError> {
         match self {
-            Self::Redis(stats) => Ok(crate::redis_stats::round_trips(&stats.calls().await?)),
+            Self::Redis(monitor) => monitor.sent().await,
             Self::Memcached(nodes) => memcached_requests(nodes).await,
             Self::Dynamo(count) => Ok(count.load(Ordering::SeqCst)),
         }
     }
+}
+
+/// The commands clients send a Redis server, counted exactly: `MONITOR`
+/// shows each one, and the commands a script runs inside Redis as coming
+/// from `lua` (which `INFO commandstats` cannot tell apart; a save that
+/// falls through from the common case runs two `GET`s inside its script).
+struct Monitor {
+    lines: tokio::io::Lines<BufReader<tokio::net::TcpStream>>,
+    /// Sends the markers that end each count.
+    marker: CommandStats,
+    marks: u64,
+    sent: u64,
+}
+
+impl Monitor {
+    async fn connect(url: &str) -> Result<Self, BenchError> {
+        let info = offstate_redis::redis::Client::open(url)?
+            .get_connection_info()
+            .clone();
+        let offstate_redis::redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(BenchError::Usage(format!(
+                "MONITOR needs a TCP address: {url}"
+            )));
+        };
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+        stream.write_all(b"MONITOR\r\n").await?;
+        let mut lines = BufReader::new(stream).lines();
+        match lines.next_line().await? {
+            Some(line) if line.trim() == "+OK" => {}
+            other => return Err(BenchError::Usage(format!("MONITOR refused: {other:?}"))),
+        }
+        Ok(Self {
+            lines,
+            marker: CommandStats::connect(url).await?,
+            marks: 0,
+            sent: 0,
+        })
+    }
+
+    /// Commands clients have sent since the connection, the markers left
+    /// out: everything up to a marker sent now.
+    async fn sent(&mut self) -> Result<u64, BenchError> {
+        self.marks += 1;
+        let marker = format!("offstate-bench-mark-{}", self.marks);
+        self.marker.echo(&marker).await?;
+        loop {
+            let Some(line) = self.lines.next_line().await? else {
+                return Err(BenchError::Usage("the MONITOR connection closed".into()));
+            };
+            if line.contains("offstate-bench-mark-") {
+                if line.contains(&marker) {
+                    return Ok(self.sent);
+                }
+                continue;
+            }
+            if monitored_from_client(&line) {
+                self.sent += 1;
+            }
+        }
+    }
+}
+
+/// Whether a `MONITOR` line (`+<time> [<db> <client>] "cmd" ...`) is a
+/// command a client sent, not one a script ran (`[<db> lua]`).
+fn monitored_from_client(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once('[') else {
+        return false;
+    };
+    let Some((source, _)) = rest.split_once(']') else {
+        return false;
+    };
+    source
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|client| client != "lua")
 }
 
 /// Requests the memcached nodes at `nodes` (`host:port`) have served:
@@ -221,6 +300,15 @@ async fn measure<S: SessionStore + Clone>(
     let written = counter.total().await?;
     let write_calls = per_request(calls, counting.counts());
 
+    let cookie = crate::oneshot::call(&app, Method::POST, "/login", Some(&cookie))
+        .await?
+        .ok_or_else(|| BenchError::Usage("the login set no cookie".into()))?;
+    let logged_in = counter.total().await?;
+    for _ in 0..SAMPLES {
+        call(&app, Method::POST, Some(&cookie)).await?;
+    }
+    let logged_in_written = counter.total().await?;
+
     let per = |a: u64, b: u64| (b - a) as f64 / SAMPLES as f64;
     Ok(BackendCounts {
         backend,
@@ -228,6 +316,7 @@ async fn measure<S: SessionStore + Clone>(
         create: (created - start) as f64,
         read: per(created, read),
         write: per(read, written),
+        logged_in_write: per(logged_in, logged_in_written),
         read_calls,
         write_calls,
     })
@@ -240,9 +329,8 @@ async fn measure<S: SessionStore + Clone>(
 /// [`BenchError`] when Redis cannot be reached or a request fails.
 pub async fn redis(url: &str) -> Result<BackendCounts, BenchError> {
     let store = RedisStore::connect(crate::server::redis_config(url)).await?;
-    let mut stats = CommandStats::connect(url).await?;
-    stats.reset().await?;
-    measure("Redis", "round trips", store, Counter::Redis(stats)).await
+    let monitor = Monitor::connect(url).await?;
+    measure("Redis", "round trips", store, Counter::Redis(monitor)).await
 }
 
 /// Counts on a memcached node started for the purpose.
@@ -284,4 +372,24 @@ pub async fn dynamodb() -> Result<BackendCounts, BenchError> {
     .await;
     drop(fixture);
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_lines_from_scripts_are_no_round_trips() {
+        assert!(monitored_from_client(
+            r#"+1764400000.123456 [0 127.0.0.1:5555] "EVALSHA" "abc" "1" "k""#
+        ));
+        assert!(monitored_from_client(
+            r#"+1764400000.123456 [0 unix:/tmp/r.sock] "GET" "k""#
+        ));
+        assert!(!monitored_from_client(
+            r#"+1764400000.123457 [0 lua] "GET" "k""#
+        ));
+        assert!(!monitored_from_client("+OK"));
+        assert!(!monitored_from_client("+1764400000.1 [0]"));
+    }
 }

@@ -44,6 +44,19 @@ impl CommandStats {
         Ok(())
     }
 
+    /// Sends `ECHO text` and waits for the answer.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Redis`] when the command fails.
+    pub async fn echo(&mut self, text: &str) -> Result<(), BenchError> {
+        redis::cmd("ECHO")
+            .arg(text)
+            .query_async::<String>(&mut self.connection)
+            .await?;
+        Ok(())
+    }
+
     /// CPU seconds (user + system) the server has used since it started,
     /// from `INFO cpu`.
     ///
