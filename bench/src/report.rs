@@ -864,7 +864,12 @@ pub fn render(results: &Results) -> String {
          trips are the commands clients sent, read off a `MONITOR` \
          connection (what a script runs inside Redis is not one). memcached's \
          add is three commands because a save fetches the item again \
-         (`gets`) for its CAS token before the `cas`.\n"
+         (`gets`) for its CAS token before the `cas`; logged in, each of \
+         those two reads also reads the user's epoch item (a session with a \
+         user is live only while that item holds the value it recorded; the \
+         user's name is inside the session, so the two cannot be one \
+         multi-get). On Redis the user's index is updated inside the save's \
+         script.\n"
     );
     let _ = writeln!(
         out,
