@@ -520,54 +520,92 @@ fn instructions(out: &mut String, results: &Results) {
         let _ = writeln!(out, "\nNot measured: {failure}");
     }
     let _ = writeln!(out);
-    in_process_profile(out, results);
+    profiles(out, results);
 }
 
-/// Where offstate's own instructions go in process, read from the
-/// callgrind files of this run: the profile behind the in-process goals.
-fn in_process_profile(out: &mut String, results: &Results) {
-    let profiles: Vec<(Op, Vec<(String, f64)>)> = [Op::Read, Op::Add]
-        .into_iter()
-        .filter_map(|op| {
-            let case = Case {
-                place: Place::InProcess,
-                op,
-                variant: Variant::Offstate,
-            };
-            let measured = results.instructions.iter().find(|m| m.case == case)?;
-            let top = crate::icount::top_functions(measured, 400).ok()?;
-            Some((op, session_layer_functions(top, 12)))
-        })
-        .collect();
-    if profiles.is_empty() {
-        return;
+/// Where offstate's own instructions go, in process and with the cache,
+/// read from the callgrind files of this run: the profiles behind the
+/// in-process and cache goals.
+fn profiles(out: &mut String, results: &Results) {
+    let profiles: Vec<(&str, Vec<(String, f64)>)> =
+        [(Op::Read, "read one key"), (Op::Add, "write one key")]
+            .into_iter()
+            .filter_map(|(op, what)| {
+                let profile = profile(results, Place::InProcess, op, Variant::Offstate)?;
+                Some((what, profile))
+            })
+            .collect();
+    if !profiles.is_empty() {
+        let _ = writeln!(
+            out,
+            "**Where offstate's instructions go in process** (inclusive \
+             instructions per request, from this run's callgrind files: the \
+             session layer's own functions, each with what it calls; the \
+             middleware's `serve` holds the handler, axum's routing included). \
+             What stays, and why:\n\n\
+             - the SHA-256 of the ID (`SessionId::key`): a store files a \
+             session under a hash of its ID, never the ID, so a leaked key or \
+             store dump is not a cookie; 3.5k instructions in software under \
+             valgrind, a few hundred with SHA-NI natively;\n\
+             - the store call (`calls::load`, `calls::save`): the store is a \
+             trait object, so that handlers need no store type parameter, and \
+             each call boxes its future (one allocation); the call is counted \
+             and timed for the metrics;\n\
+             - the handle's shared state (`Session::with_state`), one \
+             allocation: the handler and the middleware, which writes \
+             `Set-Cookie` after it, share it;\n\
+             - the cookie read (`Carrier::read`) and, after the handler, \
+             `finish` (the save, `Set-Cookie`).\n"
+        );
+        profile_tables(out, profiles);
     }
-    let _ = writeln!(
-        out,
-        "**Where offstate's instructions go in process** (inclusive \
-         instructions per request, from this run's callgrind files: the \
-         session layer's own functions, each with what it calls; the \
-         middleware's `serve` holds the handler, axum's routing included). \
-         What stays, and why:\n\n\
-         - the SHA-256 of the ID (`SessionId::key`): a store files a \
-         session under a hash of its ID, never the ID, so a leaked key or \
-         store dump is not a cookie; 3.5k instructions in software under \
-         valgrind, a few hundred with SHA-NI natively;\n\
-         - the store call (`calls::load`, `calls::save`): the store is a \
-         trait object, so that handlers need no store type parameter, and \
-         each call boxes its future (one allocation); the call is counted \
-         and timed for the metrics;\n\
-         - the handle's shared state (`Session::with_state`), one \
-         allocation: the handler and the middleware, which writes \
-         `Set-Cookie` after it, share it;\n\
-         - the cookie read (`Carrier::read`) and, after the handler, \
-         `finish` (the save, `Set-Cookie`).\n"
-    );
-    for (op, functions) in profiles {
-        let what = match op {
-            Op::Read => "read one key",
-            Op::Add => "write one key",
-        };
+    let cached: Vec<(&str, Vec<(String, f64)>)> = [
+        (Op::Read, "`GET /cart`, cached"),
+        (Op::Add, "`POST /cart/add`, cached"),
+    ]
+    .into_iter()
+    .filter_map(|(op, what)| {
+        let profile = profile(results, Place::Http, op, Variant::OffstateCached)?;
+        Some((what, profile))
+    })
+    .collect();
+    if !cached.is_empty() {
+        let _ = writeln!(
+            out,
+            "**Where the cached variant's instructions go** (over HTTP, one \
+             request at a time, the app process only; as above). What stays, \
+             and why:\n\n\
+             - a hit first checks that no invalidation about its session has \
+             reached this process unhandled (`in_transit`): one `MSG_PEEK` \
+             system call on the subscriber socket and a parse of what it \
+             returns, so that a client a peer has told \"logged out\" is never \
+             served the old session here; few instructions, but a system call \
+             (about 3 % of the app's time under a read-only load, by `perf`);\n\
+             - every write's announcement comes back to every instance, its \
+             writer's included (`subscription`, `coherence::listen`): read off \
+             the socket, parsed once, decoded, queued for the cache, and timed \
+             for the delay histogram;\n\
+             - the SHA-256 of the ID and the store call, as in process.\n"
+        );
+        profile_tables(out, cached);
+    }
+}
+
+/// The session layer's functions in the callgrind files of one case.
+fn profile(
+    results: &Results,
+    place: Place,
+    op: Op,
+    variant: Variant,
+) -> Option<Vec<(String, f64)>> {
+    let case = Case { place, op, variant };
+    let measured = results.instructions.iter().find(|m| m.case == case)?;
+    let top = crate::icount::top_functions(measured, 600).ok()?;
+    Some(session_layer_functions(top, 14))
+}
+
+fn profile_tables(out: &mut String, profiles: Vec<(&str, Vec<(String, f64)>)>) {
+    for (what, functions) in profiles {
         let _ = writeln!(out, "| {what}: function | instructions |\n|---|---|");
         for (name, count) in functions {
             let _ = writeln!(out, "| `{name}` | {} |", thousands(count));
