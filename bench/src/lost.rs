@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use crate::BenchError;
 use crate::apps::Cart;
-use crate::loadgen::HttpClient;
+use crate::loadgen::{HttpClient, LoadResult};
 
 /// What survived.
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct LostResult {
     /// Items of those adds found in the cart afterwards, read on each
     /// process (they must agree).
     pub survived: [u64; 2],
+    /// Every add's latency (refused ones included) and the run's wall
+    /// time: how long writers on one session wait for their turn.
+    pub timing: LoadResult,
 }
 
 /// Sends `total` adds on one session from `tasks` tasks, alternating
@@ -53,14 +56,20 @@ pub async fn run(
         let share = total / tasks + u64::from(task < total % tasks);
         clients.push((client, share));
     }
+    let started = std::time::Instant::now();
     let handles: Vec<_> = clients
         .into_iter()
         .map(|(mut client, share)| {
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0_u64, 0_u64);
                 let mut first_failure = None;
+                let mut latencies_us = Vec::new();
                 for _ in 0..share {
-                    match client.add().await {
+                    let sent = std::time::Instant::now();
+                    let outcome = client.add().await;
+                    latencies_us
+                        .push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    match outcome {
                         Ok((status, _)) if status.is_success() => ok += 1,
                         outcome => {
                             failed += 1;
@@ -75,22 +84,26 @@ pub async fn run(
                         }
                     }
                 }
-                (ok, failed, first_failure)
+                (ok, failed, first_failure, latencies_us)
             })
         })
         .collect();
     let (mut ok, mut failed) = (0, 0);
     let mut first_failure = None;
+    let mut latencies_us = Vec::new();
     for handle in handles {
         match handle.await {
-            Ok((o, f, first)) => {
+            Ok((o, f, first, latencies)) => {
                 ok += o;
                 failed += f;
                 first_failure = first_failure.or(first);
+                latencies_us.extend(latencies);
             }
             Err(_) => failed += 1,
         }
     }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
     tokio::time::sleep(settle).await;
     let mut survived = [0; 2];
     for (slot, addr) in survived.iter_mut().zip(addrs) {
@@ -109,5 +122,11 @@ pub async fn run(
         failed,
         first_failure,
         survived,
+        timing: LoadResult {
+            ok,
+            errors: failed,
+            elapsed,
+            latencies_us,
+        },
     })
 }

@@ -850,19 +850,22 @@ pub fn render(results: &Results) -> String {
         "One session; {} concurrent `POST /cart/add` from 50 tasks, alternating \
          between TWO app processes on the same Redis; then the cart is read on \
          both processes (100 ms later, for the cached variant, so the last \
-         invalidations have arrived).\n",
+         invalidations have arrived). p50 and p99 are each add's time from \
+         sending to its answer (refused ones included), adds/s the adds over \
+         the run's wall time: how long writers on one session wait for \
+         their turn.\n",
         results.lost.first().map_or(0, |run| run.result.sent)
     );
     let _ = writeln!(
         out,
-        "| app | adds sent | answered 2xx | refused | items in the cart (A / B) | acknowledged but lost | first refusal |\n|---|---|---|---|---|---|---|"
+        "| app | adds sent | answered 2xx | refused | items in the cart (A / B) | acknowledged but lost | p50 ms | p99 ms | adds/s | first refusal |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for run in &results.lost {
         let l = &run.result;
         let kept = l.survived[0].min(l.survived[1]);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {:.2} | {:.2} | {:.0} | {} |",
             run.label(),
             l.sent,
             l.ok,
@@ -870,6 +873,9 @@ pub fn render(results: &Results) -> String {
             l.survived[0],
             l.survived[1],
             l.ok.saturating_sub(kept),
+            l.timing.percentile_ms(0.5),
+            l.timing.percentile_ms(0.99),
+            l.timing.rps(),
             l.first_failure
                 .as_deref()
                 .map_or_else(|| "-".to_owned(), |f| f.replace('|', "/"))
