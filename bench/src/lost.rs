@@ -15,17 +15,15 @@ use crate::loadgen::{HttpClient, LoadResult};
 pub struct LostResult {
     /// Adds sent concurrently.
     pub sent: u64,
-    /// Adds answered with a 2xx status.
-    pub ok: u64,
-    /// Adds answered otherwise (or failed).
-    pub failed: u64,
     /// The first failure's status and body, if any.
     pub first_failure: Option<String>,
     /// Items of those adds found in the cart afterwards, read on each
     /// process (they must agree).
     pub survived: [u64; 2],
-    /// Every add's latency (refused ones included) and the run's wall
-    /// time: how long writers on one session wait for their turn.
+    /// Adds answered with a 2xx status (`ok`) and otherwise, or failed
+    /// (`errors`); every add's latency, refused ones included, and the
+    /// run's wall time: how long writers on one session wait for their
+    /// turn.
     pub timing: LoadResult,
 }
 
@@ -118,8 +116,6 @@ pub async fn run(
     }
     Ok(LostResult {
         sent: total,
-        ok,
-        failed,
         first_failure,
         survived,
         timing: LoadResult {

@@ -158,10 +158,10 @@ pub fn goals(results: &Results) -> Vec<Goal> {
                 lost.sent,
                 lost.survived[0],
                 lost.survived[1],
-                lost.failed,
-                lost.ok.saturating_sub(kept)
+                lost.timing.errors,
+                lost.timing.ok.saturating_sub(kept)
             ),
-            met: kept == lost.sent && lost.survived[0] == lost.survived[1] && lost.failed == 0,
+            met: kept == lost.sent && lost.survived[0] == lost.survived[1] && lost.timing.errors == 0,
         });
     }
     if let (Some(o), Some(t)) = (offstate, tower) {
@@ -527,67 +527,78 @@ fn instructions(out: &mut String, results: &Results) {
 /// read from the callgrind files of this run: the profiles behind the
 /// in-process and cache goals.
 fn profiles(out: &mut String, results: &Results) {
-    let profiles: Vec<(&str, Vec<(String, f64)>)> =
-        [(Op::Read, "read one key"), (Op::Add, "write one key")]
-            .into_iter()
-            .filter_map(|(op, what)| {
-                let profile = profile(results, Place::InProcess, op, Variant::Offstate)?;
-                Some((what, profile))
-            })
-            .collect();
-    if !profiles.is_empty() {
-        let _ = writeln!(
-            out,
-            "**Where offstate's instructions go in process** (inclusive \
-             instructions per request, from this run's callgrind files: the \
-             session layer's own functions, each with what it calls; the \
-             middleware's `serve` holds the handler, axum's routing included). \
-             What stays, and why:\n\n\
-             - the SHA-256 of the ID (`SessionId::key`): a store files a \
-             session under a hash of its ID, never the ID, so a leaked key or \
-             store dump is not a cookie; 3.5k instructions in software under \
-             valgrind, a few hundred with SHA-NI natively;\n\
-             - the store call (`calls::load`, `calls::save`): the store is a \
-             trait object, so that handlers need no store type parameter, and \
-             each call boxes its future (one allocation); the call is counted \
-             and timed for the metrics;\n\
-             - the handle's shared state (`Session::with_state`), one \
-             allocation: the handler and the middleware, which writes \
-             `Set-Cookie` after it, share it;\n\
-             - the cookie read (`Carrier::read`) and, after the handler, \
-             `finish` (the save, `Set-Cookie`).\n"
-        );
-        profile_tables(out, profiles);
+    profile_section(
+        out,
+        results,
+        (Place::InProcess, Variant::Offstate),
+        [(Op::Read, "read one key"), (Op::Add, "write one key")],
+        "**Where offstate's instructions go in process** (inclusive \
+         instructions per request, from this run's callgrind files: the \
+         session layer's own functions, each with what it calls; the \
+         middleware's `serve` holds the handler, axum's routing included). \
+         What stays, and why:\n\n\
+         - the SHA-256 of the ID (`SessionId::key`): a store files a \
+         session under a hash of its ID, never the ID, so a leaked key or \
+         store dump is not a cookie; 3.5k instructions in software under \
+         valgrind, a few hundred with SHA-NI natively;\n\
+         - the store call (`calls::load`, `calls::save`): the store is a \
+         trait object, so that handlers need no store type parameter, and \
+         each call boxes its future (one allocation); the call is counted \
+         and timed for the metrics;\n\
+         - the handle's shared state (`Session::with_state`), one \
+         allocation: the handler and the middleware, which writes \
+         `Set-Cookie` after it, share it;\n\
+         - the cookie read (`Carrier::read`) and, after the handler, \
+         `finish` (the save, `Set-Cookie`).\n",
+    );
+    profile_section(
+        out,
+        results,
+        (Place::Http, Variant::OffstateCached),
+        [
+            (Op::Read, "`GET /cart`, cached"),
+            (Op::Add, "`POST /cart/add`, cached"),
+        ],
+        "**Where the cached variant's instructions go** (over HTTP, one \
+         request at a time, the app process only; as above). What stays, \
+         and why:\n\n\
+         - a hit first checks that no invalidation about its session has \
+         reached this process unhandled (`in_transit`): one `MSG_PEEK` \
+         system call on the subscriber socket and a parse of what it \
+         returns, so that a client a peer has told \"logged out\" is never \
+         served the old session here; few instructions, but a system call \
+         (about 3 % of the app's time under a read-only load, by `perf`);\n\
+         - every write's announcement comes back to every instance, its \
+         writer's included (`subscription`, `coherence::listen`): read off \
+         the socket, parsed once, decoded, queued for the cache, and timed \
+         for the delay histogram;\n\
+         - the SHA-256 of the ID and the store call, as in process.\n",
+    );
+}
+
+/// `intro`, then a table of the session layer's functions for each of
+/// `cases` measured at `place` on `variant`; nothing if none was.
+fn profile_section(
+    out: &mut String,
+    results: &Results,
+    (place, variant): (Place, Variant),
+    cases: [(Op, &str); 2],
+    intro: &str,
+) {
+    let profiles: Vec<(&str, Vec<(String, f64)>)> = cases
+        .into_iter()
+        .filter_map(|(op, what)| Some((what, profile(results, place, op, variant)?)))
+        .collect();
+    if profiles.is_empty() {
+        return;
     }
-    let cached: Vec<(&str, Vec<(String, f64)>)> = [
-        (Op::Read, "`GET /cart`, cached"),
-        (Op::Add, "`POST /cart/add`, cached"),
-    ]
-    .into_iter()
-    .filter_map(|(op, what)| {
-        let profile = profile(results, Place::Http, op, Variant::OffstateCached)?;
-        Some((what, profile))
-    })
-    .collect();
-    if !cached.is_empty() {
-        let _ = writeln!(
-            out,
-            "**Where the cached variant's instructions go** (over HTTP, one \
-             request at a time, the app process only; as above). What stays, \
-             and why:\n\n\
-             - a hit first checks that no invalidation about its session has \
-             reached this process unhandled (`in_transit`): one `MSG_PEEK` \
-             system call on the subscriber socket and a parse of what it \
-             returns, so that a client a peer has told \"logged out\" is never \
-             served the old session here; few instructions, but a system call \
-             (about 3 % of the app's time under a read-only load, by `perf`);\n\
-             - every write's announcement comes back to every instance, its \
-             writer's included (`subscription`, `coherence::listen`): read off \
-             the socket, parsed once, decoded, queued for the cache, and timed \
-             for the delay histogram;\n\
-             - the SHA-256 of the ID and the store call, as in process.\n"
-        );
-        profile_tables(out, cached);
+    let _ = writeln!(out, "{intro}");
+    for (what, functions) in profiles {
+        let _ = writeln!(out, "| {what}: function | instructions |\n|---|---|");
+        for (name, count) in functions {
+            let _ = writeln!(out, "| `{name}` | {} |", thousands(count));
+        }
+        let _ = writeln!(out);
     }
 }
 
@@ -602,16 +613,6 @@ fn profile(
     let measured = results.instructions.iter().find(|m| m.case == case)?;
     let top = crate::icount::top_functions(measured, 600).ok()?;
     Some(session_layer_functions(top, 14))
-}
-
-fn profile_tables(out: &mut String, profiles: Vec<(&str, Vec<(String, f64)>)>) {
-    for (what, functions) in profiles {
-        let _ = writeln!(out, "| {what}: function | instructions |\n|---|---|");
-        for (name, count) in functions {
-            let _ = writeln!(out, "| `{name}` | {} |", thousands(count));
-        }
-        let _ = writeln!(out);
-    }
 }
 
 /// The first `n` of `top` (inclusive counts, largest first) that are the
@@ -868,11 +869,11 @@ pub fn render(results: &Results) -> String {
             "| {} | {} | {} | {} | {} / {} | {} | {:.2} | {:.2} | {:.0} | {} |",
             run.label(),
             l.sent,
-            l.ok,
-            l.failed,
+            l.timing.ok,
+            l.timing.errors,
             l.survived[0],
             l.survived[1],
-            l.ok.saturating_sub(kept),
+            l.timing.ok.saturating_sub(kept),
             l.timing.percentile_ms(0.5),
             l.timing.percentile_ms(0.99),
             l.timing.rps(),

@@ -373,7 +373,7 @@ async fn lost_runs(settings: &Settings, redis_url: &str) -> Result<Vec<LostRun>,
         let result = lost::run([addr_a, addr_b], settings.lost_adds, 50, settle).await?;
         eprintln!(
             "[bench]   {} of {} survived ({} failed)",
-            result.survived[0], result.sent, result.failed
+            result.survived[0], result.sent, result.timing.errors
         );
         drop((a, b));
         results.push(LostRun {
