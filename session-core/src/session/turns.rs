@@ -12,10 +12,11 @@
 //! ones: a writer that loaded before that record was stored and enters
 //! after the queue went still starts from it, instead of conflicting.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::sync::Notify;
 
 use crate::id::{KeyHashing, SessionKey};
 use crate::record::Record;
@@ -27,26 +28,60 @@ const RECENT: usize = 16;
 /// The last record a writer of this session stored, for the next in line.
 type Latest = Option<Arc<Record>>;
 
+/// One session's queue: a flag and a count under the shard's lock, so the
+/// usual writer, alone on its session, takes and leaves its turn without
+/// an allocation or an async lock.
+#[derive(Debug)]
+struct Queue {
+    /// The record the last writer left, while nobody holds the turn.
+    latest: Latest,
+    /// Someone holds the turn.
+    busy: bool,
+    /// Writers waiting for it.
+    waiting: usize,
+    /// Wakes one waiter at a time, oldest first; made for the first one.
+    wake: Option<Arc<Notify>>,
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    queues: HashMap<SessionKey, Arc<AsyncMutex<Latest>>, KeyHashing>,
+    queues: HashMap<SessionKey, Queue, KeyHashing>,
     /// The last records of queues that emptied, oldest first.
     recent: VecDeque<(SessionKey, Arc<Record>)>,
 }
 
 impl Shard {
-    /// The queue of `key`, made (from its recent record, if any) if need be.
-    fn queue(&mut self, key: &SessionKey) -> Arc<AsyncMutex<Latest>> {
+    /// Takes `key`'s turn if nobody holds it, with the record the last
+    /// writer left; else counts the caller as waiting and returns what
+    /// wakes it.
+    fn take(&mut self, key: &SessionKey) -> Result<Latest, Arc<Notify>> {
         let recent = &mut self.recent;
-        let queue = self.queues.entry(key.clone()).or_insert_with(|| {
-            let latest = recent
-                .iter()
-                .position(|(k, _)| k == key)
-                .and_then(|at| recent.remove(at))
-                .map(|(_, record)| record);
-            Arc::new(AsyncMutex::new(latest))
-        });
-        Arc::clone(queue)
+        match self.queues.entry(key.clone()) {
+            Entry::Vacant(vacant) => {
+                let latest = recent
+                    .iter()
+                    .position(|(k, _)| k == key)
+                    .and_then(|at| recent.remove(at))
+                    .map(|(_, record)| record);
+                vacant.insert(Queue {
+                    latest: None,
+                    busy: true,
+                    waiting: 0,
+                    wake: None,
+                });
+                Ok(latest)
+            }
+            Entry::Occupied(mut occupied) => {
+                let queue = occupied.get_mut();
+                if queue.busy {
+                    queue.waiting += 1;
+                    Err(Arc::clone(queue.wake.get_or_insert_with(Arc::default)))
+                } else {
+                    queue.busy = true;
+                    Ok(queue.latest.take())
+                }
+            }
+        }
     }
 
     /// Keeps the last record of `key`'s queue, which just emptied.
@@ -82,13 +117,71 @@ impl Turnstile {
 
     /// Waits for this session's turn.
     pub(crate) async fn enter(&self, key: &SessionKey) -> Turn<'_> {
-        let queue = self.shard(key).queue(key);
-        let guard = Arc::clone(&queue).lock_owned().await;
+        let taken = self.shard(key).take(key);
+        match taken {
+            Ok(latest) => self.turn(key, latest),
+            // Boxed: only writers that meet another one on their session
+            // wait, and the usual write's future stays small.
+            Err(wake) => Box::pin(self.wait(key, wake)).await,
+        }
+    }
+
+    async fn wait(&self, key: &SessionKey, mut wake: Arc<Notify>) -> Turn<'_> {
+        loop {
+            let waiting = Waiting {
+                turnstile: self,
+                key,
+            };
+            // A wake-up sent before this waits is kept for it (`notify_one`
+            // stores one), and one sent to a waiter whose future is dropped
+            // goes on to the next.
+            wake.notified().await;
+            std::mem::forget(waiting);
+            let taken = {
+                let mut shard = self.shard(key);
+                if let Some(queue) = shard.queues.get_mut(key) {
+                    queue.waiting -= 1;
+                }
+                shard.take(key)
+            };
+            match taken {
+                Ok(latest) => return self.turn(key, latest),
+                // Someone came in between: wait again, counted again.
+                Err(again) => wake = again,
+            }
+        }
+    }
+
+    fn turn<'a>(&'a self, key: &SessionKey, latest: Latest) -> Turn<'a> {
         Turn {
             turnstile: self,
             key: key.clone(),
-            queue,
-            guard: Some(guard),
+            latest,
+        }
+    }
+}
+
+/// A writer counted as waiting for `key`'s turn, until it stops waiting.
+struct Waiting<'a> {
+    turnstile: &'a Turnstile,
+    key: &'a SessionKey,
+}
+
+impl Drop for Waiting<'_> {
+    /// The waiter's future was dropped: uncount it, and remove the queue
+    /// if it was the last one there and nobody holds the turn.
+    fn drop(&mut self) {
+        let mut shard = self.turnstile.shard(self.key);
+        let Some(queue) = shard.queues.get_mut(self.key) else {
+            return;
+        };
+        queue.waiting -= 1;
+        if queue.waiting == 0
+            && !queue.busy
+            && let Some(queue) = shard.queues.remove(self.key)
+            && let Some(record) = queue.latest
+        {
+            shard.keep(self.key.clone(), record);
         }
     }
 }
@@ -97,35 +190,40 @@ impl Turnstile {
 pub(crate) struct Turn<'a> {
     turnstile: &'a Turnstile,
     key: SessionKey,
-    queue: Arc<AsyncMutex<Latest>>,
-    guard: Option<OwnedMutexGuard<Latest>>,
+    latest: Latest,
 }
 
 impl Turn<'_> {
     /// The record the previous writer in line stored, if any.
     pub(crate) fn latest(&self) -> Option<&Arc<Record>> {
-        self.guard.as_ref().and_then(|g| g.as_ref())
+        self.latest.as_ref()
     }
 
     /// Leaves `record` for the next writer in line.
     pub(crate) fn hand_over(&mut self, record: Arc<Record>) {
-        if let Some(guard) = self.guard.as_mut() {
-            **guard = Some(record);
-        }
+        self.latest = Some(record);
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         let mut shard = self.turnstile.shard(&self.key);
-        // Waiters clone the queue under this lock, so the count is exact:
-        // the map's, ours and our guard's means nobody else is waiting.
-        let last = self.guard.take();
-        if Arc::strong_count(&self.queue) == 3 {
-            shard.queues.remove(&self.key);
-            if let Some(record) = last.and_then(|mut guard| guard.take()) {
-                shard.keep(self.key.clone(), record);
+        let latest = self.latest.take();
+        let Some(queue) = shard.queues.get_mut(&self.key) else {
+            return;
+        };
+        if queue.waiting > 0 {
+            queue.busy = false;
+            queue.latest = latest;
+            if let Some(wake) = &queue.wake {
+                wake.notify_one();
             }
+            return;
+        }
+        // Nobody waits: the queue goes, its record kept aside.
+        shard.queues.remove(&self.key);
+        if let Some(record) = latest {
+            shard.keep(self.key.clone(), record);
         }
     }
 }
@@ -206,6 +304,69 @@ mod tests {
         let now = sessions.load(&id).await.unwrap().unwrap();
         assert_eq!(now.get::<u32>("a").await.unwrap(), Some(1));
         assert_eq!(now.get::<u32>("b").await.unwrap(), Some(2));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiter_that_gives_up_leaves_no_queue_behind() {
+        let turnstile = Arc::new(Turnstile::default());
+        let key = SessionId::generate().key();
+        let record = Arc::new(Record::new(Timestamp::from_millis(9), Deadlines::none()));
+        let mut first = turnstile.enter(&key).await;
+        let waiter = tokio::spawn({
+            let turnstile = Arc::clone(&turnstile);
+            let key = key.clone();
+            async move {
+                turnstile.enter(&key).await;
+            }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(turnstile.shard(&key).queues[&key].waiting, 1);
+        first.hand_over(record);
+        drop(first);
+        // Woken, but gone before it took the turn.
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert!(turnstile.shard(&key).queues.is_empty());
+        let next = turnstile.enter(&key).await;
+        assert_eq!(
+            next.latest().map(|r| r.created_at),
+            Some(Timestamp::from_millis(9))
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiters_go_in_the_order_they_came_each_with_the_last_record() {
+        let turnstile = Arc::new(Turnstile::default());
+        let key = SessionId::generate().key();
+        let first = turnstile.enter(&key).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for n in 1..=3u64 {
+            waiters.push(tokio::spawn({
+                let (turnstile, key, order) =
+                    (Arc::clone(&turnstile), key.clone(), Arc::clone(&order));
+                async move {
+                    let mut turn = turnstile.enter(&key).await;
+                    let seen = turn.latest().map(|r| r.created_at.as_millis());
+                    order.lock().unwrap().push((n, seen));
+                    turn.hand_over(Arc::new(Record::new(
+                        Timestamp::from_millis(n),
+                        Deadlines::none(),
+                    )));
+                }
+            }));
+            // Each one queues before the next is spawned.
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            [(1, None), (2, Some(1)), (3, Some(2))]
+        );
+        assert!(turnstile.shard(&key).queues.is_empty());
     }
 
     #[tokio::test]
