@@ -123,9 +123,14 @@ impl Carrier {
                 let name = cookie.wire_name().as_bytes();
                 // HTTP/2 sends one Cookie header per cookie: read them all.
                 for header in headers.get_all(COOKIE) {
-                    for pair in header.as_bytes().split(|&b| b == b';') {
-                        let pair = trim(pair);
-                        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    // memchr: the pairs are split with SIMD, not byte by byte.
+                    let bytes = header.as_bytes();
+                    let mut start = 0;
+                    let ends = memchr::memchr_iter(b';', bytes).chain([bytes.len()]);
+                    for end in ends {
+                        let pair = trim(bytes.get(start..end).unwrap_or_default());
+                        start = end + 1;
+                        let Some(eq) = memchr::memchr(b'=', pair) else {
                             continue;
                         };
                         let (key, value) = pair.split_at(eq);

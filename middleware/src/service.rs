@@ -11,12 +11,12 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
 use offstate_core::Sessions;
-use offstate_core::middleware::{self, ClientUpdate, Disposition};
+use offstate_core::middleware::{self, ClientUpdate, Disposition, Finished};
 use tower_service::Service;
-use tracing::{Instrument as _, Span};
+use tracing::Span;
 
 use crate::error::{error_response, log, short_response};
-use crate::future::ResponseFuture;
+use crate::future::{ResponseFuture, Serve};
 use crate::layer::{SessionLayer, Shared};
 
 /// The middleware service made by [`SessionLayer`].
@@ -70,55 +70,45 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // The clone has not been driven to readiness; the original has.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let span = tracing::debug_span!(
             "offstate.request",
             client_update = tracing::field::Empty,
             status = tracing::field::Empty,
         );
-        if span.is_disabled() {
-            // No subscriber wants it: no span entered and left on every
-            // poll, no field recorded (and none logged when `tracing`'s
-            // `log` feature is on).
-            ResponseFuture::new(serve(shared, inner, request, Span::none()))
+        // Everything before the handler is synchronous, so it runs here:
+        // the future holds only what the end of the request needs, not the
+        // request.
+        let entered = span.enter();
+        let ids = match shared.carrier.read(request.headers()) {
+            Ok(ids) => ids,
+            Err(refusal) => {
+                tracing::warn!(reason = refusal.message(), "refused session input");
+                let mut response = short_response(refusal.status(), refusal.message());
+                let told = tell_client(&shared, &mut response, &ClientUpdate::Remove);
+                record(&span, told, response.status());
+                drop(entered);
+                return ResponseFuture::new(std::future::ready(Ok(response)));
+            }
+        };
+        let session = middleware::open(&shared.sessions, ids);
+        request.extensions_mut().insert(session.clone());
+        let handled = inner.call(request);
+        drop(entered);
+        // No subscriber wants the span: none is entered and left on every
+        // poll, and no field is recorded (or logged, when `tracing`'s `log`
+        // feature is on).
+        let span = if span.is_disabled() {
+            Span::none()
         } else {
-            ResponseFuture::new(serve(shared, inner, request, span.clone()).instrument(span))
-        }
+            span
+        };
+        ResponseFuture::new(Serve::new(shared, session, handled, span))
     }
-}
-
-/// The request's work around the handler; `span` is the request's span,
-/// or a disabled one when nobody traces.
-async fn serve<S, ReqBody, ResBody>(
-    shared: Arc<Shared>,
-    mut inner: S,
-    mut request: Request<ReqBody>,
-    span: Span,
-) -> Result<Response<ResBody>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<&'static str>,
-{
-    let ids = match shared.carrier.read(request.headers()) {
-        Ok(ids) => ids,
-        Err(refusal) => {
-            tracing::warn!(reason = refusal.message(), "refused session input");
-            let mut response = short_response(refusal.status(), refusal.message());
-            let told = tell_client(&shared, &mut response, &ClientUpdate::Remove);
-            record(&span, told, response.status());
-            return Ok(response);
-        }
-    };
-    let session = middleware::open(&shared.sessions, ids);
-    request.extensions_mut().insert(session.clone());
-    let mut response = inner.call(request).await?;
-    let told = finish(&shared, &session, &mut response).await;
-    record(&span, told, response.status());
-    Ok(response)
 }
 
 /// Fills the request span's fields, when it is traced.
@@ -129,14 +119,14 @@ fn record(span: &Span, client_update: &'static str, status: StatusCode) {
     }
 }
 
-/// Saves what the handler left unsaved and tells the client; returns what
-/// it told (see [`tell_client`]).
-async fn finish<B: From<&'static str>>(
+/// Applies what the end of the request found to the response, tells the
+/// client, and fills the request span's fields.
+pub(crate) fn conclude<B: From<&'static str>>(
     shared: &Shared,
-    session: &offstate_core::Session,
+    span: &Span,
+    finished: &Finished,
     response: &mut Response<B>,
-) -> &'static str {
-    let finished = middleware::finish(session).await;
+) {
     match &finished.disposition {
         Disposition::Replace(error) => {
             log(
@@ -151,7 +141,8 @@ async fn finish<B: From<&'static str>>(
         }
         _ => {}
     }
-    tell_client(shared, response, &finished.update)
+    let told = tell_client(shared, response, &finished.update);
+    record(span, told, response.status());
 }
 
 /// Writes the cookie or header `update` asks for; returns `set`,

@@ -75,6 +75,17 @@ pub struct Finished {
     pub update: ClientUpdate,
 }
 
+/// [`finish`] without awaiting, for the usual request that has nothing to
+/// save (no change, no touch due, or the handler's own save failed): what
+/// to tell the client, or `None` when a save is due; then await [`finish`].
+#[must_use]
+pub fn finish_now(session: &Session) -> Option<Finished> {
+    session.finish_unsaved().map(|update| Finished {
+        disposition: Disposition::Done,
+        update,
+    })
+}
+
 /// Saves what the handler left unsaved (nothing for an untouched session;
 /// a touch past the threshold for a read-only one; one conditional write
 /// for a changed one) and says what the response and the client need.
@@ -82,11 +93,10 @@ pub struct Finished {
 /// If the handler called [`Session::save`] itself and it failed, nothing is
 /// saved again and the handler's response stands: the handler chose it.
 pub async fn finish(session: &Session) -> Finished {
-    let dirty = session.is_dirty();
-    let disposition = if session.own_save_failed() {
-        Disposition::Done
-    } else {
-        match session.save_pending().await {
+    let disposition = match session.save_needed() {
+        None => Disposition::Done,
+        // Boxed: most requests save nothing, and their future stays small.
+        Some(dirty) => match Box::pin(session.save_pending()).await {
             Ok(()) => Disposition::Done,
             Err(error) if !dirty => Disposition::Keep {
                 error,
@@ -97,7 +107,7 @@ pub async fn finish(session: &Session) -> Finished {
                 reason: "the store was down when the session loaded (fail open); this request's changes were dropped so the real session is never overwritten",
             },
             Err(error) => Disposition::Replace(error),
-        }
+        },
     };
     Finished {
         disposition,

@@ -15,10 +15,14 @@
 //! - this module: the [`Session`] handle's public methods;
 //! - `save`: writing: create, conditional save and replay, touch, and the
 //!   ID rotation that login needs;
+//! - `finish`: what the end of a request has to do;
+//! - `io`: clones of one handle take turns at the store;
 //! - `turns`: writers of one session in one process take turns;
 //! - `calls`: every store call, in one place (spans, clock).
 
 mod calls;
+mod finish;
+mod io;
 mod policy;
 mod save;
 mod sessions;
@@ -34,6 +38,7 @@ use serde::de::DeserializeOwned;
 pub use policy::{Limits, OutagePolicy, WritePolicy};
 pub use sessions::Sessions;
 
+use self::io::IoTurn;
 use self::state::{Op, State, UpdateFn};
 use crate::codec::{Codec, Json};
 use crate::error::{BoxError, SessionError, StoreError};
@@ -61,9 +66,9 @@ pub struct Session {
 struct Inner {
     sessions: Sessions,
     state: Mutex<State>,
-    /// Held by whoever talks to the store for this handle (load, save,
-    /// delete), so clones of one handle never race each other.
-    io: tokio::sync::Mutex<()>,
+    /// Wakes clones of the handle waiting for their turn at the store
+    /// (see [`Session::io`]).
+    io_free: tokio::sync::Notify,
 }
 
 impl fmt::Debug for Session {
@@ -100,7 +105,7 @@ impl Session {
             inner: Arc::new(Inner {
                 sessions,
                 state: Mutex::new(state),
-                io: tokio::sync::Mutex::new(()),
+                io_free: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -118,38 +123,43 @@ impl Session {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes this handle's turn at the store: at once when nobody holds it
-    /// (the usual case, one task per request), else in line.
-    async fn io(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        match self.inner.io.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => self.inner.io.lock().await,
-        }
-    }
-
     /// Runs `f` on the loaded state, loading it first if needed.
     async fn loaded<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, SessionError> {
-        {
-            let mut state = self.lock();
-            if state.loaded {
-                return Ok(f(&mut state));
-            }
-        }
-        self.load().await?;
-        Ok(f(&mut self.lock()))
+        let mut state = self.load().await?;
+        Ok(f(&mut state))
     }
 
-    async fn load(&self) -> Result<(), SessionError> {
-        let _io = self.io().await;
-        let (key, candidates) = {
+    /// The state, loaded (or found fail-open degraded), and still locked:
+    /// a loaded state takes one lock, a load two.
+    async fn load(&self) -> Result<MutexGuard<'_, State>, SessionError> {
+        let free = {
             let mut state = self.lock();
             if state.loaded {
-                return Ok(());
+                return Ok(state);
             }
-            (state.key(), state.candidates.clone())
+            let busy = std::mem::replace(&mut state.io_busy, true);
+            (!busy).then(|| (state.key(), state.candidates.clone()))
+        };
+        let (turn, key, candidates) = match free {
+            Some((key, candidates)) => (IoTurn(self), key, candidates),
+            None => {
+                // A clone is at the store (loading too, likely): wait for
+                // it, then look again.
+                let turn = Box::pin(self.wait_for_io()).await;
+                let mut state = self.lock();
+                if state.loaded {
+                    turn.release(&mut state);
+                    return Ok(state);
+                }
+                let (key, candidates) = (state.key(), state.candidates.clone());
+                drop(state);
+                (turn, key, candidates)
+            }
         };
         let result = match (key, candidates.is_empty()) {
-            (_, false) => self.load_one_of(candidates).await,
+            // Rare (a cookie tossed in by a sibling domain): boxed, so the
+            // usual load's future stays small.
+            (_, false) => Box::pin(self.load_one_of(candidates)).await,
             (Some(key), true) => calls::load(self.sessions(), &key).await.map(|record| {
                 if record.is_none() {
                     telemetry::expired_on_read();
@@ -159,6 +169,7 @@ impl Session {
             (None, true) => Ok(None),
         };
         let mut state = self.lock();
+        turn.release(&mut state);
         match result {
             Ok(found) => {
                 state.loaded = true;
@@ -187,7 +198,7 @@ impl Session {
                 return Err(error.into());
             }
         }
-        Ok(())
+        Ok(state)
     }
 
     /// The one live session among several IDs a client presented. More than
@@ -547,27 +558,8 @@ impl Session {
         result
     }
 
-    /// Whether the handler's own latest [`Session::save`] failed.
-    pub(crate) fn own_save_failed(&self) -> bool {
-        self.lock().own_save_failed
-    }
-
     /// What the client must now be told, forgetting it was pending.
     pub(crate) fn take_client_update(&self) -> crate::middleware::ClientUpdate {
-        use crate::middleware::ClientUpdate;
-        let mut state = self.lock();
-        if std::mem::take(&mut state.ended) {
-            return ClientUpdate::Remove;
-        }
-        if !std::mem::take(&mut state.resend) {
-            return ClientUpdate::Unchanged;
-        }
-        match (&state.id, state.record.is_some()) {
-            (Some(id), true) => ClientUpdate::Set {
-                id: id.clone(),
-                expires_at: state.expires_at(),
-            },
-            _ => ClientUpdate::Unchanged,
-        }
+        self.lock().take_client_update()
     }
 }

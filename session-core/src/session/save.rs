@@ -66,7 +66,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// What a save has to do, decided from the state.
-enum Plan {
+pub(super) enum Plan {
     Nothing,
     Refuse,
     Create,
@@ -84,7 +84,7 @@ struct Pending {
 }
 
 impl Session {
-    fn plan(state: &State) -> Plan {
+    pub(super) fn plan(state: &State) -> Plan {
         if !state.loaded || state.ended {
             return Plan::Nothing;
         }
@@ -177,8 +177,10 @@ impl Session {
             };
         };
         let result = match plan {
-            Plan::Create => self.create(&pending).await,
-            Plan::Rotate => self.rotate(&pending).await,
+            // Creating and logging in are once per session: boxed, so the
+            // future every request's save builds stays small.
+            Plan::Create => Box::pin(self.create(&pending)).await,
+            Plan::Rotate => Box::pin(self.rotate(&pending)).await,
             _ => self.write(&pending).await,
         };
         if result.is_err() && !self.lock().ended {
@@ -297,7 +299,8 @@ impl Session {
                 // The first replay goes at once (the fresh record came with
                 // the conflict); after that, writers that keep colliding on
                 // one session spread out instead of colliding again.
-                tokio::time::sleep(backoff(attempt)).await;
+                // Boxed: a timer is large, and only colliding writers wait.
+                Box::pin(tokio::time::sleep(backoff(attempt))).await;
             }
             let replayed;
             let overlay = if base.version == loaded_version && attempt == 0 {
@@ -313,7 +316,7 @@ impl Session {
                 // The operations cancel out: nothing to write.
                 drop(turn);
                 self.commit(base, None, false);
-                return self.maybe_touch().await;
+                return Box::pin(self.maybe_touch()).await;
             }
             config.limits.check_record(keys, size)?;
             // Built before the save, so a store in this process can keep

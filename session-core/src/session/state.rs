@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::error::SessionError;
 use crate::id::{SessionId, SessionKey};
+use crate::middleware::ClientUpdate;
 use crate::record::{Record, Timestamp};
 use crate::store::{Change, PrincipalChange};
 
@@ -91,6 +92,10 @@ pub(crate) struct State {
     /// The handler called `save` itself and it failed: the middleware leaves
     /// the handler's response alone and does not save again.
     pub(crate) own_save_failed: bool,
+    /// A clone of the handle is talking to the store (`Session::io`).
+    pub(crate) io_busy: bool,
+    /// Clones waiting for that turn.
+    pub(crate) io_waiters: usize,
 }
 
 impl State {
@@ -109,6 +114,8 @@ impl State {
             degraded: false,
             resend: false,
             own_save_failed: false,
+            io_busy: false,
+            io_waiters: 0,
         }
     }
 
@@ -204,6 +211,23 @@ impl State {
         self.reset_to(None);
         self.loaded = true;
         self.ended = true;
+    }
+
+    /// What the client must now be told, forgetting it was pending.
+    pub(crate) fn take_client_update(&mut self) -> ClientUpdate {
+        if std::mem::take(&mut self.ended) {
+            return ClientUpdate::Remove;
+        }
+        if !std::mem::take(&mut self.resend) {
+            return ClientUpdate::Unchanged;
+        }
+        match (&self.id, self.record.is_some()) {
+            (Some(id), true) => ClientUpdate::Set {
+                id: id.clone(),
+                expires_at: self.expires_at(),
+            },
+            _ => ClientUpdate::Unchanged,
+        }
     }
 
     /// When the session ends, for the cookie's `Max-Age`.
