@@ -82,8 +82,8 @@ where
         );
         // Everything before the handler is synchronous, so it runs here:
         // the future holds only what the end of the request needs, not the
-        // request.
-        let entered = span.enter();
+        // request. A disabled span is not entered.
+        let entered = (!span.is_disabled()).then(|| span.enter());
         let ids = match shared.carrier.read(request.headers()) {
             Ok(ids) => ids,
             Err(refusal) => {
