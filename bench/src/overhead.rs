@@ -155,3 +155,57 @@ pub async fn repeat(
     }
     Ok(())
 }
+
+/// Rounds of [`interleaved`]; its figure is their median.
+pub const INTERLEAVED_ROUNDS: usize = 41;
+
+/// offstate's time over tower-sessions' on `handler`, measured so that a
+/// drift in the machine's speed hits both alike: each round times a block
+/// of `block` requests on one library, then on the other (the first of
+/// the pair alternating), and the figure is the median of the rounds'
+/// ratios. Criterion measures one library for seconds, then the other,
+/// and on this shared machine that ratio moves by ±10 % between runs; this
+/// one is the steadier measure beside it.
+///
+/// # Errors
+///
+/// As [`request`].
+pub async fn interleaved(handler: Handler, block: u64) -> Result<f64, BenchError> {
+    let mut apps = Vec::new();
+    for variant in [Variant::Offstate, Variant::TowerSessions] {
+        let app = router(variant)?;
+        let cookie = start_session(&app).await?;
+        // Warm-up: caches, allocator, the store's maps.
+        repeat(&app, handler, cookie.as_deref(), block).await?;
+        apps.push((app, cookie));
+    }
+    let mut ratios = Vec::with_capacity(INTERLEAVED_ROUNDS);
+    for round in 0..INTERLEAVED_ROUNDS {
+        let mut times = [0.0; 2];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (app, cookie) = &apps[i];
+            let started = std::time::Instant::now();
+            repeat(app, handler, cookie.as_deref(), block).await?;
+            times[i] = started.elapsed().as_secs_f64();
+        }
+        ratios.push(times[0] / times[1]);
+    }
+    ratios.sort_by(f64::total_cmp);
+    Ok(ratios[ratios.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn interleaved_ratios_come_from_both_libraries_answering() {
+        for handler in [Handler::Read, Handler::Write] {
+            let ratio = interleaved(handler, 20).await.unwrap();
+            assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
+        }
+    }
+}

@@ -145,6 +145,11 @@ pub struct Overhead {
     pub tower_write: f64,
     /// No session layer, same handler shape (reference).
     pub plain: f64,
+    /// offstate / tower-sessions on the read handler, interleaved
+    /// ([`crate::overhead::interleaved`]), when it ran.
+    pub interleaved_read: Option<f64>,
+    /// The same on the write handler.
+    pub interleaved_write: Option<f64>,
 }
 
 /// Everything the report shows.
@@ -404,6 +409,29 @@ fn overhead(dir: &Path) -> Option<Overhead> {
         tower_read: criterion_mean(dir, "tower-sessions-read")?,
         tower_write: criterion_mean(dir, "tower-sessions-write")?,
         plain: criterion_mean(dir, "no-sessions")?,
+        interleaved_read: None,
+        interleaved_write: None,
+    })
+}
+
+/// [`crate::overhead::interleaved`] for both handlers, on a thread of its
+/// own with a current-thread runtime (as criterion runs them).
+fn interleaved() -> Result<(f64, f64), BenchError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    use crate::overhead::Handler;
+                    let read = crate::overhead::interleaved(Handler::Read, 20_000).await?;
+                    let write = crate::overhead::interleaved(Handler::Write, 10_000).await?;
+                    Ok((read, write))
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(BenchError::Usage("the interleaved run panicked".into())))
     })
 }
 
@@ -415,7 +443,13 @@ fn overhead(dir: &Path) -> Option<Overhead> {
 pub async fn run(settings: Settings) -> Result<Results, BenchError> {
     let load_before = loadavg();
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let overhead = overhead(&settings.criterion_dir);
+    let mut overhead = overhead(&settings.criterion_dir);
+    if let Some(o) = overhead.as_mut() {
+        eprintln!("[bench] in process, interleaved");
+        let (read, write) = interleaved()?;
+        o.interleaved_read = Some(read);
+        o.interleaved_write = Some(write);
+    }
     if overhead.is_none() {
         eprintln!(
             "[bench] no criterion output under {}; run `cargo bench -p offstate-bench --bench overhead` first",
