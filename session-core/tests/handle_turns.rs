@@ -9,7 +9,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use offstate_core::testing::{Call, FaultyStore};
-use offstate_core::{CountingStore, MemoryStore, Session, SessionId, Sessions, middleware};
+use offstate_core::{
+    CountingStore, MemoryStore, Session, SessionError, SessionId, Sessions, middleware,
+};
+use tokio::task::JoinHandle;
 
 struct World {
     store: FaultyStore<CountingStore<MemoryStore>>,
@@ -47,20 +50,20 @@ fn opened(w: &World) -> Session {
     middleware::open(&w.sessions, Some(w.id.clone()))
 }
 
+/// Reads `n` through a clone of `handle`, in a task of its own.
+fn spawn_get(handle: &Session) -> JoinHandle<Result<Option<u32>, SessionError>> {
+    let handle = handle.clone();
+    tokio::spawn(async move { handle.get::<u32>("n").await })
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_clone_that_asks_during_a_load_waits_for_it_and_uses_it() {
     let w = world().await;
     let handle = opened(&w);
     let gate = w.store.gate(Call::Load);
-    let first = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.get::<u32>("n").await }
-    });
+    let first = spawn_get(&handle);
     gate.reached().await;
-    let second = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.get::<u32>("n").await }
-    });
+    let second = spawn_get(&handle);
     settle().await;
     assert!(
         !second.is_finished(),
@@ -81,15 +84,9 @@ async fn a_waiting_clone_that_gives_up_leaves_the_turn_free() {
     let w = world().await;
     let handle = opened(&w);
     let gate = w.store.gate(Call::Load);
-    let first = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.get::<u32>("n").await }
-    });
+    let first = spawn_get(&handle);
     gate.reached().await;
-    let quitter = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.get::<u32>("n").await }
-    });
+    let quitter = spawn_get(&handle);
     settle().await;
     quitter.abort();
     assert!(quitter.await.unwrap_err().is_cancelled());
@@ -107,10 +104,7 @@ async fn a_load_whose_future_is_dropped_frees_the_turn() {
     let w = world().await;
     let handle = opened(&w);
     let gate = w.store.gate(Call::Load);
-    let loading = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.get::<u32>("n").await }
-    });
+    let loading = spawn_get(&handle);
     gate.reached().await;
     loading.abort();
     assert!(loading.await.unwrap_err().is_cancelled());
