@@ -8,7 +8,9 @@
 //! 3. After the handler, [`finish`]: it saves what the handler left
 //!    unsaved, decides what a failure means for the response
 //!    ([`Disposition`]), and says what to tell the client
-//!    ([`ClientUpdate`]).
+//!    ([`ClientUpdate`]). Most requests have nothing to save:
+//!    [`finish_now`] ends those without awaiting (no future to build or
+//!    box) and answers `None` for the rest, which then await [`finish`].
 //!
 //! [`status`] and [`message`] give the HTTP status and the short,
 //! non-leaking body for a [`SessionError`].
