@@ -14,9 +14,9 @@
 
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
+use offstate_core::SessionId;
 use offstate_core::middleware::ClientUpdate;
 use offstate_core::telemetry::RefusedInput;
-use offstate_core::{SessionId, Timestamp};
 
 use crate::config::{CookieConfig, SameSite, Transport};
 use crate::signing::SigningKey;
@@ -188,25 +188,11 @@ impl Carrier {
         }
     }
 
-    /// Writes the ID's text form (signed, if signing is on) into `text`.
-    fn encode_into(&self, id: &SessionId, text: &mut HeaderText) {
-        use std::fmt::Write as _;
-
-        match &self.signing {
-            Some(key) => text.push(&key.sign(id)),
-            // HeaderText's `write_str` never fails.
-            None => {
-                let _ = write!(text, "{id}");
-            }
-        }
-    }
-
     /// Adds what the client must be told to the response headers.
     pub(crate) fn write(
         &self,
         headers: &mut HeaderMap,
         update: &ClientUpdate,
-        now: impl FnOnce() -> Timestamp,
     ) -> Result<(), BadHeader> {
         if let Transport::Cookie(config) = &self.transport
             && !config.wire_name_ok()
@@ -215,18 +201,24 @@ impl Carrier {
         }
         match (&self.transport, update) {
             (_, ClientUpdate::Unchanged) => Ok(()),
-            (Transport::Cookie(config), ClientUpdate::Set { id, expires_at }) => {
+            (
+                Transport::Cookie(config),
+                ClientUpdate::Set {
+                    id,
+                    expires_at,
+                    as_of,
+                },
+            ) => {
                 let max_age = expires_at
                     .filter(|_| config.persistent())
-                    .map(|at| at.saturating_since(now()).as_secs().max(1));
-                let mut text = HeaderText::new();
-                set_cookie(
-                    &mut text,
-                    config,
-                    |text| self.encode_into(id, text),
-                    max_age,
-                );
-                let value = HeaderValue::from_bytes(text.as_bytes()).map_err(|_| BadHeader)?;
+                    .map(|at| at.saturating_since(*as_of).as_secs().max(1));
+                let text = match &self.signing {
+                    Some(key) => set_cookie(config, key.sign(id).as_bytes(), max_age),
+                    None => set_cookie(config, &id.encoded(), max_age),
+                };
+                // The text becomes the header's bytes as it is: no copy.
+                let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                    .map_err(|_| BadHeader)?;
                 headers.append(SET_COOKIE, value);
                 Ok(())
             }
@@ -272,96 +264,56 @@ fn base_cookie(config: &CookieConfig, value: String) -> cookie::Cookie<'static> 
     cookie
 }
 
-/// Text for a header value, on the stack while it fits (the usual
-/// `Set-Cookie` does): the header then copies it once, with no other
-/// allocation per response.
-pub(crate) struct HeaderText {
-    inline: [u8; INLINE_TEXT],
-    len: usize,
-    /// Everything, once the text no longer fits inline.
-    spilled: Vec<u8>,
-}
-
-/// Room on the stack for a header value: a cookie's name, a signed ID
-/// and the usual attributes.
-const INLINE_TEXT: usize = 256;
-
-impl HeaderText {
-    pub(crate) fn new() -> Self {
-        Self {
-            inline: [0; INLINE_TEXT],
-            len: 0,
-            spilled: Vec::new(),
-        }
-    }
-
-    pub(crate) fn push(&mut self, text: &str) {
-        let bytes = text.as_bytes();
-        if self.spilled.is_empty() {
-            if let Some(room) = self.inline.get_mut(self.len..self.len + bytes.len()) {
-                room.copy_from_slice(bytes);
-                self.len += bytes.len();
-                return;
-            }
-            let inline = self.inline.get(..self.len).unwrap_or_default();
-            self.spilled.extend_from_slice(inline);
-        }
-        self.spilled.extend_from_slice(bytes);
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        if self.spilled.is_empty() {
-            self.inline.get(..self.len).unwrap_or_default()
-        } else {
-            &self.spilled
-        }
-    }
-}
-
-impl std::fmt::Write for HeaderText {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        self.push(text);
-        Ok(())
-    }
-}
-
-/// The `Set-Cookie` value that sends the ID (`value` writes it): the same
+/// The `Set-Cookie` value that sends the ID (`value`, its text): the same
 /// text the `cookie` crate writes for [`base_cookie`] (attributes in its
-/// order), written straight into `text`, since every write and touch sends
-/// it.
-fn set_cookie(
-    text: &mut HeaderText,
-    config: &CookieConfig,
-    value: impl FnOnce(&mut HeaderText),
-    max_age_secs: Option<u64>,
-) {
-    use std::fmt::Write as _;
+/// order), written straight into a buffer of exactly its length, since
+/// every write and touch sends it; the header then takes the buffer.
+fn set_cookie(config: &CookieConfig, value: &[u8], max_age_secs: Option<u64>) -> Vec<u8> {
+    let mut digits = [0u8; 20];
+    let max_age = max_age_secs.map(|secs| decimal(secs.min(i64::MAX as u64), &mut digits));
+    let domain = config.domain().map(|d| d.strip_prefix('.').unwrap_or(d));
+    let when = |on: bool, text: &'static str| if on { text } else { "" };
+    let parts: [&[u8]; 12] = [
+        config.wire_name().as_bytes(),
+        b"=",
+        value,
+        when(config.http_only(), "; HttpOnly").as_bytes(),
+        match config.same_site() {
+            SameSite::Strict => b"; SameSite=Strict",
+            SameSite::Lax => b"; SameSite=Lax",
+            SameSite::None => b"; SameSite=None",
+        },
+        when(config.secure(), "; Secure").as_bytes(),
+        b"; Path=",
+        config.path().as_bytes(),
+        when(domain.is_some(), "; Domain=").as_bytes(),
+        domain.unwrap_or_default().as_bytes(),
+        when(max_age.is_some(), "; Max-Age=").as_bytes(),
+        max_age.unwrap_or_default(),
+    ];
+    let mut text = Vec::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        text.extend_from_slice(part);
+    }
+    text
+}
 
-    text.push(config.wire_name());
-    text.push("=");
-    value(text);
-    if config.http_only() {
-        text.push("; HttpOnly");
+/// `n` in decimal, written at the end of `digits` (20 hold any `u64`).
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // `n % 10 < 10`: the cast is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        if let Some(digit) = digits.get_mut(start) {
+            *digit = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
-    text.push(match config.same_site() {
-        SameSite::Strict => "; SameSite=Strict",
-        SameSite::Lax => "; SameSite=Lax",
-        SameSite::None => "; SameSite=None",
-    });
-    if config.secure() {
-        text.push("; Secure");
-    }
-    text.push("; Path=");
-    text.push(config.path());
-    if let Some(domain) = config.domain() {
-        text.push("; Domain=");
-        text.push(domain.strip_prefix('.').unwrap_or(domain));
-    }
-    if let Some(secs) = max_age_secs {
-        let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        // HeaderText's `write_str` never fails.
-        let _ = write!(text, "; Max-Age={secs}");
-    }
+    digits.get(start..).unwrap_or_default()
 }
 
 /// A cookie that makes the browser forget the session cookie: same name,
@@ -388,16 +340,6 @@ mod tests {
     }
 
     #[test]
-    fn header_text_spills_to_the_heap_when_it_does_not_fit() {
-        let mut text = HeaderText::new();
-        text.push("a=");
-        let long = "b".repeat(INLINE_TEXT);
-        text.push(&long);
-        text.push(";");
-        assert_eq!(text.as_bytes(), format!("a={long};").as_bytes());
-    }
-
-    #[test]
     fn set_cookie_writes_what_the_cookie_crate_writes() {
         let configs = [
             CookieConfig::default(),
@@ -415,13 +357,13 @@ mod tests {
                 .with_secure(false),
         ];
         for config in &configs {
-            for max_age in [None, Some(0), Some(1800), Some(u64::MAX)] {
-                let mut text = HeaderText::new();
-                set_cookie(&mut text, config, |text| text.push("abc"), max_age);
+            for max_age in [None, Some(0), Some(9), Some(10), Some(1800), Some(u64::MAX)] {
+                let text = set_cookie(config, b"abc", max_age);
                 assert_eq!(
-                    std::str::from_utf8(text.as_bytes()).unwrap(),
+                    std::str::from_utf8(&text).unwrap(),
                     with_cookie_crate(config, "abc", max_age),
                 );
+                assert_eq!(text.len(), text.capacity(), "no spare room to copy away");
             }
         }
     }

@@ -157,12 +157,9 @@ fn tell_client<B: From<&'static str>>(
         ClientUpdate::Remove => "remove",
         _ => "unchanged",
     };
-    // Max-Age is computed on the clock the deadlines were set with (read
-    // only when a cookie is sent).
-    let now = || shared.sessions.clock().now();
     if shared
         .carrier
-        .write(response.headers_mut(), update, now)
+        .write(response.headers_mut(), update)
         .is_err()
     {
         tracing::error!(

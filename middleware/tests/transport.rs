@@ -106,6 +106,14 @@ async fn max_age_follows_the_earliest_deadline() {
     let cookie = set_cookie(&response);
     assert_eq!(body(response).await, "n=3", "still the same session");
     assert_eq!(attribute(&cookie, "Max-Age").as_deref(), Some("1500"));
+
+    // At 45 minutes a read touches (a quarter of the idle timeout has
+    // passed): Max-Age counts from the touch, to the absolute deadline.
+    fx.clock.advance(Duration::from_secs(10 * 60));
+    let response = send(&app, request("GET", "/read", &[&sent])).await;
+    let cookie = set_cookie(&response);
+    assert_eq!(body(response).await, "n=3");
+    assert_eq!(attribute(&cookie, "Max-Age").as_deref(), Some("900"));
 }
 
 #[allow(clippy::unwrap_used)]

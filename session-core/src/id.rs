@@ -8,8 +8,6 @@ use std::fmt;
 use std::hash::Hasher;
 use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 /// Number of random bytes in a session ID (192 bits; the floor is 128).
@@ -138,15 +136,45 @@ impl SessionId {
     /// The key a store files this session under: a hash, never the ID itself.
     #[must_use]
     pub fn key(&self) -> SessionKey {
-        let digest = Sha256::digest(self.0);
-        let mut text = [0u8; KEY_LEN];
-        match URL_SAFE_NO_PAD.encode_slice(digest, &mut text) {
-            Ok(KEY_LEN) => SessionKey(text),
-            // 32 bytes always encode to 43 characters; should base64 ever
-            // disagree, the owned encoding is the same text.
-            _ => SessionKey::from_text(&URL_SAFE_NO_PAD.encode(digest)),
+        let digest: [u8; 32] = Sha256::digest(self.0).into();
+        SessionKey(encode_url_safe(&digest))
+    }
+
+    /// The text form as ASCII bytes (what `Display` writes), with no
+    /// allocation: for a middleware that writes the ID into a header.
+    #[must_use]
+    pub fn encoded(&self) -> [u8; SESSION_ID_LEN] {
+        encode_url_safe(&self.0)
+    }
+}
+
+/// The URL-safe base64 alphabet, by sextet value.
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// `input` as URL-safe base64 without padding; `OUT` is that length
+/// (4 characters per 3 bytes, 2 or 3 more for a tail of 1 or 2 bytes;
+/// a wrong `OUT` is a bug, caught by the tests of both users). Written
+/// here with a table rather than by the base64 engine: every request
+/// encodes a key, and every write an ID.
+fn encode_url_safe<const IN: usize, const OUT: usize>(input: &[u8; IN]) -> [u8; OUT] {
+    let mut out = [0u8; OUT];
+    let mut written = 0;
+    for group in input.chunks(3) {
+        let mut bits = 0u32;
+        for (i, byte) in group.iter().enumerate() {
+            bits |= u32::from(*byte) << (16 - 8 * i);
+        }
+        // 1, 2 or 3 bytes give 2, 3 or 4 characters.
+        for i in 0..=group.len() {
+            let sextet = (bits >> (18 - 6 * i)) & 0x3f;
+            if let (Some(slot), Some(c)) = (out.get_mut(written), ALPHABET.get(sextet as usize)) {
+                *slot = *c;
+            }
+            written += 1;
         }
     }
+    debug_assert_eq!(written, OUT, "encode_url_safe: wrong output length");
+    out
 }
 
 /// Marks a byte that is not a URL-safe base64 character in [`SEXTETS`].
@@ -266,11 +294,8 @@ impl fmt::Display for KeyPrefix {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; SESSION_ID_LEN];
-        match URL_SAFE_NO_PAD.encode_slice(self.0, &mut buf) {
-            Ok(_) => f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?),
-            Err(_) => Err(fmt::Error),
-        }
+        let text = self.encoded();
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -337,16 +362,6 @@ impl SessionKey {
     /// The key's bytes (its ASCII text).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-
-    /// A key from text already checked to be 43 base64url characters;
-    /// anything else leaves the rest of the key zeroed (never the case).
-    fn from_text(text: &str) -> Self {
-        let mut bytes = [0u8; KEY_LEN];
-        for (to, from) in bytes.iter_mut().zip(text.bytes()) {
-            *to = from;
-        }
-        Self(bytes)
     }
 
     /// Rebuilds a key that a store returned (from a principal index, say).
@@ -424,6 +439,8 @@ pub type KeyHashing = std::hash::BuildHasherDefault<KeyHasher>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use std::collections::HashSet;
 
     #[test]
@@ -474,6 +491,23 @@ mod tests {
                 Ok(ID_BYTES)
             );
             assert_eq!(SessionId::parse(text).unwrap().0, expected);
+        }
+    }
+
+    #[test]
+    fn ids_and_keys_encode_as_the_base64_engine_does() {
+        // Every byte value in every position of a group, then random IDs.
+        let mut inputs: Vec<[u8; ID_BYTES]> = (0..=u8::MAX)
+            .map(|b| std::array::from_fn(|i| b.wrapping_add(i as u8)))
+            .collect();
+        inputs.extend((0..64).map(|_| SessionId::generate().0));
+        for bytes in inputs {
+            let id = SessionId(bytes);
+            let expected = URL_SAFE_NO_PAD.encode(bytes);
+            assert_eq!(id.encoded(), expected.as_bytes());
+            assert_eq!(id.to_string(), expected);
+            let digest = Sha256::digest(bytes);
+            assert_eq!(id.key().as_str(), URL_SAFE_NO_PAD.encode(digest));
         }
     }
 

@@ -42,6 +42,10 @@ pub enum ClientUpdate {
         id: SessionId,
         /// When the session ends, if it does (for a cookie's Max-Age).
         expires_at: Option<Timestamp>,
+        /// When the save or touch that decided `expires_at` read the
+        /// clock: a `Max-Age` is `expires_at` less this, with no clock
+        /// read of its own.
+        as_of: Timestamp,
     },
     /// The session ended: tell the client to forget its ID.
     Remove,

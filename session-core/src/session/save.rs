@@ -39,7 +39,7 @@ use super::state::{self, Op, Overlay, State};
 use super::{Session, Sessions, WritePolicy};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionKey};
-use crate::record::{RETIRED_KEY, Record, Version};
+use crate::record::{RETIRED_KEY, Record, Timestamp, Version};
 use crate::store::{Change, CreateOutcome, PrincipalChange, SaveOutcome, TouchOutcome};
 use crate::telemetry;
 
@@ -137,11 +137,19 @@ impl Session {
         state.cycle |= pending.cycle;
     }
 
-    /// `record` is stored (under `id`, if it moved): the handle shows it,
-    /// with whatever a clone of the handle changed meanwhile on top, and
-    /// the client is told the ID again when `resend`.
-    fn commit(&self, record: Arc<Record>, moved_to: Option<(SessionId, SessionKey)>, resend: bool) {
+    /// `record` is stored (under `id`, if it moved) by a save that read
+    /// the clock at `now`: the handle shows it, with whatever a clone of
+    /// the handle changed meanwhile on top, and the client is told the ID
+    /// again when `resend`.
+    fn commit(
+        &self,
+        record: Arc<Record>,
+        moved_to: Option<(SessionId, SessionKey)>,
+        resend: bool,
+        now: Timestamp,
+    ) {
         let mut state = self.lock();
+        state.as_of = now;
         if let Some((id, key)) = moved_to {
             state.set_id(id, key);
         }
@@ -248,7 +256,8 @@ impl Session {
         let moved_to = self.create_fresh(&record).await?;
         telemetry::created();
         telemetry::record_written("create", record.size());
-        self.commit(Arc::new(record), Some(moved_to), true);
+        let created_at = record.created_at;
+        self.commit(Arc::new(record), Some(moved_to), true, created_at);
         Ok(())
     }
 
@@ -315,7 +324,7 @@ impl Session {
             if change.set.is_empty() && change.remove.is_empty() {
                 // The operations cancel out: nothing to write.
                 drop(turn);
-                self.commit(base, None, false);
+                self.commit(base, None, false, now);
                 return Box::pin(self.maybe_touch()).await;
             }
             config.limits.check_record(keys, size)?;
@@ -329,7 +338,7 @@ impl Session {
                     }
                     telemetry::record_written("write", size);
                     turn.hand_over(Arc::clone(&next));
-                    self.commit(next, None, true);
+                    self.commit(next, None, true, now);
                     return Ok(());
                 }
                 SaveOutcome::Conflict(fresh) if fresh.retired_by().is_some() => {
@@ -406,7 +415,8 @@ impl Session {
                 Ok(Retired::Now(retired)) => {
                     telemetry::rotated();
                     telemetry::record_written("rotate", record.size());
-                    self.commit(Arc::new(record), Some((id, key)), true);
+                    let created_at = record.created_at;
+                    self.commit(Arc::new(record), Some((id, key)), true, created_at);
                     // The retired record is inert: deleting it only saves
                     // space, and a failure leaves it to its deadline.
                     if let Err(error) = calls::delete_if_version(sessions, &old_key, retired).await
@@ -487,18 +497,19 @@ impl Session {
     /// touch threshold has passed.
     async fn maybe_touch(&self) -> Result<(), SessionError> {
         let sessions = self.sessions();
-        let (key, deadline) = {
+        let (key, deadline, now) = {
             let mut state = self.lock();
             let Some(record) = &state.record else {
                 return Ok(());
             };
-            let Some(deadline) = sessions.config.expiry.touch_due(record, sessions.now()) else {
+            let now = sessions.now();
+            let Some(deadline) = sessions.config.expiry.touch_due(record, now) else {
                 if sessions.config.expiry.idle().is_some() {
                     telemetry::touch(false);
                 }
                 return Ok(());
             };
-            (state.key(), deadline)
+            (state.key(), deadline, now)
         };
         let Some(key) = key else {
             return Ok(());
@@ -512,6 +523,7 @@ impl Session {
                     Arc::make_mut(record).deadlines = deadlines;
                 }
                 state.resend = true;
+                state.as_of = now;
                 Ok(())
             }
             _ => Err(self.gone()),

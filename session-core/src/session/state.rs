@@ -89,6 +89,9 @@ pub(crate) struct State {
     pub(crate) degraded: bool,
     /// The client must be sent the ID again (new, rotated or extended).
     pub(crate) resend: bool,
+    /// When the clock was read for the record shown (its last save or
+    /// touch): a cookie's `Max-Age` counts from it.
+    pub(crate) as_of: Timestamp,
     /// The handler called `save` itself and it failed: the middleware leaves
     /// the handler's response alone and does not save again.
     pub(crate) own_save_failed: bool,
@@ -113,6 +116,7 @@ impl State {
             ended: false,
             degraded: false,
             resend: false,
+            as_of: Timestamp::default(),
             own_save_failed: false,
             io_busy: false,
             io_waiters: 0,
@@ -225,6 +229,7 @@ impl State {
             (Some(id), true) => ClientUpdate::Set {
                 id: id.clone(),
                 expires_at: self.expires_at(),
+                as_of: self.as_of,
             },
             _ => ClientUpdate::Unchanged,
         }
