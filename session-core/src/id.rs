@@ -157,23 +157,34 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 /// here with a table rather than by the base64 engine: every request
 /// encodes a key, and every write an ID.
 fn encode_url_safe<const IN: usize, const OUT: usize>(input: &[u8; IN]) -> [u8; OUT] {
+    let sextet = |bits: u32, shift: u32| ALPHABET[(bits >> shift) as usize & 0x3f];
     let mut out = [0u8; OUT];
-    let mut written = 0;
-    for group in input.chunks(3) {
-        let mut bits = 0u32;
-        for (i, byte) in group.iter().enumerate() {
-            bits |= u32::from(*byte) << (16 - 8 * i);
-        }
-        // 1, 2 or 3 bytes give 2, 3 or 4 characters.
-        for i in 0..=group.len() {
-            let sextet = (bits >> (18 - 6 * i)) & 0x3f;
-            if let (Some(slot), Some(c)) = (out.get_mut(written), ALPHABET.get(sextet as usize)) {
-                *slot = *c;
-            }
-            written += 1;
-        }
+    let groups = input.chunks_exact(3);
+    let tail = groups.remainder();
+    let mut quads = out.chunks_exact_mut(4);
+    for (group, quad) in groups.zip(&mut quads) {
+        let bits = u32::from(group[0]) << 16 | u32::from(group[1]) << 8 | u32::from(group[2]);
+        quad.copy_from_slice(&[
+            sextet(bits, 18),
+            sextet(bits, 12),
+            sextet(bits, 6),
+            sextet(bits, 0),
+        ]);
     }
-    debug_assert_eq!(written, OUT, "encode_url_safe: wrong output length");
+    // A tail of 1 or 2 bytes gives 2 or 3 characters.
+    let rest = quads.into_remainder();
+    let bits = tail
+        .iter()
+        .enumerate()
+        .fold(0u32, |bits, (i, byte)| bits | u32::from(*byte) << (16 - 8 * i));
+    for (i, slot) in rest.iter_mut().enumerate() {
+        *slot = sextet(bits, 18 - 6 * i as u32);
+    }
+    debug_assert_eq!(
+        rest.len(),
+        if tail.is_empty() { 0 } else { tail.len() + 1 },
+        "encode_url_safe: wrong output length"
+    );
     out
 }
 
