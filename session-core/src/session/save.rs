@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::calls;
-use super::state::{self, Op, Overlay, State};
+use super::state::{self, Overlay, State, Update};
 use super::{Session, Sessions, WritePolicy};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, SessionKey};
@@ -77,8 +77,8 @@ pub(super) enum Plan {
 
 /// The pending changes, taken out of the state while a save runs.
 struct Pending {
-    ops: Vec<Op>,
     overlay: Overlay,
+    updates: Vec<Update>,
     principal: PrincipalChange,
     cycle: bool,
 }
@@ -105,7 +105,7 @@ impl Session {
         let principal = state::principal_change(&state.principal, record.principal.as_deref());
         if state.cycle || principal != PrincipalChange::Keep {
             Plan::Rotate
-        } else if !state.ops.is_empty() {
+        } else if !state.overlay.is_empty() {
             Plan::Write
         } else {
             Plan::Touch
@@ -114,8 +114,8 @@ impl Session {
 
     fn take_pending(state: &mut State) -> Pending {
         Pending {
-            ops: std::mem::take(&mut state.ops),
             overlay: std::mem::take(&mut state.overlay),
+            updates: std::mem::take(&mut state.updates),
             principal: std::mem::take(&mut state.principal),
             cycle: std::mem::take(&mut state.cycle),
         }
@@ -123,14 +123,19 @@ impl Session {
 
     /// Puts back what a failed save took, ahead of anything a clone of the
     /// handle added meanwhile.
-    fn restore(&self, mut pending: Pending) {
+    fn restore(&self, pending: Pending) {
         let mut state = self.lock();
-        pending.ops.append(&mut state.ops);
-        state.ops = pending.ops;
-        for (key, value) in std::mem::take(&mut state.overlay) {
-            pending.overlay.insert(key, value);
-        }
-        state.overlay = pending.overlay;
+        let later = (
+            std::mem::take(&mut state.overlay),
+            std::mem::take(&mut state.updates),
+        );
+        let (overlay, updates) = state::merge(
+            (pending.overlay, pending.updates),
+            later,
+            state.record.as_deref(),
+        );
+        state.overlay = overlay;
+        state.updates = updates;
         if state.principal == PrincipalChange::Keep {
             state.principal = pending.principal;
         }
@@ -153,9 +158,12 @@ impl Session {
         if let Some((id, key)) = moved_to {
             state.set_id(id, key);
         }
-        let overlay = state::replay(&state.ops, Some(&record)).unwrap_or_default();
+        if !state.updates.is_empty() {
+            let overlay =
+                state::replay(&state.overlay, &state.updates, Some(&record)).unwrap_or_default();
+            state.overlay = overlay;
+        }
         state.record = Some(record);
-        state.overlay = overlay;
         state.resend |= resend;
     }
 
@@ -294,7 +302,7 @@ impl Session {
             // A newer record than this handle loaded: the same check as a
             // conflict with it would make.
             if config.write_policy == WritePolicy::Reject
-                && let Some(key) = contested(&pending.ops, &base, latest)
+                && let Some(key) = contested(&pending.overlay, &base, latest)
             {
                 let latest = Arc::clone(latest);
                 drop(turn);
@@ -315,7 +323,7 @@ impl Session {
             let overlay = if base.version == loaded_version && attempt == 0 {
                 &pending.overlay
             } else {
-                replayed = state::replay(&pending.ops, Some(&base))?;
+                replayed = state::replay(&pending.overlay, &pending.updates, Some(&base))?;
                 &replayed
             };
             let now = sessions.now();
@@ -350,7 +358,7 @@ impl Session {
                     *conflicts += 1;
                     telemetry::conflict("write");
                     if config.write_policy == WritePolicy::Reject
-                        && let Some(key) = contested(&pending.ops, &base, &fresh)
+                        && let Some(key) = contested(&pending.overlay, &base, &fresh)
                     {
                         self.lock().reset_to(Some(fresh));
                         return Err(SessionError::Conflict { key });
@@ -401,7 +409,7 @@ impl Session {
             let overlay = if base.version == loaded_version && attempt == 0 {
                 &pending.overlay
             } else {
-                replayed = state::replay(&pending.ops, Some(&base))?;
+                replayed = state::replay(&pending.overlay, &pending.updates, Some(&base))?;
                 &replayed
             };
             let principal = match &pending.principal {
@@ -430,7 +438,7 @@ impl Session {
                     *conflicts += 1;
                     telemetry::conflict("rotate");
                     if config.write_policy == WritePolicy::Reject
-                        && let Some(key) = contested(&pending.ops, &base, &fresh)
+                        && let Some(key) = contested(&pending.overlay, &base, &fresh)
                     {
                         self.lock().reset_to(Some(fresh));
                         return Err(SessionError::Conflict { key });
@@ -541,12 +549,11 @@ enum Retired {
     Ended,
 }
 
-/// The first key a plain insert set whose stored value another request
-/// changed between `base` and `fresh`.
-fn contested(ops: &[Op], base: &Record, fresh: &Record) -> Option<String> {
-    ops.iter().find_map(|op| match op {
-        Op::Set { key, .. } if base.data.get(key) != fresh.data.get(key) => Some(key.clone()),
-        _ => None,
+/// The first key this request set (not only updated) whose stored value
+/// another request changed between `base` and `fresh`.
+fn contested(overlay: &Overlay, base: &Record, fresh: &Record) -> Option<String> {
+    overlay.iter().find_map(|(key, entry)| {
+        (entry.set && base.data.get(key) != fresh.data.get(key)).then(|| key.clone())
     })
 }
 
