@@ -173,10 +173,9 @@ fn encode_url_safe<const IN: usize, const OUT: usize>(input: &[u8; IN]) -> [u8; 
     }
     // A tail of 1 or 2 bytes gives 2 or 3 characters.
     let rest = quads.into_remainder();
-    let bits = tail
-        .iter()
-        .enumerate()
-        .fold(0u32, |bits, (i, byte)| bits | u32::from(*byte) << (16 - 8 * i));
+    let bits = tail.iter().enumerate().fold(0u32, |bits, (i, byte)| {
+        bits | u32::from(*byte) << (16 - 8 * i)
+    });
     for (i, slot) in rest.iter_mut().enumerate() {
         *slot = sextet(bits, 18 - 6 * i as u32);
     }
