@@ -3,6 +3,10 @@
 //! An ID is what the client holds (in a cookie or a header). A [`SessionKey`]
 //! is what a store files the session under: a SHA-256 of the ID. A dump of
 //! the store therefore reveals no ID that could be replayed as a cookie.
+//!
+//! Why this file is long: IDs, keys and key prefixes share one alphabet,
+//! its table decoder and encoder; half of it is tests of the exact forms
+//! accepted and written.
 
 use std::fmt;
 use std::hash::Hasher;
