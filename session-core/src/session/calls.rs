@@ -4,8 +4,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
-use quanta::Instant;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -35,9 +35,6 @@ async fn call<T>(
         offstate.key = Empty,
         offstate.outcome = Empty,
     );
-    // Timed on the CPU's counter (calibrated once per process, against
-    // the OS clock), not by two clock syscalls' worth of vDSO reads: every
-    // request makes one or two store calls.
     let started = Instant::now();
     if span.is_disabled() {
         // Nobody traces: no span entered and left per poll, no field
