@@ -20,11 +20,15 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let millis = SystemTime::now()
+        let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis();
-        Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+            .unwrap_or(Duration::ZERO);
+        // In u64 (a `u128` of milliseconds would be converted back).
+        let millis = since_epoch
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(since_epoch.subsec_millis()));
+        Timestamp::from_millis(millis)
     }
 }
 

@@ -25,7 +25,7 @@ async fn call<T>(
     work: impl Future<Output = Result<T, StoreError>>,
     outcome: impl FnOnce(&T) -> &'static str,
 ) -> Result<T, StoreError> {
-    let backend = sessions.store.name();
+    let backend = sessions.shared.store.name();
     let span = tracing::debug_span!(
         "offstate.store",
         otel.name = operation,
@@ -44,7 +44,7 @@ async fn call<T>(
         telemetry::store_call(backend, operation, label, started.elapsed());
         return result;
     }
-    if let Some(address) = sessions.store.server_address() {
+    if let Some(address) = sessions.shared.store.server_address() {
         span.record("server.address", address);
     }
     if let Some(key) = key {
@@ -90,7 +90,7 @@ pub(crate) async fn load_any(
     key: &SessionKey,
 ) -> Result<Option<Arc<Record>>, StoreError> {
     let now = sessions.now();
-    let work = sessions.store.load(key, now);
+    let work = sessions.shared.store.load(key, now);
     call(sessions, "load", Some(key), work, |found| {
         if found.is_some() { "ok" } else { "gone" }
     })
@@ -103,7 +103,7 @@ pub(crate) async fn create(
     record: &Record,
     now: Timestamp,
 ) -> Result<CreateOutcome, StoreError> {
-    let work = sessions.store.create(key, record, now);
+    let work = sessions.shared.store.create(key, record, now);
     call(
         sessions,
         "create",
@@ -123,7 +123,7 @@ pub(crate) async fn save(
     change: &Change,
     now: Timestamp,
 ) -> Result<SaveOutcome, StoreError> {
-    let work = sessions.store.save(key, change, now);
+    let work = sessions.shared.store.save(key, change, now);
     call(sessions, "save", Some(key), work, save_label).await
 }
 
@@ -147,7 +147,10 @@ pub(crate) async fn save_applied(
     next: &Arc<Record>,
     now: Timestamp,
 ) -> Result<SaveOutcome, StoreError> {
-    let work = sessions.store.save_applied(key, change, base, next, now);
+    let work = sessions
+        .shared
+        .store
+        .save_applied(key, change, base, next, now);
     call(sessions, "save", Some(key), work, save_label).await
 }
 
@@ -157,7 +160,7 @@ pub(crate) async fn touch(
     idle_deadline: Timestamp,
 ) -> Result<TouchOutcome, StoreError> {
     let now = sessions.now();
-    let work = sessions.store.touch(key, idle_deadline, now);
+    let work = sessions.shared.store.touch(key, idle_deadline, now);
     call(
         sessions,
         "touch",
@@ -173,7 +176,7 @@ pub(crate) async fn touch(
 
 pub(crate) async fn delete(sessions: &Sessions, key: &SessionKey) -> Result<bool, StoreError> {
     let now = sessions.now();
-    let work = sessions.store.delete(key, now);
+    let work = sessions.shared.store.delete(key, now);
     call(sessions, "delete", Some(key), work, |deleted| {
         if *deleted { "ok" } else { "gone" }
     })
@@ -186,7 +189,7 @@ pub(crate) async fn delete_if_version(
     expected: Version,
 ) -> Result<DeleteOutcome, StoreError> {
     let now = sessions.now();
-    let work = sessions.store.delete_if_version(key, expected, now);
+    let work = sessions.shared.store.delete_if_version(key, expected, now);
     call(
         sessions,
         "delete_if_version",
@@ -206,7 +209,7 @@ pub(crate) async fn list_principal(
     principal: &str,
 ) -> Result<Vec<SessionKey>, StoreError> {
     let now = sessions.now();
-    let work = sessions.store.list_principal(principal, now);
+    let work = sessions.shared.store.list_principal(principal, now);
     call(sessions, "list_principal", None, work, ok).await
 }
 
@@ -215,7 +218,7 @@ pub(crate) async fn revoke_principal(
     principal: &str,
 ) -> Result<usize, StoreError> {
     let now = sessions.now();
-    let work = sessions.store.revoke_principal(principal, now);
+    let work = sessions.shared.store.revoke_principal(principal, now);
     let revoked = call(sessions, "revoke_principal", None, work, ok).await?;
     telemetry::revoked(revoked);
     Ok(revoked)

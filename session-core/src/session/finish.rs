@@ -44,6 +44,7 @@ impl Session {
                 let sessions = self.sessions();
                 let record = state.record.as_ref()?;
                 if sessions
+                    .shared
                     .config
                     .expiry
                     .touch_due(record, sessions.now())
@@ -51,7 +52,7 @@ impl Session {
                 {
                     Some(dirty)
                 } else {
-                    if sessions.config.expiry.idle().is_some() {
+                    if sessions.shared.config.expiry.idle().is_some() {
                         telemetry::touch(false);
                     }
                     None

@@ -182,7 +182,8 @@ impl Session {
                 }
             }
             Err(error)
-                if error.is_outage() && self.sessions().config.outage == OutagePolicy::FailOpen =>
+                if error.is_outage()
+                    && self.sessions().shared.config.outage == OutagePolicy::FailOpen =>
             {
                 tracing::warn!(%error, "session store unavailable; serving an empty session (fail open)");
                 telemetry::outage(true);
@@ -352,6 +353,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let bytes = C::encode(value).map_err(|e| codec_error(key, e))?;
         self.sessions()
+            .shared
             .config
             .limits
             .check_value(key, bytes.len())?;
@@ -422,7 +424,7 @@ impl Session {
         T: Serialize + DeserializeOwned,
         F: Fn(Option<T>) -> Option<T> + Send + Sync + 'static,
     {
-        let limits = self.sessions().config.limits;
+        let limits = self.sessions().shared.config.limits;
         let owned_key = key.to_owned();
         let f: UpdateFn = Arc::new(move |current: Option<&[u8]>| {
             let value = current

@@ -77,6 +77,10 @@ pub(super) enum Plan {
 
 /// The pending changes, taken out of the state while a save runs.
 struct Pending {
+    /// The handle's key and record as the save began (taken under the same
+    /// lock as the changes).
+    key: Option<SessionKey>,
+    loaded: Option<Arc<Record>>,
     overlay: Overlay,
     updates: Vec<Update>,
     principal: PrincipalChange,
@@ -114,6 +118,8 @@ impl Session {
 
     fn take_pending(state: &mut State) -> Pending {
         Pending {
+            key: state.key(),
+            loaded: state.record.clone(),
             overlay: std::mem::take(&mut state.overlay),
             updates: std::mem::take(&mut state.updates),
             principal: std::mem::take(&mut state.principal),
@@ -214,10 +220,11 @@ impl Session {
     ) -> Result<Record, SessionError> {
         let sessions = self.sessions();
         let now = sessions.now();
-        let mut record = Record::new(now, sessions.config.expiry.initial(now));
+        let mut record = Record::new(now, sessions.shared.config.expiry.initial(now));
         state::materialize(base, overlay, &mut record);
         record.principal = principal;
         sessions
+            .shared
             .config
             .limits
             .check_record(record.data.len(), record.size())?;
@@ -233,7 +240,7 @@ impl Session {
         let prefix = record
             .principal
             .as_deref()
-            .and_then(|p| sessions.store.key_prefix(p));
+            .and_then(|p| sessions.shared.store.key_prefix(p));
         for _ in 0..CREATE_ATTEMPTS {
             let id = match &prefix {
                 Some(prefix) => SessionId::generate_with_key_prefix(prefix),
@@ -284,18 +291,14 @@ impl Session {
         conflicts: &mut u32,
     ) -> Result<(), SessionError> {
         let sessions = self.sessions();
-        let config = &sessions.config;
-        let (key, loaded) = {
-            let mut state = self.lock();
-            (state.key(), state.record.clone())
-        };
-        let (Some(key), Some(mut base)) = (key, loaded) else {
+        let config = &sessions.shared.config;
+        let (Some(key), Some(mut base)) = (pending.key.clone(), pending.loaded.clone()) else {
             return Ok(());
         };
         // The overlay was computed over the record this handle loaded; any
         // other base needs a replay.
         let loaded_version = base.version;
-        let mut turn = sessions.turns.enter(&key).await;
+        let mut turn = sessions.shared.turns.enter(&key).await;
         if let Some(latest) = turn.latest()
             && latest.version > base.version
         {
@@ -389,12 +392,8 @@ impl Session {
         conflicts: &mut u32,
     ) -> Result<(), SessionError> {
         let sessions = self.sessions();
-        let config = &sessions.config;
-        let (old_key, loaded) = {
-            let mut state = self.lock();
-            (state.key(), state.record.clone())
-        };
-        let (Some(old_key), Some(mut base)) = (old_key, loaded) else {
+        let config = &sessions.shared.config;
+        let (Some(old_key), Some(mut base)) = (pending.key.clone(), pending.loaded.clone()) else {
             return Ok(());
         };
         // No turn in the local queue: a concurrent local write that reaches
@@ -511,8 +510,8 @@ impl Session {
                 return Ok(());
             };
             let now = sessions.now();
-            let Some(deadline) = sessions.config.expiry.touch_due(record, now) else {
-                if sessions.config.expiry.idle().is_some() {
+            let Some(deadline) = sessions.shared.config.expiry.touch_due(record, now) else {
+                if sessions.shared.config.expiry.idle().is_some() {
                     telemetry::touch(false);
                 }
                 return Ok(());

@@ -53,16 +53,24 @@ pub(crate) struct Config {
 /// ```
 #[derive(Clone)]
 pub struct Sessions {
+    /// One allocation shared by every clone (each request's handle holds
+    /// one): a clone is one reference count, not one per part.
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What a [`Sessions`] is made of; its clones share it.
+#[derive(Clone)]
+pub(crate) struct Shared {
     pub(crate) store: SharedStore,
-    pub(crate) config: Arc<Config>,
+    pub(crate) config: Config,
     pub(crate) turns: Arc<Turnstile>,
 }
 
 impl fmt::Debug for Sessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sessions")
-            .field("store", &self.store.name())
-            .field("config", &self.config)
+            .field("store", &self.shared.store.name())
+            .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
 }
@@ -72,21 +80,25 @@ impl Sessions {
     /// the system clock.
     pub fn new(store: impl SessionStore) -> Self {
         Self {
-            store: Arc::new(store),
-            config: Arc::new(Config {
-                expiry: ExpiryPolicy::default(),
-                clock: system_clock(),
-                limits: Limits::default(),
-                write_policy: WritePolicy::default(),
-                outage: OutagePolicy::default(),
-                max_attempts: 64,
+            shared: Arc::new(Shared {
+                store: Arc::new(store),
+                config: Config {
+                    expiry: ExpiryPolicy::default(),
+                    clock: system_clock(),
+                    limits: Limits::default(),
+                    write_policy: WritePolicy::default(),
+                    outage: OutagePolicy::default(),
+                    max_attempts: 64,
+                },
+                turns: Arc::default(),
             }),
-            turns: Arc::default(),
         }
     }
 
+    /// This value's own settings: a clone configured differently keeps
+    /// the store and the writers' turns it shares with the others.
     fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+        &mut Arc::make_mut(&mut self.shared).config
     }
 
     /// Sets the expiry policy.
@@ -181,49 +193,49 @@ impl Sessions {
     /// The expiry policy.
     #[must_use]
     pub fn expiry(&self) -> &ExpiryPolicy {
-        &self.config.expiry
+        &self.shared.config.expiry
     }
 
     /// The clock.
     #[must_use]
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.config.clock
+        &self.shared.config.clock
     }
 
     /// The outage policy.
     #[must_use]
     pub fn outage_policy(&self) -> OutagePolicy {
-        self.config.outage
+        self.shared.config.outage
     }
 
     /// The write policy.
     #[must_use]
     pub fn write_policy(&self) -> WritePolicy {
-        self.config.write_policy
+        self.shared.config.write_policy
     }
 
     /// How many times a conflicting save is attempted.
     #[must_use]
     pub fn max_attempts(&self) -> u32 {
-        self.config.max_attempts
+        self.shared.config.max_attempts
     }
 
     /// The limits.
     #[must_use]
     pub fn limits(&self) -> &Limits {
-        &self.config.limits
+        &self.shared.config.limits
     }
 
     /// What the store can do (list a user's sessions, announce its writes).
     #[must_use]
     pub fn capabilities(&self) -> Capabilities {
-        self.store.capabilities()
+        self.shared.store.capabilities()
     }
 
     /// The store's name (`redis`, `dynamodb`, `memcached`, `memory`).
     #[must_use]
     pub fn store_name(&self) -> &'static str {
-        self.store.name()
+        self.shared.store.name()
     }
 
     /// A handle for a new session. It is stored on its first save with data.
@@ -305,10 +317,10 @@ impl Sessions {
     ///
     /// [`SessionError::Store`] when it does not.
     pub async fn ping(&self) -> Result<(), SessionError> {
-        Ok(self.store.ping(self.now()).await?)
+        Ok(self.shared.store.ping(self.now()).await?)
     }
 
     pub(crate) fn now(&self) -> Timestamp {
-        self.config.clock.now()
+        self.shared.config.clock.now()
     }
 }
