@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::calls;
+use super::io::IoTurn;
 use super::state::{self, Overlay, State, Update};
 use super::{Session, Sessions, WritePolicy};
 use crate::error::{SessionError, StoreError};
@@ -63,6 +64,13 @@ fn backoff(attempt: u32) -> Duration {
         Err(_) => 1.0,
     };
     ceiling.mul_f64(fraction)
+}
+
+/// A write that was stored: the record, and when the save read the
+/// clock. The handle shows it once the save's turn ends.
+struct Committed {
+    record: Arc<Record>,
+    now: Timestamp,
 }
 
 /// What a save has to do, decided from the state.
@@ -129,8 +137,7 @@ impl Session {
 
     /// Puts back what a failed save took, ahead of anything a clone of the
     /// handle added meanwhile.
-    fn restore(&self, pending: Pending) {
-        let mut state = self.lock();
+    fn restore(state: &mut State, pending: Pending) {
         let later = (
             std::mem::take(&mut state.overlay),
             std::mem::take(&mut state.updates),
@@ -159,7 +166,17 @@ impl Session {
         resend: bool,
         now: Timestamp,
     ) {
-        let mut state = self.lock();
+        Self::commit_locked(&mut self.lock(), record, moved_to, resend, now);
+    }
+
+    /// [`commit`](Self::commit), under a lock the caller holds.
+    fn commit_locked(
+        state: &mut State,
+        record: Arc<Record>,
+        moved_to: Option<(SessionId, SessionKey)>,
+        resend: bool,
+        now: Timestamp,
+    ) {
         state.as_of = now;
         if let Some((id, key)) = moved_to {
             state.set_id(id, key);
@@ -178,36 +195,67 @@ impl Session {
         SessionError::Gone
     }
 
+    /// What a save has to do, and the changes it takes (under the lock
+    /// that also took the handle's turn at the store).
+    fn plan_and_take(state: &mut State) -> (Plan, Option<Pending>) {
+        let plan = Self::plan(state);
+        let pending = match plan {
+            Plan::Create | Plan::Write | Plan::Rotate => Some(Self::take_pending(state)),
+            _ => None,
+        };
+        (plan, pending)
+    }
+
     pub(crate) async fn save_pending(&self) -> Result<(), SessionError> {
-        let _io = self.io().await;
-        let (plan, pending) = {
+        // The turn at the store and the plan under one lock.
+        let claimed = {
             let mut state = self.lock();
-            let plan = Self::plan(&state);
-            let pending = match plan {
-                Plan::Create | Plan::Write | Plan::Rotate => Some(Self::take_pending(&mut state)),
-                _ => None,
-            };
-            (plan, pending)
+            let free = !std::mem::replace(&mut state.io_busy, true);
+            free.then(|| Self::plan_and_take(&mut state))
+        };
+        let (turn, (plan, pending)) = match claimed {
+            Some(planned) => (IoTurn(self), planned),
+            None => {
+                let turn = Box::pin(self.wait_for_io()).await;
+                let planned = Self::plan_and_take(&mut self.lock());
+                (turn, planned)
+            }
         };
         let Some(pending) = pending else {
-            return match plan {
+            let result = match plan {
                 Plan::Refuse => Err(SessionError::Store(StoreError::Unavailable(
                     "the session store was unavailable when this request loaded the session; its changes were not saved".into(),
                 ))),
                 Plan::Touch => self.maybe_touch().await,
                 _ => Ok(()),
             };
+            drop(turn);
+            return result;
         };
         let result = match plan {
             // Creating and logging in are once per session: boxed, so the
             // future every request's save builds stays small.
-            Plan::Create => Box::pin(self.create(&pending)).await,
-            Plan::Rotate => Box::pin(self.rotate(&pending)).await,
+            Plan::Create => Box::pin(self.create(&pending)).await.map(|()| None),
+            Plan::Rotate => Box::pin(self.rotate(&pending)).await.map(|()| None),
             _ => self.write(&pending).await,
         };
-        if result.is_err() && !self.lock().ended {
-            self.restore(pending);
-        }
+        // What the save did, and the end of the turn, under one lock.
+        let mut state = self.lock();
+        let result = match result {
+            Ok(Some(saved)) => {
+                let Committed { record, now } = saved;
+                Self::commit_locked(&mut state, record, None, true, now);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(error) => {
+                if !state.ended {
+                    Self::restore(&mut state, pending);
+                }
+                Err(error)
+            }
+        };
+        turn.release(&mut state);
         result
     }
 
@@ -277,7 +325,7 @@ impl Session {
     }
 
     /// One conditional save, replayed on the fresh record after conflicts.
-    async fn write(&self, pending: &Pending) -> Result<(), SessionError> {
+    async fn write(&self, pending: &Pending) -> Result<Option<Committed>, SessionError> {
         let mut conflicts = 0;
         let result = self.write_counted(pending, &mut conflicts).await;
         let exhausted = matches!(result, Err(SessionError::RetriesExhausted { .. }));
@@ -289,11 +337,11 @@ impl Session {
         &self,
         pending: &Pending,
         conflicts: &mut u32,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<Committed>, SessionError> {
         let sessions = self.sessions();
         let config = &sessions.shared.config;
         let (Some(key), Some(mut base)) = (pending.key.clone(), pending.loaded.clone()) else {
-            return Ok(());
+            return Ok(None);
         };
         // The overlay was computed over the record this handle loaded; any
         // other base needs a replay.
@@ -336,7 +384,7 @@ impl Session {
                 // The operations cancel out: nothing to write.
                 drop(turn);
                 self.commit(base, None, false, now);
-                return Box::pin(self.maybe_touch()).await;
+                return Box::pin(self.maybe_touch()).await.map(|()| None);
             }
             config.limits.check_record(keys, size)?;
             // Built before the save, so a store in this process can keep
@@ -349,8 +397,7 @@ impl Session {
                     }
                     telemetry::record_written("write", size);
                     turn.hand_over(Arc::clone(&next));
-                    self.commit(next, None, true, now);
-                    return Ok(());
+                    return Ok(Some(Committed { record: next, now }));
                 }
                 SaveOutcome::Conflict(fresh) if fresh.retired_by().is_some() => {
                     // A login moved the session away: this ID has ended.
