@@ -101,7 +101,7 @@ where
                 return Poll::Ready(Ok(response));
             }
             let session = this.session.clone();
-            let save: Saving = Box::pin(async move { middleware::finish(&session).await });
+            let save: Saving = Box::pin(async move { middleware::finish_saving(&session).await });
             *this.saving = Some((response, save));
         }
         let Some((_, save)) = this.saving.as_mut() else {

@@ -10,7 +10,8 @@
 //!    ([`Disposition`]), and says what to tell the client
 //!    ([`ClientUpdate`]). Most requests have nothing to save:
 //!    [`finish_now`] ends those without awaiting (no future to build or
-//!    box) and answers `None` for the rest, which then await [`finish`].
+//!    box) and answers `None` for the rest, which then await
+//!    [`finish_saving`] (`finish` without deciding again).
 //!
 //! [`status`] and [`message`] give the HTTP status and the short,
 //! non-leaking body for a [`SessionError`].
@@ -83,7 +84,8 @@ pub struct Finished {
 
 /// [`finish`] without awaiting, for the usual request that has nothing to
 /// save (no change, no touch due, or the handler's own save failed): what
-/// to tell the client, or `None` when a save is due; then await [`finish`].
+/// to tell the client, or `None` when a save is due; then await
+/// [`finish_saving`].
 #[must_use]
 pub fn finish_now(session: &Session) -> Option<Finished> {
     session.finish_unsaved().map(|update| Finished {
@@ -99,25 +101,39 @@ pub fn finish_now(session: &Session) -> Option<Finished> {
 /// If the handler called [`Session::save`] itself and it failed, nothing is
 /// saved again and the handler's response stands: the handler chose it.
 pub async fn finish(session: &Session) -> Finished {
-    let disposition = match session.save_needed() {
-        None => Disposition::Done,
-        // Boxed: most requests save nothing, and their future stays small.
-        Some(dirty) => match Box::pin(session.save_pending()).await {
-            Ok(()) => Disposition::Done,
-            Err(error) if !dirty => Disposition::Keep {
-                error,
-                reason: "only extending the idle deadline failed; the next request extends it",
-            },
-            Err(error) if session.is_degraded() => Disposition::Keep {
-                error,
-                reason: "the store was down when the session loaded (fail open); this request's changes were dropped so the real session is never overwritten",
-            },
-            Err(error) => Disposition::Replace(error),
+    if session.save_needed().is_none() {
+        return Finished {
+            disposition: Disposition::Done,
+            update: session.take_client_update(),
+        };
+    }
+    // Boxed: most requests save nothing, and their future stays small.
+    Box::pin(finish_saving(session)).await
+}
+
+/// [`finish`] for a request that [`finish_now`] just found has something
+/// to save: the save, without deciding again whether there is one.
+pub async fn finish_saving(session: &Session) -> Finished {
+    // What to tell the client is taken under the lock that ends the save.
+    let saved = session
+        .save_then(true, |state| (state.take_client_update(), state.degraded))
+        .await;
+    let (update, degraded) = saved.then;
+    let disposition = match saved.result {
+        Ok(()) => Disposition::Done,
+        Err(error) if !saved.changes => Disposition::Keep {
+            error,
+            reason: "only extending the idle deadline failed; the next request extends it",
         },
+        Err(error) if degraded => Disposition::Keep {
+            error,
+            reason: "the store was down when the session loaded (fail open); this request's changes were dropped so the real session is never overwritten",
+        },
+        Err(error) => Disposition::Replace(error),
     };
     Finished {
         disposition,
-        update: session.take_client_update(),
+        update,
     }
 }
 

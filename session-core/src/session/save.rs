@@ -66,6 +66,15 @@ fn backoff(attempt: u32) -> Duration {
     ceiling.mul_f64(fraction)
 }
 
+/// How a save went.
+pub(crate) struct Saved<T> {
+    /// It had changes to write (not only, at most, a touch).
+    pub(crate) changes: bool,
+    pub(crate) result: Result<(), SessionError>,
+    /// What the caller's `end` returned.
+    pub(crate) then: T,
+}
+
 /// A write that was stored: the record, and when the save read the
 /// clock. The handle shows it once the save's turn ends.
 struct Committed {
@@ -207,39 +216,53 @@ impl Session {
     }
 
     pub(crate) async fn save_pending(&self) -> Result<(), SessionError> {
+        self.save_then(false, |_| ()).await.result
+    }
+
+    /// Saves what is pending and, under the lock that ends the save (the
+    /// one that shows what was stored and ends the turn at the store),
+    /// runs `end` on the state. At the end of a request (`request_end`),
+    /// a handler's own failed save means nothing is saved again.
+    pub(crate) async fn save_then<T>(
+        &self,
+        request_end: bool,
+        end: impl FnOnce(&mut State) -> T,
+    ) -> Saved<T> {
+        let plan_and_take = |state: &mut State| {
+            if request_end && state.own_save_failed {
+                (Plan::Nothing, None)
+            } else {
+                Self::plan_and_take(state)
+            }
+        };
         // The turn at the store and the plan under one lock.
         let claimed = {
             let mut state = self.lock();
             let free = !std::mem::replace(&mut state.io_busy, true);
-            free.then(|| Self::plan_and_take(&mut state))
+            free.then(|| plan_and_take(&mut state))
         };
         let (turn, (plan, pending)) = match claimed {
             Some(planned) => (IoTurn(self), planned),
             None => {
                 let turn = Box::pin(self.wait_for_io()).await;
-                let planned = Self::plan_and_take(&mut self.lock());
+                let planned = plan_and_take(&mut self.lock());
                 (turn, planned)
             }
         };
-        let Some(pending) = pending else {
-            let result = match plan {
-                Plan::Refuse => Err(SessionError::Store(StoreError::Unavailable(
-                    "the session store was unavailable when this request loaded the session; its changes were not saved".into(),
-                ))),
-                Plan::Touch => self.maybe_touch().await,
-                _ => Ok(()),
-            };
-            drop(turn);
-            return result;
-        };
-        let result = match plan {
+        let changes = !matches!(plan, Plan::Nothing | Plan::Touch);
+        let result = match (plan, &pending) {
+            (Plan::Refuse, _) => Err(SessionError::Store(StoreError::Unavailable(
+                "the session store was unavailable when this request loaded the session; its changes were not saved".into(),
+            ))),
+            (Plan::Touch, _) => self.maybe_touch().await.map(|()| None),
             // Creating and logging in are once per session: boxed, so the
             // future every request's save builds stays small.
-            Plan::Create => Box::pin(self.create(&pending)).await.map(|()| None),
-            Plan::Rotate => Box::pin(self.rotate(&pending)).await.map(|()| None),
-            _ => self.write(&pending).await,
+            (Plan::Create, Some(pending)) => Box::pin(self.create(pending)).await.map(|()| None),
+            (Plan::Rotate, Some(pending)) => Box::pin(self.rotate(pending)).await.map(|()| None),
+            (Plan::Write, Some(pending)) => self.write(pending).await,
+            _ => Ok(None),
         };
-        // What the save did, and the end of the turn, under one lock.
+        // What the save did, the end of the turn and `end`, under one lock.
         let mut state = self.lock();
         let result = match result {
             Ok(Some(saved)) => {
@@ -249,14 +272,20 @@ impl Session {
             }
             Ok(None) => Ok(()),
             Err(error) => {
-                if !state.ended {
+                if let Some(pending) = pending
+                    && !state.ended
+                {
                     Self::restore(&mut state, pending);
                 }
                 Err(error)
             }
         };
         turn.release(&mut state);
-        result
+        Saved {
+            changes,
+            result,
+            then: end(&mut state),
+        }
     }
 
     /// A new record with `overlay` applied over `base`'s data, created now.
