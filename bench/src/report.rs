@@ -568,20 +568,22 @@ fn profiles(out: &mut String, results: &Results) {
          the end of the request (`Serve::poll`): nothing more for a read \
          with no touch due; for a write, the save and `Set-Cookie`.\n\n\
          Where a write's remaining time goes, natively (`perf` on the \
-         in-process app, share of the request): building the \
-         `Set-Cookie` value (`Carrier::write`, about 8 %: the ID's text, \
-         the attributes, a clock read for `Max-Age`, and `HeaderValue`'s \
-         check and copy); seven clock reads (about 4.5 %: the load's and \
-         the save's wall-clock time, a monotonic pair around each of the \
-         two store calls for the duration metrics, and `Max-Age`); and the \
-X's change is kept as \
-         replayable operations and an overlay (so a save that meets a \
-         newer record replays instead of losing an update), turned into a \
-         delta for the store (`state::delta`) and into the next record \
+         in-process app, share of the request, measured on the code of \
+         this report): four monotonic clock reads, a pair around each of \
+         the two store calls for `offstate_store_call_duration_seconds` \
+         (about 4.5 %; they are read whether or not a metrics recorder is \
+         installed, since `metrics` cannot tell its no-op recorder from a \
+         recorder of no size, and skipping them would lose such a \
+         recorder's durations); the SHA-256 of the ID (about 3 %); \
+         `Set-Cookie` (about 2 %: the attributes and the ID's text into a \
+         buffer the header takes as it is, with `Max-Age` counted from the \
+         save's clock reading); the writers' turn on the session (about \
+         2 %); and the value, kept once in the handle's overlay, copied \
+         into the store's delta (`state::delta`) and into the next record \
          (`Change::apply_to`), which the handle and the next writer in \
-         line share. tower-sessions writes its whole record with no \
-         version and no replay; these copies are what the no-lost-update \
-         guarantee costs.\n",
+         line share: the version check and the replay of a request that \
+         meets a newer record need both. tower-sessions writes its whole \
+         record with no version and no replay.\n",
     );
     profile_section(
         out,
