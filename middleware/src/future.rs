@@ -1,12 +1,11 @@
 //! The service's response future: [`Serve`], what is left of a request
-//! after the handler was called, boxed once per request in the named
-//! [`ResponseFuture`] so the service's type can be written down.
+//! after the handler was called, held in the named [`ResponseFuture`]
+//! (generic over the inner service's future, so nothing is boxed for it).
 //!
 //! `Serve` is written by hand, not as an `async` block: a block would keep
 //! the handler's future twice (as its captured value and as the value it
-//! awaits), and the one allocation per request would pass glibc's small
-//! size classes. A request with nothing to save ends without another
-//! future; only a save builds one (boxed, since most requests have none).
+//! awaits). A request with nothing to save ends without another future;
+//! only a save builds one (boxed, since most requests have none).
 
 use std::fmt;
 use std::future::Future;
@@ -23,38 +22,66 @@ use tracing::Span;
 use crate::layer::Shared;
 use crate::service::conclude;
 
-type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send + 'static>>;
-
-/// The future [`SessionService`](crate::SessionService) returns.
-pub struct ResponseFuture<B, E> {
-    inner: Boxed<B, E>,
+pin_project! {
+    /// The response future of [`SessionService`](crate::SessionService)
+    /// over an inner service whose future is `F`, answering with a body
+    /// of type `B`.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        inner: Inner<F, B>,
+    }
 }
 
-impl<B, E> ResponseFuture<B, E> {
-    pub(crate) fn new(
-        future: impl Future<Output = Result<Response<B>, E>> + Send + 'static,
-    ) -> Self {
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<F, B> {
+        // Refused before the handler (an oversized cookie): the answer.
+        Answered { response: Option<Response<B>> },
+        Serving { #[pin] serve: Serve<F, B> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn answered(response: Response<B>) -> Self {
         Self {
-            inner: Box::pin(future),
+            inner: Inner::Answered {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn serving(serve: Serve<F, B>) -> Self {
+        Self {
+            inner: Inner::Serving { serve },
         }
     }
 }
 
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: From<&'static str>,
+{
     type Output = Result<Response<B>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            InnerProj::Answered { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after it answered: a caller's bug; it waits.
+                None => Poll::Pending,
+            },
+            InnerProj::Serving { serve } => serve.poll(cx),
+        }
     }
 }
 
-/// The save at the end of a request that has one, boxed.
 type Saving = Pin<Box<dyn Future<Output = Finished> + Send + 'static>>;
 
 pin_project! {

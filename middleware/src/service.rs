@@ -64,7 +64,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -92,7 +92,7 @@ where
                 let told = tell_client(&shared, &mut response, &ClientUpdate::Remove);
                 record(&span, told, response.status());
                 drop(entered);
-                return ResponseFuture::new(std::future::ready(Ok(response)));
+                return ResponseFuture::answered(response);
             }
         };
         let session = middleware::open(&shared.sessions, ids);
@@ -107,7 +107,7 @@ where
         } else {
             span
         };
-        ResponseFuture::new(Serve::new(shared, session, handled, span))
+        ResponseFuture::serving(Serve::new(shared, session, handled, span))
     }
 }
 
