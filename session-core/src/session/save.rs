@@ -1,6 +1,10 @@
 //! Writing a session: create, conditional save with replay, touch, and the
 //! ID rotation that login needs.
 //!
+//! Why this file is long: these are the steps of one save, and they share
+//! its plan, the changes it takes, what it restores on failure and what
+//! it commits; apart, each would need the others' internals.
+//!
 //! # Rotation
 //!
 //! A login (a change of principal, or [`Session::cycle_id`]) never writes
