@@ -276,9 +276,12 @@ return {2, m[4], at, folded}
 /// no header is unpacked twice, packed again or concatenated. The writer's
 /// absolute deadline and principal are checked against the stored ones
 /// byte for byte; the version decides the rest (`created` never changes).
-/// Anything else falls through to [`SAVE`], which reads the session again.
+/// Only the stored header is read (`GETRANGE`), so the script's cost does
+/// not grow with the session's data; a conflict reads the whole session
+/// to return it. Anything else (an absent key reads as an empty string, a
+/// hash as an error) falls through to [`SAVE`], which reads the session.
 const SAVE_AS_BUILT: &str = r"
-local s = redis.pcall('GET', KEYS[1])
+local s = redis.pcall('GETRANGE', KEYS[1], 0, 40)
 if type(s) == 'string' and ARGV[10] == 'w' and ARGV[7] == 'k' and #s >= 41 and string.byte(s, 1) == 1 then
   local v = ARGV[11]
   local _, version, _, idle, abs, plen, xlen = struct.unpack('>BddddI4I4', s)
@@ -288,7 +291,7 @@ if type(s) == 'string' and ARGV[10] == 'w' and ARGV[7] == 'k' and #s >= 41 and s
     local ends = idle
     if ends == 0 or (abs ~= 0 and abs < ends) then ends = abs end
     if ends ~= 0 and tonumber(ARGV[1]) >= ends then return {0} end
-    if version ~= tonumber(ARGV[2]) then return {1, s} end
+    if version ~= tonumber(ARGV[2]) then return {1, redis.call('GET', KEYS[1])} end
     if asked ~= 0 and (abs == 0 or asked <= abs) then
       redis.call('SET', KEYS[1], v, 'PXAT', ARGV[5])
     elseif abs ~= 0 then

@@ -349,15 +349,18 @@ fn analysis(out: &mut String, results: &Results) {
         out,
         "- **Adds.** An offstate add is two round trips like tower-sessions' \
          (the `GET`, then the save script), but the save is a Lua script \
-         that runs {:.0} commands inside Redis (`GET` to check existence, \
-         version and deadlines; `SET` with `PXAT` of the new string), which \
+         that runs {:.0} commands inside Redis (`GETRANGE` of the stored \
+         41-byte header to check existence, version and deadlines, so that \
+         the check costs the same however large the cart; `SET` with \
+         `PXAT` of the new string), which \
          is what makes a write safe against concurrent writers and expiry. \
          The writer sends the whole string it built, and in the common \
          case (no principal, no later idle deadline stored) the script \
          checks the stored header and stores that string as it is. \
          Counted by callgrind inside redis-server, with the arguments of a \
-         cart save: 55.0k instructions per save (84.6k before the save \
-         stored the writer's string), where a script that only returns \
+         cart save, before the header read replaced a `GET` of the whole \
+         string: 55.0k instructions per save (84.6k before the save stored \
+         the writer's string), where a script that only returns \
          takes 25.2k (parsing the command, and Redis setting up `KEYS` and \
          `ARGV`) and one that only runs `GET` and `SET` 41.7k. Redis 7.0 \
          has no conditional `SET` that could replace the script. An add \

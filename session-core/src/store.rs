@@ -302,8 +302,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// applying the change a second time; the version check and the later
     /// idle deadline are exactly those of `save`. The default saves the
     /// change. A wrapper should forward it (a store may save faster with
-    /// `next`: Redis stores the string the writer built, in one `GET` and
-    /// one `SET` inside its script); one that does not still saves
+    /// `next`: Redis stores the string the writer built, reading only the
+    /// stored header inside its script); one that does not still saves
     /// correctly, through its own `save`.
     ///
     /// # Errors
