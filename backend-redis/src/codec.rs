@@ -83,22 +83,32 @@ pub(crate) fn pack(record: &Record, ix: Option<&str>) -> Vec<u8> {
     let ix = ix.unwrap_or("");
     let mut out =
         Vec::with_capacity(HEADER_LEN + principal.len() + ix.len() + data_size(record.data.iter()));
-    out.push(LAYOUT);
-    out.extend_from_slice(&double(record.version.get()));
-    out.extend_from_slice(&double(record.created_at.as_millis()));
-    out.extend_from_slice(&double(
-        record.deadlines.idle.map_or(0, Timestamp::as_millis),
-    ));
-    out.extend_from_slice(&double(
-        record.deadlines.absolute.map_or(0, Timestamp::as_millis),
-    ));
-    for part in [principal, ix] {
-        let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&len.to_be_bytes());
-    }
+    out.extend_from_slice(&header(record, principal, ix));
     out.extend_from_slice(principal.as_bytes());
     out.extend_from_slice(ix.as_bytes());
     push_all(&mut out, record.data.iter());
+    out
+}
+
+/// The fixed header of `record`'s string with this principal and index
+/// name: what [`pack`] writes first, and what a save compares with the
+/// stored header to find the session as it read it.
+pub(crate) fn header(record: &Record, principal: &str, ix: &str) -> [u8; HEADER_LEN] {
+    let mut out = [0; HEADER_LEN];
+    out[0] = LAYOUT;
+    let numbers = [
+        record.version.get(),
+        record.created_at.as_millis(),
+        record.deadlines.idle.map_or(0, Timestamp::as_millis),
+        record.deadlines.absolute.map_or(0, Timestamp::as_millis),
+    ];
+    for (at, n) in numbers.into_iter().enumerate() {
+        out[1 + 8 * at..9 + 8 * at].copy_from_slice(&double(n));
+    }
+    for (at, part) in [principal, ix].into_iter().enumerate() {
+        let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        out[33 + 4 * at..37 + 4 * at].copy_from_slice(&len.to_be_bytes());
+    }
     out
 }
 

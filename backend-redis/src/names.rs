@@ -102,16 +102,16 @@ impl RedisStore {
         &self,
         key: &SessionKey,
         change: &Change,
-        next: Option<&Record>,
+        applied: Option<(&Record, &Record)>,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
         let found = self
-            .save_at(&self.keys().session(key), key, change, next, now)
+            .save_at(&self.keys().session(key), key, change, applied, now)
             .await?;
         if !self.try_legacy(&found) {
             return Ok(found);
         }
-        self.save_at(&self.keys().legacy_session(key), key, change, next, now)
+        self.save_at(&self.keys().legacy_session(key), key, change, applied, now)
             .await
     }
 }
@@ -153,11 +153,11 @@ impl SessionStore for RedisStore {
         &self,
         key: &SessionKey,
         change: &Change,
-        _base: &Arc<Record>,
+        base: &Arc<Record>,
         next: &Arc<Record>,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
-        self.save_either(key, change, Some(next), now).await
+        self.save_either(key, change, Some((base, next)), now).await
     }
 
     async fn touch(

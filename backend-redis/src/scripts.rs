@@ -15,15 +15,19 @@
 //! still read, and becomes a string at its first save or touch.
 //!
 //! **The common save costs least.** A writer that read the version it
-//! saves sends the whole string it built; when the session has no
-//! principal and no later idle deadline is stored, the script stores that
-//! string as it is ([`SAVE_AS_BUILT`], before the helpers are even
-//! defined). Redis runs a script's whole chunk on every call, so the
-//! general save's helpers are closures built per call, and its header is
-//! unpacked, packed and concatenated again: callgrind counts 84.6k
-//! instructions in redis-server per general save and 55.0k per save as
-//! built, where a script that only returns takes 25.2k (with the same
-//! arguments).
+//! saves, of a session with no principal, sends the whole string it built
+//! and the header of the string it read ([`SAVE_BUILT`]): the script
+//! compares that header with the stored one and, when they are equal,
+//! stores the string as it is. Its arguments are few and all bytes:
+//! Redis makes a Lua string of every argument, and every number a script
+//! parses or formats costs a `strtod` or a `printf`. Counted by callgrind
+//! in redis-server with the bench's cart: 38.0k instructions per save;
+//! 62.7k when the same check ran at the head of the general script with
+//! its eleven arguments; 93.1k for the general script's own path; 10.4k
+//! for a plain `SET` with `PXAT`. Anything else (another version, a later
+//! idle deadline, a principal, an earlier offstate's hash) is decided from
+//! what that script returns or by [`SAVE`], which unpacks, packs and
+//! concatenates in Redis.
 //!
 //! **Announcements.** Every script that changes or ends a session takes a
 //! channel name and the session's key (as the caches know it); when the
@@ -223,8 +227,7 @@ return 1
 /// Deadlines never move backwards: the idle deadline becomes the later of
 /// the stored and the given one, the absolute one stays. Returns {0} gone,
 /// {1, session} conflict, {2, old principal, expires-at (ms, 0 = none), 1
-/// if the index was updated here} saved, {3} corrupt; and the number 2
-/// when [`SAVE_AS_BUILT`] stored the writer's string as it is.
+/// if the index was updated here} saved, {3} corrupt.
 const SAVE: &str = r"
 local st, m = state(KEYS[1], tonumber(ARGV[1]))
 if st == 'absent' or st == 'expired' then return {0} end
@@ -268,41 +271,39 @@ announce(ARGV[4], ARGV[6], ARGV[3])
 return {2, m[4], at, folded}
 ";
 
-/// The common save, before [`PRELUDE`] (whose helpers it needs none of, so
-/// their closures are not even built): a whole-data save ('w') that keeps
-/// the principal, of a string session with no principal, whose stored idle
-/// deadline is not later than the writer's. Then the string the writer
-/// built is exactly what [`SAVE`] would build, and it is stored as it is:
-/// no header is unpacked twice, packed again or concatenated. The writer's
-/// absolute deadline and principal are checked against the stored ones
-/// byte for byte; the version decides the rest (`created` never changes).
-/// Only the stored header is read (`GETRANGE`), so the script's cost does
-/// not grow with the session's data; a conflict reads the whole session
-/// to return it. Anything else (an absent key reads as an empty string, a
-/// hash as an error) falls through to [`SAVE`], which reads the session.
-const SAVE_AS_BUILT: &str = r"
-local s = redis.pcall('GETRANGE', KEYS[1], 0, 40)
-if type(s) == 'string' and ARGV[10] == 'w' and ARGV[7] == 'k' and #s >= 41 and string.byte(s, 1) == 1 then
-  local v = ARGV[11]
-  local _, version, _, idle, abs, plen, xlen = struct.unpack('>BddddI4I4', s)
-  local asked = tonumber(ARGV[5]) or 0
-  if plen == 0 and xlen == 0 and (asked == 0 or (idle ~= 0 and asked >= idle))
-      and string.sub(s, 26, 41) == string.sub(v, 26, 41) then
-    local ends = idle
-    if ends == 0 or (abs ~= 0 and abs < ends) then ends = abs end
-    if ends ~= 0 and tonumber(ARGV[1]) >= ends then return {0} end
-    if version ~= tonumber(ARGV[2]) then return {1, redis.call('GET', KEYS[1])} end
-    if asked ~= 0 and (abs == 0 or asked <= abs) then
-      redis.call('SET', KEYS[1], v, 'PXAT', ARGV[5])
-    elseif abs ~= 0 then
-      redis.call('SET', KEYS[1], v, 'PXAT', abs)
-    else
-      redis.call('SET', KEYS[1], v)
-    end
-    if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], 'k ' .. ARGV[6] .. ' ' .. ARGV[3]) end
-    return 2
-  end
+/// The common save, tried first: the writer's whole new string, stored
+/// only if the stored header is byte for byte the header of the session
+/// the writer read. KEYS: session. ARGV: that header (41 bytes), the
+/// string to store, its expire-at in ms ('' = none), and when caches are
+/// told, the announcement channel and message.
+///
+/// An equal header means the same version, creation time and deadlines,
+/// and no principal (the writer sends this only for a session without
+/// one, and only when it has not expired by the writer's clock). Then the
+/// general [`SAVE`] would store exactly the writer's string, with exactly
+/// this expiry: the later idle deadline is the writer's (it took the later
+/// of the read and the asked one), the absolute deadline is unchanged. So
+/// the script only compares and writes: no number is parsed or formatted,
+/// and the header is read with `GETRANGE`, so its cost does not grow with
+/// the session.
+///
+/// Returns 2 stored; otherwise what is stored now, for the caller to
+/// decide as [`SAVE`] would from the same snapshot (nil: gone; another
+/// version: conflict; expired: gone); -1 for a value that is not a string
+/// (a hash of an earlier offstate), which [`SAVE`] then handles.
+const SAVE_BUILT: &str = r"
+local s = redis.pcall('GETRANGE', KEYS[1], '0', '40')
+if s ~= ARGV[1] then
+  if type(s) ~= 'string' then return -1 end
+  return redis.call('GET', KEYS[1])
 end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+end
+if ARGV[4] then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 2
 ";
 
 /// KEYS: session. ARGV: now, asked idle deadline, announcement channel,
@@ -398,6 +399,7 @@ return 1
 pub(crate) struct Scripts {
     pub(crate) create: Lua,
     pub(crate) save: Lua,
+    pub(crate) save_built: Lua,
     pub(crate) touch: Lua,
     pub(crate) delete: Lua,
     pub(crate) delete_if_version: Lua,
@@ -410,7 +412,8 @@ impl Scripts {
         let session = |body: &str| Lua(Script::new(&format!("{PRELUDE}{body}")));
         Self {
             create: session(CREATE),
-            save: Lua(Script::new(&format!("{SAVE_AS_BUILT}{PRELUDE}{SAVE}"))),
+            save: session(SAVE),
+            save_built: Lua(Script::new(SAVE_BUILT)),
             touch: session(TOUCH),
             delete: session(DELETE),
             delete_if_version: session(DELETE_IF_VERSION),

@@ -1,12 +1,17 @@
 //! `RedisStore`: the `SessionStore` contract on one Redis string per
 //! session (see `codec`), read with a plain `GET`, with every write a
 //! single atomic Lua script.
+//!
+//! Why this file is long: each store call is one script run, with its
+//! arguments, its reply and the principal index's bookkeeping around it;
+//! the save has two (the common one, then the general one when the
+//! common one cannot decide), and they share the reply handling.
 
 use std::sync::Arc;
 
 use offstate_core::{
-    Change, CreateOutcome, DeleteOutcome, PrincipalChange, Record, SaveOutcome, SessionKey,
-    StoreError, Timestamp, TouchOutcome, Version,
+    Change, CreateOutcome, DeleteOutcome, Invalidation, PrincipalChange, Record, SaveOutcome,
+    SessionKey, StoreError, Timestamp, TouchOutcome, Version,
 };
 use redis::Value;
 
@@ -318,14 +323,22 @@ impl RedisStore {
             .await
     }
 
+    /// A save under `name`. `applied` is the record the writer read and
+    /// the one it built from it, when it has them (`save_applied`).
     pub(crate) async fn save_at(
         &self,
         name: &Name,
         key: &SessionKey,
         change: &Change,
-        next: Option<&Record>,
+        applied: Option<(&Record, &Record)>,
         now: Timestamp,
     ) -> Result<SaveOutcome, StoreError> {
+        if let Some((base, next)) = applied
+            && let Some(outcome) = self.save_built(name, key, change, base, next, now).await?
+        {
+            return Ok(outcome);
+        }
+        let next = applied.map(|(_, next)| next);
         let expires = change.deadlines.expires_at();
         let (outcome, old_principal, ends, folded) = self
             .conn
@@ -381,16 +394,6 @@ impl RedisStore {
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))?;
-                if reply == Value::Int(2) {
-                    // Stored as built: no principal, so nothing to index.
-                    let ends = next.and_then(|next| next.deadlines.expires_at());
-                    return Ok((
-                        SaveOutcome::Saved(change.expected.next()),
-                        String::new(),
-                        ends,
-                        true,
-                    ));
-                }
                 let mut reply = array(reply, "save")?.into_iter();
                 let code = int(reply.next().as_ref());
                 match code {
@@ -444,6 +447,65 @@ impl RedisStore {
             }
         }
         Ok(outcome)
+    }
+
+    /// The common save ([`SAVE_BUILT`](crate::scripts)): the string the
+    /// writer built, stored if the stored header is still that of `base`.
+    /// Only for a session with no principal whose principal stays, that
+    /// has not expired by `now`. `None`: the general save decides (a later
+    /// idle deadline stored, a principal, a hash of an earlier offstate, a
+    /// string that does not decode).
+    async fn save_built(
+        &self,
+        name: &Name,
+        key: &SessionKey,
+        change: &Change,
+        base: &Record,
+        next: &Record,
+        now: Timestamp,
+    ) -> Result<Option<SaveOutcome>, StoreError> {
+        if !matches!(change.principal, PrincipalChange::Keep)
+            || base.principal.is_some()
+            || next.principal.is_some()
+            || base.version != change.expected
+            || base.is_expired(now)
+        {
+            return Ok(None);
+        }
+        let mut call = self.scripts.save_built.key(&name.name);
+        call.arg(&codec::header(base, "", "")[..])
+            .arg(codec::pack(next, None))
+            .arg(expire_arg(next.deadlines.expires_at()));
+        if !self.announcements.is_empty() {
+            let written = Invalidation::Key {
+                key: key.clone(),
+                version: Some(next.version),
+            };
+            call.arg(&*self.announcements).arg(written.encode());
+        }
+        let reply: Value = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.get().await?;
+                call.invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.conn.error(e))
+            })
+            .await?;
+        Ok(match reply {
+            Value::Int(2) => Some(SaveOutcome::Saved(next.version)),
+            Value::Nil => Some(SaveOutcome::Gone),
+            Value::BulkString(stored) => match codec::decode_string(&stored) {
+                Ok(current) if current.is_expired(now) => Some(SaveOutcome::Gone),
+                Ok(current) if current.version != change.expected => {
+                    Some(SaveOutcome::Conflict(Arc::new(current)))
+                }
+                // The same version with other deadlines or a principal,
+                // or a string that does not decode: the general save.
+                _ => None,
+            },
+            _ => None,
+        })
     }
 
     pub(crate) async fn touch_at(

@@ -350,23 +350,22 @@ fn analysis(out: &mut String, results: &Results) {
         "- **Adds.** An offstate add is two round trips like tower-sessions' \
          (the `GET`, then the save script), but the save is a Lua script \
          that runs {:.0} commands inside Redis (`GETRANGE` of the stored \
-         41-byte header to check existence, version and deadlines, so that \
-         the check costs the same however large the cart; `SET` with \
-         `PXAT` of the new string), which \
-         is what makes a write safe against concurrent writers and expiry. \
-         The writer sends the whole string it built, and in the common \
-         case (no principal, no later idle deadline stored) the script \
-         checks the stored header and stores that string as it is. \
-         Counted by callgrind inside redis-server, with the arguments of a \
-         cart save, before the header read replaced a `GET` of the whole \
-         string: 55.0k instructions per save (84.6k before the save stored \
-         the writer's string), where a script that only returns \
-         takes 25.2k (parsing the command, and Redis setting up `KEYS` and \
-         `ARGV`) and one that only runs `GET` and `SET` 41.7k. Redis 7.0 \
-         has no conditional `SET` that could replace the script. An add \
-         costs {:.0} µs of Redis CPU \
-         against {:.0} µs for tower-sessions' `GET` and unconditional \
-         `SET`, which loses concurrent adds (section 5).\n",
+         41-byte header, compared byte for byte with the header of the \
+         session the writer read, so that the check costs the same however \
+         large the cart; then `SET` with `PXAT` of the string the writer \
+         built), which is what makes a write safe against concurrent \
+         writers and expiry. Its arguments are bytes only (the header, the \
+         string, the expiry): Redis makes a Lua string of every argument, \
+         and every number a script parses or formats costs it a `strtod` or \
+         a `printf`. Counted by callgrind inside redis-server, with the \
+         arguments of a cart save: 38.0k instructions per save, against \
+         62.7k for the same check and store at the head of the general save \
+         script with its eleven arguments and numbers, 93.1k for the general \
+         script's own path, and 10.4k for tower-sessions' `SET` with `PXAT` \
+         (a `GET` is 4.6k). Redis 7.0 has no conditional `SET` that could \
+         replace the script. An add costs {:.0} µs of Redis CPU against \
+         {:.0} µs for tower-sessions' `GET` and unconditional `SET`, which \
+         loses concurrent adds (section 5).\n",
         o.write.executed_per_request() - o.write.commands_per_request(),
         o.write.redis_cpu_us,
         t.write.redis_cpu_us

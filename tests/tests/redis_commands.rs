@@ -1,8 +1,9 @@
 //! What a session call runs inside Redis, counted with `INFO commandstats`
 //! on a server of its own: the common write stores the string its writer
 //! built (a `GETRANGE` of the stored header and one `SET` in the script:
-//! the session's data is not read), and only the cases that
-//! need more fall back to the general save.
+//! the session's data is not read); a conflict or a session that is gone
+//! is decided from one `GET` in the same script; only the cases that need
+//! more fall back to the general save.
 
 // Test helpers: failing loudly is the point.
 #![allow(clippy::expect_used, clippy::panic)]
@@ -75,10 +76,13 @@ async fn the_common_save_is_one_get_and_one_set_and_the_rest_fall_back() {
         .await
         .expect("load")
         .expect("created");
-    // The first save loads the script (`NOSCRIPT`, `SCRIPT LOAD`).
-    let (change, base) = write(&created, clock.now().saturating_add(HOUR), "[0]");
+    // The first saves load the scripts (`NOSCRIPT`, `SCRIPT LOAD`): the
+    // general one, then the common one.
+    let (change, primed) = write(&created, clock.now().saturating_add(HOUR), "[]");
+    store.save(&key, &change, clock.now()).await.expect("save");
+    let (change, base) = write(&primed, clock.now().saturating_add(HOUR), "[0]");
     store
-        .save_applied(&key, &change, &created, &base, clock.now())
+        .save_applied(&key, &change, &primed, &base, clock.now())
         .await
         .expect("save");
     commands_since_last(&server).await;
@@ -90,7 +94,7 @@ async fn the_common_save_is_one_get_and_one_set_and_the_rest_fall_back() {
         .save_applied(&key, &change, &base, &next, clock.now())
         .await
         .expect("save");
-    assert_eq!(saved, SaveOutcome::Saved(Version::new(3)));
+    assert_eq!(saved, SaveOutcome::Saved(Version::new(4)));
     assert_eq!(
         commands_since_last(&server).await,
         counts(&[("evalsha", 1), ("getrange", 1), ("set", 1)])
@@ -114,14 +118,17 @@ async fn the_common_save_is_one_get_and_one_set_and_the_rest_fall_back() {
         .await
         .expect("touch");
     commands_since_last(&server).await;
-    let (change, next) = write(&next, clock.now().saturating_add(HOUR), "[1,2]");
+    let read = next;
+    let (change, next) = write(&read, clock.now().saturating_add(HOUR), "[1,2]");
     let saved = store
-        .save_applied(&key, &change, &next, &next, clock.now())
+        .save_applied(&key, &change, &read, &next, clock.now())
         .await;
-    assert_eq!(saved.expect("save"), SaveOutcome::Saved(Version::new(4)));
+    assert_eq!(saved.expect("save"), SaveOutcome::Saved(Version::new(5)));
+    // The common save's script finds another header and returns the
+    // session (`GETRANGE`, `GET`); the general save reads it and stores.
     assert_eq!(
         commands_since_last(&server).await,
-        counts(&[("evalsha", 1), ("getrange", 1), ("get", 1), ("set", 1)])
+        counts(&[("evalsha", 2), ("getrange", 1), ("get", 2), ("set", 1)])
     );
     let loaded = store
         .load(&key, clock.now())
@@ -143,8 +150,74 @@ async fn the_common_save_is_one_get_and_one_set_and_the_rest_fall_back() {
     let saved = store
         .save_applied(&key, &change, &loaded, &next, clock.now())
         .await;
-    assert_eq!(saved.expect("save"), SaveOutcome::Saved(Version::new(5)));
+    assert_eq!(saved.expect("save"), SaveOutcome::Saved(Version::new(6)));
     let ran = commands_since_last(&server).await;
-    assert_eq!(ran.get("getrange"), Some(&1), "{ran:?}");
+    assert_eq!(ran.get("evalsha"), Some(&1), "{ran:?}");
+    assert_eq!(ran.get("getrange"), None, "{ran:?}");
     assert_eq!(ran.get("get"), Some(&1), "{ran:?}");
+}
+
+#[tokio::test]
+async fn a_common_save_that_meets_another_version_or_none_decides_from_one_get() {
+    let server = redis().await.expect("a Redis");
+    let store = server.store();
+    let clock = ManualClock::new();
+    let key = SessionId::generate().key();
+    let record = Record::new(
+        clock.now(),
+        Deadlines::idle_at(clock.now().saturating_add(HOUR)),
+    );
+    store
+        .create(&key, &record, clock.now())
+        .await
+        .expect("create");
+    let read = store
+        .load(&key, clock.now())
+        .await
+        .expect("load")
+        .expect("created");
+    let (first, first_next) = write(&read, clock.now().saturating_add(HOUR), "[1]");
+    let saved = store
+        .save_applied(&key, &first, &read, &first_next, clock.now())
+        .await;
+    assert_eq!(saved.expect("save"), SaveOutcome::Saved(Version::new(2)));
+    commands_since_last(&server).await;
+
+    // A second writer read version 1 too: it meets version 2, and gets
+    // it back whole from the same script, with nothing written.
+    let (second, second_next) = write(&read, clock.now().saturating_add(HOUR), "[2]");
+    let saved = store
+        .save_applied(&key, &second, &read, &second_next, clock.now())
+        .await
+        .expect("save");
+    match saved {
+        SaveOutcome::Conflict(current) => {
+            assert_eq!(current.version, Version::new(2));
+            assert_eq!(
+                current.data.get("cart").map(Vec::as_slice),
+                Some(&b"[1]"[..])
+            );
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        commands_since_last(&server).await,
+        counts(&[("evalsha", 1), ("getrange", 1), ("get", 1)])
+    );
+
+    // The session was deleted: gone, and nothing is written back.
+    assert!(store.delete(&key, clock.now()).await.expect("delete"));
+    commands_since_last(&server).await;
+    let (third, third_next) = write(&first_next, clock.now().saturating_add(HOUR), "[3]");
+    let saved = store
+        .save_applied(&key, &third, &first_next, &third_next, clock.now())
+        .await;
+    assert_eq!(saved.expect("save"), SaveOutcome::Gone);
+    let ran = commands_since_last(&server).await;
+    assert_eq!(ran.get("set"), None, "{ran:?}");
+    let exists: i64 = server
+        .query(cmd("EXISTS").arg(store.store_key(&key)))
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 0, "a save of a deleted session writes nothing");
 }
