@@ -25,6 +25,8 @@
 //!   stored string), `scripts` (the Lua scripts), `replies` (reading
 //!   their answers), `index` (the principal index),
 //!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)),
+//!   `coalesce` (plain TCP connections whose writes wait a scheduler turn,
+//!   so that concurrent requests' commands share a system call),
 //!   `watch` (what is on the subscriber's socket and not yet with the
 //!   cache) and `subscriber` (the subscription over a watched socket,
 //!   read with the watch's own RESP parser).
@@ -173,6 +175,7 @@
 //! # Ok(()) }
 //! ```
 
+mod coalesce;
 mod codec;
 mod config;
 mod connection;
