@@ -111,8 +111,7 @@ impl RedisStore {
         if !self.try_legacy(&found) {
             return Ok(found);
         }
-        self.save_at(&self.keys().legacy_session(key), key, change, applied, now)
-            .await
+        Box::pin(self.save_at(&self.keys().legacy_session(key), key, change, applied, now)).await
     }
 }
 

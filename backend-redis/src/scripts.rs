@@ -501,8 +501,12 @@ impl Invocation<'_> {
         let command = self.command();
         match command.query_async(con).await {
             Err(error) if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script.load_async(con).await?;
-                command.query_async(con).await
+                // Boxed: rare, and its future would double every call's.
+                Box::pin(async {
+                    script.load_async(con).await?;
+                    command.query_async(con).await
+                })
+                .await
             }
             result => result,
         }

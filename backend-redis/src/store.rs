@@ -338,7 +338,22 @@ impl RedisStore {
         {
             return Ok(outcome);
         }
-        let next = applied.map(|(_, next)| next);
+        // Boxed: the common save's future stays under a kilobyte (the
+        // handle boxes it again, and allocations past about 1 KB leave
+        // the allocator's fast per-thread caches).
+        Box::pin(self.save_general(name, key, change, applied.map(|(_, next)| next), now)).await
+    }
+
+    /// The general save ([`SAVE`](crate::scripts)): any change, any
+    /// principal; with `next`, the whole string the writer built.
+    async fn save_general(
+        &self,
+        name: &Name,
+        key: &SessionKey,
+        change: &Change,
+        next: Option<&Record>,
+        now: Timestamp,
+    ) -> Result<SaveOutcome, StoreError> {
         let expires = change.deadlines.expires_at();
         let (outcome, old_principal, ends, folded) = self
             .conn

@@ -342,7 +342,13 @@ fn analysis(out: &mut String, results: &Results) {
          per request against {:.0} µs and {:.0} µs. Section 3 counts the \
          instructions and says where they go: a SHA-256 of the session ID \
          (the store key), the pool checkout, the store call's deadline and \
-         redis-rs's own, decoding the reply, and the cookie.",
+         redis-rs's own, decoding the reply, and the cookie. offstate's \
+         Redis connection waits one turn of the scheduler before it writes \
+         (`offstate_redis`'s `coalesce` module): the `GET`s of the requests \
+         that run in that turn leave in one `writev`, and Redis reads them \
+         in one system call (without the wait, 100 concurrent loads on one \
+         connection took Redis 85 to 101 reads; with it, 3: \
+         tests/tests/redis_coalescing.rs).",
         o.read.app_cpu_us, o.read.redis_cpu_us, t.read.app_cpu_us, t.read.redis_cpu_us
     );
     let _ = writeln!(
@@ -434,7 +440,11 @@ fn instructions(out: &mut String, results: &Results) {
          worker's wake-up, one socket read carrying several Redis replies) \
          is paid whole by each: these are the costs at low load, while the \
          CPU µs of section 2 are under the full load and include the \
-         kernel.\n\
+         kernel. One such cost is offstate's own: its Redis connection \
+         waits one turn of the scheduler before it writes, so that under \
+         load the commands of concurrent requests leave in one system call \
+         (section 2's Redis CPU); alone, a request pays that turn, about \
+         1.7k instructions per Redis round trip.\n\
          - Below 1 means offstate executes fewer instructions. The time \
          columns repeat this run's criterion means (section 1) and the \
          read-only and add-only HTTP runs (section 2), for comparison.\n\
