@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offstate_core::{
-    Change, Clock, Deadlines, ManualClock, Record, SaveOutcome, SessionId, SessionStore, Timestamp,
-    Version,
+    Change, Clock, Deadlines, ManualClock, Record, SaveOutcome, SessionId, SessionKey,
+    SessionStore, Timestamp, Version,
 };
+use offstate_redis::RedisStore;
 use offstate_redis::redis::cmd;
 use offstate_testing::{Redis, redis};
 
@@ -56,26 +57,39 @@ fn write(base: &Record, idle: Timestamp, cart: &str) -> (Change, Arc<Record>) {
     (change, next)
 }
 
+/// A session created with an hour of idle time (and `cart` set to `[]`
+/// when `cart` is true), as a writer then reads it.
+async fn created(
+    store: &RedisStore,
+    clock: &ManualClock,
+    key: &SessionKey,
+    cart: bool,
+) -> Arc<Record> {
+    let mut record = Record::new(
+        clock.now(),
+        Deadlines::idle_at(clock.now().saturating_add(HOUR)),
+    );
+    if cart {
+        record.data.insert("cart".into(), b"[]".to_vec());
+    }
+    store
+        .create(key, &record, clock.now())
+        .await
+        .expect("create");
+    store
+        .load(key, clock.now())
+        .await
+        .expect("load")
+        .expect("created")
+}
+
 #[tokio::test]
 async fn the_common_save_is_one_get_and_one_set_and_the_rest_fall_back() {
     let server = redis().await.expect("a Redis");
     let store = server.store();
     let clock = ManualClock::new();
     let key = SessionId::generate().key();
-    let mut record = Record::new(
-        clock.now(),
-        Deadlines::idle_at(clock.now().saturating_add(HOUR)),
-    );
-    record.data.insert("cart".into(), b"[]".to_vec());
-    store
-        .create(&key, &record, clock.now())
-        .await
-        .expect("create");
-    let created = store
-        .load(&key, clock.now())
-        .await
-        .expect("load")
-        .expect("created");
+    let created = created(store, &clock, &key, true).await;
     // The first saves load the scripts (`NOSCRIPT`, `SCRIPT LOAD`): the
     // general one, then the common one.
     let (change, primed) = write(&created, clock.now().saturating_add(HOUR), "[]");
@@ -163,19 +177,7 @@ async fn a_common_save_that_meets_another_version_or_none_decides_from_one_get()
     let store = server.store();
     let clock = ManualClock::new();
     let key = SessionId::generate().key();
-    let record = Record::new(
-        clock.now(),
-        Deadlines::idle_at(clock.now().saturating_add(HOUR)),
-    );
-    store
-        .create(&key, &record, clock.now())
-        .await
-        .expect("create");
-    let read = store
-        .load(&key, clock.now())
-        .await
-        .expect("load")
-        .expect("created");
+    let read = created(store, &clock, &key, false).await;
     let (first, first_next) = write(&read, clock.now().saturating_add(HOUR), "[1]");
     let saved = store
         .save_applied(&key, &first, &read, &first_next, clock.now())
