@@ -64,16 +64,30 @@ use std::time::Duration;
 use self::handles::{SAVE_OPS, count, index, observe};
 use crate::error::StoreError;
 
-/// `$metric!($name, "op" => op)` with `op` (`create`, `write` or `rotate`)
-/// written as a literal: a key whose labels are all literals is static and
-/// built without allocating, which counts on every request when no
-/// recorder listens. Any other op gets a key built per call.
+/// The handle of `$name` (a constant) with literal labels, from the
+/// current recorder: `static_metric!(register_counter, NAME, "k" => "v")`.
+/// The key is built and hashed at compile time. The `metrics` macros build
+/// and hash a key on every call when the name is a constant rather than a
+/// literal, which counts on every request when no recorder listens.
+/// Registered with [`METADATA`], as the macros would from this module.
+macro_rules! static_metric {
+    ($register:ident, $name:expr $(, $label:literal => $value:literal)*) => {{
+        // (The label count, written so that it is also right for none.)
+        static LABELS: [metrics::Label; [$($label,)* ""].len() - 1] =
+            [$(metrics::Label::from_static_parts($label, $value)),*];
+        static KEY: metrics::Key = metrics::Key::from_static_parts($name, &LABELS);
+        metrics::with_recorder(|r| r.$register(&KEY, &METADATA))
+    }};
+}
+
+/// [`static_metric!`] with `"op" => op` for `op` `create`, `write` or
+/// `rotate`; any other op gets a key built per call.
 macro_rules! literal_op {
-    ($op:expr, $metric:ident!($name:expr)) => {
+    ($op:expr, $register:ident, $metric:ident!($name:expr)) => {
         match $op {
-            "create" => metrics::$metric!($name, "op" => "create"),
-            "write" => metrics::$metric!($name, "op" => "write"),
-            "rotate" => metrics::$metric!($name, "op" => "rotate"),
+            "create" => static_metric!($register, $name, "op" => "create"),
+            "write" => static_metric!($register, $name, "op" => "write"),
+            "rotate" => static_metric!($register, $name, "op" => "rotate"),
             other => metrics::$metric!($name, "op" => other),
         }
     };
@@ -235,13 +249,13 @@ fn by_op<T, const N: usize>(
 pub(crate) fn save_finished(op: &'static str, retries: u32, exhausted: bool) {
     observe(
         by_op(op, |h| &h.save_retries),
-        || literal_op!(op, histogram!(SESSION_SAVE_RETRIES)),
+        || literal_op!(op, register_histogram, histogram!(SESSION_SAVE_RETRIES)),
         f64::from(retries),
     );
     if exhausted {
         count(
             by_op(op, |h| &h.retries_exhausted),
-            || literal_op!(op, counter!(SESSION_RETRIES_EXHAUSTED)),
+            || literal_op!(op, register_counter, counter!(SESSION_RETRIES_EXHAUSTED)),
             1,
         );
     }
@@ -250,7 +264,7 @@ pub(crate) fn save_finished(op: &'static str, retries: u32, exhausted: bool) {
 pub(crate) fn conflict(op: &'static str) {
     count(
         by_op(op, |h| &h.conflicts),
-        || literal_op!(op, counter!(SESSION_CONFLICTS)),
+        || literal_op!(op, register_counter, counter!(SESSION_CONFLICTS)),
         1,
     );
 }
@@ -260,9 +274,9 @@ pub(crate) fn touch(written: bool) {
         handles::global().map(|h| &h.touches[usize::from(written)]),
         || {
             if written {
-                metrics::counter!(SESSION_TOUCHES, "result" => "written")
+                static_metric!(register_counter, SESSION_TOUCHES, "result" => "written")
             } else {
-                metrics::counter!(SESSION_TOUCHES, "result" => "skipped")
+                static_metric!(register_counter, SESSION_TOUCHES, "result" => "skipped")
             }
         },
         1,
@@ -272,34 +286,34 @@ pub(crate) fn touch(written: bool) {
 pub(crate) fn record_written(op: &'static str, bytes: usize) {
     observe(
         by_op(op, |h| &h.record_bytes),
-        || literal_op!(op, histogram!(SESSION_RECORD_BYTES)),
+        || literal_op!(op, register_histogram, histogram!(SESSION_RECORD_BYTES)),
         bytes as f64,
     );
 }
 
 pub(crate) fn created() {
     let slot = handles::global().map(|h| &h.created);
-    count(slot, || metrics::counter!(SESSIONS_CREATED), 1);
+    count(slot, || static_metric!(register_counter, SESSIONS_CREATED), 1);
 }
 
 pub(crate) fn rotated() {
     let slot = handles::global().map(|h| &h.rotated);
-    count(slot, || metrics::counter!(SESSIONS_ROTATED), 1);
+    count(slot, || static_metric!(register_counter, SESSIONS_ROTATED), 1);
 }
 
 pub(crate) fn deleted() {
     let slot = handles::global().map(|h| &h.deleted);
-    count(slot, || metrics::counter!(SESSIONS_DELETED), 1);
+    count(slot, || static_metric!(register_counter, SESSIONS_DELETED), 1);
 }
 
 pub(crate) fn revoked(n: usize) {
     let slot = handles::global().map(|h| &h.revoked);
-    count(slot, || metrics::counter!(SESSIONS_REVOKED), n as u64);
+    count(slot, || static_metric!(register_counter, SESSIONS_REVOKED), n as u64);
 }
 
 pub(crate) fn expired_on_read() {
     let slot = handles::global().map(|h| &h.expired_on_read);
-    count(slot, || metrics::counter!(SESSIONS_EXPIRED_ON_READ), 1);
+    count(slot, || static_metric!(register_counter, SESSIONS_EXPIRED_ON_READ), 1);
 }
 
 pub(crate) fn outage(fail_open: bool) {
@@ -307,9 +321,9 @@ pub(crate) fn outage(fail_open: bool) {
         handles::global().map(|h| &h.outage[usize::from(fail_open)]),
         || {
             if fail_open {
-                metrics::counter!(OUTAGE_DECISIONS, "decision" => "fail_open")
+                static_metric!(register_counter, OUTAGE_DECISIONS, "decision" => "fail_open")
             } else {
-                metrics::counter!(OUTAGE_DECISIONS, "decision" => "fail_closed")
+                static_metric!(register_counter, OUTAGE_DECISIONS, "decision" => "fail_closed")
             }
         },
         1,
