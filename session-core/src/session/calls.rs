@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument as _;
+use tracing::Span;
 use tracing::field::Empty;
 
 use super::Sessions;
@@ -26,15 +27,22 @@ async fn call<T>(
     outcome: impl FnOnce(&T) -> &'static str,
 ) -> Result<T, StoreError> {
     let backend = sessions.shared.store.name();
-    let span = tracing::debug_span!(
-        "offstate.store",
-        otel.name = operation,
-        db.system = backend,
-        db.operation.name = operation,
-        server.address = Empty,
-        offstate.key = Empty,
-        offstate.outcome = Empty,
-    );
+    // With no subscriber at DEBUG, no span at all: `tracing`'s `log`
+    // feature (which any dependency may turn on) makes even a disabled
+    // span's creation and drop ask the `log` crate whether to log them.
+    let span = if debug_traced() {
+        tracing::debug_span!(
+            "offstate.store",
+            otel.name = operation,
+            db.system = backend,
+            db.operation.name = operation,
+            server.address = Empty,
+            offstate.key = Empty,
+            offstate.outcome = Empty,
+        )
+    } else {
+        Span::none()
+    };
     let started = Instant::now();
     if span.is_disabled() {
         // Nobody traces: no span entered and left per poll, no field
@@ -222,4 +230,11 @@ pub(crate) async fn revoke_principal(
     let revoked = call(sessions, "revoke_principal", None, work, ok).await?;
     telemetry::revoked(revoked);
     Ok(revoked)
+}
+
+/// Whether a `DEBUG` span could be enabled: the level is compiled in, and
+/// some subscriber wants it (`tracing`'s own first check in `span!`).
+fn debug_traced() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    LevelFilter::DEBUG <= STATIC_MAX_LEVEL && LevelFilter::DEBUG <= LevelFilter::current()
 }
