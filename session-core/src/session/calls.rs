@@ -1,10 +1,15 @@
 //! Every store call the handle makes goes through here: one place that
 //! reads the clock, runs the call in a trace span and counts it (see
 //! [`telemetry`](crate::telemetry) for the names).
+//!
+//! The duration is read with `quanta`, from the CPU's time-stamp counter
+//! where it is invariant (the OS's monotonic clock elsewhere): two reads
+//! per store call, on every request, cost about 20 ns instead of about 45
+//! on the bench machine. `quanta` calibrates the counter once per process,
+//! at [`Sessions::new`](crate::Sessions::new) (under a millisecond here).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::Instrument as _;
 use tracing::Span;
@@ -43,7 +48,7 @@ async fn call<T>(
     } else {
         Span::none()
     };
-    let started = Instant::now();
+    let started = quanta::Instant::now();
     if span.is_disabled() {
         // Nobody traces: no span entered and left per poll, no field
         // recorded (or logged, with `tracing`'s `log` feature).

@@ -79,6 +79,9 @@ impl Sessions {
     /// Sessions over `store`, with default expiry, limits and policies, on
     /// the system clock.
     pub fn new(store: impl SessionStore) -> Self {
+        // The clock that times store calls calibrates once per process: here,
+        // rather than on the first request.
+        let _ = quanta::Instant::now();
         Self {
             shared: Arc::new(Shared {
                 store: Arc::new(store),
