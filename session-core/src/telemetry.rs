@@ -293,27 +293,47 @@ pub(crate) fn record_written(op: &'static str, bytes: usize) {
 
 pub(crate) fn created() {
     let slot = handles::global().map(|h| &h.created);
-    count(slot, || static_metric!(register_counter, SESSIONS_CREATED), 1);
+    count(
+        slot,
+        || static_metric!(register_counter, SESSIONS_CREATED),
+        1,
+    );
 }
 
 pub(crate) fn rotated() {
     let slot = handles::global().map(|h| &h.rotated);
-    count(slot, || static_metric!(register_counter, SESSIONS_ROTATED), 1);
+    count(
+        slot,
+        || static_metric!(register_counter, SESSIONS_ROTATED),
+        1,
+    );
 }
 
 pub(crate) fn deleted() {
     let slot = handles::global().map(|h| &h.deleted);
-    count(slot, || static_metric!(register_counter, SESSIONS_DELETED), 1);
+    count(
+        slot,
+        || static_metric!(register_counter, SESSIONS_DELETED),
+        1,
+    );
 }
 
 pub(crate) fn revoked(n: usize) {
     let slot = handles::global().map(|h| &h.revoked);
-    count(slot, || static_metric!(register_counter, SESSIONS_REVOKED), n as u64);
+    count(
+        slot,
+        || static_metric!(register_counter, SESSIONS_REVOKED),
+        n as u64,
+    );
 }
 
 pub(crate) fn expired_on_read() {
     let slot = handles::global().map(|h| &h.expired_on_read);
-    count(slot, || static_metric!(register_counter, SESSIONS_EXPIRED_ON_READ), 1);
+    count(
+        slot,
+        || static_metric!(register_counter, SESSIONS_EXPIRED_ON_READ),
+        1,
+    );
 }
 
 pub(crate) fn outage(fail_open: bool) {
