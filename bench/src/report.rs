@@ -455,6 +455,11 @@ fn instructions(out: &mut String, results: &Results) {
          request (`sha2::sha256::compress256`), that a native run on a CPU \
          with SHA-NI does in a few hundred. tower-sessions hashes nothing. \
          The time columns are native.\n\
+         - `quanta`'s calibration, once per process (offstate's store-call \
+         clock at the first `Sessions::new`; the Prometheus exporter's \
+         clock), spins until its estimate settles, so its count depends on \
+         time: callgrind leaves `quanta::Clock::new` out \
+         (`--toggle-collect`).\n\
          - `scripts/icount.sh` measures one case and leaves its callgrind \
          file for `callgrind_annotate --inclusive=yes`.\n"
     );
@@ -581,20 +586,20 @@ fn profiles(out: &mut String, results: &Results) {
          with no touch due; for a write, the save and `Set-Cookie`.\n\n\
          Where a write's remaining time goes, natively (`perf` on the \
          in-process app, share of the request, measured on the code of \
-         this report): four monotonic clock reads, a pair around each of \
-         the two store calls for `offstate_store_call_duration_seconds` \
-         (about 4.5 %; they are read whether or not a metrics recorder is \
-         installed, since `metrics` cannot tell its no-op recorder from a \
-         recorder of no size, and skipping them would lose such a \
-         recorder's durations); the SHA-256 of the ID (about 3 %); \
-         `Set-Cookie` (about 2 %: the attributes and the ID's text into a \
-         buffer the header takes as it is, with `Max-Age` counted from the \
-         save's clock reading); the writers' turn on the session (about \
-         2 %); and the value, kept once in the handle's overlay, copied \
-         into the store's delta (`state::delta`) and into the next record \
-         (`Change::apply_to`), which the handle and the next writer in \
-         line share: the version check and the replay of a request that \
-         meets a newer record need both. tower-sessions writes its whole \
+         this report): moving futures and requests (`memmove`, about \
+         10 %, most of it in the axum and tower plumbing both libraries \
+         share); allocating and freeing (about 11 %, with the value kept \
+         once in the handle's overlay, copied into the store's delta \
+         (`state::delta`) and into the next record (`Change::apply_to`), \
+         which the handle and the next writer in line share: the version \
+         check and the replay of a request that meets a newer record need \
+         both); the SHA-256 of the ID (about 2 %); `Set-Cookie` (about \
+         1 %: the attributes and the ID's text into a buffer the header \
+         takes as it is, with `Max-Age` counted from the save's clock \
+         reading); and the durations of the two store calls for \
+         `offstate_store_call_duration_seconds`, read from the CPU's \
+         time-stamp counter with `quanta` (about 1 %; four reads of the \
+         OS's monotonic clock took 4.5 %). tower-sessions writes its whole \
          record with no version and no replay.\n",
     );
     profile_section(
