@@ -184,25 +184,85 @@ impl RefusedInput {
     }
 }
 
-/// The `outcome` label for a store error.
-pub(crate) fn error_outcome(error: &StoreError) -> &'static str {
-    match error {
-        StoreError::Timeout(_) => "timeout",
-        StoreError::Unavailable(_) => "unavailable",
-        StoreError::TooLarge { .. } => "too_large",
-        _ => "error",
+/// A store call's `operation` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Load,
+    Create,
+    Save,
+    Touch,
+    Delete,
+    DeleteIfVersion,
+    ListPrincipal,
+    RevokePrincipal,
+}
+
+impl Operation {
+    /// How many there are: the handles' table has a slot for each.
+    pub(crate) const COUNT: usize = 8;
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Create => "create",
+            Self::Save => "save",
+            Self::Touch => "touch",
+            Self::Delete => "delete",
+            Self::DeleteIfVersion => "delete_if_version",
+            Self::ListPrincipal => "list_principal",
+            Self::RevokePrincipal => "revoke_principal",
+        }
+    }
+}
+
+/// A store call's `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Conflict,
+    Gone,
+    Timeout,
+    Unavailable,
+    TooLarge,
+    Error,
+}
+
+impl Outcome {
+    /// How many there are: the handles' table has a slot for each.
+    pub(crate) const COUNT: usize = 7;
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Conflict => "conflict",
+            Self::Gone => "gone",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::TooLarge => "too_large",
+            Self::Error => "error",
+        }
+    }
+
+    /// The outcome of a call that failed with `error`.
+    pub(crate) fn of_error(error: &StoreError) -> Self {
+        match error {
+            StoreError::Timeout(_) => Self::Timeout,
+            StoreError::Unavailable(_) => Self::Unavailable,
+            StoreError::TooLarge { .. } => Self::TooLarge,
+            _ => Self::Error,
+        }
     }
 }
 
 pub(crate) fn store_call(
     backend: &'static str,
-    operation: &'static str,
-    outcome: &'static str,
+    operation: Operation,
+    outcome: Outcome,
     elapsed: Duration,
 ) {
     let slots = handles::global()
         .and_then(|h| h.backend(backend))
-        .and_then(|b| b.call(operation, outcome));
+        .map(|b| b.call(operation, outcome));
     // Keys are needed only off the table of handles.
     let keys = match slots {
         Some(_) => None,
@@ -213,7 +273,7 @@ pub(crate) fn store_call(
         || match keys {
             Some((key, _)) => metrics::with_recorder(|r| r.register_counter(key, &METADATA)),
             None => {
-                metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation, "outcome" => outcome)
+                metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation.as_str(), "outcome" => outcome.as_str())
             }
         },
         1,
@@ -223,7 +283,7 @@ pub(crate) fn store_call(
         || match keys {
             Some((_, key)) => metrics::with_recorder(|r| r.register_histogram(key, &METADATA)),
             None => {
-                metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation)
+                metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation.as_str())
             }
         },
         elapsed.as_secs_f64(),

@@ -20,16 +20,16 @@ use crate::error::StoreError;
 use crate::id::SessionKey;
 use crate::record::{Record, Timestamp, Version};
 use crate::store::{Change, CreateOutcome, DeleteOutcome, SaveOutcome, TouchOutcome};
-use crate::telemetry;
+use crate::telemetry::{self, Operation, Outcome};
 
 /// Runs one store call in its span, and counts it with the outcome
 /// `outcome` gives a success.
 async fn call<T>(
     sessions: &Sessions,
-    operation: &'static str,
+    operation: Operation,
     key: Option<&SessionKey>,
     work: impl Future<Output = Result<T, StoreError>>,
-    outcome: impl FnOnce(&T) -> &'static str,
+    outcome: impl FnOnce(&T) -> Outcome,
 ) -> Result<T, StoreError> {
     let backend = sessions.shared.store.name();
     // With no subscriber at DEBUG, no span at all: `tracing`'s `log`
@@ -38,9 +38,9 @@ async fn call<T>(
     let span = if debug_traced() {
         tracing::debug_span!(
             "offstate.store",
-            otel.name = operation,
+            otel.name = operation.as_str(),
             db.system = backend,
-            db.operation.name = operation,
+            db.operation.name = operation.as_str(),
             server.address = Empty,
             offstate.key = Empty,
             offstate.outcome = Empty,
@@ -68,23 +68,23 @@ async fn call<T>(
     let result = work.instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let label = outcome_label(&result, outcome);
-    span.record("offstate.outcome", label);
+    span.record("offstate.outcome", label.as_str());
     telemetry::store_call(backend, operation, label, elapsed);
     result
 }
 
 fn outcome_label<T>(
     result: &Result<T, StoreError>,
-    outcome: impl FnOnce(&T) -> &'static str,
-) -> &'static str {
+    outcome: impl FnOnce(&T) -> Outcome,
+) -> Outcome {
     match result {
         Ok(value) => outcome(value),
-        Err(error) => telemetry::error_outcome(error),
+        Err(error) => Outcome::of_error(error),
     }
 }
 
-fn ok<T>(_: &T) -> &'static str {
-    "ok"
+fn ok<T>(_: &T) -> Outcome {
+    Outcome::Ok
 }
 
 /// The session under `key`. A retired record (an ID a login moved the
@@ -104,8 +104,12 @@ pub(crate) async fn load_any(
 ) -> Result<Option<Arc<Record>>, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.load(key, now);
-    call(sessions, "load", Some(key), work, |found| {
-        if found.is_some() { "ok" } else { "gone" }
+    call(sessions, Operation::Load, Some(key), work, |found| {
+        if found.is_some() {
+            Outcome::Ok
+        } else {
+            Outcome::Gone
+        }
     })
     .await
 }
@@ -119,12 +123,12 @@ pub(crate) async fn create(
     let work = sessions.shared.store.create(key, record, now);
     call(
         sessions,
-        "create",
+        Operation::Create,
         Some(key),
         work,
         |outcome| match outcome {
-            CreateOutcome::Created => "ok",
-            _ => "conflict",
+            CreateOutcome::Created => Outcome::Ok,
+            _ => Outcome::Conflict,
         },
     )
     .await
@@ -137,15 +141,15 @@ pub(crate) async fn save(
     now: Timestamp,
 ) -> Result<SaveOutcome, StoreError> {
     let work = sessions.shared.store.save(key, change, now);
-    call(sessions, "save", Some(key), work, save_label).await
+    call(sessions, Operation::Save, Some(key), work, save_label).await
 }
 
 /// The outcome label of a save, for both ways of saving.
-fn save_label(outcome: &SaveOutcome) -> &'static str {
+fn save_label(outcome: &SaveOutcome) -> Outcome {
     match outcome {
-        SaveOutcome::Saved(_) => "ok",
-        SaveOutcome::Conflict(_) => "conflict",
-        _ => "gone",
+        SaveOutcome::Saved(_) => Outcome::Ok,
+        SaveOutcome::Conflict(_) => Outcome::Conflict,
+        _ => Outcome::Gone,
     }
 }
 
@@ -164,7 +168,7 @@ pub(crate) async fn save_applied(
         .shared
         .store
         .save_applied(key, change, base, next, now);
-    call(sessions, "save", Some(key), work, save_label).await
+    call(sessions, Operation::Save, Some(key), work, save_label).await
 }
 
 pub(crate) async fn touch(
@@ -176,12 +180,12 @@ pub(crate) async fn touch(
     let work = sessions.shared.store.touch(key, idle_deadline, now);
     call(
         sessions,
-        "touch",
+        Operation::Touch,
         Some(key),
         work,
         |outcome| match outcome {
-            TouchOutcome::Touched => "ok",
-            _ => "gone",
+            TouchOutcome::Touched => Outcome::Ok,
+            _ => Outcome::Gone,
         },
     )
     .await
@@ -190,8 +194,8 @@ pub(crate) async fn touch(
 pub(crate) async fn delete(sessions: &Sessions, key: &SessionKey) -> Result<bool, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.delete(key, now);
-    call(sessions, "delete", Some(key), work, |deleted| {
-        if *deleted { "ok" } else { "gone" }
+    call(sessions, Operation::Delete, Some(key), work, |deleted| {
+        if *deleted { Outcome::Ok } else { Outcome::Gone }
     })
     .await
 }
@@ -205,13 +209,13 @@ pub(crate) async fn delete_if_version(
     let work = sessions.shared.store.delete_if_version(key, expected, now);
     call(
         sessions,
-        "delete_if_version",
+        Operation::DeleteIfVersion,
         Some(key),
         work,
         |outcome| match outcome {
-            DeleteOutcome::Deleted => "ok",
-            DeleteOutcome::Conflict(_) => "conflict",
-            _ => "gone",
+            DeleteOutcome::Deleted => Outcome::Ok,
+            DeleteOutcome::Conflict(_) => Outcome::Conflict,
+            _ => Outcome::Gone,
         },
     )
     .await
@@ -223,7 +227,7 @@ pub(crate) async fn list_principal(
 ) -> Result<Vec<SessionKey>, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.list_principal(principal, now);
-    call(sessions, "list_principal", None, work, ok).await
+    call(sessions, Operation::ListPrincipal, None, work, ok).await
 }
 
 pub(crate) async fn revoke_principal(
@@ -232,7 +236,7 @@ pub(crate) async fn revoke_principal(
 ) -> Result<usize, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.revoke_principal(principal, now);
-    let revoked = call(sessions, "revoke_principal", None, work, ok).await?;
+    let revoked = call(sessions, Operation::RevokePrincipal, None, work, ok).await?;
     telemetry::revoked(revoked);
     Ok(revoked)
 }

@@ -19,27 +19,8 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Histogram, Key, Label, Recorder};
 
-/// Values of `operation` in `offstate_store_calls_total`.
-const OPERATIONS: [&str; 8] = [
-    "load",
-    "create",
-    "save",
-    "touch",
-    "delete",
-    "delete_if_version",
-    "list_principal",
-    "revoke_principal",
-];
-/// Values of `outcome` in `offstate_store_calls_total`.
-const OUTCOMES: [&str; 7] = [
-    "ok",
-    "conflict",
-    "gone",
-    "timeout",
-    "unavailable",
-    "too_large",
-    "error",
-];
+use super::{Operation, Outcome};
+
 /// Values of `op` in the save metrics (`offstate_session_record_bytes`
 /// also has `create`).
 pub(super) const SAVE_OPS: [&str; 3] = ["write", "rotate", "create"];
@@ -54,8 +35,8 @@ pub(super) type Slot<T> = OnceLock<T>;
 #[derive(Debug)]
 pub(super) struct Backend {
     name: &'static str,
-    calls: [[Slot<Counter>; OUTCOMES.len()]; OPERATIONS.len()],
-    durations: [Slot<Histogram>; OPERATIONS.len()],
+    calls: [[Slot<Counter>; Outcome::COUNT]; Operation::COUNT],
+    durations: [Slot<Histogram>; Operation::COUNT],
 }
 
 /// Every handle of the session layer, for the global recorder.
@@ -147,7 +128,8 @@ impl Handles {
     pub(super) fn backend(&self, backend: &'static str) -> Option<&Backend> {
         for slot in &self.backends {
             let taken = slot.get_or_init(|| Backend::new(backend));
-            if taken.name == backend {
+            // The same `name()` gives the same pointer: no string compare.
+            if std::ptr::eq(taken.name, backend) || taken.name == backend {
                 return Some(taken);
             }
         }
@@ -168,12 +150,11 @@ impl Backend {
     /// slot of `operation`.
     pub(super) fn call(
         &self,
-        operation: &str,
-        outcome: &str,
-    ) -> Option<(&Slot<Counter>, &Slot<Histogram>)> {
-        let op = index(&OPERATIONS, operation)?;
-        let outcome = index(&OUTCOMES, outcome)?;
-        Some((&self.calls[op][outcome], &self.durations[op]))
+        operation: Operation,
+        outcome: Outcome,
+    ) -> (&Slot<Counter>, &Slot<Histogram>) {
+        let op = operation as usize;
+        (&self.calls[op][outcome as usize], &self.durations[op])
     }
 }
 
@@ -185,43 +166,41 @@ impl Backend {
 #[derive(Debug)]
 struct CallKeys {
     name: &'static str,
-    calls: [[OnceLock<Key>; OUTCOMES.len()]; OPERATIONS.len()],
-    durations: [OnceLock<Key>; OPERATIONS.len()],
+    calls: [[OnceLock<Key>; Outcome::COUNT]; Operation::COUNT],
+    durations: [OnceLock<Key>; Operation::COUNT],
 }
 
 static CALL_KEYS: [OnceLock<CallKeys>; MAX_BACKENDS] = [const { OnceLock::new() }; MAX_BACKENDS];
 
 /// The keys of `offstate_store_calls_total` and
-/// `offstate_store_call_duration_seconds` for this call (`None` for a
-/// value outside the label sets, or past [`MAX_BACKENDS`] names).
+/// `offstate_store_call_duration_seconds` for this call (`None` past
+/// [`MAX_BACKENDS`] names).
 pub(super) fn call_keys(
     backend: &'static str,
-    operation: &str,
-    outcome: &str,
+    operation: Operation,
+    outcome: Outcome,
 ) -> Option<(&'static Key, &'static Key)> {
-    let op = index(&OPERATIONS, operation)?;
-    let outcome = index(&OUTCOMES, outcome)?;
     let keys = CALL_KEYS.iter().find_map(|slot| {
         let keys = slot.get_or_init(|| CallKeys {
             name: backend,
             calls: Default::default(),
             durations: Default::default(),
         });
-        (keys.name == backend).then_some(keys)
+        (std::ptr::eq(keys.name, backend) || keys.name == backend).then_some(keys)
     })?;
-    let operation = OPERATIONS[op];
-    let call = keys.calls[op][outcome].get_or_init(|| {
+    let op = operation as usize;
+    let call = keys.calls[op][outcome as usize].get_or_init(|| {
         let labels = vec![
             Label::new("backend", backend),
-            Label::new("operation", operation),
-            Label::new("outcome", OUTCOMES[outcome]),
+            Label::new("operation", operation.as_str()),
+            Label::new("outcome", outcome.as_str()),
         ];
         Key::from_parts(super::STORE_CALLS, labels)
     });
     let duration = keys.durations[op].get_or_init(|| {
         let labels = vec![
             Label::new("backend", backend),
-            Label::new("operation", operation),
+            Label::new("operation", operation.as_str()),
         ];
         Key::from_parts(super::STORE_CALL_DURATION, labels)
     });
