@@ -447,3 +447,44 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 }
+
+/// A kind of store call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Call {
+    /// [`SessionStore::load`].
+    Load,
+    /// [`SessionStore::create`].
+    Create,
+    /// [`SessionStore::save`].
+    Save,
+    /// [`SessionStore::touch`].
+    Touch,
+    /// [`SessionStore::delete`].
+    Delete,
+    /// [`SessionStore::delete_if_version`].
+    DeleteIfVersion,
+    /// [`SessionStore::list_principal`].
+    ListPrincipal,
+    /// [`SessionStore::revoke_principal`].
+    RevokePrincipal,
+}
+
+impl Call {
+    /// How many kinds there are (the telemetry's table has a slot for each).
+    pub(crate) const COUNT: usize = 8;
+
+    /// Its `operation` label in the store-call metrics and traces.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Create => "create",
+            Self::Save => "save",
+            Self::Touch => "touch",
+            Self::Delete => "delete",
+            Self::DeleteIfVersion => "delete_if_version",
+            Self::ListPrincipal => "list_principal",
+            Self::RevokePrincipal => "revoke_principal",
+        }
+    }
+}

@@ -63,6 +63,7 @@ use std::time::Duration;
 
 use self::handles::{SAVE_OPS, count, index, observe};
 use crate::error::StoreError;
+use crate::store::Call;
 
 /// The handle of `$name` (a constant) with literal labels, from the
 /// current recorder: `static_metric!(register_counter, NAME, "k" => "v")`.
@@ -184,37 +185,6 @@ impl RefusedInput {
     }
 }
 
-/// A store call's `operation` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Operation {
-    Load,
-    Create,
-    Save,
-    Touch,
-    Delete,
-    DeleteIfVersion,
-    ListPrincipal,
-    RevokePrincipal,
-}
-
-impl Operation {
-    /// How many there are: the handles' table has a slot for each.
-    pub(crate) const COUNT: usize = 8;
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Load => "load",
-            Self::Create => "create",
-            Self::Save => "save",
-            Self::Touch => "touch",
-            Self::Delete => "delete",
-            Self::DeleteIfVersion => "delete_if_version",
-            Self::ListPrincipal => "list_principal",
-            Self::RevokePrincipal => "revoke_principal",
-        }
-    }
-}
-
 /// A store call's `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -256,7 +226,7 @@ impl Outcome {
 
 pub(crate) fn store_call(
     backend: &'static str,
-    operation: Operation,
+    operation: Call,
     outcome: Outcome,
     elapsed: Duration,
 ) {
@@ -273,7 +243,7 @@ pub(crate) fn store_call(
         || match keys {
             Some((key, _)) => metrics::with_recorder(|r| r.register_counter(key, &METADATA)),
             None => {
-                metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation.as_str(), "outcome" => outcome.as_str())
+                metrics::counter!(STORE_CALLS, "backend" => backend, "operation" => operation.label(), "outcome" => outcome.as_str())
             }
         },
         1,
@@ -283,7 +253,7 @@ pub(crate) fn store_call(
         || match keys {
             Some((_, key)) => metrics::with_recorder(|r| r.register_histogram(key, &METADATA)),
             None => {
-                metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation.as_str())
+                metrics::histogram!(STORE_CALL_DURATION, "backend" => backend, "operation" => operation.label())
             }
         },
         elapsed.as_secs_f64(),

@@ -33,27 +33,7 @@ use crate::store::{
     Capabilities, Change, CreateOutcome, DeleteOutcome, SaveOutcome, SessionStore, TouchOutcome,
 };
 
-/// A kind of store call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Call {
-    /// [`SessionStore::load`].
-    Load,
-    /// [`SessionStore::create`].
-    Create,
-    /// [`SessionStore::save`].
-    Save,
-    /// [`SessionStore::touch`].
-    Touch,
-    /// [`SessionStore::delete`].
-    Delete,
-    /// [`SessionStore::delete_if_version`].
-    DeleteIfVersion,
-    /// [`SessionStore::list_principal`].
-    ListPrincipal,
-    /// [`SessionStore::revoke_principal`].
-    RevokePrincipal,
-}
+pub use crate::store::Call;
 
 /// What happens to one injected call.
 #[derive(Debug, Clone)]

@@ -19,14 +19,14 @@ use super::Sessions;
 use crate::error::StoreError;
 use crate::id::SessionKey;
 use crate::record::{Record, Timestamp, Version};
-use crate::store::{Change, CreateOutcome, DeleteOutcome, SaveOutcome, TouchOutcome};
-use crate::telemetry::{self, Operation, Outcome};
+use crate::store::{Call, Change, CreateOutcome, DeleteOutcome, SaveOutcome, TouchOutcome};
+use crate::telemetry::{self, Outcome};
 
 /// Runs one store call in its span, and counts it with the outcome
 /// `outcome` gives a success.
 async fn call<T>(
     sessions: &Sessions,
-    operation: Operation,
+    operation: Call,
     key: Option<&SessionKey>,
     work: impl Future<Output = Result<T, StoreError>>,
     outcome: impl FnOnce(&T) -> Outcome,
@@ -38,9 +38,9 @@ async fn call<T>(
     let span = if debug_traced() {
         tracing::debug_span!(
             "offstate.store",
-            otel.name = operation.as_str(),
+            otel.name = operation.label(),
             db.system = backend,
-            db.operation.name = operation.as_str(),
+            db.operation.name = operation.label(),
             server.address = Empty,
             offstate.key = Empty,
             offstate.outcome = Empty,
@@ -104,7 +104,7 @@ pub(crate) async fn load_any(
 ) -> Result<Option<Arc<Record>>, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.load(key, now);
-    call(sessions, Operation::Load, Some(key), work, |found| {
+    call(sessions, Call::Load, Some(key), work, |found| {
         if found.is_some() {
             Outcome::Ok
         } else {
@@ -123,7 +123,7 @@ pub(crate) async fn create(
     let work = sessions.shared.store.create(key, record, now);
     call(
         sessions,
-        Operation::Create,
+        Call::Create,
         Some(key),
         work,
         |outcome| match outcome {
@@ -141,7 +141,7 @@ pub(crate) async fn save(
     now: Timestamp,
 ) -> Result<SaveOutcome, StoreError> {
     let work = sessions.shared.store.save(key, change, now);
-    call(sessions, Operation::Save, Some(key), work, save_label).await
+    call(sessions, Call::Save, Some(key), work, save_label).await
 }
 
 /// The outcome label of a save, for both ways of saving.
@@ -168,7 +168,7 @@ pub(crate) async fn save_applied(
         .shared
         .store
         .save_applied(key, change, base, next, now);
-    call(sessions, Operation::Save, Some(key), work, save_label).await
+    call(sessions, Call::Save, Some(key), work, save_label).await
 }
 
 pub(crate) async fn touch(
@@ -180,7 +180,7 @@ pub(crate) async fn touch(
     let work = sessions.shared.store.touch(key, idle_deadline, now);
     call(
         sessions,
-        Operation::Touch,
+        Call::Touch,
         Some(key),
         work,
         |outcome| match outcome {
@@ -194,7 +194,7 @@ pub(crate) async fn touch(
 pub(crate) async fn delete(sessions: &Sessions, key: &SessionKey) -> Result<bool, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.delete(key, now);
-    call(sessions, Operation::Delete, Some(key), work, |deleted| {
+    call(sessions, Call::Delete, Some(key), work, |deleted| {
         if *deleted { Outcome::Ok } else { Outcome::Gone }
     })
     .await
@@ -209,7 +209,7 @@ pub(crate) async fn delete_if_version(
     let work = sessions.shared.store.delete_if_version(key, expected, now);
     call(
         sessions,
-        Operation::DeleteIfVersion,
+        Call::DeleteIfVersion,
         Some(key),
         work,
         |outcome| match outcome {
@@ -227,7 +227,7 @@ pub(crate) async fn list_principal(
 ) -> Result<Vec<SessionKey>, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.list_principal(principal, now);
-    call(sessions, Operation::ListPrincipal, None, work, ok).await
+    call(sessions, Call::ListPrincipal, None, work, ok).await
 }
 
 pub(crate) async fn revoke_principal(
@@ -236,7 +236,7 @@ pub(crate) async fn revoke_principal(
 ) -> Result<usize, StoreError> {
     let now = sessions.now();
     let work = sessions.shared.store.revoke_principal(principal, now);
-    let revoked = call(sessions, Operation::RevokePrincipal, None, work, ok).await?;
+    let revoked = call(sessions, Call::RevokePrincipal, None, work, ok).await?;
     telemetry::revoked(revoked);
     Ok(revoked)
 }

@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Histogram, Key, Label, Recorder};
 
-use super::{Operation, Outcome};
+use super::Outcome;
+use crate::store::Call;
 
 /// Values of `op` in the save metrics (`offstate_session_record_bytes`
 /// also has `create`).
@@ -35,8 +36,8 @@ pub(super) type Slot<T> = OnceLock<T>;
 #[derive(Debug)]
 pub(super) struct Backend {
     name: &'static str,
-    calls: [[Slot<Counter>; Outcome::COUNT]; Operation::COUNT],
-    durations: [Slot<Histogram>; Operation::COUNT],
+    calls: [[Slot<Counter>; Outcome::COUNT]; Call::COUNT],
+    durations: [Slot<Histogram>; Call::COUNT],
 }
 
 /// Every handle of the session layer, for the global recorder.
@@ -150,7 +151,7 @@ impl Backend {
     /// slot of `operation`.
     pub(super) fn call(
         &self,
-        operation: Operation,
+        operation: Call,
         outcome: Outcome,
     ) -> (&Slot<Counter>, &Slot<Histogram>) {
         let op = operation as usize;
@@ -166,8 +167,8 @@ impl Backend {
 #[derive(Debug)]
 struct CallKeys {
     name: &'static str,
-    calls: [[OnceLock<Key>; Outcome::COUNT]; Operation::COUNT],
-    durations: [OnceLock<Key>; Operation::COUNT],
+    calls: [[OnceLock<Key>; Outcome::COUNT]; Call::COUNT],
+    durations: [OnceLock<Key>; Call::COUNT],
 }
 
 static CALL_KEYS: [OnceLock<CallKeys>; MAX_BACKENDS] = [const { OnceLock::new() }; MAX_BACKENDS];
@@ -177,7 +178,7 @@ static CALL_KEYS: [OnceLock<CallKeys>; MAX_BACKENDS] = [const { OnceLock::new() 
 /// [`MAX_BACKENDS`] names).
 pub(super) fn call_keys(
     backend: &'static str,
-    operation: Operation,
+    operation: Call,
     outcome: Outcome,
 ) -> Option<(&'static Key, &'static Key)> {
     let keys = CALL_KEYS.iter().find_map(|slot| {
@@ -192,7 +193,7 @@ pub(super) fn call_keys(
     let call = keys.calls[op][outcome as usize].get_or_init(|| {
         let labels = vec![
             Label::new("backend", backend),
-            Label::new("operation", operation.as_str()),
+            Label::new("operation", operation.label()),
             Label::new("outcome", outcome.as_str()),
         ];
         Key::from_parts(super::STORE_CALLS, labels)
@@ -200,7 +201,7 @@ pub(super) fn call_keys(
     let duration = keys.durations[op].get_or_init(|| {
         let labels = vec![
             Label::new("backend", backend),
-            Label::new("operation", operation.as_str()),
+            Label::new("operation", operation.label()),
         ];
         Key::from_parts(super::STORE_CALL_DURATION, labels)
     });
