@@ -274,3 +274,38 @@ fn a_scripted_flow_gives_the_documented_counts() {
         );
     }
 }
+
+/// A store call's duration is real time in seconds, whatever the clock
+/// that reads it: a load held at a gate while 30 ms pass records at least
+/// 0.03 (and not, say, nanoseconds or ticks read as seconds).
+#[test]
+fn a_store_call_records_the_real_time_it_took_in_seconds() {
+    const HELD: Duration = Duration::from_millis(30);
+    let recorded = recorded(|| async {
+        let store = FaultyStore::new(MemoryStore::new());
+        let sessions = Sessions::new(store.clone());
+        let session = sessions.new_session();
+        session.insert("cart", &["apple"]).await.unwrap();
+        session.save().await.unwrap();
+        let id = session.id().unwrap();
+
+        let gate = store.gate(Call::Load);
+        let read = middleware::open(&sessions, [id]);
+        let load = tokio::spawn(async move { read.exists().await });
+        gate.reached().await;
+        // Real time passes while the call is held (the runtime's own clock
+        // is paused, so a tokio sleep would not do).
+        std::thread::sleep(HELD);
+        gate.open();
+        assert!(load.await.unwrap().unwrap());
+    });
+    let latencies = recorded.histogram(
+        telemetry::STORE_CALL_DURATION,
+        &[("backend", "memory"), ("operation", "load")],
+    );
+    assert_eq!(latencies.len(), 1, "{latencies:?}");
+    assert!(
+        (HELD.as_secs_f64()..5.0).contains(&latencies[0]),
+        "{latencies:?}"
+    );
+}
