@@ -1,5 +1,9 @@
 //! `MemoryStore`: the embedded default, for one process, tests and workers.
 //!
+//! Why this file is long: the shards, the expiry index, the purge and the
+//! principal index share private state and one lock order; the unit tests
+//! of that state are at the end.
+//!
 //! Built to hold millions of sessions without a pause:
 //!
 //! - **Shards.** Records live in [`SHARDS`] maps, each behind its own lock,
@@ -8,34 +12,37 @@
 //!   that one resize stalls everybody.
 //! - **An expiry index per shard**, ordered by deadline. Expired records are
 //!   freed from its front, so the cost is proportional to what expires, never
-//!   a scan of what is live: every write frees up to [`SWEEP_PER_WRITE`]
-//!   records of its shard, and a background thread frees the rest in short
-//!   batches (at most [`PURGE_BATCH`] per lock), also when there is no
-//!   traffic at all.
+//!   a scan of what is live. A background thread frees them in short
+//!   batches, also when there is no traffic at all: at most [`PURGE_BATCH`]
+//!   are taken out per lock, and their memory is given back after the lock
+//!   is released, so a write waits for at most one batch's removal from the
+//!   maps, never for the allocator. Writes free nothing themselves (freeing
+//!   is what made writes slow while a million sessions expired), unless the
+//!   thread could not be started: then each write frees up to
+//!   [`SWEEP_PER_WRITE`] records of its shard.
 //! - **The principal index** has a lock of its own, taken only when a
 //!   session gains, loses or is revoked by a principal, always before a
 //!   shard's lock (one lock order, so no deadlock), which makes a revoke and
 //!   a login on another thread never leave a revoked principal behind.
 //!
-//! **The allocator.** With glibc's default `malloc`, freeing many small
-//! records at once leaves them in its "fastbins", and the next larger
-//! allocation in that arena merges them all first: at a million sessions
-//! expiring together that stall (up to tens of milliseconds, in whatever
-//! code allocates next, not in the store) is the only write over 1 ms left
-//! (bench/results/memory-scale.md). A process that holds millions of
-//! sessions in memory should run with `GLIBC_TUNABLES=glibc.malloc.mxfast=0`
-//! or a global allocator without fastbins (jemalloc, mimalloc); with
-//! fastbins off no write took over 1 ms.
+//! **The allocator.** Freeing is the slow part of expiry: glibc's `malloc`
+//! merges freed chunks with their neighbours, and gives memory back to the
+//! system as it goes. When writes freed expired records themselves, a
+//! million sessions expiring together made some writes take milliseconds
+//! of CPU in `free` (with glibc's fastbins on or off: up to 14 writes over
+//! 1 ms in a run); now only the purge thread frees, outside every lock, and
+//! in four runs with each setting one write took over 1 ms of CPU while
+//! they expired (1.08 ms, fastbins on; bench/results/memory-scale.md).
+//! What glibc does not
+//! give back stays resident: a process that holds millions of sessions in
+//! memory does better with a global allocator that returns memory
+//! (jemalloc, mimalloc).
 //!
 //! Stores keep no clock: the background purge's "now" is the latest `now`
 //! a call gave the store, moved on by the real time that has passed since.
 //! With the system clock that is the present; with a manual clock it never
 //! runs ahead of the time the tests have set by more than the real time
 //! they take.
-//!
-//! Why this file is long: the shards, the expiry index, the purge and the
-//! principal index share private state and one lock order; the unit tests
-//! of that state are at the end.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +61,8 @@ use crate::store::{
 /// the writes waiting for it.
 const SHARDS: usize = 128;
 
-/// How many expired records a write frees in its shard, at most.
+/// How many expired records a write frees in its shard, at most, when
+/// there is no background purge.
 const SWEEP_PER_WRITE: usize = 8;
 
 /// How many expired records the background purge frees per lock taken.
@@ -91,7 +99,8 @@ struct Shared {
     shards: Box<[Mutex<Shard>]>,
     principals: Mutex<HashMap<String, HashSet<SessionKey>>>,
     clock: PurgeClock,
-    purger: OnceLock<()>,
+    /// Whether the background purge runs (set at the first write).
+    purger: OnceLock<bool>,
 }
 
 impl Default for Shared {
@@ -141,12 +150,11 @@ impl Shard {
         Some(record)
     }
 
-    /// Frees up to `most` records expired at `now`, earliest first, and
-    /// returns the principals they had, to be unindexed, and how many it
-    /// freed (with or without a principal).
-    fn sweep(&mut self, now: Timestamp, most: usize) -> (Vec<(SessionKey, String)>, usize) {
-        let mut unindex = Vec::new();
-        let mut freed = 0;
+    /// Takes out up to `most` records expired at `now`, earliest first,
+    /// and returns them: the caller frees them (and unindexes their
+    /// principals) after releasing the shard's lock.
+    fn sweep(&mut self, now: Timestamp, most: usize) -> Vec<(SessionKey, Arc<Record>)> {
+        let mut swept = Vec::new();
         for _ in 0..most {
             match self.expiries.first() {
                 Some((at, _)) if *at <= now => {}
@@ -155,15 +163,11 @@ impl Shard {
             let Some((_, key)) = self.expiries.pop_first() else {
                 break;
             };
-            let Some(record) = self.records.remove(&key) else {
-                continue;
-            };
-            freed += 1;
-            if let Some(principal) = &record.principal {
-                unindex.push((key, principal.clone()));
+            if let Some(record) = self.records.remove(&key) {
+                swept.push((key, record));
             }
         }
-        (unindex, freed)
+        swept
     }
 }
 
@@ -222,39 +226,54 @@ impl Shared {
         lock(&self.principals)
     }
 
-    /// A write happened at `now`: free a few expired records of the shard,
-    /// and make sure the background purge runs.
-    fn wrote(self: &Arc<Self>, shard: &mut Shard, now: Timestamp) -> Vec<(SessionKey, String)> {
+    /// A write happened at `now`: make sure the background purge runs, or,
+    /// without one, take out a few expired records of the shard (for the
+    /// caller to free after the lock).
+    fn wrote(
+        self: &Arc<Self>,
+        shard: &mut Shard,
+        now: Timestamp,
+    ) -> Vec<(SessionKey, Arc<Record>)> {
         self.clock.saw(now);
-        self.purger
+        let purging = *self
+            .purger
             .get_or_init(|| start_purger(Arc::downgrade(self)));
-        shard.sweep(now, SWEEP_PER_WRITE).0
+        if purging {
+            Vec::new()
+        } else {
+            shard.sweep(now, SWEEP_PER_WRITE)
+        }
     }
 
-    /// Removes index entries of records that were freed, unless the key
-    /// is live under the same principal again (keys are random: only a
-    /// test reuses one). Takes the index lock, then each shard's: the one
-    /// lock order.
-    fn unindex_freed(&self, freed: Vec<(SessionKey, String)>, now: Timestamp) {
-        if freed.is_empty() {
+    /// Frees records taken out of their shard, and removes the index
+    /// entries of those with a principal, unless the key is live under the
+    /// same principal again (keys are random: only a test reuses one).
+    /// Takes the index lock, then each shard's: the one lock order.
+    fn unindex_freed(&self, freed: Vec<(SessionKey, Arc<Record>)>, now: Timestamp) {
+        if freed.iter().all(|(_, record)| record.principal.is_none()) {
             return;
         }
         let mut principals = self.principals();
-        for (key, principal) in freed {
+        for (key, record) in &freed {
+            let Some(principal) = &record.principal else {
+                continue;
+            };
             let back = self
-                .shard(&key)
-                .live(&key, now)
-                .is_some_and(|r| r.principal.as_ref() == Some(&principal));
+                .shard(key)
+                .live(key, now)
+                .is_some_and(|r| r.principal.as_ref() == Some(principal));
             if back {
                 continue;
             }
-            if let Some(keys) = principals.get_mut(&principal) {
-                keys.remove(&key);
+            if let Some(keys) = principals.get_mut(principal) {
+                keys.remove(key);
                 if keys.is_empty() {
-                    principals.remove(&principal);
+                    principals.remove(principal);
                 }
             }
         }
+        // The index lock is released before `freed`, the records, go.
+        drop(principals);
     }
 
     /// One pass of the background purge over every shard.
@@ -264,11 +283,10 @@ impl Shared {
         };
         for shard in &*self.shards {
             loop {
-                // Counted whatever they held: a batch of sessions without
-                // a principal leaves nothing to unindex, but may be full.
-                let (unindex, freed) = lock(shard).sweep(now, PURGE_BATCH);
-                let more = freed == PURGE_BATCH;
-                self.unindex_freed(unindex, now);
+                // Taken out under the lock, freed after it.
+                let swept = lock(shard).sweep(now, PURGE_BATCH);
+                let more = swept.len() == PURGE_BATCH;
+                self.unindex_freed(swept, now);
                 if !more {
                     break;
                 }
@@ -285,8 +303,8 @@ impl Shared {
 
 /// The background purge: a thread per store that lives as long as the
 /// store does (it holds only a weak reference) and wakes every
-/// [`PURGE_EVERY`].
-fn start_purger(shared: Weak<Shared>) {
+/// [`PURGE_EVERY`]. Whether it started.
+fn start_purger(shared: Weak<Shared>) -> bool {
     let spawned = std::thread::Builder::new()
         .name("offstate-memory-purge".into())
         .spawn(move || {
@@ -298,9 +316,13 @@ fn start_purger(shared: Weak<Shared>) {
                 shared.purge();
             }
         });
-    if let Err(error) = spawned {
-        // Writes still free expired records; only idle memory is kept.
-        tracing::warn!(%error, "no thread for the memory store's purge");
+    match spawned {
+        Ok(_) => true,
+        Err(error) => {
+            // Writes free expired records instead; idle memory is kept.
+            tracing::warn!(%error, "no thread for the memory store's purge");
+            false
+        }
     }
 }
 
@@ -352,8 +374,8 @@ impl MemoryStore {
     pub fn purge_expired(&self, now: Timestamp) {
         self.shared.clock.saw(now);
         for shard in &*self.shared.shards {
-            let (unindex, _) = lock(shard).sweep(now, usize::MAX);
-            self.shared.unindex_freed(unindex, now);
+            let swept = lock(shard).sweep(now, usize::MAX);
+            self.shared.unindex_freed(swept, now);
         }
     }
 
@@ -380,11 +402,11 @@ impl MemoryStore {
         let Some(record) = removed else {
             return false;
         };
-        if let Some(p) = &record.principal {
-            self.shared
-                .unindex_freed(vec![(key.clone(), p.clone())], now);
+        let live = !record.is_expired(now);
+        if record.principal.is_some() {
+            self.shared.unindex_freed(vec![(key.clone(), record)], now);
         }
-        !record.is_expired(now)
+        live
     }
 }
 
@@ -474,13 +496,13 @@ impl SessionStore for MemoryStore {
             }
             // An expired record under the same key (only tests reuse keys)
             // leaves the index with the records this write frees.
-            let old = shard.remove(key).and_then(|r| r.principal.clone());
+            let old = shard.remove(key);
             if let (Some(index), Some(p)) = (principals.as_deref_mut(), &record.principal) {
                 Self::index(index, key, p);
             }
             shard.put(key, Arc::new(record.clone()));
             let mut freed = self.shared.wrote(&mut shard, now);
-            freed.extend(old.map(|p| (key.clone(), p)));
+            freed.extend(old.map(|record| (key.clone(), record)));
             freed
         };
         drop(principals);
@@ -552,8 +574,8 @@ impl SessionStore for MemoryStore {
                 Some(_) => shard.remove(key),
             }
         };
-        if let Some(p) = removed.as_ref().and_then(|r| r.principal.clone()) {
-            self.shared.unindex_freed(vec![(key.clone(), p)], now);
+        if let Some(record) = removed.filter(|r| r.principal.is_some()) {
+            self.shared.unindex_freed(vec![(key.clone(), record)], now);
         }
         Ok(DeleteOutcome::Deleted)
     }
@@ -611,16 +633,22 @@ mod tests {
         Record::new(now, Deadlines::idle_at(now.saturating_add(idle)))
     }
 
-    #[tokio::test]
-    async fn writes_free_expired_records_of_their_shard_a_few_at_a_time() {
+    /// A store whose writes see `purging` as the state of the background
+    /// purge, with none started: what the writes do is all that frees.
+    fn store_with_purge(purging: bool) -> MemoryStore {
         let store = MemoryStore::new();
+        store.shared.purger.set(purging).unwrap();
+        store
+    }
+
+    /// 2,000 sessions that have expired by the time 50 more are created;
+    /// how many records the store holds after those 50 writes.
+    async fn held_after_writes_past_expiry(store: &MemoryStore) -> usize {
         let t0 = Timestamp::from_millis(1_000);
-        let keys: Vec<SessionKey> = (0..2_000)
-            .map(|_| crate::SessionId::generate().key())
-            .collect();
-        for key in &keys {
+        for _ in 0..2_000 {
+            let key = crate::SessionId::generate().key();
             store
-                .create(key, &record(t0, Duration::from_secs(1)), t0)
+                .create(&key, &record(t0, Duration::from_secs(1)), t0)
                 .await
                 .unwrap();
         }
@@ -634,13 +662,25 @@ mod tests {
                 .unwrap();
         }
         let held = store.len();
+        store.purge_expired(later);
+        assert_eq!(store.len(), 50);
+        held
+    }
+
+    #[tokio::test]
+    async fn with_the_background_purge_writes_free_nothing() {
+        let held = held_after_writes_past_expiry(&store_with_purge(true)).await;
+        assert_eq!(held, 2_050);
+    }
+
+    #[tokio::test]
+    async fn without_the_background_purge_writes_free_expired_records_a_few_at_a_time() {
+        let held = held_after_writes_past_expiry(&store_with_purge(false)).await;
         assert!(held < 2_000, "writes freed nothing: {held}");
         assert!(
             held >= 2_050 - 50 * SWEEP_PER_WRITE,
             "a write freed more than its share: {held}"
         );
-        store.purge_expired(later);
-        assert_eq!(store.len(), 50);
     }
 
     #[tokio::test]
