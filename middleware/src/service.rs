@@ -75,9 +75,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        // No span at all below DEBUG: with `tracing`'s `log` feature on,
-        // even a disabled span asks the `log` crate about itself.
-        let span = if debug_traced() {
+        // No span at all below DEBUG (see `debug_traced`).
+        let span = if middleware::debug_traced() {
             tracing::debug_span!(
                 "offstate.request",
                 client_update = tracing::field::Empty,
@@ -174,11 +173,4 @@ fn tell_client<B: From<&'static str>>(
         *response = short_response(StatusCode::INTERNAL_SERVER_ERROR, "session error");
     }
     label
-}
-
-/// Whether a `DEBUG` span could be enabled: the level is compiled in, and
-/// some subscriber wants it (`tracing`'s own first check in `span!`).
-fn debug_traced() -> bool {
-    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
-    LevelFilter::DEBUG <= STATIC_MAX_LEVEL && LevelFilter::DEBUG <= LevelFilter::current()
 }

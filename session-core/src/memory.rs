@@ -33,10 +33,9 @@
 //! 1 ms in a run); now only the purge thread frees, outside every lock, and
 //! in four runs with each setting one write took over 1 ms of CPU while
 //! they expired (1.08 ms, fastbins on; bench/results/memory-scale.md).
-//! What glibc does not
-//! give back stays resident: a process that holds millions of sessions in
-//! memory does better with a global allocator that returns memory
-//! (jemalloc, mimalloc).
+//! What glibc does not give back stays resident: a process that holds
+//! millions of sessions in memory does better with a global allocator that
+//! returns memory (jemalloc, mimalloc).
 //!
 //! Stores keep no clock: the background purge's "now" is the latest `now`
 //! a call gave the store, moved on by the real time that has passed since.

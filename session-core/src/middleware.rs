@@ -166,3 +166,20 @@ pub fn message(error: &SessionError) -> &'static str {
         _ => "session error",
     }
 }
+
+/// Whether a span at `DEBUG` could be wanted: the level is compiled in and
+/// some subscriber listens at it (`tracing`'s own first check in `span!`).
+/// A middleware that makes a request span checks this first and otherwise
+/// uses `Span::none()`: with `tracing`'s `log` feature on (any dependency
+/// can turn it on), even a disabled span asks the `log` crate about itself
+/// when made and dropped.
+///
+/// ```
+/// // No subscriber in this program: no span is worth making.
+/// assert!(!offstate_core::middleware::debug_traced());
+/// ```
+#[must_use]
+pub fn debug_traced() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    LevelFilter::DEBUG <= STATIC_MAX_LEVEL && LevelFilter::DEBUG <= LevelFilter::current()
+}

@@ -471,8 +471,9 @@ pub enum Call {
 }
 
 impl Call {
-    /// How many kinds there are (the telemetry's table has a slot for each).
-    pub(crate) const COUNT: usize = 8;
+    /// How many kinds there are (the telemetry's table has a slot for
+    /// each): one past the last variant's index.
+    pub(crate) const COUNT: usize = Self::RevokePrincipal as usize + 1;
 
     /// Its `operation` label in the store-call metrics and traces.
     pub(crate) fn label(self) -> &'static str {

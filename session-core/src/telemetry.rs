@@ -198,8 +198,9 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// How many there are: the handles' table has a slot for each.
-    pub(crate) const COUNT: usize = 7;
+    /// How many there are (the handles' table has a slot for each): one
+    /// past the last variant's index.
+    pub(crate) const COUNT: usize = Self::Error as usize + 1;
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {

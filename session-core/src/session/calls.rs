@@ -32,10 +32,8 @@ async fn call<T>(
     outcome: impl FnOnce(&T) -> Outcome,
 ) -> Result<T, StoreError> {
     let backend = sessions.shared.store.name();
-    // With no subscriber at DEBUG, no span at all: `tracing`'s `log`
-    // feature (which any dependency may turn on) makes even a disabled
-    // span's creation and drop ask the `log` crate whether to log them.
-    let span = if debug_traced() {
+    // With no subscriber at DEBUG, no span at all (see `debug_traced`).
+    let span = if crate::middleware::debug_traced() {
         tracing::debug_span!(
             "offstate.store",
             otel.name = operation.label(),
@@ -239,11 +237,4 @@ pub(crate) async fn revoke_principal(
     let revoked = call(sessions, Call::RevokePrincipal, None, work, ok).await?;
     telemetry::revoked(revoked);
     Ok(revoked)
-}
-
-/// Whether a `DEBUG` span could be enabled: the level is compiled in, and
-/// some subscriber wants it (`tracing`'s own first check in `span!`).
-fn debug_traced() -> bool {
-    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
-    LevelFilter::DEBUG <= STATIC_MAX_LEVEL && LevelFilter::DEBUG <= LevelFilter::current()
 }
