@@ -179,6 +179,7 @@ pub fn message(error: &SessionError) -> &'static str {
 /// assert!(!offstate_core::middleware::debug_traced());
 /// ```
 #[must_use]
+#[inline]
 pub fn debug_traced() -> bool {
     use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
     LevelFilter::DEBUG <= STATIC_MAX_LEVEL && LevelFilter::DEBUG <= LevelFilter::current()
