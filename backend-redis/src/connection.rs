@@ -27,8 +27,8 @@
 //! Redis's system time per request). TLS and cluster connections are
 //! redis-rs's own.
 //!
-//! A slot connects on first use (within the connect timeout; one task
-//! connects, the others on that slot wait under their own deadline). A
+//! A slot connects on first use (one task connects, the others on that
+//! slot wait; each within its connect timeout). A
 //! connection on which a request failed at the connection level (I/O
 //! error, dropped, timed out) is dropped and replaced at the slot's next
 //! use; then every other slot checks its connection with a `PING` before
@@ -39,22 +39,22 @@
 //! per request.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use offstate_core::StoreError;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue,
-    IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsCertificates, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    Pipeline, RedisError, RedisFuture, TlsCertificates, Value,
 };
 
-use crate::coalesce;
 use crate::config::{ClusterMode, RedisConfig};
 use crate::error::{ConnectError, from_redis};
+use crate::slots::{Connector, Slots};
 
 /// A connection idle for longer than this is checked with a `PING`
 /// before it is handed out again.
@@ -129,17 +129,7 @@ impl RedisConnection {
                 config: async_config(config),
             }
         };
-        let slots = Slots {
-            connector,
-            slots: (0..config.pool_size.max(1))
-                .map(|_| Slot::default())
-                .collect(),
-            next: AtomicUsize::new(0),
-            pings: AtomicUsize::new(0),
-            epoch: Instant::now(),
-            breaks: Arc::new(AtomicU64::new(0)),
-            connect_timeout: config.connect_timeout,
-        };
+        let slots = Slots::new(connector, config.pool_size, config.connect_timeout);
         Ok(Self {
             slots: Arc::new(slots),
             cluster,
@@ -161,10 +151,9 @@ impl RedisConnection {
         self.connect_timeout.saturating_add(self.command_timeout)
     }
 
-    /// A connection of the next slot, connecting if needed (within the
-    /// connect timeout). Call it inside [`bounded`](Self::bounded), which
-    /// bounds the whole call, the wait for a slot that is connecting
-    /// included.
+    /// A connection of the next slot, connecting if needed. Making or
+    /// checking a connection (and waiting for another task that does) is
+    /// bounded by the connect timeout.
     ///
     /// # Errors
     ///
@@ -174,20 +163,42 @@ impl RedisConnection {
         self.slots.get().await.map(PooledConnection)
     }
 
-    /// Runs `work` within [`bound`](Self::bound): it never hangs, whatever
-    /// the server does.
+    /// Runs `work` on a connection of the next slot, within
+    /// [`bound`](Self::bound): it never hangs, whatever the server does.
+    ///
+    /// On a standalone Redis this is the call's one deadline: getting the
+    /// connection is bounded by the connect timeout, then `work` by the
+    /// command timeout, and redis-rs keeps no timer of its own (a second,
+    /// nested timeout cost every command a timer wheel insert and removal).
+    /// A `work` cut short marks its connection for replacement, as an I/O
+    /// error does: a server that does not answer in time is not trusted
+    /// with the next request. On a cluster, redis-rs times each attempt and
+    /// retries on another node itself, so the whole call gets one bound.
     ///
     /// # Errors
     ///
     /// What `work` returns, or [`StoreError::Timeout`].
-    pub(crate) async fn bounded<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(crate) async fn bounded<T, F, W>(&self, work: F) -> Result<T, StoreError>
     where
-        F: Future<Output = Result<T, StoreError>>,
+        F: FnOnce(PooledConnection) -> W,
+        W: Future<Output = Result<T, StoreError>>,
     {
-        let bound = self.bound();
-        match tokio::time::timeout(bound, work).await {
+        if self.cluster {
+            let bound = self.bound();
+            let call = async { work(self.get().await?).await };
+            return match tokio::time::timeout(bound, call).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout(bound)),
+            };
+        }
+        let conn = self.get().await?;
+        let broken = Arc::clone(&conn.0.broken);
+        match tokio::time::timeout(self.command_timeout, work(conn)).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(bound)),
+            Err(_) => {
+                self.slots.mark_broken(&broken);
+                Err(StoreError::Timeout(self.command_timeout))
+            }
         }
     }
 
@@ -197,8 +208,7 @@ impl RedisConnection {
     ///
     /// [`StoreError`] from the pool, the server or the timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        self.bounded(async {
-            let mut conn = self.get().await?;
+        self.bounded(|mut conn| async move {
             cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
         })
         .await
@@ -270,14 +280,14 @@ impl ConnectionLike for PooledConnection {
 /// marks the pooled connection for replacement.
 #[derive(Clone)]
 pub(crate) struct SharedConnection {
-    raw: Raw,
-    broken: Arc<AtomicBool>,
+    pub(crate) raw: Raw,
+    pub(crate) broken: Arc<AtomicBool>,
     /// Raised (shared by every slot) whenever any connection breaks.
-    breaks: Arc<AtomicU64>,
+    pub(crate) breaks: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
-enum Raw {
+pub(crate) enum Raw {
     Standalone(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
@@ -304,14 +314,14 @@ fn breaks_connection(error: &RedisError) -> bool {
 }
 
 impl SharedConnection {
-    fn is_broken(&self) -> bool {
+    pub(crate) fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
     }
 
     /// Marks this connection for replacement, and every other one for a
     /// check: what broke one (a restarted or failed-over server) has
     /// usually broken them all.
-    fn mark_broken(broken: &AtomicBool, breaks: &AtomicU64) {
+    pub(crate) fn mark_broken(broken: &AtomicBool, breaks: &AtomicU64) {
         if !broken.swap(true, Ordering::Relaxed) {
             breaks.fetch_add(1, Ordering::Relaxed);
         }
@@ -406,10 +416,12 @@ pub(crate) fn connection_info(
     Ok(info)
 }
 
+/// A standalone connection's settings: no response timeout, as every call
+/// has its deadline from [`RedisConnection::bounded`].
 fn async_config(config: &RedisConfig) -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.command_timeout))
+        .set_response_timeout(None)
 }
 
 fn cluster_client(
@@ -460,141 +472,4 @@ async fn detect_cluster(
         }
     }
     Err(ConnectError::Detect(last))
-}
-
-/// How a slot makes a connection.
-enum Connector {
-    Standalone {
-        client: Client,
-        config: AsyncConnectionConfig,
-    },
-    Cluster(ClusterClient),
-}
-
-/// The connections (see the module docs).
-struct Slots {
-    connector: Connector,
-    slots: Box<[Slot]>,
-    /// The slot the next call takes (modulo their number).
-    next: AtomicUsize,
-    pings: AtomicUsize,
-    /// What `Slot::used` counts from.
-    epoch: Instant,
-    /// How many connections have broken (see `SharedConnection::breaks`).
-    breaks: Arc<AtomicU64>,
-    connect_timeout: Duration,
-}
-
-/// One shared connection, made on first use.
-#[derive(Default)]
-struct Slot {
-    /// The connection, while it is trusted.
-    conn: Mutex<Option<SharedConnection>>,
-    /// Held by the one task that connects or checks this slot's connection.
-    renewing: tokio::sync::Mutex<()>,
-    /// When the connection was last handed out, ms since `Slots::epoch`.
-    used: AtomicU64,
-    /// `Slots::breaks` when the connection was made or last checked: a
-    /// connection broken elsewhere since then is checked before use.
-    checked: AtomicU64,
-}
-
-impl Slots {
-    async fn get(&self) -> Result<SharedConnection, StoreError> {
-        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        let now = self.millis();
-        if let Some(conn) = slot.fresh(now, self.breaks()) {
-            return Ok(conn);
-        }
-        // Connecting (TCP, TLS, handshake) or pinging is a future of many
-        // kilobytes. Boxed, it stays out of every call's own future, which
-        // is built and moved on every store call.
-        Box::pin(self.renew(slot, now)).await
-    }
-
-    fn breaks(&self) -> u64 {
-        self.breaks.load(Ordering::Relaxed)
-    }
-
-    fn millis(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// The slot's connection, checked or made anew.
-    async fn renew(&self, slot: &Slot, now: u64) -> Result<SharedConnection, StoreError> {
-        let _renewing = slot.renewing.lock().await;
-        // Another task may have renewed it while this one waited.
-        let breaks = self.breaks();
-        if let Some(conn) = slot.fresh(self.millis(), breaks) {
-            return Ok(conn);
-        }
-        let idle = slot.lock().take().filter(|c| !c.is_broken());
-        if let Some(mut conn) = idle {
-            let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
-            let echoed: Result<String, _> = redis::cmd("PING").arg(&n).query_async(&mut conn).await;
-            if echoed.is_ok_and(|e| e == n) {
-                return Ok(slot.keep(conn, now, breaks));
-            }
-        }
-        let connect = async {
-            let raw = match &self.connector {
-                Connector::Standalone { client, config } => {
-                    let info = client.get_connection_info();
-                    Raw::Standalone(match info.addr() {
-                        ConnectionAddr::Tcp(host, port) => {
-                            coalesce::connect(host, *port, info, config.clone()).await?
-                        }
-                        _ => {
-                            client
-                                .get_multiplexed_async_connection_with_config(config)
-                                .await?
-                        }
-                    })
-                }
-                Connector::Cluster(client) => Raw::Cluster(client.get_async_connection().await?),
-            };
-            Ok::<_, RedisError>(raw)
-        };
-        let raw = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(error)) => return Err(from_redis(error, self.connect_timeout)),
-            Err(_) => return Err(StoreError::Timeout(self.connect_timeout)),
-        };
-        let conn = SharedConnection {
-            raw,
-            broken: Arc::new(AtomicBool::new(false)),
-            breaks: Arc::clone(&self.breaks),
-        };
-        Ok(slot.keep(conn, now, breaks))
-    }
-}
-
-impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SharedConnection>> {
-        // The guarded value is a plain Option, whole at every unlock.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The connection, if it is trusted, was used within `IDLE_PING`, and
-    /// no connection broke since it was made or checked (`breaks`).
-    fn fresh(&self, now: u64, breaks: u64) -> Option<SharedConnection> {
-        if self.checked.load(Ordering::Relaxed) != breaks {
-            return None;
-        }
-        let conn = self.lock();
-        let conn = conn.as_ref().filter(|c| !c.is_broken())?;
-        let idle = now.saturating_sub(self.used.load(Ordering::Relaxed));
-        if u128::from(idle) >= IDLE_PING.as_millis() {
-            return None;
-        }
-        self.used.fetch_max(now, Ordering::Relaxed);
-        Some(conn.clone())
-    }
-
-    fn keep(&self, conn: SharedConnection, now: u64, breaks: u64) -> SharedConnection {
-        self.used.store(now, Ordering::Relaxed);
-        self.checked.store(breaks, Ordering::Relaxed);
-        *self.lock() = Some(conn.clone());
-        conn
-    }
 }

@@ -119,8 +119,7 @@ impl RedisStore {
     ) {
         let result = self
             .conn()
-            .bounded(async {
-                let mut conn = self.conn().get().await?;
+            .bounded(|mut conn| async move {
                 self.index_add(&mut conn, principal, key, expires, now)
                     .await
             })
@@ -213,8 +212,7 @@ impl RedisStore {
         now: Timestamp,
     ) -> Result<Vec<SessionKey>, StoreError> {
         self.conn()
-            .bounded(async {
-                let mut conn = self.conn().get().await?;
+            .bounded(|mut conn| async move {
                 let entries = self.entries(&mut conn, index, 0, -1).await?;
                 let checks = entries.iter().map(|entry| {
                     let conn = conn.shared();
@@ -351,8 +349,7 @@ impl RedisStore {
         now: Timestamp,
     ) -> Result<usize, StoreError> {
         self.conn()
-            .bounded(async {
-                let mut conn = self.conn().get().await?;
+            .bounded(|mut conn| async move {
                 let mut revoked = 0;
                 loop {
                     let pass = self.revoke_pass(&mut conn, index, principal, now).await?;

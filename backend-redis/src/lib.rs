@@ -25,7 +25,8 @@
 //!   stored string), `scripts` (the Lua scripts), `replies` (reading
 //!   their answers), `index` (the principal index),
 //!   `error` (client errors ⇄ [`StoreError`](offstate_core::StoreError)),
-//!   `coalesce` (plain TCP connections whose writes wait a scheduler turn,
+//!   `slots` (the connection's slots: made on first use, checked, replaced
+//!   when broken), `coalesce` (plain TCP connections whose writes wait a scheduler turn,
 //!   so that concurrent requests' commands share a system call),
 //!   `watch` (what is on the subscriber's socket and not yet with the
 //!   cache) and `subscriber` (the subscription over a watched socket,
@@ -88,9 +89,10 @@
 //!   deletes `PUBLISH` their invalidation from inside the same script, so
 //!   a cached write is one round trip and no subscriber can hear of it
 //!   after the writer's client did.
-//! - **Timeouts**: every call is bounded by `tokio::time::timeout` (connect
-//!   timeout + command timeout; on a cluster, a write that also updates the
-//!   index may take that bound twice). A slow or dead server gives
+//! - **Timeouts**: every call is bounded: getting a connection by the
+//!   connect timeout, then the call itself by the command timeout, one
+//!   timer per call (on a cluster, one bound of both for the whole call,
+//!   and a write that also updates the index may take that bound twice). A slow or dead server gives
 //!   `StoreError::Timeout` or `StoreError::Unavailable`; broken connections
 //!   are replaced at their next use, so the store recovers by itself when
 //!   the server is back.
@@ -186,6 +188,7 @@ mod keys;
 mod names;
 mod replies;
 mod scripts;
+mod slots;
 mod store;
 mod subscriber;
 mod watch;

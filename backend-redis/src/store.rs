@@ -256,8 +256,7 @@ impl RedisStore {
         get.arg(&name.name);
         let record = self
             .conn
-            .bounded(async {
-                let mut conn = self.conn.get().await?;
+            .bounded(|mut conn| async move {
                 match get.query_async::<Value>(&mut conn).await {
                     Ok(value) => codec::decode_packed(value).map_err(StoreError::corrupt),
                     // A hash: a session stored by an earlier offstate (or
@@ -286,8 +285,7 @@ impl RedisStore {
     ) -> Result<CreateOutcome, StoreError> {
         let expires = record.deadlines.expires_at();
         self.conn
-            .bounded(async {
-                let mut conn = self.conn.get().await?;
+            .bounded(|mut conn| async move {
                 let mut call = self.scripts.create.prepare_invoke();
                 call.key(&name.name);
                 let mut ix = None;
@@ -357,8 +355,7 @@ impl RedisStore {
         let expires = change.deadlines.expires_at();
         let (outcome, old_principal, ends, folded) = self
             .conn
-            .bounded(async {
-                let mut conn = self.conn.get().await?;
+            .bounded(|mut conn| async move {
                 let mut call = self.scripts.save.prepare_invoke();
                 call.key(&name.name);
                 let (op, principal) = match &change.principal {
@@ -500,8 +497,7 @@ impl RedisStore {
         }
         let reply: Value = self
             .conn
-            .bounded(async {
-                let mut conn = self.conn.get().await?;
+            .bounded(|mut conn| async move {
                 call.invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.conn.error(e))
@@ -532,8 +528,7 @@ impl RedisStore {
     ) -> Result<TouchOutcome, StoreError> {
         let (outcome, principal, expires, folded) = self
             .conn
-            .bounded(async {
-                let mut conn = self.conn.get().await?;
+            .bounded(|mut conn| async move {
                 let reply: Value = self
                     .scripts
                     .touch
@@ -576,8 +571,7 @@ impl RedisStore {
     ) -> Result<bool, StoreError> {
         let (was, principal, folded) = self
             .conn
-            .bounded(async {
-                let mut conn = self.conn.get().await?;
+            .bounded(|mut conn| async move {
                 let reply: Value = self
                     .scripts
                     .delete
@@ -612,8 +606,7 @@ impl RedisStore {
     ) -> Result<DeleteOutcome, StoreError> {
         let (outcome, principal, folded) = self
             .conn
-            .bounded(async {
-                let mut conn = self.conn.get().await?;
+            .bounded(|mut conn| async move {
                 let reply: Value = self
                     .scripts
                     .delete_if_version

@@ -201,6 +201,52 @@ async fn paused_then_killed_server_gives_typed_errors_and_the_store_recovers() {
     assert_eq!(loaded.data.get("k").map(Vec::as_slice), Some(&b"2"[..]));
 }
 
+/// One deadline per call: once connected, a call to a server that does not
+/// answer fails at the command timeout (the connect timeout, far longer,
+/// plays no part), and the connection it timed out on is not trusted
+/// again: once the server answers, the next call comes on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_short_fails_at_the_command_timeout_and_its_connection_is_replaced() {
+    let server = redis()
+        .via(offstate_testing::Source::Process)
+        .await
+        .expect("a Redis process");
+    let config = server
+        .config()
+        .clone()
+        .with_pool_size(1)
+        .with_connect_timeout(HANG_GUARD)
+        .with_command_timeout(BOUND);
+    let store = server.connect_with(config).await.expect("store");
+    let conn = store.connection();
+    let client_id = || async {
+        tokio::time::timeout(HANG_GUARD, conn.query::<i64>(cmd("CLIENT").arg("ID")))
+            .await
+            .expect("hung")
+            .expect("CLIENT ID")
+    };
+    let first = client_id().await;
+    assert_eq!(client_id().await, first, "one slot: the same connection");
+
+    server.node(0).pause().await.expect("pause");
+    let key = SessionId::generate().key();
+    let load = tokio::time::timeout(
+        HANG_GUARD,
+        store.load(&key, offstate_core::Timestamp::now()),
+    )
+    .await
+    .expect("a call hung past the command timeout");
+    server.node(0).resume().await.expect("resume");
+    assert!(
+        matches!(load, Err(StoreError::Timeout(bound)) if bound == BOUND),
+        "load on a paused server: {load:?}"
+    );
+
+    let next = client_id().await;
+    assert_ne!(next, first, "the connection that timed out was used again");
+    assert_eq!(client_id().await, next, "the new connection is kept");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_between_calls_is_survived_by_pooled_connections() {
     let server = server().await;
