@@ -2,7 +2,7 @@
 # Benchmarks offstate against tower-sessions and against Redis itself, on
 # loopback, and writes bench/results/REPORT.md and bench/results/http.svg.
 #
-#   scripts/bench.sh                 # the full run (about 3 minutes after the build)
+#   scripts/bench.sh                 # the full run (about 7 minutes after the build)
 #   BENCH_SECONDS=3 scripts/bench.sh # shorter runs while developing
 #
 # Needs redis-server, redis-cli and redis-benchmark (apt: redis-server,
@@ -13,7 +13,10 @@
 #
 # Settings (environment):
 #   BENCH_SECONDS        length of each 90/10 HTTP run (default 10)
-#   BENCH_SHORT_SECONDS  length of each read-only / write-only run (default 3)
+#   BENCH_SHORT_SECONDS  length of each read-only / write-only run (default 6,
+#                        in 3 turns; with 3, two runs of code with the same
+#                        instruction counts gave adds-only ratios of 1.11
+#                        and 0.99)
 #   BENCH_CLIENTS        concurrent clients (default 50)
 #   BENCH_RAW_REQUESTS   requests per redis-benchmark test (default 200000)
 #   BENCH_CRITERION_SECONDS  criterion measurement time per case (default 3)
@@ -25,7 +28,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 seconds=${BENCH_SECONDS:-10}
-short=${BENCH_SHORT_SECONDS:-3}
+short=${BENCH_SHORT_SECONDS:-6}
 clients=${BENCH_CLIENTS:-50}
 raw=${BENCH_RAW_REQUESTS:-200000}
 crit=${BENCH_CRITERION_SECONDS:-3}

@@ -105,7 +105,7 @@ async fn dispatch(args: &[String]) -> Result<(), BenchError> {
             let root = offstate_testing::workspace_root();
             let settings = Settings {
                 seconds: option(args, "--seconds")?.unwrap_or(10.0),
-                short_seconds: option(args, "--short-seconds")?.unwrap_or(3.0),
+                short_seconds: option(args, "--short-seconds")?.unwrap_or(6.0),
                 clients: option(args, "--clients")?.unwrap_or(50),
                 raw_requests: option(args, "--raw-requests")?.unwrap_or(200_000),
                 lost_adds: option(args, "--lost-adds")?.unwrap_or(1000),
