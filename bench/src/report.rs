@@ -341,8 +341,9 @@ fn analysis(out: &mut String, results: &Results) {
          offstate reads cost {:.0} µs of app CPU and {:.0} µs of Redis CPU \
          per request against {:.0} µs and {:.0} µs. Section 3 counts the \
          instructions and says where they go: a SHA-256 of the session ID \
-         (the store key), the pool checkout, the store call's deadline and \
-         redis-rs's own, decoding the reply, and the cookie. offstate's \
+         (the store key), the pool checkout, the store call's one deadline \
+         (redis-rs keeps no timer of its own), decoding the reply, and the \
+         cookie. offstate's \
          Redis connection waits one turn of the scheduler before it writes \
          (`offstate_redis`'s `coalesce` module): the `GET`s of the requests \
          that run in that turn leave in one `writev`, and Redis reads them \
