@@ -54,19 +54,27 @@ def rustdoc_wrapper(directory):
     return path, real
 
 
-def rustdoc_json(package, lib, wrapper):
+def rustdoc_json(libs, wrapper):
+    """Every listed crate's rustdoc JSON, from one `cargo doc` of the
+    workspace's libraries with all features on: the same dependency set as
+    scripts/check-docs.sh's `cargo doc`, so the dependencies it checked are
+    not checked again (a `cargo rustdoc -p` per crate resolved the features
+    of each crate apart, and checked the dependencies of each anew)."""
     path, real = wrapper
-    env = dict(os.environ, RUSTDOC=path, OFFSTATE_REAL_RUSTDOC=real, RUSTDOCFLAGS="")
+    env = dict(os.environ, RUSTDOC=path, OFFSTATE_REAL_RUSTDOC=real,
+               RUSTDOCFLAGS="-Z unstable-options --output-format json")
     subprocess.run(
-        ["cargo", "rustdoc", "-q", "-p", package, "--lib", "--all-features", "--",
-         "-Z", "unstable-options", "--output-format", "json"],
+        ["cargo", "doc", "-q", "--workspace", "--no-deps", "--all-features", "--lib"],
         cwd=ROOT, env=env, check=True)
     target = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--no-deps"],
         cwd=ROOT, capture_output=True, check=True, text=True)
     target_dir = json.loads(target.stdout)["target_directory"]
-    with open(os.path.join(target_dir, "doc", lib + ".json")) as f:
-        return json.load(f)
+    docs = {}
+    for lib in libs:
+        with open(os.path.join(target_dir, "doc", lib + ".json")) as f:
+            docs[lib] = json.load(f)
+    return docs
 
 
 def kind_of(item):
@@ -188,9 +196,8 @@ def main():
     total = 0
     scratch = tempfile.mkdtemp(prefix="public-api.")
     try:
-        wrapper = rustdoc_wrapper(scratch)
-        listings = [(package, listing(rustdoc_json(package, lib, wrapper)))
-                    for package, lib in CRATES]
+        docs = rustdoc_json([lib for _, lib in CRATES], rustdoc_wrapper(scratch))
+        listings = [(package, listing(docs[lib])) for package, lib in CRATES]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for package, lines in listings:
