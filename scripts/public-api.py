@@ -16,6 +16,7 @@ docs.rs shows them.
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,28 +41,27 @@ QUIET_TRAITS = {
 
 
 def rustdoc_wrapper(directory):
-    """A `rustdoc` that runs with RUSTC_BOOTSTRAP=1. Given to cargo as
-    RUSTDOC, it unlocks the JSON output for rustdoc alone: set for cargo,
-    RUSTC_BOOTSTRAP marks every crate whose build script watches it
-    (proc-macro2, thiserror) as changed, and with them nearly every
-    dependency, which CI's clean clone then checked a second time (about
-    3 minutes of its docs step)."""
+    """A `rustdoc` that runs with RUSTC_BOOTSTRAP=1, for cargo's RUSTDOC:
+    the JSON output is unlocked for rustdoc alone. Set for cargo itself,
+    RUSTC_BOOTSTRAP marks the crates whose build scripts watch it
+    (proc-macro2, thiserror), and nearly every dependency with them, as
+    changed: each switch between this script and a plain cargo run
+    checked them all again."""
     real = os.environ.get("RUSTDOC", "rustdoc")
     path = os.path.join(directory, "rustdoc-json")
     with open(path, "w") as f:
-        f.write('#!/bin/sh\nRUSTC_BOOTSTRAP=1 exec "$OFFSTATE_REAL_RUSTDOC" "$@"\n')
+        f.write(f'#!/bin/sh\nRUSTC_BOOTSTRAP=1 exec {shlex.quote(real)} "$@"\n')
     os.chmod(path, 0o755)
-    return path, real
+    return path
 
 
-def rustdoc_json(libs, wrapper):
+def rustdoc_json(libs, rustdoc):
     """Every listed crate's rustdoc JSON, from one `cargo doc` of the
     workspace's libraries with all features on: the same dependency set as
     scripts/check-docs.sh's `cargo doc`, so the dependencies it checked are
     not checked again (a `cargo rustdoc -p` per crate resolved the features
     of each crate apart, and checked the dependencies of each anew)."""
-    path, real = wrapper
-    env = dict(os.environ, RUSTDOC=path, OFFSTATE_REAL_RUSTDOC=real,
+    env = dict(os.environ, RUSTDOC=rustdoc,
                RUSTDOCFLAGS="-Z unstable-options --output-format json")
     subprocess.run(
         ["cargo", "doc", "-q", "--workspace", "--no-deps", "--all-features", "--lib"],

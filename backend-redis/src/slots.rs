@@ -40,7 +40,7 @@ pub(crate) struct Slots {
 
 /// One shared connection, made on first use.
 #[derive(Default)]
-pub(crate) struct Slot {
+struct Slot {
     /// The connection, while it is trusted.
     conn: Mutex<Option<SharedConnection>>,
     /// Held by the one task that connects or checks this slot's connection.
